@@ -1,0 +1,62 @@
+"""Time and identifiers, injectable so a simulator can drive a terminal on virtual time."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+Clock = Callable[[], datetime]
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime) -> str:
+    """UTC ISO-8601 with milliseconds and a ``Z``: sortable as text, readable in JavaScript."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def random_id(length: int = 10, rand: Callable[[int], bytes] = os.urandom) -> str:
+    """Crockford-style base32 id: unique enough across terminals without coordination."""
+    raw = int.from_bytes(rand((length * 5 + 7) // 8), "big")
+    out = []
+    for _ in range(length):
+        raw, rem = divmod(raw, 32)
+        out.append(_B32[rem])
+    return "".join(out)
+
+
+def time_id(now: datetime, rand: Callable[[int], bytes] = os.urandom) -> str:
+    """Time-ordered id (ms timestamp + 50 random bits): sorts by creation, unique across terminals."""
+    ms = int(now.timestamp() * 1000)
+    head = []
+    for _ in range(9):
+        ms, rem = divmod(ms, 32)
+        head.append(_B32[rem])
+    return "".join(reversed(head)) + random_id(10, rand)
+
+
+class BusinessCalendar:
+    """Maps instants to business days: a day runs from ``rollover`` local time to the next.
+
+    A restaurant open past midnight keeps one business day for the whole service; the default
+    rollover is 04:00 in the store's time zone.
+    """
+
+    def __init__(self, tz: str = "UTC", rollover_hour: int = 4) -> None:
+        if not 0 <= rollover_hour <= 23:
+            raise ValueError("rollover_hour must be 0..23")
+        self.tz = ZoneInfo(tz)
+        self.rollover = timedelta(hours=rollover_hour)
+
+    def day_of(self, instant: datetime) -> date:
+        return (instant.astimezone(self.tz) - self.rollover).date()
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,86 @@
+"""Terminal configuration: defaults < TOML file < ``MESHPOS_*`` environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from meshpos.documents.values import ID_PATTERN
+
+TERMINAL_TYPES = ("pos", "kds", "waiter", "monitor")
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the setting and where it came from."""
+
+
+@dataclass(slots=True)
+class TerminalConfig:
+    data_dir: Path
+    terminal_id: str
+    type: str = "pos"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8700
+    timezone: str = "UTC"
+    day_rollover_hour: int = 4
+    #: Events kept for reconnecting UIs; older cursors get a ``reset``.
+    event_retention: int = 50_000
+    #: Largest accepted HTTP request body, in bytes.
+    max_body_bytes: int = 256 * 1024
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> TerminalConfig:
+        if not isinstance(self.terminal_id, str) or not ID_PATTERN.match(self.terminal_id):
+            raise ConfigError(f"terminal_id {self.terminal_id!r} is invalid (letters, digits, . _ : -)")
+        if self.type not in TERMINAL_TYPES:
+            raise ConfigError(f"type {self.type!r} is invalid; one of {', '.join(TERMINAL_TYPES)}")
+        if not 0 <= self.api_port <= 65535:
+            raise ConfigError(f"api_port {self.api_port} is out of range")
+        if not 0 <= self.day_rollover_hour <= 23:
+            raise ConfigError("day_rollover_hour must be 0..23")
+        return self
+
+
+_ENV_PREFIX = "MESHPOS_"
+
+
+def load_config(
+    *, config_file: Path | None = None, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+) -> TerminalConfig:
+    """Merge the sources; ``overrides`` are the CLI flags that were actually given (not None)."""
+    env = os.environ if env is None else env
+    names = {f.name: f for f in fields(TerminalConfig) if f.name != "extra"}
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            data = tomllib.loads(config_file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        section = data.get("terminal", data)
+        for key, value in section.items():
+            key = key.replace("-", "_")
+            if key not in names:
+                raise ConfigError(f"{config_file}: unknown setting {key!r}")
+            values[key] = value
+    for name in names:
+        raw = env.get(_ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for required in ("data_dir", "terminal_id"):
+        if required not in values:
+            raise ConfigError(
+                f"{required} is required (--{required.replace('_', '-')}, {_ENV_PREFIX}{required.upper()} "
+                "or the config file)"
+            )
+    try:
+        for name in ("api_port", "day_rollover_hour", "event_retention", "max_body_bytes"):
+            if name in values:
+                values[name] = int(values[name])
+    except ValueError as exc:
+        raise ConfigError(f"{exc}") from exc
+    values["data_dir"] = Path(values["data_dir"])
+    return TerminalConfig(**values).validate()

@@ -1,0 +1,184 @@
+"""Where CRDT changes become durable records and domain events.
+
+Every change to a document - a local API call or an update that arrived from a peer - ends the
+same way: the pycrdt transaction commits, the model's observers have noted what it touched, and
+:meth:`DocumentHost._finish` turns that into one storage record (the binary update, the domain
+events derived from the transaction, the audit row of a local operation).  Events are therefore
+derived from what the CRDT actually changed, never from which API was called, so a peer's update
+produces exactly the events the local write did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pycrdt
+
+from meshpos.clock import Clock, iso, random_id
+from storage.store import AuditRecord, Store, StoredEvent, Ticket
+
+log = logging.getLogger(__name__)
+
+LOCAL_ORIGIN = "local"
+R = TypeVar("R")
+#: After this many update rows a document is folded into a snapshot.
+COMPACT_EVERY = 2000
+
+
+class Model:
+    """Base of the typed document models.  Subclasses declare roots and derive events."""
+
+    kind: str = ""
+
+    def __init__(self, doc: pycrdt.Doc, *, terminal_id: str, replica_id: str, clock: Clock) -> None:
+        self.doc = doc
+        self.terminal_id = terminal_id
+        self.replica_id = replica_id
+        self.clock = clock
+        self.read_only = False
+        self.attach()
+
+    def attach(self) -> None:
+        """Create/bind root types and subscribe the observers that note touched entities."""
+        raise NotImplementedError
+
+    def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
+        """Domain events for everything touched since the last call; resets the notes."""
+        raise NotImplementedError
+
+    def now(self) -> str:
+        return iso(self.clock())
+
+
+@dataclass(slots=True)
+class Operation:
+    """Audit facts of one local domain operation."""
+
+    entity: str
+    entity_id: str
+    operation: str
+    user_id: str | None = None
+    before: Any = None
+    after: Any = None
+
+
+class _Hosted:
+    __slots__ = ("model", "name", "updates")
+
+    def __init__(self, name: str, model: Model) -> None:
+        self.name = name
+        self.model = model
+        self.updates: list[bytes] = []
+        model.doc.observe(lambda event: self.updates.append(bytes(event.update)))
+
+
+class DocumentHost:
+    """Holds the live documents of one terminal and routes every change to the store."""
+
+    def __init__(self, store: Store, *, terminal_id: str, replica_id: str, clock: Clock) -> None:
+        self.store = store
+        self.terminal_id = terminal_id
+        self.replica_id = replica_id
+        self.clock = clock
+        self._docs: dict[str, _Hosted] = {}
+        self._update_listeners: list[Callable[[str, bytes, str], None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self, name: str, model_cls: type[Model], *, read_only: bool = False) -> Model:
+        """Load ``name`` from storage (snapshot + update rows) and start capturing its changes."""
+        if name in self._docs:
+            return self._docs[name].model
+        doc = pycrdt.Doc()
+        model = model_cls(doc, terminal_id=self.terminal_id, replica_id=self.replica_id, clock=self.clock)
+        snapshot, updates = await self.store.load_doc(name)
+        with doc.transaction(origin="load"):
+            if snapshot is not None:
+                doc.apply_update(snapshot)
+            for update in updates:
+                doc.apply_update(update)
+        model.drain_events()  # loading replays history; it is not news
+        model.read_only = read_only
+        self._docs[name] = _Hosted(name, model)
+        return model
+
+    def close(self, name: str) -> None:
+        self._docs.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(self._docs)
+
+    def get(self, name: str) -> Model | None:
+        hosted = self._docs.get(name)
+        return hosted.model if hosted else None
+
+    def on_update(self, listener: Callable[[str, bytes, str], None]) -> None:
+        """``listener(doc_name, update, origin)`` for every change queued for storage (peers sync these)."""
+        self._update_listeners.append(listener)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def write(self, name: str, mutate: Callable[[], R], op: Operation | None) -> tuple[R, Ticket | None]:
+        """Run ``mutate`` in one local transaction; returns its result and the durability ticket.
+
+        ``mutate`` must validate before it changes anything: an exception it raises before its
+        first mutation leaves the document untouched.
+        """
+        hosted = self._docs[name]
+        with hosted.model.doc.transaction(origin=LOCAL_ORIGIN):
+            result = mutate()
+        audit = None if op is None else self.audit_record(op)
+        return result, self._finish(hosted, LOCAL_ORIGIN, audit)
+
+    def audit_record(self, op: Operation) -> AuditRecord:
+        return AuditRecord(
+            op_id=random_id(16), entity=op.entity, entity_id=op.entity_id, operation=op.operation,
+            terminal_id=self.terminal_id, user_id=op.user_id, at=iso(self.clock()),
+            before=op.before, after=op.after,
+        )
+
+    def apply_remote(self, name: str, update: bytes, origin: str) -> Ticket | None:
+        """Apply an update from a peer; ``None`` when it brought nothing new."""
+        hosted = self._docs[name]
+        with hosted.model.doc.transaction(origin=origin):
+            hosted.model.doc.apply_update(update)
+        return self._finish(hosted, origin, None)
+
+    def _finish(self, hosted: _Hosted, origin: str, audit: AuditRecord | None) -> Ticket | None:
+        updates, hosted.updates = hosted.updates, []
+        events = hosted.model.drain_events()
+        if not updates:
+            return None
+        update = updates[0] if len(updates) == 1 else pycrdt.merge_updates(*updates)
+        ticket = self.store.enqueue(
+            doc=hosted.name, update=update, origin=origin, at=iso(self.clock()), events=events, audit=audit
+        )
+        for listener in self._update_listeners:
+            listener(hosted.name, update, origin)
+        if self.store.pending_per_doc.get(hosted.name, 0) >= COMPACT_EVERY:
+            self.compact(hosted.name)
+        return ticket
+
+    def compact(self, name: str) -> Ticket:
+        """Queue a snapshot of ``name``'s current state; see :mod:`storage.store` for why it is exact."""
+        hosted = self._docs[name]
+        # Reset the count now so one burst queues one snapshot, not one per write until it lands.
+        self.store.pending_per_doc[name] = 0
+        return self.store.enqueue_snapshot(name, hosted.model.doc.get_update(), iso(self.clock()))
+
+    # -- sync helpers (used by peers and tests) ------------------------------------------------
+
+    def state_vector(self, name: str) -> bytes:
+        return self._docs[name].model.doc.get_state()
+
+    def diff(self, name: str, state_vector: bytes | None = None) -> bytes:
+        doc = self._docs[name].model.doc
+        return doc.get_update(state_vector) if state_vector is not None else doc.get_update()
+
+
+async def durable(ticket: Ticket | None) -> list[StoredEvent]:
+    """Await a write's ticket (``None`` means nothing changed, which is trivially durable)."""
+    return [] if ticket is None else await ticket.wait()

@@ -1,0 +1,44 @@
+"""Conversions between CRDT values and typed Python values (pycrdt returns JS numbers as float)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from meshpos.errors import InvalidInput
+
+#: Ids of skus, tables and terminals: safe in composite keys ("sku/replica") and URLs.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+def as_int(value: Any) -> int:
+    """A JS number holding an integer back to ``int`` (money and counts are integers on the wire)."""
+    if isinstance(value, bool):
+        raise TypeError("boolean is not an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise TypeError(f"expected an integer, got {value!r}")
+
+
+def plain(value: Any) -> Any:
+    """Deep-convert a value read from pycrdt (``to_py`` output) to JSON-friendly Python types."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, bytearray):
+        return bytes(value)
+    return value
+
+
+def check_id(kind: str, value: str) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise InvalidInput(
+            f"invalid {kind} id {value!r}: 1-64 characters, letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
+        )
+    return value

@@ -1,0 +1,60 @@
+"""Errors a caller can act on, each with the numeric code of the shared close-code table.
+
+The same codes are used as HTTP error bodies (``{code, message}``) and as WebSocket close codes,
+so a UI needs one table.  4001-4010 come from the original WebSocket spec; 4011 is ours.
+"""
+
+from __future__ import annotations
+
+INVALID_TERMINAL_ID = 4001
+INVALID_TERMINAL_TYPE = 4002
+AUTHENTICATION_FAILED = 4003
+ALREADY_CONNECTED = 4004
+RATE_LIMIT = 4005
+INVALID_MESSAGE = 4006
+NOT_FOUND = 4007
+PERMISSION_DENIED = 4008
+LOCK_TIMEOUT = 4009
+CONFLICT_RESOLUTION_FAILED = 4010
+INVALID_TRANSITION = 4011
+
+
+class MeshposError(Exception):
+    """Base of every error that maps to ``{code, message}`` and an HTTP status."""
+
+    code = INVALID_MESSAGE
+    http_status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidInput(MeshposError):
+    code = INVALID_MESSAGE
+    http_status = 422
+
+
+class NotFound(MeshposError):
+    code = NOT_FOUND
+    http_status = 404
+
+
+class PermissionDenied(MeshposError):
+    code = PERMISSION_DENIED
+    http_status = 403
+
+
+class InvalidTransition(MeshposError):
+    code = INVALID_TRANSITION
+    http_status = 409
+
+
+class Unavailable(MeshposError):
+    """The write could not be made durable (disk error); nothing was acknowledged."""
+
+    code = CONFLICT_RESOLUTION_FAILED
+    http_status = 503

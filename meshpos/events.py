@@ -1,0 +1,92 @@
+"""Live domain events with cursors: a UI that reconnects with its last cursor misses nothing.
+
+Events are persisted in the same SQLite transaction as the CRDT update that produced them and
+published only after that commit, so the cursor sequence a subscriber sees is gap-free: history
+comes from the database, the rest from memory, and the hand-over is de-duplicated by cursor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from storage.store import Store, StoredEvent
+
+#: Per-subscriber live buffer; a UI that falls further behind is disconnected and resumes by cursor.
+SUBSCRIBER_BUFFER = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """The requested cursor is older than retained history: refetch state, continue from ``cursor``."""
+
+    cursor: int
+
+
+class Lagged(Exception):
+    """The subscriber fell more than :data:`SUBSCRIBER_BUFFER` events behind the live stream."""
+
+
+class EventBus:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._subscribers: set[MemoryObjectSendStream[StoredEvent]] = set()
+        self._lagged: set[MemoryObjectSendStream[StoredEvent]] = set()
+        store.on_commit(self.publish)
+
+    def publish(self, events: list[StoredEvent]) -> None:
+        for send in list(self._subscribers):
+            for event in events:
+                try:
+                    send.send_nowait(event)
+                except anyio.WouldBlock:
+                    self._lagged.add(send)
+                    self._subscribers.discard(send)
+                    send.close()
+                    break
+                except anyio.BrokenResourceError:
+                    self._subscribers.discard(send)
+                    break
+
+    @asynccontextmanager
+    async def subscribe(self, cursor: int | None = None) -> AsyncIterator[AsyncIterator[StoredEvent | Reset]]:
+        """Events after ``cursor`` (``None``: only new ones), then live ones, in cursor order."""
+        send, receive = anyio.create_memory_object_stream[StoredEvent](SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)  # before reading history, so nothing falls between the two
+
+        async def iterate() -> AsyncIterator[StoredEvent | Reset]:
+            last = self.store.last_cursor if cursor is None else cursor
+            if cursor is not None and cursor < self.store.last_cursor:
+                oldest = await self.store.oldest_event_cursor()
+                if oldest is None or oldest > cursor + 1:
+                    last = self.store.last_cursor
+                    yield Reset(last)
+                else:
+                    while True:
+                        page = await self.store.events_after(last, limit=500)
+                        for event in page:
+                            yield event
+                            last = event.cursor
+                        if len(page) < 500:
+                            break
+            async for event in receive:
+                if event.cursor > last:
+                    last = event.cursor
+                    yield event
+            if send in self._lagged:
+                self._lagged.discard(send)
+                raise Lagged(f"subscriber fell behind by more than {SUBSCRIBER_BUFFER} events")
+
+        try:
+            yield iterate()
+        finally:
+            self._subscribers.discard(send)
+            self._lagged.discard(send)
+            send.close()
+            receive.close()
+
+

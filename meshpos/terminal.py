@@ -1,0 +1,309 @@
+"""One meshpos terminal: its documents, storage, events and background upkeep.
+
+The terminal owns a task group for everything that runs in the background (the storage writer,
+business-day rollover, event retention); leaving :meth:`Terminal.running` cancels it, lets the
+writer finish what is queued, and closes the database.  Every public write method returns only
+after the change is durable - that is what an API 2xx promises.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date, timedelta
+from typing import Any
+
+import anyio
+
+from meshpos.clock import BusinessCalendar, Clock, iso, random_id, system_clock
+from meshpos.config import TerminalConfig
+from meshpos.documents import DocumentHost, InventoryDoc, OrdersDoc, TablesDoc
+from meshpos.documents import inventory as inventory_doc
+from meshpos.documents import orders as orders_doc
+from meshpos.documents import tables as tables_doc
+from meshpos.documents.host import Operation, durable
+from meshpos.errors import InvalidInput, NotFound, Unavailable
+from meshpos.events import EventBus
+from storage.store import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+#: How many earlier business days stay writable (late tables close after midnight rollover).
+WRITABLE_PAST_DAYS = 1
+HOUSEKEEPING_SECONDS = 30.0
+
+
+class Terminal:
+    def __init__(self, config: TerminalConfig, *, clock: Clock = system_clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.calendar = BusinessCalendar(config.timezone, config.day_rollover_hour)
+        self.started_monotonic = time.monotonic()
+        self.store: Store
+        self.host: DocumentHost
+        self.events: EventBus
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Terminal]:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await Store.open(self.config.data_dir / "meshpos.db")
+        try:
+            replica_id = await self.store.identity(
+                self.config.terminal_id, self.config.type, random_id(12), iso(self.clock())
+            )
+            self.host = DocumentHost(
+                self.store, terminal_id=self.config.terminal_id, replica_id=replica_id, clock=self.clock
+            )
+            self.events = EventBus(self.store)
+            await self.host.open(tables_doc.DOC_NAME, TablesDoc)
+            await self.host.open(inventory_doc.DOC_NAME, InventoryDoc)
+            await self._open_live_days()
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await tg.start(self.store.run)
+                tg.start_soon(self._housekeeping)
+                self.started_monotonic = time.monotonic()
+                try:
+                    yield self
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await self.store.close()
+
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup:
+        """The terminal's task group: later subsystems (links, discovery) start their tasks here."""
+        if self._tg is None:
+            raise RuntimeError("terminal is not running")
+        return self._tg
+
+    def today(self) -> date:
+        return self.calendar.day_of(self.clock())
+
+    def _live_days(self) -> list[date]:
+        today = self.today()
+        return [today - timedelta(days=n) for n in range(WRITABLE_PAST_DAYS, -1, -1)]
+
+    async def _open_live_days(self) -> None:
+        live = {orders_doc.doc_name(d) for d in self._live_days()}
+        for name in sorted(live):
+            model = self.host.get(name)
+            if model is None or model.read_only:
+                self.host.close(name)
+                await self.host.open(name, OrdersDoc)
+        for name in self.host.names():
+            if name.startswith("orders/") and name not in live:
+                self.host.close(name)  # archived: reopened read-only on request
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await anyio.sleep(HOUSEKEEPING_SECONDS)
+            await self._open_live_days()
+            if self.store.last_cursor > self.config.event_retention * 1.2:
+                await self.store.prune_events(self.config.event_retention)
+
+    # -- document access -----------------------------------------------------------------------
+
+    @property
+    def tables(self) -> TablesDoc:
+        return self.host.get(tables_doc.DOC_NAME)  # type: ignore[return-value]
+
+    @property
+    def inventory(self) -> InventoryDoc:
+        return self.host.get(inventory_doc.DOC_NAME)  # type: ignore[return-value]
+
+    async def orders_of_day(self, day: date) -> OrdersDoc:
+        name = orders_doc.doc_name(day)
+        model = self.host.get(name)
+        if model is None:
+            if day > self.today():
+                raise NotFound(f"business day {day.isoformat()} has not started")
+            if name not in await self.store.doc_names():
+                raise NotFound(f"no orders for business day {day.isoformat()}")
+            model = await self.host.open(name, OrdersDoc, read_only=True)
+        return model  # type: ignore[return-value]
+
+    async def _orders_for(self, order_id: str) -> OrdersDoc:
+        try:
+            day = date(int(order_id[0:4]), int(order_id[4:6]), int(order_id[6:8]))
+        except ValueError:
+            raise NotFound(f"order {order_id!r} not found") from None
+        try:
+            return await self.orders_of_day(day)
+        except NotFound:
+            raise NotFound(f"order {order_id!r} not found") from None
+
+    async def _commit(self, name: str, mutate, op: Operation | None):  # noqa: ANN001, ANN202
+        result, ticket = self.host.write(name, mutate, op)
+        try:
+            await durable(ticket)
+        except StoreError as exc:
+            raise Unavailable(f"the change could not be stored durably ({exc.__cause__}); retry") from exc
+        return result
+
+    # -- orders --------------------------------------------------------------------------------
+
+    async def create_order(
+        self, *, table: str | None, waiter: str | None, items: list[dict[str, Any]], notes: str = "",
+        user: str | None = None,
+    ) -> dict[str, Any]:
+        if not items:
+            raise InvalidInput("an order needs at least one item")
+        day = self.today()
+        model = await self.orders_of_day(day)
+        op = Operation("order", "", "create", user or waiter)
+
+        def mutate() -> str:
+            op.entity_id = model.create(day=day, table=table, waiter=waiter, items=items, notes=notes)
+            op.after = model.view(op.entity_id)
+            return op.entity_id
+
+        return model.view(await self._commit(orders_doc.doc_name(day), mutate, op))
+
+    async def _order_op(self, order_id: str, operation: str, user: str | None, mutate_fn) -> dict[str, Any]:  # noqa: ANN001
+        model = await self._orders_for(order_id)
+        before = model.view(order_id)
+        name = f"orders/{before['business_day']}"
+        op = Operation("order", order_id, operation, user)
+
+        def mutate() -> None:
+            mutate_fn(model)
+            op.before, op.after = before, model.view(order_id)
+
+        await self._commit(name, mutate, op)
+        return model.view(order_id)
+
+    async def get_order(self, order_id: str) -> dict[str, Any]:
+        return (await self._orders_for(order_id)).view(order_id)
+
+    async def list_orders(
+        self, *, day: date | None = None, status: str | None = None, table: str | None = None
+    ) -> list[dict[str, Any]]:
+        days = [day] if day is not None else self._live_days()
+        out: list[dict[str, Any]] = []
+        tables = None
+        if table is not None and self.tables.exists(table):
+            tables = self.tables.group(table)
+        for d in days:
+            try:
+                model = await self.orders_of_day(d)
+            except NotFound:
+                if day is not None:
+                    raise
+                continue
+            for order in model.list(status=status):
+                if table is None or order["table"] == table or (tables and order["table"] in tables):
+                    out.append(order)
+        return out
+
+    async def set_order_status(self, order_id: str, status: str, *, reason: str | None = None,
+                               user: str | None = None) -> dict[str, Any]:
+        return await self._order_op(order_id, f"status:{status}", user,
+                                    lambda m: m.set_status(order_id, status, reason=reason))
+
+    async def update_order(self, order_id: str, *, waiter: str | None = None, notes: str | None = None,
+                           user: str | None = None) -> dict[str, Any]:
+        return await self._order_op(order_id, "update", user,
+                                    lambda m: m.update_fields(order_id, waiter=waiter, notes=notes))
+
+    async def cancel_order(self, order_id: str, reason: str, user: str | None = None) -> dict[str, Any]:
+        return await self.set_order_status(order_id, "cancelled", reason=reason, user=user)
+
+    async def add_items(self, order_id: str, items: list[dict[str, Any]], user: str | None = None) -> dict[str, Any]:
+        if not items:
+            raise InvalidInput("no items to add")
+        return await self._order_op(order_id, "add_items", user, lambda m: m.add_items(order_id, items))
+
+    async def void_item(self, order_id: str, item_id: str, reason: str, user: str | None = None) -> dict[str, Any]:
+        return await self._order_op(order_id, "void_item", user, lambda m: m.void_item(order_id, item_id, reason))
+
+    async def set_item_status(self, order_id: str, item_id: str, stage: str, user: str | None = None) -> dict[str, Any]:
+        return await self._order_op(order_id, f"kitchen:{stage}", user,
+                                    lambda m: m.set_kitchen_status(order_id, item_id, stage))
+
+    async def transfer_order(self, order_id: str, table: str, user: str | None = None) -> dict[str, Any]:
+        return await self._order_op(order_id, "transfer", user, lambda m: m.transfer(order_id, table))
+
+    # -- tables --------------------------------------------------------------------------------
+
+    async def _table_op(self, table_id: str, operation: str, user: str | None, mutate_fn, *, create: bool = False):  # noqa: ANN001, ANN202
+        model = self.tables
+        before = model.view(table_id) if model.exists(table_id) else None
+        if before is None and not create:
+            raise NotFound(f"table {table_id!r} not found")
+        op = Operation("table", table_id, operation, user)
+
+        def mutate() -> None:
+            mutate_fn(model)
+            op.before, op.after = before, model.view(table_id)
+
+        await self._commit(tables_doc.DOC_NAME, mutate, op)
+        return model.view(table_id)
+
+    async def put_table(self, table_id: str, *, name: str, seats: int, area: str | None,
+                        user: str | None = None) -> dict[str, Any]:
+        return await self._table_op(table_id, "put", user,
+                                    lambda m: m.put(table_id, name=name, seats=seats, area=area), create=True)
+
+    async def update_table(self, table_id: str, *, user: str | None = None, **changes: Any) -> dict[str, Any]:
+        return await self._table_op(table_id, "update", user, lambda m: m.update(table_id, **changes))
+
+    async def merge_tables(self, table_id: str, into: str, user: str | None = None) -> dict[str, Any]:
+        return await self._table_op(table_id, "merge", user, lambda m: m.merge_into(table_id, into))
+
+    async def unmerge_table(self, table_id: str, user: str | None = None) -> dict[str, Any]:
+        return await self._table_op(table_id, "unmerge", user, lambda m: m.unmerge(table_id))
+
+    # -- catalog and stock ---------------------------------------------------------------------
+
+    async def _inventory_op(self, sku: str, operation: str, user: str | None, mutate_fn, *, create: bool = False):  # noqa: ANN001, ANN202
+        model = self.inventory
+        before = model.view(sku) if sku in model.catalog else None
+        if before is None and not create:
+            raise NotFound(f"sku {sku!r} is not in the catalog; add it with PUT /api/v1/catalog/{sku}")
+        op = Operation("inventory", sku, operation, user)
+
+        def mutate() -> None:
+            mutate_fn(model)
+            op.before, op.after = before, model.view(sku)
+
+        await self._commit(inventory_doc.DOC_NAME, mutate, op)
+        return model.view(sku)
+
+    async def put_product(self, sku: str, *, user: str | None = None, **product: Any) -> dict[str, Any]:
+        await self._inventory_op(sku, "put_product", user, lambda m: m.put_product(sku, **product), create=True)
+        return self.inventory.product(sku)
+
+    async def adjust_stock(self, sku: str, delta: int, reason: str, user: str | None = None) -> dict[str, Any]:
+        return await self._inventory_op(sku, f"adjust:{reason}", user, lambda m: m.adjust(sku, delta))
+
+    async def count_stock(self, sku: str, quantity: int, user: str | None = None) -> dict[str, Any]:
+        return await self._inventory_op(sku, "count", user, lambda m: m.count(sku, quantity))
+
+    async def set_stock_flags(self, sku: str, user: str | None = None, **flags: Any) -> dict[str, Any]:
+        return await self._inventory_op(sku, "flags", user, lambda m: m.set_flags(sku, **flags))
+
+    # -- status --------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        docs = {}
+        for name in self.host.names():
+            model = self.host.get(name)
+            docs[name] = {
+                "bytes": len(model.doc.get_update()),
+                "pending_updates": self.store.pending_per_doc.get(name, 0),
+                "read_only": model.read_only,
+            }
+        return {
+            "terminal_id": self.config.terminal_id, "type": self.config.type,
+            "business_day": self.today().isoformat(),
+            "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
+            "documents": docs, "storage": await self.store.size(), "last_event_cursor": self.store.last_cursor,
+        }

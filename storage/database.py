@@ -1,0 +1,144 @@
+"""Opening the terminal database: refuse anything that is not ours, never overwrite it.
+
+A terminal's data directory may be restored from a backup, copied between boxes, or hit by a
+power cut; the one thing we must never do is "repair" a file by recreating it, because that
+silently throws away acknowledged writes.  So an existing file must prove it is a meshpos
+database of a schema we know, and pass SQLite's own integrity check, before we touch it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import sqlite_anyio
+
+#: ``PRAGMA application_id`` of a meshpos database ("MSHP"); foreign SQLite files lack it.
+APPLICATION_ID = 0x4D534850
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE updates (
+    id INTEGER PRIMARY KEY,
+    doc TEXT NOT NULL,
+    data BLOB NOT NULL,
+    origin TEXT NOT NULL,
+    stored_at TEXT NOT NULL
+);
+CREATE INDEX updates_by_doc ON updates (doc, id);
+CREATE TABLE snapshots (
+    doc TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    upto INTEGER NOT NULL,
+    taken_at TEXT NOT NULL
+);
+CREATE TABLE events (
+    cursor INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    at TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    op_id TEXT NOT NULL UNIQUE,
+    entity TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    terminal_id TEXT NOT NULL,
+    user_id TEXT,
+    at TEXT NOT NULL,
+    before TEXT,
+    after TEXT
+);
+CREATE INDEX audit_by_entity ON audit (entity, entity_id);
+"""
+
+
+class DatabaseError(Exception):
+    """The database file cannot be used; the message says why and what to do."""
+
+
+def _check_header(path: Path) -> None:
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb") as fh:
+        head = fh.read(len(_SQLITE_MAGIC))
+    if head != _SQLITE_MAGIC:
+        raise DatabaseError(
+            f"{path} is not an SQLite database (corrupt or foreign file); refusing to open or "
+            "overwrite it. Restore it from a backup or move it away to start empty."
+        )
+
+
+async def open_database(path: Path) -> sqlite_anyio.Connection:
+    """Open (or create) the database at ``path`` with durable settings.
+
+    Raises :class:`DatabaseError` for a corrupt, foreign or newer-schema file.
+    """
+    existed = path.exists() and path.stat().st_size > 0
+    if path.exists():
+        _check_header(path)
+    try:
+        conn = await sqlite_anyio.connect(str(path))
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open {path}: {exc}") from exc
+    try:
+        cur = await conn.cursor()
+        if existed:
+            await _verify_existing(cur, path)
+        # WAL + FULL: a COMMIT returns only once the WAL frame is fsynced, so an acknowledged
+        # write survives power loss; readers never block the writer.
+        await cur.execute("PRAGMA journal_mode=WAL")
+        await cur.execute("PRAGMA synchronous=FULL")
+        await cur.execute("PRAGMA busy_timeout=5000")
+        await cur.execute("PRAGMA foreign_keys=ON")
+        if not existed:
+            await cur.execute("BEGIN IMMEDIATE")
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    await cur.execute(stmt)
+            await cur.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            await cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            await cur.execute("COMMIT")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def _verify_existing(cur: sqlite_anyio.Cursor, path: Path) -> None:
+    try:
+        await cur.execute("PRAGMA application_id")
+        app_id = (await cur.fetchone())[0]
+        await cur.execute("PRAGMA user_version")
+        version = (await cur.fetchone())[0]
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(
+            f"{path} is unreadable ({exc}); refusing to open or overwrite it. "
+            "Restore it from a backup."
+        ) from exc
+    if app_id != APPLICATION_ID:
+        raise DatabaseError(
+            f"{path} is an SQLite database but not a meshpos one (application_id={app_id:#x}); "
+            "refusing to open or overwrite it. Point --data-dir at a meshpos data directory."
+        )
+    if version > SCHEMA_VERSION:
+        raise DatabaseError(
+            f"{path} has schema version {version}, newer than this meshpos ({SCHEMA_VERSION}); "
+            "upgrade meshpos instead of opening it with an older one."
+        )
+    if version < 1:
+        raise DatabaseError(f"{path} has no meshpos schema (user_version={version}); refusing it.")
+    try:
+        await cur.execute("PRAGMA quick_check")
+        result = [row[0] for row in await cur.fetchall()]
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"{path} is corrupt ({exc}); restore it from a backup.") from exc
+    if result != ["ok"]:
+        raise DatabaseError(
+            f"{path} failed SQLite's integrity check ({'; '.join(result[:3])}); "
+            "restore it from a backup."
+        )

@@ -1,0 +1,391 @@
+"""The terminal's write-ahead store: group-committed, acknowledged only once on disk.
+
+Callers enqueue records synchronously (right where the CRDT change happens, so nothing can slip
+between the in-memory change and its place in the queue) and then await the record's ticket.
+One writer task drains the queue in batches: every record queued while the previous COMMIT was
+fsyncing goes into the next transaction, so many concurrent writers share one fsync (group
+commit) while a lone writer still gets its own.
+
+Compaction rides the same queue.  A snapshot request captures the document's full state at the
+moment it is enqueued; because every update applied in memory before that moment is already
+ahead of it in the queue, the snapshot covers exactly the updates with ids up to the last one
+written before it, and those rows are deleted in the same transaction.  Writes never wait for a
+separate compaction pass, and a crash at any point leaves either the rows or the snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import sqlite_anyio
+
+from storage.database import open_database
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    op_id: str
+    entity: str
+    entity_id: str
+    operation: str
+    terminal_id: str
+    user_id: str | None
+    at: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A domain event as persisted: ``cursor`` orders all events of this terminal."""
+
+    cursor: int
+    type: str
+    at: str
+    payload: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cursor": self.cursor, "type": self.type, "at": self.at, **self.payload}
+
+
+@dataclass(slots=True)
+class Ticket:
+    """Completion of one enqueued record; ``wait`` returns once it is durable (or raises)."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+    events: list[StoredEvent] = field(default_factory=list)
+
+    async def wait(self) -> list[StoredEvent]:
+        await self.done.wait()
+        if self.error is not None:
+            raise StoreError("the write could not be made durable") from self.error
+        return self.events
+
+
+class StoreError(Exception):
+    """A write failed to reach the disk; it was not acknowledged."""
+
+
+class IdentityMismatch(Exception):
+    """The database belongs to another terminal."""
+
+
+@dataclass(slots=True)
+class _Record:
+    doc: str | None
+    update: bytes | None
+    origin: str
+    at: str
+    events: list[tuple[str, dict[str, Any]]]
+    audit: AuditRecord | None
+    ticket: Ticket
+    snapshot: bytes | None = None
+
+
+class Store:
+    """Owns the SQLite connection of one terminal.  Start :meth:`run` in the terminal's task group."""
+
+    def __init__(self, conn: sqlite_anyio.Connection, reader: sqlite_anyio.Connection, path: Path) -> None:
+        # Two connections: the writer's transactions are never seen half-done by readers (WAL
+        # readers see only committed data), so an event is never replayed before it is durable.
+        self._conn = conn
+        self._reader = reader
+        self._tx_lock = anyio.Lock()
+        self.path = path
+        self._queue: list[_Record] = []
+        self._wakeup = anyio.Event()
+        self._closed = False
+        self._next_cursor = 1
+        self._last_update_id = 0
+        self._on_commit: list[Callable[[list[StoredEvent]], None]] = []
+        self.pending_per_doc: dict[str, int] = {}
+        self.stats = {"batches": 0, "records": 0, "snapshots": 0}
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        conn = await open_database(path)
+        reader = await sqlite_anyio.connect(str(path))
+        store = cls(conn, reader, path)
+        cur = await conn.cursor()
+        await cur.execute("SELECT COALESCE(MAX(cursor), 0) FROM events")
+        store._next_cursor = (await cur.fetchone())[0] + 1
+        await cur.execute("SELECT COALESCE(MAX(id), 0) FROM updates")
+        last = (await cur.fetchone())[0]
+        await cur.execute("SELECT COALESCE(MAX(upto), 0) FROM snapshots")
+        store._last_update_id = max(last, (await cur.fetchone())[0])
+        await cur.execute("SELECT doc, COUNT(*) FROM updates GROUP BY doc")
+        store.pending_per_doc = {doc: n for doc, n in await cur.fetchall()}
+        return store
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._reader.close()
+        await self._conn.close()
+
+    def on_commit(self, callback: Callable[[list[StoredEvent]], None]) -> None:
+        """Call ``callback`` with the events of every committed batch, in cursor order."""
+        self._on_commit.append(callback)
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        *,
+        doc: str | None,
+        update: bytes | None,
+        origin: str,
+        at: str,
+        events: Iterable[tuple[str, dict[str, Any]]] = (),
+        audit: AuditRecord | None = None,
+    ) -> Ticket:
+        """Queue one update (with the events it produced and its audit row) for the next commit."""
+        if self._closed:
+            raise StoreError("store is closed")
+        ticket = Ticket()
+        self._queue.append(_Record(doc, update, origin, at, list(events), audit, ticket))
+        self._wakeup.set()
+        return ticket
+
+    def enqueue_snapshot(self, doc: str, state: bytes, at: str) -> Ticket:
+        """Fold ``doc``'s update rows written so far into ``state`` (its full encoded state now)."""
+        ticket = Ticket()
+        self._queue.append(_Record(doc, None, "compaction", at, [], None, ticket, snapshot=state))
+        self._wakeup.set()
+        return ticket
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Writer loop.  Finishes the batch in flight even when cancelled, then drains the rest."""
+        task_status.started()
+        try:
+            while True:
+                await self._wakeup.wait()
+                await self._flush()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._flush()
+
+    async def flush(self) -> None:
+        """Write everything queued now (used where no writer task runs, e.g. tools and tests)."""
+        await self._flush()
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            self._wakeup = anyio.Event()
+            await self._write_batch(batch)
+
+    async def _write_batch(self, batch: list[_Record]) -> None:
+        update_rows: list[tuple[int, str, bytes, str, str]] = []
+        event_rows: list[tuple[int, str, str, str]] = []
+        audit_rows: list[tuple[Any, ...]] = []
+        snapshots: list[tuple[str, bytes, int, str]] = []
+        per_record_events: list[list[StoredEvent]] = []
+        next_id = self._last_update_id
+        next_cursor = self._next_cursor
+        for rec in batch:
+            if rec.snapshot is not None:
+                snapshots.append((rec.doc, rec.snapshot, next_id, rec.at))
+                per_record_events.append([])
+                continue
+            if rec.update is not None:
+                next_id += 1
+                update_rows.append((next_id, rec.doc, rec.update, rec.origin, rec.at))
+            stored = []
+            for etype, payload in rec.events:
+                stored.append(StoredEvent(next_cursor, etype, rec.at, payload))
+                event_rows.append((next_cursor, etype, rec.at, json.dumps(payload, separators=(",", ":"))))
+                next_cursor += 1
+            per_record_events.append(stored)
+            if rec.audit is not None:
+                a = rec.audit
+                audit_rows.append((
+                    a.op_id, a.entity, a.entity_id, a.operation, a.terminal_id, a.user_id, a.at,
+                    None if a.before is None else json.dumps(a.before, separators=(",", ":")),
+                    None if a.after is None else json.dumps(a.after, separators=(",", ":")),
+                ))
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._tx_lock.acquire()
+                cur = await self._conn.cursor()
+                await cur.execute("BEGIN IMMEDIATE")
+                try:
+                    if update_rows:
+                        await cur.executemany(
+                            "INSERT INTO updates (id, doc, data, origin, stored_at) VALUES (?,?,?,?,?)",
+                            update_rows,
+                        )
+                    if event_rows:
+                        await cur.executemany(
+                            "INSERT INTO events (cursor, type, at, payload) VALUES (?,?,?,?)", event_rows
+                        )
+                    if audit_rows:
+                        await cur.executemany(
+                            "INSERT INTO audit (op_id, entity, entity_id, operation, terminal_id, user_id,"
+                            " at, before, after) VALUES (?,?,?,?,?,?,?,?,?)",
+                            audit_rows,
+                        )
+                    for doc, state, upto, at in snapshots:
+                        await cur.execute(
+                            "INSERT INTO snapshots (doc, data, upto, taken_at) VALUES (?,?,?,?) "
+                            "ON CONFLICT (doc) DO UPDATE SET data=excluded.data, upto=excluded.upto, "
+                            "taken_at=excluded.taken_at",
+                            (doc, state, upto, at),
+                        )
+                        await cur.execute("DELETE FROM updates WHERE doc = ? AND id <= ?", (doc, upto))
+                    await cur.execute("COMMIT")
+                except BaseException:
+                    await cur.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._tx_lock.release()
+        except Exception as exc:  # disk full, I/O error: nobody in this batch is acknowledged
+            log.error("storage commit failed for %d records: %s", len(batch), exc)
+            for rec in batch:
+                rec.ticket.error = exc
+                rec.ticket.done.set()
+            return
+        self._last_update_id = next_id
+        self._next_cursor = next_cursor
+        for _, doc, _, _, _ in update_rows:
+            self.pending_per_doc[doc] = self.pending_per_doc.get(doc, 0) + 1
+        for doc, _, upto, _ in snapshots:
+            self.pending_per_doc[doc] = sum(1 for r in update_rows if r[1] == doc and r[0] > upto)
+        self.stats["batches"] += 1
+        self.stats["records"] += len(batch)
+        self.stats["snapshots"] += len(snapshots)
+        committed: list[StoredEvent] = []
+        for rec, stored in zip(batch, per_record_events, strict=True):
+            rec.ticket.events = stored
+            committed.extend(stored)
+            rec.ticket.done.set()
+        if committed:
+            for callback in self._on_commit:
+                callback(committed)
+
+    async def identity(self, terminal_id: str, terminal_type: str, replica_id: str, at: str) -> str:
+        """Bind this database to one terminal; returns the replica id (created on first use).
+
+        A data directory belongs to one terminal for life: starting it under another id would
+        make its CRDT history look like a different terminal's and corrupt the stock counters.
+        """
+        async with self._tx_lock:
+            cur = await self._conn.cursor()
+            await cur.execute("BEGIN IMMEDIATE")
+            try:
+                await cur.execute("SELECT key, value FROM meta")
+                meta = dict(await cur.fetchall())
+                if not meta:
+                    meta = {"terminal_id": terminal_id, "terminal_type": terminal_type,
+                            "replica_id": replica_id, "created_at": at}
+                    await cur.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+                await cur.execute("COMMIT")
+            except BaseException:
+                await cur.execute("ROLLBACK")
+                raise
+        for key, wanted in (("terminal_id", terminal_id), ("terminal_type", terminal_type)):
+            if meta[key] != wanted:
+                raise IdentityMismatch(
+                    f"{self.path} belongs to {key.replace('_', ' ')} {meta[key]!r}, not {wanted!r}; "
+                    "a data directory serves one terminal for life"
+                )
+        return meta["replica_id"]
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def load_doc(self, doc: str) -> tuple[bytes | None, list[bytes]]:
+        """The snapshot (if any) and the update rows after it, oldest first."""
+        cur = await self._reader.cursor()
+        await cur.execute("SELECT data FROM snapshots WHERE doc = ?", (doc,))
+        row = await cur.fetchone()
+        await cur.execute("SELECT data FROM updates WHERE doc = ? ORDER BY id", (doc,))
+        return (bytes(row[0]) if row else None), [bytes(r[0]) for r in await cur.fetchall()]
+
+    async def doc_names(self) -> list[str]:
+        cur = await self._reader.cursor()
+        await cur.execute("SELECT doc FROM snapshots UNION SELECT DISTINCT doc FROM updates")
+        return sorted(r[0] for r in await cur.fetchall())
+
+    async def events_after(self, cursor: int, limit: int = 1000) -> list[StoredEvent]:
+        cur = await self._reader.cursor()
+        await cur.execute(
+            "SELECT cursor, type, at, payload FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?",
+            (cursor, limit),
+        )
+        return [StoredEvent(c, t, a, json.loads(p)) for c, t, a, p in await cur.fetchall()]
+
+    async def oldest_event_cursor(self) -> int | None:
+        cur = await self._reader.cursor()
+        await cur.execute("SELECT MIN(cursor) FROM events")
+        return (await cur.fetchone())[0]
+
+    @property
+    def last_cursor(self) -> int:
+        return self._next_cursor - 1
+
+    async def audit_rows(
+        self, *, entity: str | None = None, entity_id: str | None = None, after: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        clauses, params = ["seq > ?"], [after]
+        if entity is not None:
+            clauses.append("entity = ?")
+            params.append(entity)
+        if entity_id is not None:
+            clauses.append("entity_id = ?")
+            params.append(entity_id)
+        cur = await self._reader.cursor()
+        await cur.execute(
+            "SELECT seq, op_id, entity, entity_id, operation, terminal_id, user_id, at, before, after "
+            f"FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?",
+            (*params, limit),
+        )
+        out = []
+        for seq, op_id, ent, ent_id, op, term, user, at, before, after in await cur.fetchall():
+            out.append({
+                "seq": seq, "op_id": op_id, "entity": ent, "entity_id": ent_id, "operation": op,
+                "terminal_id": term, "user_id": user, "at": at,
+                "before": None if before is None else json.loads(before),
+                "after": None if after is None else json.loads(after),
+            })
+        return out
+
+    async def prune_events(self, keep: int) -> int:
+        """Drop all but the newest ``keep`` events; UIs behind that get a ``reset`` and refetch."""
+        async with self._tx_lock:
+            cur = await self._conn.cursor()
+            await cur.execute("BEGIN IMMEDIATE")
+            await cur.execute("DELETE FROM events WHERE cursor <= ?", (self.last_cursor - keep,))
+            n = cur.rowcount
+            await cur.execute("COMMIT")
+        return n
+
+    async def size(self) -> dict[str, int]:
+        cur = await self._reader.cursor()
+        out = {}
+        for table in ("updates", "snapshots", "events", "audit"):
+            await cur.execute(f"SELECT COUNT(*) FROM {table}")
+            out[table] = (await cur.fetchone())[0]
+        await cur.execute("PRAGMA page_count")
+        pages = (await cur.fetchone())[0]
+        await cur.execute("PRAGMA page_size")
+        out["bytes"] = pages * (await cur.fetchone())[0]
+        return out
+
+    async def backup(self, dest: Path) -> None:
+        """A consistent copy of the live database, taken while the terminal keeps writing.
+
+        ``VACUUM INTO`` reads one committed snapshot (WAL readers never block the writer) and
+        writes a compact, self-contained database file that opens as-is after restore.
+        """
+        if dest.exists():
+            raise FileExistsError(f"{dest} exists; backups never overwrite a file")
+        cur = await self._reader.cursor()
+        await cur.execute("VACUUM INTO ?", (str(dest),))
