@@ -9,6 +9,7 @@ waiter on a handheld) both survive.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pycrdt
@@ -35,11 +36,15 @@ class TablesDoc(Model):
             (self.layout, "layout"), (self.status, "status"), (self.waiter, "waiter"),
             (self.guests, "guests"), (self.merge, "merge"),
         ):
-            root.observe(lambda event, aspect=aspect: self._note(aspect, event.keys))
+            root.observe(self._noter(aspect))
 
-    def _note(self, aspect: str, keys: dict[str, Any]) -> None:
-        for key in keys:
-            self._touched.setdefault(key, set()).add(aspect)
+    def _noter(self, aspect: str) -> Callable[[Any], None]:
+        # pycrdt passes the transaction too when a callback takes two parameters, so no defaults here
+        def note(event: Any) -> None:
+            for key in event.keys:
+                self._touched.setdefault(key, set()).add(aspect)
+
+        return note
 
     def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
         touched, self._touched = self._touched, {}

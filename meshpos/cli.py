@@ -1,0 +1,126 @@
+"""``meshpos`` command line: run a terminal, the demo, status and backups."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import anyio
+import click
+
+from meshpos.config import TERMINAL_TYPES, ConfigError, load_config
+from storage.database import DatabaseError
+from storage.store import IdentityMismatch
+
+BACKENDS = click.Choice(["asyncio", "trio"])
+
+
+@click.group()
+@click.version_option(package_name="meshpos")
+def main() -> None:
+    """meshpos: a peer-to-peer terminal mesh for restaurants."""
+
+
+async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa: ANN001
+    from meshpos.server import serve_api
+    from meshpos.terminal import Terminal
+
+    shutdown = anyio.Event()
+
+    async def watch_signals() -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                logging.getLogger("meshpos").info("received %s, stopping", signal.Signals(signum).name)
+                shutdown.set()
+                return
+
+    def ready(url: str) -> None:
+        if ready_message:
+            print(f"meshpos terminal {config.terminal_id} ({config.type}) serving {url}", flush=True)
+
+    async with Terminal(config).running() as terminal, anyio.create_task_group() as tg:
+        tg.start_soon(watch_signals)
+        await serve_api(terminal, shutdown=shutdown, on_ready=ready)
+        tg.cancel_scope.cancel()
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="TOML config file")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="terminal data directory")
+@click.option("--terminal-id", help="this terminal's id (fixed for the data directory's life)")
+@click.option("--type", "terminal_type", type=click.Choice(TERMINAL_TYPES), help="terminal type")
+@click.option("--api-host", help="address of the local API (default 127.0.0.1)")
+@click.option("--api-port", type=int, help="port of the local API (default 8700; 0 picks a free one)")
+@click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, envvar="MESHPOS_BACKEND")
+@click.option("--log-level", default="INFO", show_default=True)
+def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, backend, log_level) -> None:  # noqa: ANN001
+    """Run one terminal until SIGTERM/SIGINT."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(config_file=config_file, overrides={
+            "data_dir": data_dir, "terminal_id": terminal_id, "type": terminal_type,
+            "api_host": api_host, "api_port": api_port,
+        })
+        anyio.run(_run_until_signal, config, backend=backend)
+    except (ConfigError, DatabaseError, IdentityMismatch) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
+
+
+@main.command()
+@click.option("--backend", type=BACKENDS, default="asyncio", show_default=True)
+@click.option("--keep-running/--exit", default=None,
+              help="keep serving the API after the script (default: only when run from a terminal)")
+@click.option("--api-port", type=int, default=0, show_default=True, help="0 picks a free port")
+def demo(backend: str, keep_running: bool | None, api_port: int) -> None:
+    """One terminal in a temporary data dir running a short scripted lunch service."""
+    from meshpos.demo import run_demo
+
+    if keep_running is None:
+        keep_running = sys.stdin.isatty()
+    logging.basicConfig(level=logging.WARNING)
+    anyio.run(run_demo, api_port, keep_running, backend=backend)
+
+
+@main.command()
+@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
+def status(api: str) -> None:
+    """Print a running terminal's status."""
+    try:
+        with urllib.request.urlopen(f"{api}/api/v1/status", timeout=5) as resp:
+            click.echo(json.dumps(json.load(resp), indent=2))
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"no terminal answering at {api}: {exc}") from None
+
+
+@main.command()
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="backup file to create")
+def backup(data_dir: Path, out: Path) -> None:
+    """Consistent copy of a terminal's database, safe while the terminal runs."""
+    from storage.store import Store
+
+    async def _backup() -> None:
+        store = await Store.open(data_dir / "meshpos.db")
+        try:
+            await store.backup(out)
+        finally:
+            await store.close()
+
+    if not (data_dir / "meshpos.db").exists():
+        raise click.ClickException(f"{data_dir} has no meshpos.db")
+    try:
+        anyio.run(_backup)
+    except (DatabaseError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backup written to {out}")
+
+
+if __name__ == "__main__":
+    main()

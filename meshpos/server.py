@@ -1,0 +1,52 @@
+"""Serving the local API with hypercorn on whichever AnyIO backend is running (asyncio or trio)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import anyio
+import sniffio
+from hypercorn.config import Config
+
+from meshpos.api import create_app
+from meshpos.terminal import Terminal
+
+log = logging.getLogger(__name__)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before serving so port 0 works and the real port is known (tests, several terminals)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve_api(
+    terminal: Terminal,
+    *,
+    shutdown: anyio.Event,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until ``shutdown`` is set; ``on_ready(url)`` is called once the socket accepts."""
+    sock = bind_socket(terminal.config.api_host, terminal.config.api_port)
+    host, port = sock.getsockname()[:2]
+    config = Config()
+    config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) the descriptor from here
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 3.0
+    config.websocket_ping_interval = 20.0
+    app = create_app(terminal)
+    url = f"http://{host}:{port}"
+    if on_ready is not None:
+        on_ready(url)
+    if sniffio.current_async_library() == "trio":
+        from hypercorn.trio import serve
+    else:
+        from hypercorn.asyncio import serve
+    await serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
