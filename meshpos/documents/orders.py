@@ -67,7 +67,7 @@ def validate_item(raw: dict[str, Any]) -> dict[str, Any]:
     """Normalise one new item; raises :class:`InvalidInput` naming the bad field."""
     def need_str(key: str, required: bool = True, max_len: int = 200) -> str | None:
         value = raw.get(key)
-        if value is None and not required:
+        if (value is None or value == "") and not required:
             return None
         if not isinstance(value, str) or not value or len(value) > max_len:
             raise InvalidInput(f"item.{key} must be a non-empty string of at most {max_len} characters")

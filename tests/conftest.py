@@ -1,0 +1,64 @@
+"""Shared fixtures: every async test runs on asyncio and on trio, against real SQLite files."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from meshpos.config import TerminalConfig
+from meshpos.server import serve_api
+from meshpos.terminal import Terminal
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., TerminalConfig]:
+    def make(terminal_id: str = "pos-1", **kw: object) -> TerminalConfig:
+        kw.setdefault("data_dir", tmp_path / terminal_id)
+        kw.setdefault("api_port", 0)
+        return TerminalConfig(terminal_id=terminal_id, **kw)  # type: ignore[arg-type]
+
+    return make
+
+
+@asynccontextmanager
+async def serving(config: TerminalConfig) -> AsyncIterator[tuple[Terminal, httpx.AsyncClient]]:
+    """A running terminal with its API on a real loopback socket, and a client for it."""
+    async with Terminal(config).running() as terminal, anyio.create_task_group() as tg:
+        shutdown = anyio.Event()
+        ready = anyio.Event()
+        urls: list[str] = []
+
+        def on_ready(url: str) -> None:
+            urls.append(url)
+            ready.set()
+
+        tg.start_soon(lambda: serve_api(terminal, shutdown=shutdown, on_ready=on_ready))
+        await ready.wait()
+        async with httpx.AsyncClient(base_url=urls[0], timeout=10) as client:
+            try:
+                yield terminal, client
+            finally:
+                shutdown.set()
+
+
+@pytest.fixture
+def served(make_config: Callable[..., TerminalConfig]):  # noqa: ANN201
+    """``async with served() as (terminal, client)`` - a terminal serving on 127.0.0.1."""
+
+    def factory(**kw: object):  # noqa: ANN202
+        return serving(make_config(**kw))
+
+    return factory
+
+
+BURGER = {"sku": "burger", "name": "Burger", "qty": 2, "unit_price_cents": 1590, "station": "grill"}
