@@ -1,0 +1,182 @@
+"""Durable storage: group commit, exact restart, compaction, events, refusal of foreign files."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import pycrdt
+import pytest
+
+from meshpos.documents import host as host_module
+from meshpos.documents.host import DocumentHost
+from meshpos.documents.inventory import InventoryDoc
+from meshpos.errors import PermissionDenied
+from meshpos.events import Reset
+from meshpos.terminal import Terminal
+from storage.database import DatabaseError, open_database
+from storage.store import Store
+
+pytestmark = pytest.mark.anyio
+def same_state(u1: bytes, u2: bytes) -> bool:
+    """Two encoded states hold exactly the same CRDT items (encodings may order clients differently)."""
+    def absorbs(a: bytes, b: bytes) -> bool:
+        doc = pycrdt.Doc()
+        doc.apply_update(a)
+        before = doc.get_update()
+        doc.apply_update(b)
+        return doc.get_update() == before
+
+    return absorbs(u1, u2) and absorbs(u2, u1)
+
+
+ITEM = {"sku": "burger", "name": "Burger", "qty": 1, "unit_price_cents": 1590}
+
+
+async def test_concurrent_writes_share_commits_and_all_survive_restart(make_config) -> None:  # noqa: ANN001
+    config = make_config()
+    ids: list[str] = []
+    async with Terminal(config).running() as t:
+        await t.put_product("burger", name="Burger", price_cents=1590, station=None, category=None, active=True)
+
+        async def writer(n: int) -> None:
+            for _ in range(10):
+                ids.append((await t.create_order(table=f"T{n}", waiter="ana", items=[ITEM]))["id"])
+                await t.adjust_stock("burger", -1, "sale")
+
+        async with anyio.create_task_group() as tg:
+            for n in range(8):
+                tg.start_soon(writer, n)
+        stats = dict(t.store.stats)
+        state = {name: t.host.get(name).doc.get_update() for name in t.host.names()}
+    assert stats["batches"] < stats["records"], "concurrent writers should share fsyncs"
+    async with Terminal(config).running() as t:
+        assert sorted(o["id"] for o in await t.list_orders()) == sorted(ids)
+        assert t.inventory.quantity("burger") == -80
+        for name, update in state.items():
+            assert same_state(t.host.get(name).doc.get_update(), update), name
+
+
+async def test_compaction_folds_the_log_while_writes_continue(make_config, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(host_module, "COMPACT_EVERY", 100)
+    config = make_config()
+    async with Terminal(config).running() as t:
+        await t.put_product("soda", name="Soda", price_cents=450, station=None, category=None, active=True)
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(lambda: _adjust_many(t, 70))
+        size = await t.store.size()
+        assert size["snapshots"] >= 1
+        assert size["updates"] < 100, "the update log must stay bounded"
+        # a compaction queued between writes must not drop the writes around it
+        t.host.compact("inventory")
+        await t.adjust_stock("soda", 5, "delivery")
+    async with Terminal(config).running() as t:
+        assert t.inventory.quantity("soda") == 5 * 70 + 5
+
+
+async def _adjust_many(t: Terminal, n: int) -> None:
+    for _ in range(n):
+        await t.adjust_stock("soda", 1, "delivery")
+
+
+async def test_remote_updates_are_stored_and_yield_the_same_events(tmp_path: Path) -> None:
+    now = lambda: datetime(2026, 11, 23, 12, tzinfo=UTC)  # noqa: E731
+    a_store = await Store.open(tmp_path / "a.db")
+    b_store = await Store.open(tmp_path / "b.db")
+    try:
+        a = DocumentHost(a_store, terminal_id="a", replica_id="ra", clock=now)
+        b = DocumentHost(b_store, terminal_id="b", replica_id="rb", clock=now)
+        inv_a = await a.open("inventory", InventoryDoc)
+        await b.open("inventory", InventoryDoc)
+        shipped: list[bytes] = []
+        a.on_update(lambda name, update, origin: shipped.append(update))
+        _, ticket = a.write("inventory", lambda: inv_a.put_product(
+            "soda", name="Soda", price_cents=450, station=None, category=None, active=True), None)
+        await a_store.flush()
+        local = await ticket.wait()
+        remote_ticket = b.apply_remote("inventory", shipped[0], "peer:a")
+        await b_store.flush()
+        remote = await remote_ticket.wait()
+        assert [e.type for e in local] == [e.type for e in remote] == ["inventory:updated"]
+        assert local[0].payload == remote[0].payload
+        assert b.apply_remote("inventory", shipped[0], "peer:a") is None  # duplicate: nothing new
+    finally:
+        await a_store.close()
+        await b_store.close()
+    reopened = await Store.open(tmp_path / "b.db")
+    try:
+        snapshot, updates = await reopened.load_doc("inventory")
+        assert snapshot is None and len(updates) == 1 and same_state(updates[0], shipped[0])
+    finally:
+        await reopened.close()
+
+
+async def test_event_subscribers_resume_by_cursor_and_get_reset_after_pruning(make_config) -> None:  # noqa: ANN001
+    async with Terminal(make_config()).running() as t:
+        for n in range(5):
+            await t.put_table(f"T{n}", name=f"T{n}", seats=2, area=None)
+        async with t.events.subscribe(2) as stream:
+            got = []
+            with anyio.fail_after(5):
+                async for event in stream:
+                    got.append(event.cursor)
+                    if event.cursor == 5:
+                        break
+        assert got == [3, 4, 5]
+        await t.store.prune_events(keep=2)
+        async with t.events.subscribe(1) as stream:
+            with anyio.fail_after(5):
+                first = await stream.__anext__()
+        assert isinstance(first, Reset) and first.cursor == 5
+
+
+async def test_business_day_rollover_archives_old_days(make_config) -> None:  # noqa: ANN001
+    now = [datetime(2026, 11, 20, 13, tzinfo=UTC)]
+    t = Terminal(make_config(), clock=lambda: now[0])
+    async with t.running():
+        old = await t.create_order(table="T1", waiter="ana", items=[ITEM])
+        now[0] += timedelta(days=1)
+        await t._open_live_days()
+        await t.set_order_status(old["id"], "sent")  # yesterday stays writable for late tables
+        now[0] += timedelta(days=1)
+        await t._open_live_days()
+        assert [o["id"] for o in await t.list_orders()] == []
+        archived = await t.get_order(old["id"])
+        assert archived["status"] == "sent"
+        with pytest.raises(PermissionDenied):
+            await t.set_order_status(old["id"], "ready")
+        new = await t.create_order(table="T1", waiter="ana", items=[ITEM])
+        assert new["business_day"] == "2026-11-22"
+
+
+@pytest.mark.parametrize("content", ["garbage", "foreign"])
+async def test_corrupt_or_foreign_files_are_refused_untouched(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "meshpos.db"
+    if content == "garbage":
+        path.write_bytes(b"\x00not a database at all" * 100)
+    else:
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE x (y)")
+        conn.commit()
+        conn.close()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(DatabaseError, match="refusing"):
+        await open_database(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+async def test_backup_is_a_consistent_openable_copy(make_config, tmp_path: Path) -> None:  # noqa: ANN001
+    async with Terminal(make_config()).running() as t:
+        await t.put_table("T1", name="T1", seats=4, area=None)
+        await t.store.backup(tmp_path / "copy.db")
+        with pytest.raises(FileExistsError):
+            await t.store.backup(tmp_path / "copy.db")
+    restored = make_config(data_dir=tmp_path / "restored")
+    restored.data_dir.mkdir()
+    (tmp_path / "copy.db").rename(restored.data_dir / "meshpos.db")
+    async with Terminal(restored).running() as t:
+        assert t.tables.view("T1")["seats"] == 4
