@@ -32,21 +32,31 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
 
     shutdown = anyio.Event()
 
-    async def watch_signals() -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                logging.getLogger("meshpos").info("received %s, stopping", signal.Signals(signum).name)
-                shutdown.set()
-                return
-
     def ready(url: str) -> None:
         if ready_message:
             print(f"meshpos terminal {config.terminal_id} ({config.type}) serving {url}", flush=True)
 
-    async with Terminal(config).running() as terminal, anyio.create_task_group() as tg:
-        tg.start_soon(watch_signals)
-        await serve_api(terminal, shutdown=shutdown, on_ready=ready)
-        tg.cancel_scope.cancel()
+    async def serve_then_release() -> None:
+        try:
+            await serve_api(terminal, shutdown=shutdown, on_ready=ready)
+        finally:
+            stopped.set()
+
+    stopped = anyio.Event()
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with Terminal(config).running() as terminal, anyio.create_task_group() as tg:
+            tg.start_soon(serve_then_release)
+
+            async def wait_signal() -> None:
+                async for signum in signals:
+                    logging.getLogger("meshpos").info("received %s, stopping", signal.Signals(signum).name)
+                    break
+                shutdown.set()
+
+            tg.start_soon(wait_signal)
+            await stopped.wait()
+            shutdown.set()
+            tg.cancel_scope.cancel()
 
 
 @main.command()

@@ -27,7 +27,7 @@ class TerminalConfig:
     timezone: str = "UTC"
     day_rollover_hour: int = 4
     #: Events kept for reconnecting UIs; older cursors get a ``reset``.
-    event_retention: int = 50_000
+    event_retention: int = 10_000
     #: Largest accepted HTTP request body, in bytes.
     max_body_bytes: int = 256 * 1024
     extra: dict[str, Any] = field(default_factory=dict)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import sqlite_anyio
-
 #: ``PRAGMA application_id`` of a meshpos database ("MSHP"); foreign SQLite files lack it.
 APPLICATION_ID = 0x4D534850
 SCHEMA_VERSION = 1
@@ -73,8 +71,8 @@ def _check_header(path: Path) -> None:
         )
 
 
-async def open_database(path: Path) -> sqlite_anyio.Connection:
-    """Open (or create) the database at ``path`` with durable settings.
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (or create) the database at ``path`` with durable settings.  Blocking: run in a thread.
 
     Raises :class:`DatabaseError` for a corrupt, foreign or newer-schema file.
     """
@@ -82,39 +80,36 @@ async def open_database(path: Path) -> sqlite_anyio.Connection:
     if path.exists():
         _check_header(path)
     try:
-        conn = await sqlite_anyio.connect(str(path))
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) in the store.
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise DatabaseError(f"cannot open {path}: {exc}") from exc
     try:
-        cur = await conn.cursor()
         if existed:
-            await _verify_existing(cur, path)
+            _verify_existing(conn, path)
         # WAL + FULL: a COMMIT returns only once the WAL frame is fsynced, so an acknowledged
         # write survives power loss; readers never block the writer.
-        await cur.execute("PRAGMA journal_mode=WAL")
-        await cur.execute("PRAGMA synchronous=FULL")
-        await cur.execute("PRAGMA busy_timeout=5000")
-        await cur.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
         if not existed:
-            await cur.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
-                    await cur.execute(stmt)
-            await cur.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            await cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            await cur.execute("COMMIT")
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
     except BaseException:
-        await conn.close()
+        conn.close()
         raise
     return conn
 
 
-async def _verify_existing(cur: sqlite_anyio.Cursor, path: Path) -> None:
+def _verify_existing(conn: sqlite3.Connection, path: Path) -> None:
     try:
-        await cur.execute("PRAGMA application_id")
-        app_id = (await cur.fetchone())[0]
-        await cur.execute("PRAGMA user_version")
-        version = (await cur.fetchone())[0]
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         raise DatabaseError(
             f"{path} is unreadable ({exc}); refusing to open or overwrite it. "
@@ -133,12 +128,11 @@ async def _verify_existing(cur: sqlite_anyio.Cursor, path: Path) -> None:
     if version < 1:
         raise DatabaseError(f"{path} has no meshpos schema (user_version={version}); refusing it.")
     try:
-        await cur.execute("PRAGMA quick_check")
-        result = [row[0] for row in await cur.fetchall()]
+        result = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
     except sqlite3.DatabaseError as exc:
-        raise DatabaseError(f"{path} is corrupt ({exc}); restore it from a backup.") from exc
+        raise DatabaseError(f"{path} is corrupt ({exc}); refusing to open it. Restore it from a backup.") from exc
     if result != ["ok"]:
         raise DatabaseError(
-            f"{path} failed SQLite's integrity check ({'; '.join(result[:3])}); "
-            "restore it from a backup."
+            f"{path} failed SQLite's integrity check ({'; '.join(result[:3])}); refusing to open it. "
+            "Restore it from a backup."
         )

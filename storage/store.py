@@ -11,6 +11,10 @@ moment it is enqueued; because every update applied in memory before that moment
 ahead of it in the queue, the snapshot covers exactly the updates with ids up to the last one
 written before it, and those rows are deleted in the same transaction.  Writes never wait for a
 separate compaction pass, and a crash at any point leaves either the rows or the snapshot.
+
+SQLite runs in AnyIO worker threads (one for the writer, one for readers), so the store works
+on asyncio and trio alike (aiosqlite is asyncio-only); a whole batch is one thread hop, and
+thread calls are never abandoned on cancellation, so a COMMIT in flight always finishes.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlite3
+
 import anyio
-import sqlite_anyio
 
 from storage.database import open_database
 
@@ -92,14 +97,15 @@ class _Record:
 
 
 class Store:
-    """Owns the SQLite connection of one terminal.  Start :meth:`run` in the terminal's task group."""
+    """Owns the SQLite connections of one terminal.  Start :meth:`run` in the terminal's task group."""
 
-    def __init__(self, conn: sqlite_anyio.Connection, reader: sqlite_anyio.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, reader: sqlite3.Connection, path: Path) -> None:
         # Two connections: the writer's transactions are never seen half-done by readers (WAL
         # readers see only committed data), so an event is never replayed before it is durable.
         self._conn = conn
         self._reader = reader
-        self._tx_lock = anyio.Lock()
+        self._write_limiter = anyio.CapacityLimiter(1)
+        self._read_limiter = anyio.CapacityLimiter(1)
         self.path = path
         self._queue: list[_Record] = []
         self._wakeup = anyio.Event()
@@ -112,24 +118,33 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        conn = await open_database(path)
-        reader = await sqlite_anyio.connect(str(path))
+        conn = await anyio.to_thread.run_sync(open_database, path)
+        reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         store = cls(conn, reader, path)
-        cur = await conn.cursor()
-        await cur.execute("SELECT COALESCE(MAX(cursor), 0) FROM events")
-        store._next_cursor = (await cur.fetchone())[0] + 1
-        await cur.execute("SELECT COALESCE(MAX(id), 0) FROM updates")
-        last = (await cur.fetchone())[0]
-        await cur.execute("SELECT COALESCE(MAX(upto), 0) FROM snapshots")
-        store._last_update_id = max(last, (await cur.fetchone())[0])
-        await cur.execute("SELECT doc, COUNT(*) FROM updates GROUP BY doc")
-        store.pending_per_doc = {doc: n for doc, n in await cur.fetchall()}
+
+        def scan() -> None:
+            store._next_cursor = conn.execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()[0] + 1
+            last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM updates").fetchone()[0]
+            upto = conn.execute("SELECT COALESCE(MAX(upto), 0) FROM snapshots").fetchone()[0]
+            store._last_update_id = max(last, upto)
+            store.pending_per_doc = dict(conn.execute("SELECT doc, COUNT(*) FROM updates GROUP BY doc"))
+
+        await store._write(scan)
         return store
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._write_limiter)
+
+    async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        def query() -> list[tuple[Any, ...]]:
+            return self._reader.execute(sql, params).fetchall()
+
+        return await anyio.to_thread.run_sync(query, limiter=self._read_limiter)
 
     async def close(self) -> None:
         self._closed = True
-        await self._reader.close()
-        await self._conn.close()
+        await anyio.to_thread.run_sync(self._reader.close, limiter=self._read_limiter)
+        await self._write(self._conn.close)
 
     def on_commit(self, callback: Callable[[list[StoredEvent]], None]) -> None:
         """Call ``callback`` with the events of every committed batch, in cursor order."""
@@ -212,41 +227,38 @@ class Store:
                     None if a.before is None else json.dumps(a.before, separators=(",", ":")),
                     None if a.after is None else json.dumps(a.after, separators=(",", ":")),
                 ))
+        def commit() -> None:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if update_rows:
+                    db.executemany(
+                        "INSERT INTO updates (id, doc, data, origin, stored_at) VALUES (?,?,?,?,?)", update_rows
+                    )
+                if event_rows:
+                    db.executemany("INSERT INTO events (cursor, type, at, payload) VALUES (?,?,?,?)", event_rows)
+                if audit_rows:
+                    db.executemany(
+                        "INSERT INTO audit (op_id, entity, entity_id, operation, terminal_id, user_id,"
+                        " at, before, after) VALUES (?,?,?,?,?,?,?,?,?)",
+                        audit_rows,
+                    )
+                for doc, state, upto, at in snapshots:
+                    db.execute(
+                        "INSERT INTO snapshots (doc, data, upto, taken_at) VALUES (?,?,?,?) "
+                        "ON CONFLICT (doc) DO UPDATE SET data=excluded.data, upto=excluded.upto, "
+                        "taken_at=excluded.taken_at",
+                        (doc, state, upto, at),
+                    )
+                    db.execute("DELETE FROM updates WHERE doc = ? AND id <= ?", (doc, upto))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
         try:
             with anyio.CancelScope(shield=True):
-                await self._tx_lock.acquire()
-                cur = await self._conn.cursor()
-                await cur.execute("BEGIN IMMEDIATE")
-                try:
-                    if update_rows:
-                        await cur.executemany(
-                            "INSERT INTO updates (id, doc, data, origin, stored_at) VALUES (?,?,?,?,?)",
-                            update_rows,
-                        )
-                    if event_rows:
-                        await cur.executemany(
-                            "INSERT INTO events (cursor, type, at, payload) VALUES (?,?,?,?)", event_rows
-                        )
-                    if audit_rows:
-                        await cur.executemany(
-                            "INSERT INTO audit (op_id, entity, entity_id, operation, terminal_id, user_id,"
-                            " at, before, after) VALUES (?,?,?,?,?,?,?,?,?)",
-                            audit_rows,
-                        )
-                    for doc, state, upto, at in snapshots:
-                        await cur.execute(
-                            "INSERT INTO snapshots (doc, data, upto, taken_at) VALUES (?,?,?,?) "
-                            "ON CONFLICT (doc) DO UPDATE SET data=excluded.data, upto=excluded.upto, "
-                            "taken_at=excluded.taken_at",
-                            (doc, state, upto, at),
-                        )
-                        await cur.execute("DELETE FROM updates WHERE doc = ? AND id <= ?", (doc, upto))
-                    await cur.execute("COMMIT")
-                except BaseException:
-                    await cur.execute("ROLLBACK")
-                    raise
-                finally:
-                    self._tx_lock.release()
+                await self._write(commit)
         except Exception as exc:  # disk full, I/O error: nobody in this batch is acknowledged
             log.error("storage commit failed for %d records: %s", len(batch), exc)
             for rec in batch:
@@ -277,20 +289,22 @@ class Store:
         A data directory belongs to one terminal for life: starting it under another id would
         make its CRDT history look like a different terminal's and corrupt the stock counters.
         """
-        async with self._tx_lock:
-            cur = await self._conn.cursor()
-            await cur.execute("BEGIN IMMEDIATE")
+        def bind() -> dict[str, str]:
+            db = self._conn
+            db.execute("BEGIN IMMEDIATE")
             try:
-                await cur.execute("SELECT key, value FROM meta")
-                meta = dict(await cur.fetchall())
+                meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
                 if not meta:
                     meta = {"terminal_id": terminal_id, "terminal_type": terminal_type,
                             "replica_id": replica_id, "created_at": at}
-                    await cur.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
-                await cur.execute("COMMIT")
+                    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+                db.execute("COMMIT")
             except BaseException:
-                await cur.execute("ROLLBACK")
+                db.execute("ROLLBACK")
                 raise
+            return meta
+
+        meta = await self._write(bind)
         for key, wanted in (("terminal_id", terminal_id), ("terminal_type", terminal_type)):
             if meta[key] != wanted:
                 raise IdentityMismatch(
@@ -303,29 +317,22 @@ class Store:
 
     async def load_doc(self, doc: str) -> tuple[bytes | None, list[bytes]]:
         """The snapshot (if any) and the update rows after it, oldest first."""
-        cur = await self._reader.cursor()
-        await cur.execute("SELECT data FROM snapshots WHERE doc = ?", (doc,))
-        row = await cur.fetchone()
-        await cur.execute("SELECT data FROM updates WHERE doc = ? ORDER BY id", (doc,))
-        return (bytes(row[0]) if row else None), [bytes(r[0]) for r in await cur.fetchall()]
+        snap = await self._read("SELECT data FROM snapshots WHERE doc = ?", (doc,))
+        rows = await self._read("SELECT data FROM updates WHERE doc = ? ORDER BY id", (doc,))
+        return (bytes(snap[0][0]) if snap else None), [bytes(r[0]) for r in rows]
 
     async def doc_names(self) -> list[str]:
-        cur = await self._reader.cursor()
-        await cur.execute("SELECT doc FROM snapshots UNION SELECT DISTINCT doc FROM updates")
-        return sorted(r[0] for r in await cur.fetchall())
+        rows = await self._read("SELECT doc FROM snapshots UNION SELECT DISTINCT doc FROM updates")
+        return sorted(r[0] for r in rows)
 
     async def events_after(self, cursor: int, limit: int = 1000) -> list[StoredEvent]:
-        cur = await self._reader.cursor()
-        await cur.execute(
-            "SELECT cursor, type, at, payload FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?",
-            (cursor, limit),
+        rows = await self._read(
+            "SELECT cursor, type, at, payload FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?", (cursor, limit)
         )
-        return [StoredEvent(c, t, a, json.loads(p)) for c, t, a, p in await cur.fetchall()]
+        return [StoredEvent(c, t, a, json.loads(p)) for c, t, a, p in rows]
 
     async def oldest_event_cursor(self) -> int | None:
-        cur = await self._reader.cursor()
-        await cur.execute("SELECT MIN(cursor) FROM events")
-        return (await cur.fetchone())[0]
+        return (await self._read("SELECT MIN(cursor) FROM events"))[0][0]
 
     @property
     def last_cursor(self) -> int:
@@ -341,14 +348,13 @@ class Store:
         if entity_id is not None:
             clauses.append("entity_id = ?")
             params.append(entity_id)
-        cur = await self._reader.cursor()
-        await cur.execute(
+        rows = await self._read(
             "SELECT seq, op_id, entity, entity_id, operation, terminal_id, user_id, at, before, after "
             f"FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?",
             (*params, limit),
         )
         out = []
-        for seq, op_id, ent, ent_id, op, term, user, at, before, after in await cur.fetchall():
+        for seq, op_id, ent, ent_id, op, term, user, at, before, after in rows:
             out.append({
                 "seq": seq, "op_id": op_id, "entity": ent, "entity_id": ent_id, "operation": op,
                 "terminal_id": term, "user_id": user, "at": at,
@@ -359,24 +365,17 @@ class Store:
 
     async def prune_events(self, keep: int) -> int:
         """Drop all but the newest ``keep`` events; UIs behind that get a ``reset`` and refetch."""
-        async with self._tx_lock:
-            cur = await self._conn.cursor()
-            await cur.execute("BEGIN IMMEDIATE")
-            await cur.execute("DELETE FROM events WHERE cursor <= ?", (self.last_cursor - keep,))
-            n = cur.rowcount
-            await cur.execute("COMMIT")
-        return n
+        def prune() -> int:
+            return self._conn.execute("DELETE FROM events WHERE cursor <= ?", (self.last_cursor - keep,)).rowcount
+
+        return await self._write(prune)
 
     async def size(self) -> dict[str, int]:
-        cur = await self._reader.cursor()
         out = {}
         for table in ("updates", "snapshots", "events", "audit"):
-            await cur.execute(f"SELECT COUNT(*) FROM {table}")
-            out[table] = (await cur.fetchone())[0]
-        await cur.execute("PRAGMA page_count")
-        pages = (await cur.fetchone())[0]
-        await cur.execute("PRAGMA page_size")
-        out["bytes"] = pages * (await cur.fetchone())[0]
+            out[table] = (await self._read(f"SELECT COUNT(*) FROM {table}"))[0][0]
+        pages = (await self._read("PRAGMA page_count"))[0][0]
+        out["bytes"] = pages * (await self._read("PRAGMA page_size"))[0][0]
         return out
 
     async def backup(self, dest: Path) -> None:
@@ -387,5 +386,4 @@ class Store:
         """
         if dest.exists():
             raise FileExistsError(f"{dest} exists; backups never overwrite a file")
-        cur = await self._reader.cursor()
-        await cur.execute("VACUUM INTO ?", (str(dest),))
+        await self._read("VACUUM INTO ?", (str(dest),))

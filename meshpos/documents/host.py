@@ -134,10 +134,11 @@ class DocumentHost:
         return result, self._finish(hosted, LOCAL_ORIGIN, audit)
 
     def audit_record(self, op: Operation) -> AuditRecord:
+        before, after = changed_fields(op.before, op.after)
         return AuditRecord(
             op_id=random_id(16), entity=op.entity, entity_id=op.entity_id, operation=op.operation,
             terminal_id=self.terminal_id, user_id=op.user_id, at=iso(self.clock()),
-            before=op.before, after=op.after,
+            before=before, after=after,
         )
 
     def apply_remote(self, name: str, update: bytes, origin: str) -> Ticket | None:
@@ -177,6 +178,14 @@ class DocumentHost:
     def diff(self, name: str, state_vector: bytes | None = None) -> bytes:
         doc = self._docs[name].model.doc
         return doc.get_update(state_vector) if state_vector is not None else doc.get_update()
+
+
+def changed_fields(before: Any, after: Any) -> tuple[Any, Any]:
+    """Keep only the top-level fields that differ: an audit row of a busy order stays small."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return before, after
+    keys = [k for k in after.keys() | before.keys() if before.get(k) != after.get(k)]
+    return {k: before.get(k) for k in keys}, {k: after.get(k) for k in keys}
 
 
 async def durable(ticket: Ticket | None) -> list[StoredEvent]:
