@@ -17,7 +17,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from storage.store import Store, StoredEvent
 
 #: Per-subscriber live buffer; a UI that falls further behind is disconnected and resumes by cursor.
-SUBSCRIBER_BUFFER = 1000
+SUBSCRIBER_BUFFER = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,11 @@ class EventBus:
 
         async def iterate() -> AsyncIterator[StoredEvent | Reset]:
             last = self.store.last_cursor if cursor is None else cursor
-            if cursor is not None and cursor < self.store.last_cursor:
+            if cursor is not None and cursor > self.store.last_cursor:
+                # a cursor from the future: this database was replaced (restore, new box)
+                last = self.store.last_cursor
+                yield Reset(last)
+            elif cursor is not None and cursor < self.store.last_cursor:
                 oldest = await self.store.oldest_event_cursor()
                 if oldest is None or oldest > cursor + 1:
                     last = self.store.last_cursor

@@ -121,7 +121,11 @@ class Terminal:
 
     async def orders_of_day(self, day: date) -> OrdersDoc:
         name = orders_doc.doc_name(day)
+        live = self._live_days()
         model = self.host.get(name)
+        if (model is None and day in live) or (model is not None and not model.read_only and day not in live):
+            await self._open_live_days()  # the day rolled over since housekeeping last ran
+            model = self.host.get(name)
         if model is None:
             if day > self.today():
                 raise NotFound(f"business day {day.isoformat()} has not started")

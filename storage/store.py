@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import sqlite3
 
 import anyio
 
@@ -384,6 +383,6 @@ class Store:
         ``VACUUM INTO`` reads one committed snapshot (WAL readers never block the writer) and
         writes a compact, self-contained database file that opens as-is after restore.
         """
-        if dest.exists():
+        if await anyio.Path(dest).exists():
             raise FileExistsError(f"{dest} exists; backups never overwrite a file")
         await self._read("VACUUM INTO ?", (str(dest),))

@@ -17,8 +17,20 @@ from httpx_ws import aconnect_ws
 
 pytestmark = pytest.mark.anyio
 
-BURGER: dict[str, Any] = {"sku": "burger", "name": "Burger", "qty": 2, "unit_price_cents": 1590, "station": "grill"}
-FRIES: dict[str, Any] = {"sku": "fries", "name": "Fries", "qty": 1, "unit_price_cents": 450, "station": "fryer"}
+BURGER: dict[str, Any] = {
+    "sku": "burger",
+    "name": "Burger",
+    "qty": 2,
+    "unit_price_cents": 1590,
+    "station": "grill",
+}
+FRIES: dict[str, Any] = {
+    "sku": "fries",
+    "name": "Fries",
+    "qty": 1,
+    "unit_price_cents": 450,
+    "station": "fryer",
+}
 ORDER: dict[str, Any] = {"table": "T1", "waiter": "ana", "items": [BURGER]}
 
 
@@ -52,8 +64,12 @@ async def create_order(client: httpx.AsyncClient, **overrides: Any) -> dict[str,
     return resp.json()
 
 
-async def put_table(client: httpx.AsyncClient, table_id: str, seats: int = 4, area: str | None = "patio") -> None:
-    resp = await client.put(f"/api/v1/tables/{table_id}", json={"name": table_id, "seats": seats, "area": area})
+async def put_table(
+    client: httpx.AsyncClient, table_id: str, seats: int = 4, area: str | None = "patio"
+) -> None:
+    resp = await client.put(
+        f"/api/v1/tables/{table_id}", json={"name": table_id, "seats": seats, "area": area}
+    )
     assert resp.status_code == 200, resp.text
 
 
@@ -206,8 +222,11 @@ async def test_add_items_and_kitchen_status(served: Any) -> None:
         before = await written(client)
         assert_error(await client.patch(url, json={"kitchen_status": "ready"}), 409, 4011)
         assert_error(await client.patch(url, json={"kitchen_status": "burnt"}), 422, 4006)
-        assert_error(await client.patch(f"/api/v1/orders/{oid}/items/{oid}.nope", json={"kitchen_status": "ready"}),
-                     404, 4007)
+        assert_error(
+            await client.patch(f"/api/v1/orders/{oid}/items/{oid}.nope", json={"kitchen_status": "ready"}),
+            404,
+            4007,
+        )
         assert_error(await client.post(f"/api/v1/orders/{oid}/items", json={"items": []}), 422, 4006)
         assert await written(client) == before
 
@@ -259,7 +278,9 @@ async def test_cancel_order(served: Any) -> None:
         assert_error(await client.post(f"/api/v1/orders/{oid}/cancel", json={"reason": "twice"}), 409, 4011)
         assert_error(await client.post(f"/api/v1/orders/{oid}/items", json={"items": [FRIES]}), 409, 4011)
         item_id = cancelled["items"][0]["id"]
-        assert_error(await client.post(f"/api/v1/orders/{oid}/items/{item_id}/void", json={"reason": "x"}), 409, 4011)
+        assert_error(
+            await client.post(f"/api/v1/orders/{oid}/items/{item_id}/void", json={"reason": "x"}), 409, 4011
+        )
         assert_error(await client.post(f"/api/v1/orders/{oid}/transfer", json={"table": "T2"}), 409, 4011)
         assert await written(client) == before
         assert (await client.get(f"/api/v1/orders/{oid}")).json() == cancelled
@@ -294,7 +315,10 @@ async def test_transfer_order(served: Any) -> None:
 
 async def test_modifiers_with_price_add_to_total(served: Any) -> None:
     async with served() as (_, client):
-        item = {**BURGER, "modifiers": [{"name": "cheese", "price_cents": 150}, "no onions", {"name": "rare"}]}
+        item = {
+            **BURGER,
+            "modifiers": [{"name": "cheese", "price_cents": 150}, "no onions", {"name": "rare"}],
+        }
         order = await create_order(client, items=[item])
         assert order["total_cents"] == 2 * (1590 + 150)
         assert order["items"][0]["modifiers"] == [
@@ -316,15 +340,24 @@ async def test_tables_put_list_patch(served: Any) -> None:
         assert resp.status_code == 200
         table = resp.json()
         assert table == {
-            "id": "T1", "name": "T1", "seats": 4, "area": "patio", "status": "free", "status_at": None,
-            "waiter": None, "guests": 0, "merged_into": None,
+            "id": "T1",
+            "name": "T1",
+            "seats": 4,
+            "area": "patio",
+            "status": "free",
+            "status_at": None,
+            "waiter": None,
+            "guests": 0,
+            "merged_into": None,
         }
         await put_table(client, "T2", seats=2, area=None)
         listed = (await client.get("/api/v1/tables")).json()
         assert [t["id"] for t in listed] == ["T1", "T2"]
         assert listed[1]["area"] is None
 
-        resp = await client.patch("/api/v1/tables/T1", json={"status": "occupied", "waiter": "ana", "guests": 4})
+        resp = await client.patch(
+            "/api/v1/tables/T1", json={"status": "occupied", "waiter": "ana", "guests": 4}
+        )
         assert resp.status_code == 200
         patched = resp.json()
         assert (patched["status"], patched["waiter"], patched["guests"]) == ("occupied", "ana", 4)
@@ -338,7 +371,11 @@ async def test_tables_put_list_patch(served: Any) -> None:
 
         # re-putting the layout keeps the table's state
         resp = await client.put("/api/v1/tables/T1", json={"name": "Terrace 1", "seats": 6})
-        assert (resp.json()["name"], resp.json()["seats"], resp.json()["status"]) == ("Terrace 1", 6, "occupied")
+        assert (resp.json()["name"], resp.json()["seats"], resp.json()["status"]) == (
+            "Terrace 1",
+            6,
+            "occupied",
+        )
 
 
 async def test_table_errors_write_nothing(served: Any) -> None:
@@ -349,9 +386,13 @@ async def test_table_errors_write_nothing(served: Any) -> None:
         assert_error(await client.patch("/api/v1/tables/T1", json={"status": None}), 422, 4006)
         assert_error(await client.patch("/api/v1/tables/T1", json={}), 422, 4006)
         assert_error(await client.patch("/api/v1/tables/T1", json={"guests": -1}), 422, 4006)
-        assert_error(await client.patch("/api/v1/tables/T1", json={"guests": 101}), 422, 4006)  # > max(4*4, 100)
+        assert_error(
+            await client.patch("/api/v1/tables/T1", json={"guests": 101}), 422, 4006
+        )  # > max(4*4, 100)
         assert_error(await client.patch("/api/v1/tables/T1", json={"seats": 8}), 422, 4006)
         assert_error(await client.put("/api/v1/tables/T1", json={"name": "T1", "seats": 0}), 422, 4006)
+        assert_error(await client.put("/api/v1/tables/T1", json={"name": "T1", "seats": True}), 422, 4006)
+        assert_error(await client.put("/api/v1/tables/T1", json={"name": "T1", "seats": "4"}), 422, 4006)
         assert_error(await client.put("/api/v1/tables/bad id", json={"name": "x", "seats": 2}), 422, 4006)
         assert_error(await client.patch("/api/v1/tables/T9", json={"status": "occupied"}), 404, 4007)
         assert_error(await client.get("/api/v1/tables/T9"), 404, 4007)
@@ -381,7 +422,9 @@ async def test_merge_unmerge_and_orders_of_merged_tables(served: Any) -> None:
         before = await written(client)
         assert_error(await client.post("/api/v1/tables/T1/merge", json={"into": "T1"}), 409, 4011)
         assert_error(await client.post("/api/v1/tables/T2/merge", json={"into": "T1"}), 409, 4011)
-        assert_error(await client.post("/api/v1/tables/T3/merge", json={"into": "T2"}), 409, 4011)  # T2 is merged
+        assert_error(
+            await client.post("/api/v1/tables/T3/merge", json={"into": "T2"}), 409, 4011
+        )  # T2 is merged
         assert_error(await client.post("/api/v1/tables/T3/unmerge"), 409, 4011)
         assert await written(client) == before
 
@@ -392,9 +435,11 @@ async def test_merge_unmerge_and_orders_of_merged_tables(served: Any) -> None:
         assert [o["id"] for o in (await client.get("/api/v1/orders", params={"table": "T3"})).json()] == [o3]
 
 
-@pytest.mark.xfail(reason="BUG: a table that others are merged into can itself be merged into another table, "
-                          "leaving a chain T2->T1->T3 whose group (orders?table=T3) silently drops T2's orders",
-                   strict=True)
+@pytest.mark.xfail(
+    reason="BUG: a table that others are merged into can itself be merged into another table, "
+    "leaving a chain T2->T1->T3 whose group (orders?table=T3) silently drops T2's orders",
+    strict=True,
+)
 async def test_merge_of_a_merge_target_is_refused_or_followed(served: Any) -> None:
     async with served() as (_, client):
         for tid in ("T1", "T2", "T3"):
@@ -415,21 +460,39 @@ async def test_merge_of_a_merge_target_is_refused_or_followed(served: Any) -> No
 async def test_catalog_put_and_list(served: Any) -> None:
     async with served() as (_, client):
         product = await put_product(client, "burger", 1590)
-        assert product == {"sku": "burger", "name": "Burger", "price_cents": 1590, "station": "grill",
-                           "category": "mains", "active": True}
+        assert product == {
+            "sku": "burger",
+            "name": "Burger",
+            "price_cents": 1590,
+            "station": "grill",
+            "category": "mains",
+            "active": True,
+        }
         await put_product(client, "fries", 450)
         catalog = (await client.get("/api/v1/catalog")).json()
         assert [p["sku"] for p in catalog] == ["burger", "fries"]
         assert (await client.get("/api/v1/catalog/fries")).json()["price_cents"] == 450
-        resp = await client.put("/api/v1/catalog/burger", json={"name": "Burger", "price_cents": 1690, "active": False})
+        resp = await client.put(
+            "/api/v1/catalog/burger", json={"name": "Burger", "price_cents": 1690, "active": False}
+        )
         assert resp.status_code == 200
-        assert (resp.json()["price_cents"], resp.json()["active"], resp.json()["station"]) == (1690, False, None)
+        assert (resp.json()["price_cents"], resp.json()["active"], resp.json()["station"]) == (
+            1690,
+            False,
+            None,
+        )
         assert_error(await client.get("/api/v1/catalog/pizza"), 404, 4007)
 
         before = await written(client)
-        assert_error(await client.put("/api/v1/catalog/pizza", json={"name": "Pizza", "price_cents": -1}), 422, 4006)
-        assert_error(await client.put("/api/v1/catalog/pizza", json={"name": "Pizza", "price_cents": "9"}), 422, 4006)
-        assert_error(await client.put("/api/v1/catalog/bad sku", json={"name": "X", "price_cents": 1}), 422, 4006)
+        assert_error(
+            await client.put("/api/v1/catalog/pizza", json={"name": "Pizza", "price_cents": -1}), 422, 4006
+        )
+        assert_error(
+            await client.put("/api/v1/catalog/pizza", json={"name": "Pizza", "price_cents": "9"}), 422, 4006
+        )
+        assert_error(
+            await client.put("/api/v1/catalog/bad sku", json={"name": "X", "price_cents": 1}), 422, 4006
+        )
         assert await written(client) == before
 
 
@@ -437,8 +500,12 @@ async def test_inventory_adjust_count_and_flags(served: Any) -> None:
     async with served() as (_, client):
         await put_product(client, "burger")
         inv = (await client.get("/api/v1/inventory/burger")).json()
-        assert (inv["quantity"], inv["out_of_stock"], inv["low_stock"], inv["low_stock_threshold"]) == (0, False,
-                                                                                                        False, None)
+        assert (inv["quantity"], inv["out_of_stock"], inv["low_stock"], inv["low_stock_threshold"]) == (
+            0,
+            False,
+            False,
+            None,
+        )
         assert inv["counted_at"] is None
 
         resp = await client.post("/api/v1/inventory/burger/count", json={"quantity": 40})
@@ -459,36 +526,58 @@ async def test_inventory_adjust_count_and_flags(served: Any) -> None:
         listed = (await client.get("/api/v1/inventory")).json()
         assert [(i["sku"], i["quantity"]) for i in listed] == [("burger", 38)]
 
-        resp = await client.patch("/api/v1/inventory/burger", json={"out_of_stock": True, "low_stock_threshold": 37})
+        resp = await client.patch(
+            "/api/v1/inventory/burger", json={"out_of_stock": True, "low_stock_threshold": 37}
+        )
         assert resp.status_code == 200
-        assert (resp.json()["out_of_stock"], resp.json()["low_stock_threshold"], resp.json()["low_stock"]) == (
-            True, 37, False)
-        resp = await client.patch("/api/v1/inventory/burger", json={"low_stock_threshold": 38})  # quantity == threshold
+        assert (
+            resp.json()["out_of_stock"],
+            resp.json()["low_stock_threshold"],
+            resp.json()["low_stock"],
+        ) == (True, 37, False)
+        resp = await client.patch(
+            "/api/v1/inventory/burger", json={"low_stock_threshold": 38}
+        )  # quantity == threshold
         assert (resp.json()["low_stock"], resp.json()["out_of_stock"]) == (True, True)
         resp = await client.post("/api/v1/inventory/burger/adjust", json={"delta": 1, "reason": "found"})
         assert resp.json()["low_stock"] is False
-        resp = await client.patch("/api/v1/inventory/burger", json={"out_of_stock": False, "low_stock_threshold": None})
-        assert (resp.json()["out_of_stock"], resp.json()["low_stock_threshold"], resp.json()["low_stock"]) == (
-            False, None, False)
+        resp = await client.patch(
+            "/api/v1/inventory/burger", json={"out_of_stock": False, "low_stock_threshold": None}
+        )
+        assert (
+            resp.json()["out_of_stock"],
+            resp.json()["low_stock_threshold"],
+            resp.json()["low_stock"],
+        ) == (False, None, False)
 
 
 async def test_inventory_errors_write_nothing(served: Any) -> None:
     async with served() as (_, client):
         await put_product(client, "burger")
         before = await written(client)
-        assert_error(await client.post("/api/v1/inventory/pizza/adjust", json={"delta": -2, "reason": "sale"}),
-                     404, 4007)
+        assert_error(
+            await client.post("/api/v1/inventory/pizza/adjust", json={"delta": -2, "reason": "sale"}),
+            404,
+            4007,
+        )
         assert_error(await client.post("/api/v1/inventory/pizza/count", json={"quantity": 40}), 404, 4007)
         assert_error(await client.patch("/api/v1/inventory/pizza", json={"out_of_stock": True}), 404, 4007)
         assert_error(await client.get("/api/v1/inventory/pizza"), 404, 4007)
-        assert_error(await client.post("/api/v1/inventory/burger/adjust", json={"delta": 0, "reason": "x"}), 422, 4006)
+        assert_error(
+            await client.post("/api/v1/inventory/burger/adjust", json={"delta": 0, "reason": "x"}), 422, 4006
+        )
         assert_error(await client.post("/api/v1/inventory/burger/adjust", json={"delta": -2}), 422, 4006)
-        assert_error(await client.post("/api/v1/inventory/burger/adjust", json={"delta": "-2", "reason": "x"}),
-                     422, 4006)
+        assert_error(
+            await client.post("/api/v1/inventory/burger/adjust", json={"delta": "-2", "reason": "x"}),
+            422,
+            4006,
+        )
         assert_error(await client.post("/api/v1/inventory/burger/count", json={"quantity": -1}), 422, 4006)
         assert_error(await client.patch("/api/v1/inventory/burger", json={}), 422, 4006)
         assert_error(await client.patch("/api/v1/inventory/burger", json={"out_of_stock": None}), 422, 4006)
-        assert_error(await client.patch("/api/v1/inventory/burger", json={"low_stock_threshold": -1}), 422, 4006)
+        assert_error(
+            await client.patch("/api/v1/inventory/burger", json={"low_stock_threshold": -1}), 422, 4006
+        )
         assert await written(client) == before
         assert (await client.get("/api/v1/inventory/burger")).json()["quantity"] == 0
 
@@ -499,8 +588,11 @@ async def test_inventory_errors_write_nothing(served: Any) -> None:
 async def test_malformed_json_is_rejected(served: Any) -> None:
     async with served() as (_, client):
         before = await written(client)
-        resp = await client.post("/api/v1/orders", content=b'{"table": "T1", "items": [',
-                                 headers={"content-type": "application/json"})
+        resp = await client.post(
+            "/api/v1/orders",
+            content=b'{"table": "T1", "items": [',
+            headers={"content-type": "application/json"},
+        )
         body = assert_error(resp, 422, 4006)
         assert "JSON" in body["message"]
         assert await written(client) == before
@@ -518,7 +610,10 @@ BAD_ORDERS = {
     "zero qty": {**ORDER, "items": [{**BURGER, "qty": 0}]},
     "negative qty": {**ORDER, "items": [{**BURGER, "qty": -1}]},
     "negative price": {**ORDER, "items": [{**BURGER, "unit_price_cents": -1}]},
-    "negative modifier price": {**ORDER, "items": [{**BURGER, "modifiers": [{"name": "x", "price_cents": -5}]}]},
+    "negative modifier price": {
+        **ORDER,
+        "items": [{**BURGER, "modifiers": [{"name": "x", "price_cents": -5}]}],
+    },
     "no items": {**ORDER, "items": []},
     "items missing": {"table": "T1"},
     "bad sku": {**ORDER, "items": [{**BURGER, "sku": "two words"}]},
@@ -566,36 +661,30 @@ async def test_unknown_order_is_404(served: Any, oid: str) -> None:
         assert await written(client) == before
 
 
+# A 413 is sent before the body is read, and the server then drops the connection (see the xfail
+# below); "connection: close" keeps the client from reusing that connection for the next request.
+JSON_CLOSE = {"content-type": "application/json", "connection": "close"}
+
+
 async def test_oversized_body_is_413(served: Any) -> None:
     async with served() as (_, client):
         before = await written(client)
         limit = 256 * 1024
-        padded = {**ORDER, "notes": "x" * (limit + 1)}
-        resp = await client.post("/api/v1/orders", json=padded)
-        assert_error(resp, 413, 4006)
-        resp = await client.post("/api/v1/orders", content=b" " * (limit + 1),
-                                 headers={"content-type": "application/json"})
+        padded = json.dumps({**ORDER, "notes": "x" * (limit + 1)}).encode()
+        resp = await client.post("/api/v1/orders", content=padded, headers=JSON_CLOSE)
+        body = assert_error(resp, 413, 4006)
+        assert str(limit) in body["message"]
+        resp = await client.post("/api/v1/orders", content=b" " * (limit + 1), headers=JSON_CLOSE)
         assert_error(resp, 413, 4006)
         assert await written(client) == before
-        # just under the limit is parsed (and here rejected for the long notes, not the size)
-        body = json.dumps({**ORDER, "notes": "x" * 1000}).encode()
-        resp = await client.post("/api/v1/orders", content=body + b" " * (limit - len(body)),
-                                 headers={"content-type": "application/json"})
+        # exactly the limit is parsed (and here rejected for the long notes, not for its size)
+        small = json.dumps({**ORDER, "notes": "x" * 1000}).encode()
+        resp = await client.post(
+            "/api/v1/orders", content=small + b" " * (limit - len(small)), headers=JSON_CLOSE
+        )
         assert_error(resp, 422, 4006)
         assert await written(client) == before
-
-
-async def test_oversized_chunked_body_is_413(served: Any) -> None:
-    async def chunks() -> AsyncIterator[bytes]:
-        for _ in range(40):
-            yield b" " * 8192
-
-    async with served() as (_, client):
-        before = await written(client)
-        resp = await client.post("/api/v1/orders", content=chunks(), headers={"content-type": "application/json"})
-        assert "content-length" not in resp.request.headers
-        assert_error(resp, 413, 4006)
-        assert await written(client) == before
+        assert (await client.get("/api/v1/orders")).json() == []
 
 
 async def test_configured_body_limit(served: Any) -> None:
@@ -604,8 +693,45 @@ async def test_configured_body_limit(served: Any) -> None:
         assert resp.status_code == 201
         before = await written(client)
         items = [{**BURGER, "notes": "n" * 400}] * 5
-        assert_error(await client.post("/api/v1/orders", json={**ORDER, "items": items}), 413, 4006)
+        big = json.dumps({**ORDER, "items": items}).encode()
+        assert len(big) > 2000
+        assert_error(await client.post("/api/v1/orders", content=big, headers=JSON_CLOSE), 413, 4006)
         assert await written(client) == before
+
+
+@pytest.mark.xfail(
+    reason="BUG: BodyLimit only refuses via Content-Length; for a chunked body it raises _TooLarge "
+    "from receive(), which FastAPI's body parsing turns into 400 'There was an error parsing "
+    "the body' (or the connection is reset) instead of 413",
+    strict=True,
+)
+async def test_oversized_chunked_body_is_413(served: Any) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"items": [' + b" " * 1000
+        yield b" " * 1001 + b"]}"
+
+    async with served(max_body_bytes=2000) as (_, client):
+        before = await written(client)
+        resp = await client.post("/api/v1/orders", content=chunks(), headers=JSON_CLOSE)
+        assert resp.request.headers.get("transfer-encoding") == "chunked"
+        assert_error(resp, 413, 4006)
+        assert await written(client) == before
+
+
+@pytest.mark.xfail(
+    reason="BUG: BodyLimit answers 413 without reading the body and without 'Connection: close', "
+    "then the server drops the connection; a keep-alive client reuses it and its next "
+    "request fails (httpx RemoteProtocolError 'Server disconnected', seen on trio)",
+    strict=True,
+)
+async def test_413_tells_the_client_the_connection_closes(served: Any) -> None:
+    async with served() as (_, client):
+        resp = await client.post(
+            "/api/v1/orders", content=b" " * (256 * 1024 + 1), headers={"content-type": "application/json"}
+        )
+        assert_error(resp, 413, 4006)
+        assert resp.headers.get("connection") == "close"
+        assert (await client.get("/api/v1/status")).status_code == 200
 
 
 async def test_unknown_route_and_method(served: Any) -> None:
@@ -629,14 +755,30 @@ async def test_audit_rows(served: Any) -> None:
         await client.patch(f"/api/v1/orders/{oid}", json={"status": "sent", "user": "bob"})
         await put_table(client, "T1")
         await put_product(client, "burger")
-        await client.post("/api/v1/inventory/burger/adjust", json={"delta": -2, "reason": "sale", "user": "cy"})
+        await client.post(
+            "/api/v1/inventory/burger/adjust", json={"delta": -2, "reason": "sale", "user": "cy"}
+        )
 
         rows = (await client.get("/api/v1/audit")).json()
         assert [(r["entity"], r["entity_id"], r["operation"]) for r in rows] == [
-            ("order", oid, "create"), ("order", oid, "status:sent"), ("table", "T1", "put"),
-            ("inventory", "burger", "put_product"), ("inventory", "burger", "adjust:sale"),
+            ("order", oid, "create"),
+            ("order", oid, "status:sent"),
+            ("table", "T1", "put"),
+            ("inventory", "burger", "put_product"),
+            ("inventory", "burger", "adjust:sale"),
         ]
-        keys = {"seq", "op_id", "entity", "entity_id", "operation", "terminal_id", "user_id", "at", "before", "after"}
+        keys = {
+            "seq",
+            "op_id",
+            "entity",
+            "entity_id",
+            "operation",
+            "terminal_id",
+            "user_id",
+            "at",
+            "before",
+            "after",
+        }
         for row in rows:
             assert set(row) == keys
             assert row["terminal_id"] == "pos-1"
@@ -649,7 +791,11 @@ async def test_audit_rows(served: Any) -> None:
         assert create["before"] is None
         assert create["after"] == order
         assert create["user_id"] == "ana"  # the waiter, when no user is given
-        assert (status["before"]["status"], status["after"]["status"], status["user_id"]) == ("open", "sent", "bob")
+        assert (status["before"]["status"], status["after"]["status"], status["user_id"]) == (
+            "open",
+            "sent",
+            "bob",
+        )
         assert table["before"] is None and table["after"]["seats"] == 4
         assert product["before"] is None and product["after"]["sku"] == "burger"
         assert (adjust["before"]["quantity"], adjust["after"]["quantity"], adjust["user_id"]) == (0, -2, "cy")
@@ -679,8 +825,10 @@ async def test_status(served: Any) -> None:
         assert after["storage"]["updates"] == 1
         assert after["storage"]["audit"] == 1
         assert after["last_event_cursor"] == 1
-        assert after["documents"][f"orders/{status['business_day']}"]["bytes"] > docs[
-            f"orders/{status['business_day']}"]["bytes"]
+        assert (
+            after["documents"][f"orders/{status['business_day']}"]["bytes"]
+            > docs[f"orders/{status['business_day']}"]["bytes"]
+        )
 
 
 async def test_openapi_lists_order_paths(served: Any) -> None:
@@ -690,16 +838,21 @@ async def test_openapi_lists_order_paths(served: Any) -> None:
         paths = resp.json()["paths"]
         assert {"get", "post"} <= set(paths["/api/v1/orders"])
         assert {"get", "patch"} <= set(paths["/api/v1/orders/{order_id}"])
-        for path in ("/api/v1/orders/{order_id}/items", "/api/v1/orders/{order_id}/cancel",
-                     "/api/v1/orders/{order_id}/transfer", "/api/v1/tables/{table_id}", "/api/v1/inventory/{sku}"):
+        for path in (
+            "/api/v1/orders/{order_id}/items",
+            "/api/v1/orders/{order_id}/cancel",
+            "/api/v1/orders/{order_id}/transfer",
+            "/api/v1/tables/{table_id}",
+            "/api/v1/inventory/{sku}",
+        ):
             assert path in paths
 
 
 # -- events ----------------------------------------------------------------------------------------
 
 
-async def test_events_replay_from_cursor_zero(served: Any) -> None:
-    async with served() as (_, client):
+async def test_events_replay_from_cursor_zero_and_reset(served: Any) -> None:
+    async with served() as (terminal, client):
         oid = (await create_order(client))["id"]
         await put_table(client, "T1")
         await client.patch("/api/v1/tables/T1", json={"status": "occupied", "waiter": "ana", "guests": 2})
@@ -711,8 +864,13 @@ async def test_events_replay_from_cursor_zero(served: Any) -> None:
             events = await receive_until(ws, last)
         assert_consecutive(events, 1)
         assert [e["type"] for e in events] == [
-            "order:created", "table:updated", "table:status:changed", "table:assigned", "table:updated",
-            "inventory:updated", "inventory:updated",
+            "order:created",
+            "table:updated",
+            "table:status:changed",
+            "table:assigned",
+            "table:updated",
+            "inventory:updated",
+            "inventory:updated",
         ]
         assert events[0]["order_id"] == oid and events[0]["order"]["total_cents"] == 3180
         assert (events[2]["table_id"], events[2]["status"]) == ("T1", "occupied")
@@ -721,6 +879,24 @@ async def test_events_replay_from_cursor_zero(served: Any) -> None:
         assert (events[5]["sku"], events[5]["item"]["quantity"]) == ("burger", 0)
         assert events[6]["item"]["quantity"] == -1
         assert all(e["at"].endswith("Z") for e in events)
+
+        # history older than what is retained: a reset to the newest cursor, then live events
+        await terminal.store.prune_events(2)
+        async with aconnect_ws("/api/v1/events?cursor=0", client) as ws:
+            with anyio.fail_after(10):
+                reset = await ws.receive_json()
+            assert reset == {"type": "reset", "cursor": last}
+            await put_table(client, "T2")
+            with anyio.fail_after(10):
+                nxt = await ws.receive_json()
+            assert (nxt["cursor"], nxt["type"], nxt["table_id"]) == (last + 1, "table:updated", "T2")
+        # a cursor inside the retained window still replays exactly what followed it
+        async with aconnect_ws(f"/api/v1/events?cursor={last - 1}", client) as ws:
+            tail = await receive_until(ws, last + 1)
+        assert [(e["cursor"], e["type"]) for e in tail] == [
+            (last, "inventory:updated"),
+            (last + 1, "table:updated"),
+        ]
 
 
 async def test_events_live_and_resume_without_gaps(served: Any) -> None:
@@ -751,24 +927,47 @@ async def test_events_live_and_resume_without_gaps(served: Any) -> None:
             missed = await receive_until(ws, missed_last)
             assert_consecutive(missed, seen + 1)
             assert [e["type"] for e in missed] == [
-                "order:cancelled", "table:status:changed", "order:created", "inventory:updated",
+                "order:cancelled",
+                "table:status:changed",
+                "order:created",
+                "inventory:updated",
             ]
+            assert missed[0]["order"]["cancellation"]["reason"] == "left"
             assert missed[2]["order_id"] == second["id"]
             # the next frame is the next write: nothing repeated after the catch-up
             await client.post("/api/v1/inventory/fries/count", json={"quantity": 10})
             with anyio.fail_after(10):
                 nxt = await ws.receive_json()
-            assert (nxt["cursor"], nxt["type"], nxt["item"]["quantity"]) == (missed_last + 1, "inventory:updated", 10)
+            assert (nxt["cursor"], nxt["type"], nxt["item"]["quantity"]) == (
+                missed_last + 1,
+                "inventory:updated",
+                10,
+            )
 
-
-async def test_events_resume_at_latest_cursor_gets_only_new(served: Any) -> None:
-    async with served() as (_, client):
-        await put_table(client, "T1")
-        await put_table(client, "T2")
-        last = await last_cursor(client)
-        async with aconnect_ws(f"/api/v1/events?cursor={last}", client) as ws:
+        # resuming at the newest cursor: no history, just what comes next
+        newest = await last_cursor(client)
+        async with aconnect_ws(f"/api/v1/events?cursor={newest}", client) as ws:
             # whether this lands before or after the server subscribes, it is delivered exactly once
             await put_table(client, "T3")
+            await put_table(client, "T4")
+            got = await receive_until(ws, newest + 2)
+        assert [(e["cursor"], e["table_id"]) for e in got] == [(newest + 1, "T3"), (newest + 2, "T4")]
+
+
+@pytest.mark.xfail(
+    reason="BUG: the /api/v1/events handler never receives from its socket, so it never sees the client's "
+    "disconnect: the EventBus subscription stays registered for good (sends to the closed socket are "
+    "silently dropped) and stopping the server always waits the full graceful_timeout (3 s)",
+    strict=True,
+)
+async def test_events_handler_ends_when_client_disconnects(served: Any) -> None:
+    async with served() as (terminal, client):
+        await put_table(client, "T1")
+        async with aconnect_ws("/api/v1/events?cursor=0", client) as ws:
             with anyio.fail_after(10):
-                msg = await ws.receive_json()
-        assert (msg["cursor"], msg["type"], msg["table_id"]) == (last + 1, "table:updated", "T3")
+                assert (await ws.receive_json())["cursor"] == 1
+            assert len(terminal.events._subscribers) == 1
+        await put_table(client, "T2")  # an event after the close does not end the handler either
+        stopping = anyio.current_time()
+    # no client is connected any more, so nothing should hold the server up for the grace period
+    assert anyio.current_time() - stopping < 2.0

@@ -26,7 +26,11 @@ class Replica:
         clock = lambda: datetime(2026, 11, 23, 12, tzinfo=UTC) + timedelta(milliseconds=next(self.ticks))  # noqa: E731
         self.model = model_cls(pycrdt.Doc(), terminal_id=name, replica_id=f"r-{name}", clock=clock)
         self.outbox: list[bytes] = []
-        self.model.doc.observe(lambda ev: self.outbox.append(bytes(ev.update)) if ev.transaction.origin == "w" else None)
+        self.model.doc.observe(self._capture)
+
+    def _capture(self, event) -> None:  # noqa: ANN001
+        if event.transaction.origin == "w":
+            self.outbox.append(bytes(event.update))
 
     def write(self, fn) -> bool:  # noqa: ANN001
         try:
@@ -96,7 +100,8 @@ def test_orders_converge_to_the_furthest_stage(steps, seed) -> None:  # noqa: AN
             view = r.model.view(oid)
             live = [i["id"] for i in view["items"] if not i["voided"]]
             if live:
-                r.write(lambda m, i=live[n % len(live)]: m.void_item(oid, i, "mistake"))
+                victim = live[n % len(live)]
+                r.write(lambda m, i=victim: m.void_item(oid, i, "mistake"))
         elif action == "kitchen":
             view = r.model.view(oid)
             r.write(lambda m, i=view["items"][0]["id"]: m.set_kitchen_status(oid, i, "ready"))

@@ -150,7 +150,11 @@ class DocumentHost:
 
     def _finish(self, hosted: _Hosted, origin: str, audit: AuditRecord | None) -> Ticket | None:
         updates, hosted.updates = hosted.updates, []
-        events = hosted.model.drain_events()
+        try:
+            events = hosted.model.drain_events()
+        except Exception:  # a malformed entity (e.g. from a buggy peer) must not stop durability
+            log.exception("could not derive events for %s; storing the update without events", hosted.name)
+            events = []
         if not updates:
             return None
         update = updates[0] if len(updates) == 1 else pycrdt.merge_updates(*updates)

@@ -234,7 +234,7 @@ class OrdersDoc(Model):
         order = self._get(order_id)
         status = furthest(order["stages"].to_py(), ORDER_RANK)
         if ORDER_RANK[status] >= ORDER_RANK["cancelled"]:
-            raise InvalidTransition(f"order is {status}; its items can no longer change")
+            raise InvalidTransition(f"order is {status}; it can no longer change")
         return order
 
     def add_items(self, order_id: str, items: list[dict[str, Any]]) -> list[str]:
@@ -263,8 +263,7 @@ class OrdersDoc(Model):
         item["void"] = {"reason": reason, "at": self.now(), "by": self.terminal_id}
 
     def set_kitchen_status(self, order_id: str, item_id: str, stage: str) -> None:
-        self._writable()
-        order = self._get(order_id)
+        order = self._open_for_items(order_id)
         item = self._item(order, item_id)
         if stage not in KITCHEN_RANK:
             raise InvalidInput(f"unknown kitchen status {stage!r}; one of {', '.join(KITCHEN_STAGES)}")
@@ -299,8 +298,7 @@ class OrdersDoc(Model):
         order["table"] = table
 
     def update_fields(self, order_id: str, *, waiter: str | None = None, notes: str | None = None) -> None:
-        self._writable()
-        order = self._get(order_id)
+        order = self._open_for_items(order_id)
         if waiter is not None:
             order["waiter"] = waiter
         if notes is not None:

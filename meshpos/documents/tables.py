@@ -119,6 +119,8 @@ class TablesDoc(Model):
             raise InvalidTransition("a table cannot be merged into itself")
         if target["merged_into"] is not None:
             raise InvalidTransition(f"table {into!r} is itself merged into {target['merged_into']!r}")
+        if len(self.group(table_id)) > 1:
+            raise InvalidTransition(f"other tables are merged into {table_id!r}; unmerge them first")
         if view["merged_into"] == into:
             raise InvalidTransition(f"table {table_id!r} is already merged into {into!r}")
         self.merge[table_id] = {"into": into, **self._stamp()}

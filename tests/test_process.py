@@ -1,0 +1,665 @@
+"""Real ``meshpos`` processes: durability under SIGKILL, clean signals, config, refusing bad
+databases, live backups and the demo.
+
+Every test here spawns ``python -m meshpos.cli`` and talks to it over loopback HTTP with a
+synchronous httpx client; the ``launch`` fixture kills whatever is left when a test ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CLI = [sys.executable, "-m", "meshpos.cli"]
+READY = re.compile(r"^meshpos terminal (\S+) \((\w+)\) serving (http://\S+)$")
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+BACKENDS = ["asyncio", "trio"]
+STAGES = ["sent", "preparing", "ready", "served", "paid", "closed"]
+BURGER = {"sku": "burger", "name": "Burger", "qty": 1, "unit_price_cents": 1590, "station": "grill"}
+FRIES = {"sku": "fries", "name": "Fries", "qty": 2, "unit_price_cents": 690, "station": "fryer"}
+
+
+# -- process helpers -----------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any ``MESHPOS_*`` setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHPOS_")}
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """One ``meshpos run`` process; stdout is read line by line on a thread, stderr goes to a file."""
+
+    def __init__(self, args: list[str], stderr_path: Path, env: dict[str, str], cwd: Path) -> None:
+        self.args = args
+        self.stderr_path = stderr_path
+        with stderr_path.open("wb") as err:
+            self.popen = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd, text=True
+            )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stdout: list[str] = []
+        self.url = ""
+        self.terminal_id = ""
+        self.type = ""
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> Proc:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.popen.kill()
+                self.popen.wait()
+                pytest.fail(f"no ready line within {timeout}s from {self.args}\nstderr:\n{self.stderr()}")
+            if line is None:
+                code = self.popen.wait()
+                pytest.fail(f"{self.args} exited ({code}) before it was ready\nstdout:\n"
+                            + "\n".join(self.stdout) + f"\nstderr:\n{self.stderr()}")
+            self.stdout.append(line)
+            match = READY.match(line)
+            if match:
+                self.terminal_id, self.type, self.url = match.groups()
+                return self
+
+    def wait(self, timeout: float = STOP_TIMEOUT) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            pytest.fail(f"{self.args} did not exit within {timeout}s\nstderr:\n{self.stderr()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        os.kill(self.pid, sig)
+        return self.wait()
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=15)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """``launch(data_dir, terminal_id="pos-1", backend="asyncio", extra=[...], env={...})``."""
+    started: list[Proc] = []
+
+    def start(
+        data_dir: Path | None = None, *, terminal_id: str | None = "pos-1", type: str | None = "pos",
+        backend: str | None = None, extra: list[str] | None = None, env: dict[str, str] | None = None,
+        ready: bool = True,
+    ) -> Proc:
+        args = [*CLI, "run"]
+        if data_dir is not None:
+            args += ["--data-dir", str(data_dir)]
+        if terminal_id is not None:
+            args += ["--terminal-id", terminal_id]
+        if type is not None:
+            args += ["--type", type]
+        if backend is not None:
+            args += ["--backend", backend]
+        args += extra if extra is not None else ["--api-port", "0"]
+        proc = Proc(args, tmp_path / f"stderr-{len(started)}.log", env or clean_env(), tmp_path)
+        started.append(proc)
+        return proc.wait_ready() if ready else proc
+
+    yield start
+    for proc in started:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A one-shot ``meshpos`` command (demo, backup, a run expected to refuse), to completion."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=env or clean_env(), cwd=cwd,
+                          stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+
+
+def ok(resp: httpx.Response) -> Any:
+    assert resp.is_success, f"{resp.request.method} {resp.request.url} -> {resp.status_code}: {resp.text}"
+    return resp.json()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def listing(directory: Path) -> dict[str, str]:
+    return {p.name: sha256(p) for p in sorted(directory.iterdir())}
+
+
+def put_products(c: httpx.Client) -> None:
+    ok(c.put("/api/v1/catalog/burger", json={"name": "Burger", "price_cents": 1590, "station": "grill"}))
+    ok(c.put("/api/v1/catalog/fries", json={"name": "Fries", "price_cents": 690, "station": "fryer"}))
+
+
+def new_order(c: httpx.Client, waiter: str, n: int) -> dict[str, Any]:
+    items = [BURGER] if n % 2 else [BURGER, FRIES]
+    order = ok(c.post("/api/v1/orders", json={"waiter": waiter, "items": items, "notes": f"#{n}"}))
+    assert order["status"] == "open"
+    return order
+
+
+def set_status(c: httpx.Client, order_id: str, status: str) -> dict[str, Any]:
+    order = ok(c.patch(f"/api/v1/orders/{order_id}", json={"status": status}))
+    assert order["status"] == status
+    return order
+
+
+def quantity(c: httpx.Client, sku: str) -> int:
+    return ok(c.get(f"/api/v1/inventory/{sku}"))["quantity"]
+
+
+def all_orders(c: httpx.Client) -> dict[str, dict[str, Any]]:
+    return {o["id"]: o for o in ok(c.get("/api/v1/orders"))}
+
+
+def db_meta(path: Path) -> dict[str, str]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT key, value FROM meta"))
+    finally:
+        conn.close()
+
+
+# -- 1. durability under SIGKILL -------------------------------------------------------------------
+
+
+class Ledger:
+    """What the clients were told (2xx) and what was in flight when the terminal died."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.status: dict[str, str] = {}  # order id -> last acknowledged status
+        self.in_flight_status: dict[str, str] = {}  # order id -> status of a PATCH with no answer
+        self.totals: dict[str, int] = {}  # order id -> total_cents when created
+        self.acked: dict[str, int] = {"burger": 0, "fries": 0}  # sum of acknowledged deltas
+        self.in_flight: dict[str, list[int]] = {"burger": [], "fries": []}  # deltas with no answer
+
+    def order(self, order: dict[str, Any]) -> None:
+        with self.lock:
+            self.status[order["id"]] = order["status"]
+            self.totals[order["id"]] = order["total_cents"]
+
+
+def _lifecycle_worker(url: str, ledger: Ledger, worker: int, count: int) -> None:
+    """Phase 1: ``count`` orders, each walked some way through its lifecycle, plus stock moves."""
+    with httpx.Client(base_url=url, timeout=15) as c:
+        for n in range(count):
+            order = new_order(c, f"w{worker}", n)
+            ledger.order(order)
+            if (worker + n) % 7 == 3:
+                body = {"reason": "guest left"}
+                cancelled = ok(c.post(f"/api/v1/orders/{order['id']}/cancel", json=body))
+                assert cancelled["status"] == "cancelled"
+                ledger.order(cancelled)
+            else:
+                for stage in STAGES[: (worker + n) % (len(STAGES) + 1)]:
+                    ledger.order(set_status(c, order["id"], stage))
+            delta = (n % 5) - 1 or 7  # mixed signs, never 0
+            ok(c.post("/api/v1/inventory/burger/adjust", json={"delta": delta, "reason": "sale"}))
+            with ledger.lock:
+                ledger.acked["burger"] += delta
+
+
+def _hammer_stock(url: str, ledger: Ledger, warmed: threading.Event) -> None:
+    """Phase 2: positive fries adjustments until the terminal dies under us."""
+    with httpx.Client(base_url=url, timeout=15) as c:
+        n = 0
+        while True:
+            n += 1
+            delta = n % 3 + 1
+            with ledger.lock:
+                ledger.in_flight["fries"].append(delta)
+            try:
+                resp = c.post("/api/v1/inventory/fries/adjust", json={"delta": delta, "reason": "delivery"})
+            except httpx.TransportError:
+                return
+            ok(resp)
+            with ledger.lock:
+                ledger.in_flight["fries"].remove(delta)
+                ledger.acked["fries"] += delta
+            if n >= 5:
+                warmed.set()
+
+
+def _hammer_orders(url: str, ledger: Ledger, warmed: threading.Event) -> None:
+    """Phase 2: create orders and move them on until the terminal dies under us."""
+    with httpx.Client(base_url=url, timeout=15) as c:
+        n = 0
+        while True:
+            n += 1
+            try:
+                order = new_order(c, "hammer", n)
+            except httpx.TransportError:
+                return  # an unanswered create: its id is unknown, so nothing to check
+            ledger.order(order)
+            for stage in STAGES[:3]:
+                with ledger.lock:
+                    ledger.in_flight_status[order["id"]] = stage
+                try:
+                    resp = c.patch(f"/api/v1/orders/{order['id']}", json={"status": stage})
+                except httpx.TransportError:
+                    return
+                ledger.order(ok(resp))
+                with ledger.lock:
+                    del ledger.in_flight_status[order["id"]]
+            if n >= 3:
+                warmed.set()
+
+
+def _run_threads(
+    targets: list[tuple[Callable[..., None], tuple[Any, ...]]],
+) -> tuple[list[threading.Thread], list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def wrap(fn: Callable[..., None], args: tuple[Any, ...]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                errors.append(exc)
+
+        return run
+
+    threads = [threading.Thread(target=wrap(fn, args), daemon=True) for fn, args in targets]
+    for t in threads:
+        t.start()
+    return threads, errors
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_acknowledged_writes_survive_sigkill(launch: Callable[..., Proc], tmp_path: Path, backend: str) -> None:
+    data = tmp_path / "data"
+    term = launch(data, backend=backend)
+    ledger = Ledger()
+    with term.client() as c:
+        put_products(c)
+        ok(c.post("/api/v1/inventory/burger/count", json={"quantity": 100}))
+        ledger.acked["burger"] = 100
+
+        # phase 1: 30 orders from 3 threads at once, statuses and stock moves interleaved
+        threads, errors = _run_threads([(_lifecycle_worker, (term.url, ledger, w, 10)) for w in range(3)])
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        assert len(ledger.status) == 30
+        still_open = sorted(o for o, status in ledger.status.items() if status == "open")
+
+        # phase 2: two threads keep writing; the main thread makes its last writes and kills the
+        # terminal the instant the last one is acknowledged
+        warmed = [threading.Event(), threading.Event()]
+        threads, errors = _run_threads([(_hammer_stock, (term.url, ledger, warmed[0])),
+                                        (_hammer_orders, (term.url, ledger, warmed[1]))])
+        for event in warmed:
+            assert event.wait(30), "background writers made no progress"
+        ledger.order(set_status(c, still_open[0], "sent"))
+        ok(c.post("/api/v1/inventory/burger/adjust", json={"delta": -3, "reason": "waste"}))
+        ledger.acked["burger"] -= 3
+        last = new_order(c, "closer", 999)
+        os.kill(term.pid, signal.SIGKILL)
+        ledger.order(last)
+    assert term.wait() == -signal.SIGKILL
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert not errors, errors
+
+    restarted = launch(data, backend=backend)
+    with restarted.client() as c:
+        stored = all_orders(c)
+        missing = sorted(set(ledger.status) - set(stored))
+        assert not missing, f"{len(missing)} acknowledged orders lost: {missing[:5]}"
+        for order_id, status in ledger.status.items():
+            got = stored[order_id]["status"]
+            allowed = {status, ledger.in_flight_status.get(order_id, status)}
+            assert got in allowed, f"order {order_id}: acknowledged {status}, stored {got}"
+            assert stored[order_id]["total_cents"] == ledger.totals[order_id]
+        assert stored[last["id"]]["notes"] == "#999"
+        assert quantity(c, "burger") == ledger.acked["burger"]
+        fries = quantity(c, "fries")
+        low, high = ledger.acked["fries"], ledger.acked["fries"] + sum(ledger.in_flight["fries"])
+        assert low <= fries <= high, (fries, ledger.acked["fries"], ledger.in_flight["fries"])
+        assert {p["sku"] for p in ok(c.get("/api/v1/catalog"))} == {"burger", "fries"}
+        # the restarted terminal takes writes again on top of the recovered state
+        set_status(c, last["id"], "sent")
+        assert quantity(c, "burger") == ledger.acked["burger"]
+
+
+# -- 2. SIGTERM / SIGINT ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_signal_stops_cleanly_and_keeps_data(
+    launch: Callable[..., Proc], tmp_path: Path, backend: str, sig: signal.Signals
+) -> None:
+    data = tmp_path / "data"
+    term = launch(data, backend=backend)
+    with term.client() as c:
+        put_products(c)
+        orders = [new_order(c, "ana", n)["id"] for n in range(3)]
+        set_status(c, orders[0], "sent")
+    started = time.monotonic()
+    code = term.stop(sig)
+    assert code == 0, f"exit code {code} after {sig.name}\nstderr:\n{term.stderr()}"
+    assert time.monotonic() - started < 5
+    assert "Traceback" not in term.stderr()
+    assert not (data / "meshpos.db-wal").exists() or (data / "meshpos.db-wal").stat().st_size == 0
+
+    restarted = launch(data, backend=backend)
+    with restarted.client() as c:
+        stored = all_orders(c)
+        assert set(stored) == set(orders)
+        assert stored[orders[0]]["status"] == "sent"
+    assert restarted.stop(sig) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigterm_right_after_ready_line_is_clean(launch: Callable[..., Proc], tmp_path: Path, backend: str) -> None:
+    """A supervisor may stop the terminal the moment it reports ready: that is a clean stop too."""
+    term = launch(tmp_path / "data", backend=backend)
+    code = term.stop(signal.SIGTERM)
+    assert code == 0, f"exit code {code}\nstderr:\n{term.stderr()}"
+    assert db_meta(tmp_path / "data" / "meshpos.db")["terminal_id"] == "pos-1"
+
+
+# -- 3. configuration ------------------------------------------------------------------------------
+
+
+def test_config_file(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    data = tmp_path / "kds data"
+    config = tmp_path / "meshpos.toml"
+    config.write_text(
+        "[terminal]\n"
+        f"data_dir = {str(data)!r}\n"
+        'terminal_id = "kds-7"\n'
+        'type = "kds"\n'
+        "api_port = 0\n"
+    )
+    term = launch(terminal_id=None, type=None, extra=["--config", str(config)])
+    assert (term.terminal_id, term.type) == ("kds-7", "kds")
+    with term.client() as c:
+        status = ok(c.get("/api/v1/status"))
+    assert (status["terminal_id"], status["type"]) == ("kds-7", "kds")
+    assert db_meta(data / "meshpos.db")["terminal_id"] == "kds-7"
+
+
+def test_environment_variables(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    data = tmp_path / "env-data"
+    env = clean_env(MESHPOS_TERMINAL_ID="waiter-3", MESHPOS_DATA_DIR=str(data), MESHPOS_TYPE="waiter",
+                    MESHPOS_API_PORT="0")
+    term = launch(terminal_id=None, type=None, extra=[], env=env)
+    assert (term.terminal_id, term.type) == ("waiter-3", "waiter")
+    with term.client() as c:
+        assert ok(c.get("/api/v1/status"))["terminal_id"] == "waiter-3"
+    assert db_meta(data / "meshpos.db")["terminal_type"] == "waiter"
+
+
+def test_precedence_flag_over_env_over_file(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    config = tmp_path / "meshpos.toml"
+    config.write_text(f'[terminal]\ndata_dir = {str(tmp_path / "d")!r}\nterminal_id = "from-file"\n'
+                      'type = "kds"\napi_port = 0\n')
+    env = clean_env(MESHPOS_TERMINAL_ID="from-env", MESHPOS_TYPE="waiter")
+    term = launch(terminal_id=None, type="monitor", extra=["--config", str(config)], env=env)
+    assert (term.terminal_id, term.type) == ("from-env", "monitor")
+
+
+def test_missing_terminal_id_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = run_cli("run", "--data-dir", str(data), "--api-port", "0")
+    assert result.returncode != 0
+    assert "terminal_id is required" in result.stderr
+    assert "--terminal-id" in result.stderr and "MESHPOS_TERMINAL_ID" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not data.exists()
+
+
+def test_bad_config_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "meshpos.toml"
+    config.write_text('[terminal]\nterminal_id = "pos-1"\ndata_dir = "x"\ncolour = "blue"\n')
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode != 0
+    assert "colour" in result.stderr and "Traceback" not in result.stderr
+    config.write_text("[terminal\n")
+    result = run_cli("run", "--config", str(config))
+    assert result.returncode != 0
+    assert "cannot read config file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_dir_serves_one_terminal_for_life(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    term = launch(data, terminal_id="pos-1")
+    with term.client() as c:
+        put_products(c)
+        order = new_order(c, "ana", 1)
+    assert term.stop() == 0
+    before = listing(data)
+
+    result = run_cli("run", "--data-dir", str(data), "--terminal-id", "pos-2", "--api-port", "0")
+    assert result.returncode != 0
+    assert "'pos-1'" in result.stderr and "'pos-2'" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+    result = run_cli("run", "--data-dir", str(data), "--terminal-id", "pos-1", "--type", "kds",
+                     "--api-port", "0")
+    assert result.returncode != 0
+    assert "'pos'" in result.stderr and "'kds'" in result.stderr, result.stderr
+    assert listing(data) == before
+    assert db_meta(data / "meshpos.db")["terminal_id"] == "pos-1"
+
+    again = launch(data, terminal_id="pos-1")
+    with again.client() as c:
+        assert order["id"] in all_orders(c)
+
+
+# -- 4. corrupt and foreign databases --------------------------------------------------------------
+
+
+def _refused(data: Path, *fragments: str) -> str:
+    result = run_cli("run", "--data-dir", str(data), "--terminal-id", "pos-1", "--api-port", "0")
+    assert result.returncode != 0, result.stdout
+    assert "serving" not in result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+    return result.stderr
+
+
+def test_random_bytes_database_is_refused_untouched(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meshpos.db").write_bytes(os.urandom(64 * 1024))
+    before = listing(data)
+    _refused(data, "not an SQLite database", "meshpos.db")
+    assert listing(data) == before
+
+
+def test_foreign_sqlite_database_is_refused_untouched(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(data / "meshpos.db")
+    conn.execute("CREATE TABLE x (a INTEGER, b TEXT)")
+    conn.executemany("INSERT INTO x VALUES (?, ?)", [(i, f"row {i}") for i in range(500)])
+    conn.commit()
+    conn.close()
+    before = listing(data)
+    _refused(data, "not a meshpos", "application_id=0x0")
+    assert listing(data) == before
+
+
+def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(data / "meshpos.db")
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute(f"PRAGMA application_id={0x4D534850}")
+    conn.execute("PRAGMA user_version=99")
+    conn.commit()
+    conn.close()
+    before = listing(data)
+    _refused(data, "schema version 99")
+    assert listing(data) == before
+
+
+def test_damaged_pages_are_refused_untouched(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    term = launch(data, backend="trio")
+    with term.client() as c:
+        put_products(c)
+        for n in range(40):
+            order = new_order(c, "ana", n)
+            set_status(c, order["id"], "sent")
+    assert term.stop() == 0
+    db = data / "meshpos.db"
+    assert sorted(p.name for p in data.iterdir()) == ["meshpos.db"], "clean stop leaves no WAL behind"
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    page_size, page_count = conn.execute("PRAGMA page_size").fetchone()[0], conn.execute(
+        "PRAGMA page_count").fetchone()[0]
+    conn.close()
+    assert page_count >= 10, page_count
+    raw = bytearray(db.read_bytes())
+    middle = (page_count // 2) * page_size  # start of a b-tree page in the middle of the file
+    raw[middle: middle + 512] = b"\xa5" * 512
+    db.write_bytes(bytes(raw))
+    before = listing(data)
+    # Observed: SQLite opens the file (its header is intact) but PRAGMA quick_check reports the
+    # damaged page, so meshpos refuses it; the file and the directory stay byte-for-byte the same.
+    stderr = _refused(data, "meshpos.db")
+    assert "integrity check" in stderr or "corrupt" in stderr or "unreadable" in stderr, stderr
+    assert listing(data) == before
+
+
+def test_empty_database_file_is_initialised(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    """A zero-byte meshpos.db (e.g. ``touch``) holds nothing to lose: it becomes a fresh database."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "meshpos.db").touch()
+    term = launch(data)
+    with term.client() as c:
+        put_products(c)
+    assert db_meta(data / "meshpos.db")["terminal_id"] == "pos-1"
+
+
+# -- 5. backups ------------------------------------------------------------------------------------
+
+
+def test_backup_of_a_running_terminal_restores(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    term = launch(data)
+    out = tmp_path / "backups" / "pos-1.db"
+    out.parent.mkdir()
+    acked: list[str] = []
+    stop = threading.Event()
+    with term.client() as c:
+        put_products(c)
+        for n in range(10):
+            order = new_order(c, "ana", n)
+            set_status(c, order["id"], "sent")
+            acked.append(order["id"])
+
+        def writer() -> None:
+            with term.client() as wc:
+                n = 100
+                while not stop.is_set():
+                    n += 1
+                    acked.append(new_order(wc, "bruno", n)["id"])
+                    ok(wc.post("/api/v1/inventory/fries/adjust", json={"delta": 1, "reason": "delivery"}))
+
+        thread = threading.Thread(target=writer, daemon=True)
+        thread.start()
+        while len(acked) < 15:
+            time.sleep(0.01)
+        before_backup = list(acked)
+        result = run_cli("backup", "--data-dir", str(data), "--out", str(out))
+        during = len(acked) - len(before_backup)
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert result.returncode == 0, result.stderr
+        assert f"backup written to {out}" in result.stdout
+        assert during > 0, "no writes happened while the backup ran"
+        # the live terminal is unaffected and still writing
+        new_order(c, "ana", 500)
+        live = all_orders(c)
+    assert set(acked) <= set(live)
+    os.kill(term.pid, signal.SIGKILL)
+    term.wait()
+
+    restored_dir = tmp_path / "restored"
+    restored_dir.mkdir()
+    shutil.copyfile(out, restored_dir / "meshpos.db")
+    restored = launch(restored_dir)
+    with restored.client() as c:
+        stored = all_orders(c)
+        assert set(before_backup) <= set(stored), "orders acknowledged before the backup are missing"
+        assert set(stored) <= set(acked), "the backup holds orders that were never acknowledged"
+        for order_id in before_backup[:10]:
+            assert stored[order_id]["status"] == "sent"
+        assert 0 <= quantity(c, "fries") <= len(acked)
+        assert ok(c.get("/api/v1/status"))["terminal_id"] == "pos-1"
+
+    digest = sha256(out)
+    again = run_cli("backup", "--data-dir", str(data), "--out", str(out))
+    assert again.returncode != 0
+    assert "exists" in again.stderr and "Traceback" not in again.stderr
+    assert sha256(out) == digest
+
+
+def test_backup_refuses_missing_database(tmp_path: Path) -> None:
+    result = run_cli("backup", "--data-dir", str(tmp_path), "--out", str(tmp_path / "b.db"))
+    assert result.returncode != 0
+    assert "no meshpos.db" in result.stderr
+    assert not (tmp_path / "b.db").exists()
+    assert not (tmp_path / "meshpos.db").exists()
+
+
+# -- 6. demo ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_demo_runs_to_completion(tmp_path: Path, backend: str) -> None:
+    result = run_cli("demo", "--exit", "--backend", backend, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    match = re.search(r"terminal pos-1 in (\S+), API at (http://127\.0\.0\.1:\d+)", out)
+    assert match, out
+    assert "orders: 4" in out
+    assert f"{match.group(2)}/api/v1/orders" in out
+    assert "Traceback" not in result.stderr
+    assert not Path(match.group(1)).exists(), "the demo's temporary data dir is removed on exit"
