@@ -12,6 +12,7 @@ import logging
 from datetime import date
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import FastAPI, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -183,7 +184,8 @@ class BodyLimit:
         body = json.dumps({"code": errors.INVALID_MESSAGE,
                            "message": f"request body larger than {self.limit} bytes"}).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -377,16 +379,24 @@ def create_app(terminal: Terminal) -> ASGIApp:
     async def events(ws: WebSocket, cursor: int | None = None) -> None:
         """Domain events as JSON text frames; reconnect with ``?cursor=<last cursor seen>``."""
         await ws.accept()
+
+        async def until_disconnect(scope: anyio.CancelScope) -> None:
+            # Reading is how a server learns the client left; without it the subscription would linger.
+            while (await ws.receive())["type"] != "websocket.disconnect":
+                pass
+            scope.cancel()
+
         try:
-            async with t.events.subscribe(cursor) as stream:
+            async with anyio.create_task_group() as tg, t.events.subscribe(cursor) as stream:
+                tg.start_soon(until_disconnect, tg.cancel_scope)
                 async for item in stream:
                     if isinstance(item, Reset):
                         await ws.send_json({"type": "reset", "cursor": item.cursor})
                     else:
                         await ws.send_json(item.to_json())
-        except Lagged as exc:
-            await ws.close(code=errors.RATE_LIMIT, reason=str(exc)[:120])
-        except WebSocketDisconnect:
+        except* Lagged as group:
+            await ws.close(code=errors.RATE_LIMIT, reason=str(group.exceptions[0])[:120])
+        except* (WebSocketDisconnect, OSError):
             pass
 
     return BodyLimit(app, terminal.config.max_body_bytes)
