@@ -40,7 +40,6 @@ async def serve_api(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = 3.0
-    config.websocket_ping_interval = 20.0
     app = create_app(terminal)
     url = f"http://{host}:{port}"
     if on_ready is not None:

@@ -76,7 +76,8 @@ class Proc:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> Proc:
+    def ready_or_exit(self, timeout: float = READY_TIMEOUT) -> int | None:
+        """``None`` once the ready line appears, else the exit code of a process that gave up."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -86,14 +87,19 @@ class Proc:
                 self.popen.wait()
                 pytest.fail(f"no ready line within {timeout}s from {self.args}\nstderr:\n{self.stderr()}")
             if line is None:
-                code = self.popen.wait()
-                pytest.fail(f"{self.args} exited ({code}) before it was ready\nstdout:\n"
-                            + "\n".join(self.stdout) + f"\nstderr:\n{self.stderr()}")
+                return self.popen.wait()
             self.stdout.append(line)
             match = READY.match(line)
             if match:
                 self.terminal_id, self.type, self.url = match.groups()
-                return self
+                return None
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> Proc:
+        code = self.ready_or_exit(timeout)
+        if code is not None:
+            pytest.fail(f"{self.args} exited ({code}) before it was ready\nstdout:\n"
+                        + "\n".join(self.stdout) + f"\nstderr:\n{self.stderr()}")
+        return self
 
     def wait(self, timeout: float = STOP_TIMEOUT) -> int:
         try:
@@ -209,6 +215,23 @@ class Ledger:
         self.totals: dict[str, int] = {}  # order id -> total_cents when created
         self.acked: dict[str, int] = {"burger": 0, "fries": 0}  # sum of acknowledged deltas
         self.in_flight: dict[str, list[int]] = {"burger": [], "fries": []}  # deltas with no answer
+        self.refusals: list[str] = []  # non-2xx answers the background writers stopped at
+
+    def verify(self, c: httpx.Client) -> None:
+        """Every acknowledged write is in the restarted terminal ``c``; unanswered ones may be."""
+        stored = all_orders(c)
+        missing = sorted(set(self.status) - set(stored))
+        assert not missing, f"{len(missing)} acknowledged orders lost: {missing[:5]}"
+        for order_id, status in self.status.items():
+            got = stored[order_id]["status"]
+            allowed = {status, self.in_flight_status.get(order_id, status)}
+            assert got in allowed, f"order {order_id}: acknowledged {status}, stored {got}"
+            assert stored[order_id]["total_cents"] == self.totals[order_id]
+        assert quantity(c, "burger") == self.acked["burger"]
+        fries = quantity(c, "fries")
+        low, high = self.acked["fries"], self.acked["fries"] + sum(self.in_flight["fries"])
+        assert low <= fries <= high, (fries, self.acked["fries"], self.in_flight["fries"])
+        assert {p["sku"] for p in ok(c.get("/api/v1/catalog"))} == {"burger", "fries"}
 
     def order(self, order: dict[str, Any]) -> None:
         with self.lock:
@@ -237,7 +260,7 @@ def _lifecycle_worker(url: str, ledger: Ledger, worker: int, count: int) -> None
 
 
 def _hammer_stock(url: str, ledger: Ledger, warmed: threading.Event) -> None:
-    """Phase 2: positive fries adjustments until the terminal dies under us."""
+    """Phase 2: positive fries adjustments until the terminal goes away under us."""
     with httpx.Client(base_url=url, timeout=15) as c:
         n = 0
         while True:
@@ -249,7 +272,9 @@ def _hammer_stock(url: str, ledger: Ledger, warmed: threading.Event) -> None:
                 resp = c.post("/api/v1/inventory/fries/adjust", json={"delta": delta, "reason": "delivery"})
             except httpx.TransportError:
                 return
-            ok(resp)
+            if not resp.is_success:  # e.g. while shutting down: not acknowledged, effect unknown
+                ledger.refusals.append(f"adjust -> {resp.status_code} {resp.text}")
+                return
             with ledger.lock:
                 ledger.in_flight["fries"].remove(delta)
                 ledger.acked["fries"] += delta
@@ -258,15 +283,19 @@ def _hammer_stock(url: str, ledger: Ledger, warmed: threading.Event) -> None:
 
 
 def _hammer_orders(url: str, ledger: Ledger, warmed: threading.Event) -> None:
-    """Phase 2: create orders and move them on until the terminal dies under us."""
+    """Phase 2: create orders and move them on until the terminal goes away under us."""
     with httpx.Client(base_url=url, timeout=15) as c:
         n = 0
         while True:
             n += 1
             try:
-                order = new_order(c, "hammer", n)
+                resp = c.post("/api/v1/orders", json={"waiter": "hammer", "items": [BURGER], "notes": f"h{n}"})
             except httpx.TransportError:
                 return  # an unanswered create: its id is unknown, so nothing to check
+            if not resp.is_success:
+                ledger.refusals.append(f"create -> {resp.status_code} {resp.text}")
+                return
+            order = resp.json()
             ledger.order(order)
             for stage in STAGES[:3]:
                 with ledger.lock:
@@ -275,7 +304,10 @@ def _hammer_orders(url: str, ledger: Ledger, warmed: threading.Event) -> None:
                     resp = c.patch(f"/api/v1/orders/{order['id']}", json={"status": stage})
                 except httpx.TransportError:
                     return
-                ledger.order(ok(resp))
+                if not resp.is_success:
+                    ledger.refusals.append(f"patch -> {resp.status_code} {resp.text}")
+                    return
+                ledger.order(resp.json())
                 with ledger.lock:
                     del ledger.in_flight_status[order["id"]]
             if n >= 3:
@@ -341,28 +373,91 @@ def test_acknowledged_writes_survive_sigkill(
         assert not t.is_alive()
     assert not errors, errors
 
+    assert not ledger.refusals, ledger.refusals
+
     restarted = launch(data, backend=backend)
     with restarted.client() as c:
-        stored = all_orders(c)
-        missing = sorted(set(ledger.status) - set(stored))
-        assert not missing, f"{len(missing)} acknowledged orders lost: {missing[:5]}"
-        for order_id, status in ledger.status.items():
-            got = stored[order_id]["status"]
-            allowed = {status, ledger.in_flight_status.get(order_id, status)}
-            assert got in allowed, f"order {order_id}: acknowledged {status}, stored {got}"
-            assert stored[order_id]["total_cents"] == ledger.totals[order_id]
-        assert stored[last["id"]]["notes"] == "#999"
-        assert quantity(c, "burger") == ledger.acked["burger"]
-        fries = quantity(c, "fries")
-        low, high = ledger.acked["fries"], ledger.acked["fries"] + sum(ledger.in_flight["fries"])
-        assert low <= fries <= high, (fries, ledger.acked["fries"], ledger.in_flight["fries"])
-        assert {p["sku"] for p in ok(c.get("/api/v1/catalog"))} == {"burger", "fries"}
+        ledger.verify(c)
+        assert all_orders(c)[last["id"]]["notes"] == "#999"
         # the restarted terminal takes writes again on top of the recovered state
         set_status(c, last["id"], "sent")
         assert quantity(c, "burger") == ledger.acked["burger"]
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a write whose COMMIT fails (503 code 4010, e.g. 'database is locked' after busy_timeout) stays "
+    "applied to the in-memory CRDT document (host.write mutates before the store commits and nothing rolls "
+    "back), so the terminal serves the refused change; later acknowledged writes to that document are "
+    "encoded on top of the never-stored update, and after a restart they are missing (acknowledged stock "
+    "adjustments vanish while their audit rows remain)"))
+def test_writes_after_a_failed_commit_survive_restart(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    term = launch(data)
+    problems: list[str] = []
+    with term.client() as c:
+        put_products(c)
+        ok(c.post("/api/v1/inventory/fries/count", json={"quantity": 10}))
+        # another process holds SQLite's write lock for longer than the terminal's busy_timeout (5 s)
+        holder = sqlite3.connect(data / "meshpos.db", isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        try:
+            resp = c.post("/api/v1/inventory/fries/adjust", json={"delta": 3, "reason": "delivery"})
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert resp.status_code == 503 and resp.json()["code"] == 4010, resp.text
+        shown = quantity(c, "fries")
+        if shown != 10:
+            problems.append(f"after the 503 the terminal shows {shown} fries, not 10: the refused change stayed")
+        answers = [ok(c.post("/api/v1/inventory/fries/adjust", json={"delta": d, "reason": "retry"}))["quantity"]
+                   for d in (3, 1)]
+        if answers != [13, 14]:
+            problems.append(f"count 10 then acknowledged +3, +1 were answered with quantities {answers}")
+    assert term.stop() == 0
+
+    restarted = launch(data)
+    with restarted.client() as c:
+        after = quantity(c, "fries")
+        audit = [row["operation"] for row in ok(c.get("/api/v1/audit", params={"entity": "inventory"}))]
+    if after != 14:
+        problems.append(f"after restart fries = {after}, but the acknowledged count 10 and adjustments +3, +1 "
+                        f"make 14 (audit operations kept: {audit})")
+    assert not problems, problems
+
+
 # -- 2. SIGTERM / SIGINT ---------------------------------------------------------------------------
+
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigterm_under_load_commits_acknowledged_writes(
+    launch: Callable[..., Proc], tmp_path: Path, backend: str
+) -> None:
+    data = tmp_path / "data"
+    term = launch(data, backend=backend)
+    ledger = Ledger()
+    with term.client() as c:
+        put_products(c)
+    warmed = [threading.Event(), threading.Event()]
+    threads, errors = _run_threads([(_hammer_stock, (term.url, ledger, warmed[0])),
+                                    (_hammer_orders, (term.url, ledger, warmed[1]))])
+    for event in warmed:
+        assert event.wait(30), "background writers made no progress"
+    started = time.monotonic()
+    code = term.stop(signal.SIGTERM)
+    elapsed = time.monotonic() - started
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert not errors, errors
+    assert code == 0, f"exit code {code}\nstderr:\n{term.stderr()}"
+    assert elapsed < 6, f"SIGTERM under load took {elapsed:.1f}s"
+    assert "Traceback" not in term.stderr()
+    assert len(ledger.status) >= 3
+
+    restarted = launch(data, backend=backend)
+    with restarted.client() as c:
+        ledger.verify(c)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -400,6 +495,44 @@ def test_sigterm_right_after_ready_line_is_clean(
     code = term.stop(signal.SIGTERM)
     assert code == 0, f"exit code {code}\nstderr:\n{term.stderr()}"
     assert db_meta(tmp_path / "data" / "meshpos.db")["terminal_id"] == "pos-1"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: API port already in use: bind_socket's OSError is raised in a task-group child "
+    "(serve_then_release), reaches cli.run as an ExceptionGroup, misses 'except OSError', and the user "
+    "gets a full traceback instead of 'Error: cannot start: [Errno 98] Address already in use'"))
+def test_port_in_use_is_a_clean_error(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    first = launch(tmp_path / "one")
+    port = first.url.rsplit(":", 1)[1]
+    result = run_cli("run", "--data-dir", str(tmp_path / "two"), "--terminal-id", "pos-2", "--api-port", port)
+    assert result.returncode != 0
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "cannot start" in result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: nothing stops a second 'meshpos run' on a data directory a running terminal is using (no lock): "
+    "it reports ready, and its first write makes every later write of the first terminal fail with 503 "
+    "'UNIQUE constraint failed: updates.id' (each process numbers update rows from its own cached counter)"))
+def test_second_process_on_a_data_dir_in_use_is_refused(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = launch(data)
+    with first.client() as c:
+        put_products(c)
+    second = launch(data, ready=False)
+    code = second.ready_or_exit()
+    if code is None:
+        with second.client() as c2:
+            theirs = c2.put("/api/v1/catalog/soda", json={"name": "Soda", "price_cents": 450})
+        with first.client() as c:
+            ours = c.put("/api/v1/catalog/water", json={"name": "Water", "price_cents": 300})
+        pytest.fail(f"a second terminal process started on {data}; its write -> {theirs.status_code}, then the "
+                    f"first terminal's write -> {ours.status_code} {ours.text}")
+    assert code != 0
+    assert "meshpos.db" in second.stderr() and "Traceback" not in second.stderr()
+    with first.client() as c:  # the running terminal is unaffected
+        ok(c.put("/api/v1/catalog/water", json={"name": "Water", "price_cents": 300}))
 
 
 # -- 3. configuration ------------------------------------------------------------------------------
@@ -463,6 +596,18 @@ def test_bad_config_file_is_refused(tmp_path: Path) -> None:
     result = run_cli("run", "--config", str(config))
     assert result.returncode != 0
     assert "cannot read config file" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a non-integer MESHPOS_API_PORT (or api_port in the file) gives only Python's "
+    "\"invalid literal for int() with base 10: 'abc'\": config.load_config re-raises the ValueError "
+    "without the setting's name or source, although ConfigError promises to name both"))
+def test_non_numeric_port_names_the_setting(tmp_path: Path) -> None:
+    env = clean_env(MESHPOS_API_PORT="abc")
+    result = run_cli("run", "--data-dir", str(tmp_path / "d"), "--terminal-id", "pos-1", env=env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "api_port" in result.stderr or "MESHPOS_API_PORT" in result.stderr, result.stderr
 
 
 def test_data_dir_serves_one_terminal_for_life(launch: Callable[..., Proc], tmp_path: Path) -> None:
@@ -641,6 +786,22 @@ def test_backup_of_a_running_terminal_restores(launch: Callable[..., Proc], tmp_
     assert again.returncode != 0
     assert "exists" in again.stderr and "Traceback" not in again.stderr
     assert sha256(out) == digest
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: 'meshpos backup --out' into a directory that does not exist dies with a traceback "
+    "(sqlite3.OperationalError 'unable to open database' from VACUUM INTO is not caught by cli.backup, "
+    "which only handles DatabaseError and FileExistsError)"))
+def test_backup_into_missing_directory_is_a_clean_error(launch: Callable[..., Proc], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    term = launch(data)
+    out = tmp_path / "no such dir" / "b.db"
+    result = run_cli("backup", "--data-dir", str(data), "--out", str(out))
+    term.stop(signal.SIGKILL)
+    assert result.returncode != 0
+    assert not out.exists()
+    assert "Traceback" not in result.stderr, result.stderr[-1500:]
+    assert str(out.parent) in result.stderr
 
 
 def test_backup_refuses_missing_database(tmp_path: Path) -> None:
