@@ -117,6 +117,22 @@ class Proc:
         return httpx.Client(base_url=self.url, timeout=15)
 
 
+def run_args(
+    data_dir: Path | None, *, terminal_id: str | None = "pos-1", type: str | None = "pos",
+    backend: str | None = None, extra: list[str] | None = None,
+) -> list[str]:
+    args = [*CLI, "run"]
+    if data_dir is not None:
+        args += ["--data-dir", str(data_dir)]
+    if terminal_id is not None:
+        args += ["--terminal-id", terminal_id]
+    if type is not None:
+        args += ["--type", type]
+    if backend is not None:
+        args += ["--backend", backend]
+    return args + (extra if extra is not None else ["--api-port", "0"])
+
+
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     """``launch(data_dir, terminal_id="pos-1", backend="asyncio", extra=[...], env={...})``."""
@@ -127,16 +143,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
         backend: str | None = None, extra: list[str] | None = None, env: dict[str, str] | None = None,
         ready: bool = True,
     ) -> Proc:
-        args = [*CLI, "run"]
-        if data_dir is not None:
-            args += ["--data-dir", str(data_dir)]
-        if terminal_id is not None:
-            args += ["--terminal-id", terminal_id]
-        if type is not None:
-            args += ["--type", type]
-        if backend is not None:
-            args += ["--backend", backend]
-        args += extra if extra is not None else ["--api-port", "0"]
+        args = run_args(data_dir, terminal_id=terminal_id, type=type, backend=backend, extra=extra)
         proc = Proc(args, tmp_path / f"stderr-{len(started)}.log", env or clean_env(), tmp_path)
         started.append(proc)
         return proc.wait_ready() if ready else proc
@@ -639,11 +646,12 @@ def test_data_dir_serves_one_terminal_for_life(launch: Callable[..., Proc], tmp_
 # -- 4. corrupt and foreign databases --------------------------------------------------------------
 
 
-def _refused(data: Path, *fragments: str) -> str:
+def _refused(data: Path, *fragments: str, clean: bool = True) -> str:
     result = run_cli("run", "--data-dir", str(data), "--terminal-id", "pos-1", "--api-port", "0")
     assert result.returncode != 0, result.stdout
     assert "serving" not in result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
+    if clean:
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
     for fragment in fragments:
         assert fragment in result.stderr, result.stderr
     return result.stderr
@@ -685,31 +693,89 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     assert listing(data) == before
 
 
-def test_damaged_pages_are_refused_untouched(launch: Callable[..., Proc], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def written_db(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The bytes of a meshpos.db after 40 orders, taken after a clean stop (no WAL left)."""
+    base = tmp_path_factory.mktemp("written")
+    data = base / "data"
+    proc = Proc(run_args(data, backend="trio"), base / "stderr.log", clean_env(), base)
+    try:
+        proc.wait_ready()
+        with proc.client() as c:
+            put_products(c)
+            for n in range(40):
+                set_status(c, new_order(c, "ana", n)["id"], "sent")
+        assert proc.stop() == 0
+    finally:
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait()
+    assert sorted(p.name for p in data.iterdir()) == ["meshpos.db"], "a clean stop leaves no WAL behind"
+    return (data / "meshpos.db").read_bytes()
+
+
+def test_damaged_pages_are_refused_untouched(written_db: bytes, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    term = launch(data, backend="trio")
-    with term.client() as c:
-        put_products(c)
-        for n in range(40):
-            order = new_order(c, "ana", n)
-            set_status(c, order["id"], "sent")
-    assert term.stop() == 0
-    db = data / "meshpos.db"
-    assert sorted(p.name for p in data.iterdir()) == ["meshpos.db"], "clean stop leaves no WAL behind"
-    raw = bytearray(db.read_bytes())
+    data.mkdir()
+    raw = bytearray(written_db)
     # the SQLite header: page size at offset 16 (1 means 65536), page count at offset 28
     page_size = int.from_bytes(raw[16:18], "big") or 65536
     page_count = int.from_bytes(raw[28:32], "big")
     assert page_count * page_size == len(raw) and page_count >= 10, (page_size, page_count, len(raw))
     middle = (page_count // 2) * page_size  # start of a b-tree page in the middle of the file
     raw[middle: middle + 512] = b"\xa5" * 512
-    db.write_bytes(bytes(raw))
+    (data / "meshpos.db").write_bytes(bytes(raw))
     before = listing(data)
-    # Observed: SQLite opens the file (its header is intact) but PRAGMA quick_check reports the
-    # damaged page, so meshpos refuses it; the file and the directory stay byte-for-byte the same.
+    # Observed: SQLite opens the file (its header is intact) but PRAGMA quick_check fails with
+    # "database disk image is malformed", so meshpos says "... is corrupt (...); refusing to open it"
+    # and exits 1; the file and the directory stay byte-for-byte the same.
     stderr = _refused(data, "meshpos.db")
     assert "integrity check" in stderr or "corrupt" in stderr or "unreadable" in stderr, stderr
     assert listing(data) == before
+
+
+def _damage_an_update_row(written_db: bytes, data: Path) -> None:
+    """Overwrite bytes inside one stored CRDT update: valid b-tree pages, so quick_check passes."""
+    data.mkdir()
+    db = data / "meshpos.db"
+    db.write_bytes(written_db)
+    conn = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+    try:
+        (blob,) = conn.execute(
+            "SELECT data FROM updates WHERE doc LIKE 'orders/%' ORDER BY length(data) DESC LIMIT 1").fetchone()
+    finally:
+        conn.close()
+    raw = bytearray(written_db)
+    at = raw.find(blob)
+    assert at > 0 and raw.find(blob, at + 1) == -1 and len(blob) > 100
+    raw[at + len(blob) // 2: at + len(blob) // 2 + 32] = b"\xa5" * 32
+    db.write_bytes(bytes(raw))
+    check = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+    try:
+        assert check.execute("PRAGMA quick_check").fetchall() == [("ok",)], "SQLite itself sees no damage"
+    finally:
+        check.close()
+
+
+def test_damaged_update_row_never_serves_and_is_untouched(written_db: bytes, tmp_path: Path) -> None:
+    """Damage SQLite cannot see: the terminal must still not serve (and lose) or rewrite the file."""
+    data = tmp_path / "data"
+    _damage_an_update_row(written_db, data)
+    before = listing(data)
+    # Observed: the terminal fails while loading the orders document (pycrdt: "Cannot decode update")
+    # and exits non-zero; it never serves, and the file is left exactly as it was.
+    _refused(data, clean=False)
+    assert listing(data) == before
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a stored CRDT update that no longer decodes (damage quick_check cannot see) kills 'meshpos run' "
+    "with an unhandled traceback ending in \"ValueError: Cannot decode update: ...\" from "
+    "DocumentHost.open, instead of the documented refusal message naming the database and the document"))
+def test_damaged_update_row_is_refused_with_a_message(written_db: bytes, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _damage_an_update_row(written_db, data)
+    _refused(data, "meshpos.db")
 
 
 def test_empty_database_file_is_initialised(launch: Callable[..., Proc], tmp_path: Path) -> None:
