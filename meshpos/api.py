@@ -72,12 +72,9 @@ class ItemsIn(Strict):
     user: Text | None = None
 
 
-class CancelIn(Strict):
-    reason: Text
-    user: Text | None = None
+class ReasonIn(Strict):
+    """Body of cancel and void: both need a reason."""
 
-
-class VoidIn(Strict):
     reason: Text
     user: Text | None = None
 
@@ -274,11 +271,11 @@ def create_app(terminal: Terminal) -> ASGIApp:
         return await t.set_item_status(order_id, item_id, body.kitchen_status, user=body.user)
 
     @app.post("/api/v1/orders/{order_id}/items/{item_id}/void", tags=["orders"])
-    async def void_item(order_id: str, item_id: str, body: VoidIn) -> dict[str, Any]:
+    async def void_item(order_id: str, item_id: str, body: ReasonIn) -> dict[str, Any]:
         return await t.void_item(order_id, item_id, body.reason, user=body.user)
 
     @app.post("/api/v1/orders/{order_id}/cancel", tags=["orders"])
-    async def cancel_order(order_id: str, body: CancelIn) -> dict[str, Any]:
+    async def cancel_order(order_id: str, body: ReasonIn) -> dict[str, Any]:
         return await t.cancel_order(order_id, body.reason, user=body.user)
 
     @app.post("/api/v1/orders/{order_id}/transfer", tags=["orders"])

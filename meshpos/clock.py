@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -56,7 +55,3 @@ class BusinessCalendar:
 
     def day_of(self, instant: datetime) -> date:
         return (instant.astimezone(self.tz) - self.rollover).date()
-
-
-def monotonic() -> float:
-    return time.monotonic()

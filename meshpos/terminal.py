@@ -171,18 +171,23 @@ class Terminal:
 
         return model.view(await self._commit(orders_doc.doc_name(day), mutate, op))
 
-    async def _order_op(self, order_id: str, operation: str, user: str | None, mutate_fn) -> dict[str, Any]:  # noqa: ANN001
-        model = await self._orders_for(order_id)
-        before = model.view(order_id)
-        name = f"orders/{before['business_day']}"
-        op = Operation("order", order_id, operation, user)
+    async def _audited(self, doc: str, model, entity: str, entity_id: str, operation: str,  # noqa: ANN001
+                       user: str | None, before: dict[str, Any] | None, mutate_fn) -> dict[str, Any]:  # noqa: ANN001
+        """One audited write: ``mutate_fn(model)`` plus an audit row with the entity before and after."""
+        op = Operation(entity, entity_id, operation, user)
 
         def mutate() -> None:
             mutate_fn(model)
-            op.before, op.after = before, model.view(order_id)
+            op.before, op.after = before, model.view(entity_id)
 
-        await self._commit(name, mutate, op)
-        return model.view(order_id)
+        await self._commit(doc, mutate, op)
+        return model.view(entity_id)
+
+    async def _order_op(self, order_id: str, operation: str, user: str | None, mutate_fn) -> dict[str, Any]:  # noqa: ANN001
+        model = await self._orders_for(order_id)
+        before = model.view(order_id)
+        doc = orders_doc.doc_name(date.fromisoformat(before["business_day"]))
+        return await self._audited(doc, model, "order", order_id, operation, user, before, mutate_fn)
 
     async def get_order(self, order_id: str) -> dict[str, Any]:
         return (await self._orders_for(order_id)).view(order_id)
@@ -242,14 +247,7 @@ class Terminal:
         before = model.view(table_id) if model.exists(table_id) else None
         if before is None and not create:
             raise NotFound(f"table {table_id!r} not found")
-        op = Operation("table", table_id, operation, user)
-
-        def mutate() -> None:
-            mutate_fn(model)
-            op.before, op.after = before, model.view(table_id)
-
-        await self._commit(tables_doc.DOC_NAME, mutate, op)
-        return model.view(table_id)
+        return await self._audited(tables_doc.DOC_NAME, model, "table", table_id, operation, user, before, mutate_fn)
 
     async def put_table(self, table_id: str, *, name: str, seats: int, area: str | None,
                         user: str | None = None) -> dict[str, Any]:
@@ -272,14 +270,7 @@ class Terminal:
         before = model.view(sku) if sku in model.catalog else None
         if before is None and not create:
             raise NotFound(f"sku {sku!r} is not in the catalog; add it with PUT /api/v1/catalog/{sku}")
-        op = Operation("inventory", sku, operation, user)
-
-        def mutate() -> None:
-            mutate_fn(model)
-            op.before, op.after = before, model.view(sku)
-
-        await self._commit(inventory_doc.DOC_NAME, mutate, op)
-        return model.view(sku)
+        return await self._audited(inventory_doc.DOC_NAME, model, "inventory", sku, operation, user, before, mutate_fn)
 
     async def put_product(self, sku: str, *, user: str | None = None, **product: Any) -> dict[str, Any]:
         await self._inventory_op(sku, "put_product", user, lambda m: m.put_product(sku, **product), create=True)
