@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ import anyio
 import click
 
 from meshpos.config import TERMINAL_TYPES, ConfigError, load_config
+from meshpos.documents.host import DamagedDocument
 from storage.database import DatabaseError
 from storage.store import IdentityMismatch
 
@@ -27,8 +29,13 @@ def main() -> None:
 
 
 async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa: ANN001
-    from meshpos.server import serve_api
+    from meshpos.server import bind_socket, serve_api
     from meshpos.terminal import Terminal
+
+    try:
+        sock = bind_socket(config.api_host, config.api_port)
+    except OSError as exc:
+        raise OSError(exc.errno, f"API address {config.api_host}:{config.api_port}: {exc.strerror}") from None
 
     shutdown = anyio.Event()
 
@@ -38,12 +45,12 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
 
     async def serve_then_release() -> None:
         try:
-            await serve_api(terminal, shutdown=shutdown, on_ready=ready)
+            await serve_api(terminal, shutdown=shutdown, on_ready=ready, sock=sock)
         finally:
             stopped.set()
 
     stopped = anyio.Event()
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with sock, anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with Terminal(config).running() as terminal, anyio.create_task_group() as tg:
             tg.start_soon(serve_then_release)
 
@@ -77,10 +84,19 @@ def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, b
             "api_host": api_host, "api_port": api_port,
         })
         anyio.run(_run_until_signal, config, backend=backend)
-    except (ConfigError, DatabaseError, IdentityMismatch) as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        raise click.ClickException(f"cannot start: {exc}") from None
+    except BaseException as exc:  # noqa: BLE001 - anything known becomes one line, the rest propagates
+        raise _start_failure(exc) from None
+
+
+def _start_failure(exc: BaseException) -> BaseException:
+    """The one-line error for a terminal that cannot start (unwrapping task-group exception groups)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, ConfigError | DatabaseError | IdentityMismatch | DamagedDocument):
+        return click.ClickException(str(exc))
+    if isinstance(exc, OSError):
+        return click.ClickException(f"cannot start: {exc}")
+    return exc
 
 
 @main.command()
@@ -125,10 +141,14 @@ def backup(data_dir: Path, out: Path) -> None:
 
     if not (data_dir / "meshpos.db").exists():
         raise click.ClickException(f"{data_dir} has no meshpos.db")
+    if not out.parent.is_dir():
+        raise click.ClickException(f"cannot write backup {out}: directory {out.parent} does not exist")
     try:
         anyio.run(_backup)
     except (DatabaseError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"cannot write backup {out}: {exc}") from None
     click.echo(f"backup written to {out}")
 
 

@@ -54,6 +54,7 @@ def load_config(
     env = os.environ if env is None else env
     names = {f.name: f for f in fields(TerminalConfig) if f.name != "extra"}
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     if config_file is not None:
         try:
             data = tomllib.loads(config_file.read_text())
@@ -65,22 +66,29 @@ def load_config(
             if key not in names:
                 raise ConfigError(f"{config_file}: unknown setting {key!r}")
             values[key] = value
+            sources[key] = f"{key} in {config_file}"
     for name in names:
         raw = env.get(_ENV_PREFIX + name.upper())
         if raw is not None:
             values[name] = raw
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+            sources[name] = f"{_ENV_PREFIX}{name.upper()}"
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+            sources[name] = f"--{name.replace('_', '-')}"
     for required in ("data_dir", "terminal_id"):
         if required not in values:
             raise ConfigError(
                 f"{required} is required (--{required.replace('_', '-')}, {_ENV_PREFIX}{required.upper()} "
                 "or the config file)"
             )
-    try:
-        for name in ("api_port", "day_rollover_hour", "event_retention", "max_body_bytes"):
-            if name in values:
+    for name in ("api_port", "day_rollover_hour", "event_retention", "max_body_bytes"):
+        if name in values:
+            try:
+                if isinstance(values[name], bool | float):
+                    raise ValueError
                 values[name] = int(values[name])
-    except ValueError as exc:
-        raise ConfigError(f"{exc}") from exc
+            except (TypeError, ValueError):
+                raise ConfigError(f"{sources[name]}: {name} must be an integer, not {values[name]!r}") from None
     values["data_dir"] = Path(values["data_dir"])
     return TerminalConfig(**values).validate()

@@ -1,7 +1,7 @@
 """Errors a caller can act on, each with the numeric code of the shared close-code table.
 
 The same codes are used as HTTP error bodies (``{code, message}``) and as WebSocket close codes,
-so a UI needs one table.  4001-4010 come from the original WebSocket spec; 4011 is ours.
+so a UI needs one table.  4001-4010 come from the original WebSocket spec; 4011 and 4012 are ours.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ PERMISSION_DENIED = 4008
 LOCK_TIMEOUT = 4009
 CONFLICT_RESOLUTION_FAILED = 4010
 INVALID_TRANSITION = 4011
+STORAGE_UNAVAILABLE = 4012
 
 
 class MeshposError(Exception):
@@ -56,5 +57,5 @@ class InvalidTransition(MeshposError):
 class Unavailable(MeshposError):
     """The write could not be made durable (disk error); nothing was acknowledged."""
 
-    code = CONFLICT_RESOLUTION_FAILED
+    code = STORAGE_UNAVAILABLE
     http_status = 503

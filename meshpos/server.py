@@ -31,9 +31,14 @@ async def serve_api(
     *,
     shutdown: anyio.Event,
     on_ready: Callable[[str], None] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve until ``shutdown`` is set; ``on_ready(url)`` is called once the socket accepts."""
-    sock = bind_socket(terminal.config.api_host, terminal.config.api_port)
+    """Serve until ``shutdown`` is set; ``on_ready(url)`` is called once the socket accepts.
+
+    Pass ``sock`` (from :func:`bind_socket`) to learn about a port in use before anything starts.
+    """
+    if sock is None:
+        sock = bind_socket(terminal.config.api_host, terminal.config.api_port)
     host, port = sock.getsockname()[:2]
     config = Config()
     config.bind = [f"fd://{sock.detach()}"]  # hypercorn owns (and closes) the descriptor from here

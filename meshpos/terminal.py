@@ -8,6 +8,7 @@ after the change is durable - that is what an API 2xx promises.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +27,7 @@ from meshpos.documents import tables as tables_doc
 from meshpos.documents.host import Operation, durable
 from meshpos.errors import InvalidInput, NotFound, Unavailable
 from meshpos.events import EventBus
+from storage.database import lock_data_dir
 from storage.store import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,12 @@ class Terminal:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Terminal]:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = await Store.open(self.config.data_dir / "meshpos.db")
+        lock = lock_data_dir(self.config.data_dir)
+        try:
+            self.store = await Store.open(self.config.data_dir / "meshpos.db")
+        except BaseException:
+            lock.close()
+            raise
         try:
             replica_id = await self.store.identity(
                 self.config.terminal_id, self.config.type, random_id(12), iso(self.clock())
@@ -75,7 +82,10 @@ class Terminal:
         finally:
             self._tg = None
             with anyio.CancelScope(shield=True):
-                await self.store.close()
+                try:
+                    await self.store.close()
+                finally:
+                    lock.close()
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:
@@ -105,6 +115,8 @@ class Terminal:
     async def _housekeeping(self) -> None:
         while True:
             await anyio.sleep(HOUSEKEEPING_SECONDS)
+            with contextlib.suppress(Unavailable):
+                await self._reload_stale()
             await self._open_live_days()
             if self.store.last_cursor > self.config.event_retention * 1.2:
                 await self.store.prune_events(self.config.event_retention)
@@ -145,12 +157,25 @@ class Terminal:
             raise NotFound(f"order {order_id!r} not found") from None
 
     async def _commit(self, name: str, mutate, op: Operation | None):  # noqa: ANN001, ANN202
-        result, ticket = self.host.write(name, mutate, op)
+        await self._reload_stale()
         try:
+            result, ticket = self.host.write(name, mutate, op)
             await durable(ticket)
         except StoreError as exc:
-            raise Unavailable(f"the change could not be stored durably ({exc.__cause__}); retry") from exc
+            # Nothing of a refused write may stay visible or be built on: back to what is on disk.
+            await self._reload_stale()
+            raise Unavailable(f"the change could not be stored durably ({exc.__cause__ or exc}); retry") from exc
         return result
+
+    async def _reload_stale(self) -> None:
+        if not self.store.stale_docs:
+            return
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.host.reload_stale()
+            except Exception as exc:
+                log.exception("reloading documents after a failed commit failed")
+                raise Unavailable(f"storage is failing ({exc}); writes are refused until it recovers") from exc
 
     # -- orders --------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import IO
 
 #: ``PRAGMA application_id`` of a meshpos database ("MSHP"); foreign SQLite files lack it.
 APPLICATION_ID = 0x4D534850
@@ -136,3 +137,36 @@ def _verify_existing(conn: sqlite3.Connection, path: Path) -> None:
             f"{path} failed SQLite's integrity check ({'; '.join(result[:3])}); refusing to open it. "
             "Restore it from a backup."
         )
+
+
+class DataDirLocked(DatabaseError):
+    """Another process runs a terminal on this data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold an exclusive lock on ``data_dir`` for as long as the returned file stays open.
+
+    Two terminal processes on one database would number update rows from separate counters and
+    make each other's commits fail; the lock makes the second one refuse to start instead.  The
+    kernel drops the lock when the process dies (even on SIGKILL), so it never goes stale.
+    """
+    import fcntl
+    import os
+
+    lock_path = data_dir / "meshpos.lock"
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the terminal's life
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise DataDirLocked(
+            f"{data_dir / 'meshpos.db'} is in use by another meshpos process (pid {holder}); "
+            "one terminal process per data directory"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle

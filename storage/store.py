@@ -113,6 +113,9 @@ class Store:
         self._last_update_id = 0
         self._on_commit: list[Callable[[list[StoredEvent]], None]] = []
         self.pending_per_doc: dict[str, int] = {}
+        #: Documents whose in-memory state holds changes a failed COMMIT refused; they take no
+        #: new records until their owner reloads them from disk (see :meth:`DocumentHost.reload`).
+        self.stale_docs: set[str] = set()
         self.stats = {"batches": 0, "records": 0, "snapshots": 0}
 
     @classmethod
@@ -164,6 +167,8 @@ class Store:
         """Queue one update (with the events it produced and its audit row) for the next commit."""
         if self._closed:
             raise StoreError("store is closed")
+        if doc in self.stale_docs:
+            raise StoreError(f"document {doc} must be reloaded after a failed commit")
         ticket = Ticket()
         self._queue.append(_Record(doc, update, origin, at, list(events), audit, ticket))
         self._wakeup.set()
@@ -260,9 +265,7 @@ class Store:
                 await self._write(commit)
         except Exception as exc:  # disk full, I/O error: nobody in this batch is acknowledged
             log.error("storage commit failed for %d records: %s", len(batch), exc)
-            for rec in batch:
-                rec.ticket.error = exc
-                rec.ticket.done.set()
+            self._refuse_after_failure(batch, exc)
             return
         self._last_update_id = next_id
         self._next_cursor = next_cursor
@@ -281,6 +284,23 @@ class Store:
         if committed:
             for callback in self._on_commit:
                 callback(committed)
+
+    def _refuse_after_failure(self, batch: list[_Record], exc: BaseException) -> None:
+        """Fail the batch and every queued record of the documents it touched.
+
+        Records queued behind a failed one were encoded on top of it (a Yjs update names the
+        items it follows), so storing them would store writes that cannot be replayed after a
+        restart.  They fail too, and the documents stay stale until reloaded from disk.
+        """
+        self.stale_docs.update(rec.doc for rec in batch if rec.doc is not None)
+        failed = list(batch)
+        keep = []
+        for rec in self._queue:
+            (failed if rec.doc in self.stale_docs else keep).append(rec)
+        self._queue = keep
+        for rec in failed:
+            rec.ticket.error = exc
+            rec.ticket.done.set()
 
     async def identity(self, terminal_id: str, terminal_type: str, replica_id: str, at: str) -> str:
         """Bind this database to one terminal; returns the replica id (created on first use).

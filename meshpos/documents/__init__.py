@@ -5,7 +5,7 @@ and mutates inside one pycrdt transaction, and every read returns plain Python v
 JS-number/bytes conversions already done.
 """
 
-from meshpos.documents.host import DocumentHost, Model
+from meshpos.documents.host import DamagedDocument, DocumentHost, Model
 from meshpos.documents.inventory import InventoryDoc
 from meshpos.documents.orders import ORDER_STAGES, OrdersDoc
 from meshpos.documents.tables import TABLE_STATUSES, TablesDoc
@@ -13,6 +13,7 @@ from meshpos.documents.tables import TABLE_STATUSES, TablesDoc
 __all__ = [
     "ORDER_STAGES",
     "TABLE_STATUSES",
+    "DamagedDocument",
     "DocumentHost",
     "InventoryDoc",
     "Model",

@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
 import pycrdt
 
 from meshpos.clock import Clock, iso, random_id
-from storage.store import AuditRecord, Store, StoredEvent, Ticket
+from storage.store import AuditRecord, Store, StoredEvent, StoreError, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,10 @@ LOCAL_ORIGIN = "local"
 R = TypeVar("R")
 #: After this many update rows a document is folded into a snapshot.
 COMPACT_EVERY = 2000
+
+
+class DamagedDocument(Exception):
+    """A stored update of a document does not decode: refuse to serve rather than lose data."""
 
 
 class Model:
@@ -85,6 +90,7 @@ class DocumentHost:
         self.clock = clock
         self._docs: dict[str, _Hosted] = {}
         self._update_listeners: list[Callable[[str, bytes, str], None]] = []
+        self._reload_lock = anyio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -92,18 +98,52 @@ class DocumentHost:
         """Load ``name`` from storage (snapshot + update rows) and start capturing its changes."""
         if name in self._docs:
             return self._docs[name].model
-        doc = pycrdt.Doc()
+        doc = await self._load(name)
         model = model_cls(doc, terminal_id=self.terminal_id, replica_id=self.replica_id, clock=self.clock)
-        snapshot, updates = await self.store.load_doc(name)
-        with doc.transaction(origin="load"):
-            if snapshot is not None:
-                doc.apply_update(snapshot)
-            for update in updates:
-                doc.apply_update(update)
-        model.drain_events()  # loading replays history; it is not news
         model.read_only = read_only
         self._docs[name] = _Hosted(name, model)
         return model
+
+    async def _load(self, name: str) -> pycrdt.Doc:
+        """A fresh doc (new random client id) holding exactly what the database holds for ``name``."""
+        doc = pycrdt.Doc()
+        snapshot, updates = await self.store.load_doc(name)
+        try:
+            with doc.transaction(origin="load"):
+                if snapshot is not None:
+                    doc.apply_update(snapshot)
+                for update in updates:
+                    doc.apply_update(update)
+        except ValueError as exc:  # pycrdt: "Cannot decode update"
+            raise DamagedDocument(
+                f"{self.store.path}: document {name!r} holds an update that does not decode ({exc}); "
+                "the file is left untouched - restore it from a backup or let peers resync a fresh data dir"
+            ) from exc
+        return doc
+
+    async def reload(self, name: str) -> None:
+        """Replace ``name``'s in-memory state with what is on disk, after a failed commit.
+
+        The model object stays (callers hold it); its roots are rebound to the reloaded doc, whose
+        new client id also keeps the refused update's clock range from ever being reused.
+        """
+        hosted = self._docs.get(name)
+        if hosted is None:
+            self.store.stale_docs.discard(name)
+            return
+        doc = await self._load(name)
+        model = hosted.model
+        model.doc = doc
+        model.attach()
+        self._docs[name] = _Hosted(name, model)
+        self.store.stale_docs.discard(name)
+        log.warning("reloaded %s from disk after a failed commit", name)
+
+    async def reload_stale(self) -> None:
+        """Reload every document a failed commit left stale (serialised: one reload per doc)."""
+        async with self._reload_lock:
+            for name in sorted(self.store.stale_docs):
+                await self.reload(name)
 
     def close(self, name: str) -> None:
         self._docs.pop(name, None)
@@ -128,6 +168,8 @@ class DocumentHost:
         first mutation leaves the document untouched.
         """
         hosted = self._docs[name]
+        if name in self.store.stale_docs:
+            raise StoreError(f"document {name} is being reloaded after a failed commit")
         with hosted.model.doc.transaction(origin=LOCAL_ORIGIN):
             result = mutate()
         audit = None if op is None else self.audit_record(op)
@@ -144,6 +186,8 @@ class DocumentHost:
     def apply_remote(self, name: str, update: bytes, origin: str) -> Ticket | None:
         """Apply an update from a peer; ``None`` when it brought nothing new."""
         hosted = self._docs[name]
+        if name in self.store.stale_docs:
+            raise StoreError(f"document {name} is being reloaded after a failed commit")
         with hosted.model.doc.transaction(origin=origin):
             hosted.model.doc.apply_update(update)
         return self._finish(hosted, origin, None)
