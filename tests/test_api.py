@@ -7,6 +7,7 @@ event rows and the audit rows are counted before and after.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -121,7 +122,7 @@ async def test_create_get_and_list_order(served: Any) -> None:
         assert item["kitchen_status"] == "queued"
         assert item["voided"] is False
         assert item["modifiers"] == []
-        assert item["id"].startswith(order["id"] + ".")
+        assert re.fullmatch(r"[0-9a-hjkmnp-tv-z]{8}", item["id"]), item["id"]  # unique within its order
 
         got = await client.get(f"/api/v1/orders/{order['id']}")
         assert got.status_code == 200
@@ -829,6 +830,17 @@ async def test_openapi_lists_order_paths(served: Any) -> None:
             "/api/v1/inventory/{sku}",
         ):
             assert path in paths
+        spec = resp.json()
+        listing = {p["name"]: p for p in paths["/api/v1/orders"]["get"]["parameters"]}
+        assert listing["status"]["in"] == "query" and "open" in str(listing["status"]["schema"])
+        assert set(listing) == {"day", "status", "table"}
+        assert [p["name"] for p in paths["/api/v1/orders/{order_id}/items/{item_id}"]["patch"]["parameters"]] == [
+            "order_id", "item_id"]
+        ref = paths["/api/v1/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        order_in = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        assert order_in["required"] == ["items"] and order_in["additionalProperties"] is False
+        assert "201" in paths["/api/v1/orders"]["post"]["responses"]
+        assert "409" in paths["/api/v1/orders/{order_id}"]["patch"]["responses"]
 
 
 # -- events ----------------------------------------------------------------------------------------

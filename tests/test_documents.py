@@ -252,3 +252,18 @@ def test_concurrent_table_changes_to_different_aspects_both_survive() -> None:
     sync_all([a, b])
     assert b.model.group("T1") == ["T1", "T2"]
     assert not a.write(lambda m: m.merge_into("T1", "T1"))
+
+
+def test_audit_diff_keeps_only_what_changed() -> None:
+    from meshpos.documents.host import changed_fields
+
+    item = {"id": "a1", "name": "Burger", "kitchen_status": "queued"}
+    other = {"id": "b2", "name": "Fries", "kitchen_status": "queued"}
+    before = {"status": "sent", "items": [item, other], "total_cents": 100}
+    after = {"status": "sent", "items": [{**item, "kitchen_status": "ready"}, other], "total_cents": 100}
+    assert changed_fields(before, after) == (
+        {"items": {"a1": {"kitchen_status": "queued"}}}, {"items": {"a1": {"kitchen_status": "ready"}}}
+    )
+    added = {**after, "items": [*after["items"], {"id": "c3", "name": "Soda", "kitchen_status": "queued"}]}
+    assert changed_fields(after, added) == ({"items": {"c3": None}}, {"items": {"c3": added["items"][2]}})
+    assert changed_fields(None, after) == (None, after)

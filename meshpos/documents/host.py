@@ -107,13 +107,13 @@ class DocumentHost:
     async def _load(self, name: str) -> pycrdt.Doc:
         """A fresh doc (new random client id) holding exactly what the database holds for ``name``."""
         doc = pycrdt.Doc()
-        snapshot, updates = await self.store.load_doc(name)
         try:
-            with doc.transaction(origin="load"):
-                if snapshot is not None:
-                    doc.apply_update(snapshot)
-                for update in updates:
-                    doc.apply_update(update)
+            async for snapshot, updates in self.store.iter_doc(name):
+                with doc.transaction(origin="load"):
+                    if snapshot is not None:
+                        doc.apply_update(snapshot)
+                    for update in updates:
+                        doc.apply_update(update)
         except ValueError as exc:  # pycrdt: "Cannot decode update"
             raise DamagedDocument(
                 f"{self.store.path}: document {name!r} holds an update that does not decode ({exc}); "
@@ -229,11 +229,25 @@ class DocumentHost:
 
 
 def changed_fields(before: Any, after: Any) -> tuple[Any, Any]:
-    """Keep only the top-level fields that differ: an audit row of a busy order stays small."""
+    """Keep only what differs, recursively: an audit row of a busy order stays small.
+
+    Lists of objects that carry an ``id`` (order items) are compared as objects keyed by id, so a
+    kitchen bump records one item's ``kitchen_status``, not the whole item list twice.
+    """
+    if _keyed(before) and _keyed(after):
+        before, after = {x["id"]: x for x in before}, {x["id"]: x for x in after}
     if not isinstance(before, dict) or not isinstance(after, dict):
         return before, after
-    keys = [k for k in after.keys() | before.keys() if before.get(k) != after.get(k)]
-    return {k: before.get(k) for k in keys}, {k: after.get(k) for k in keys}
+    old, new = {}, {}
+    for key in sorted(after.keys() | before.keys()):
+        b, a = before.get(key), after.get(key)
+        if b != a:
+            old[key], new[key] = changed_fields(b, a)
+    return old, new
+
+
+def _keyed(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, dict) and "id" in x for x in value)
 
 
 async def durable(ticket: Ticket | None) -> list[StoredEvent]:

@@ -6,6 +6,10 @@ order's ``stages`` map, written once by whoever reaches it; concurrent changes o
 terminals therefore union, and the status every replica computes is the highest-ranked stage
 present.  "Furthest stage wins" follows from the CRDT merge, not from clocks or writer order.
 
+Layout (why flat): every fact about an order is one key of the order's ``Y.Map`` and immutable
+records are JSON text.  Yrs spends ~450 bytes of memory per CRDT item and several times more on a
+nested map or a plain object, so a busy day (5,000 orders) must cost about one item per update.
+
 Ranks: open < sent < preparing < ready < served < cancelled < paid < closed.
 - A local change may only move to a higher rank (skipping is fine; going back is refused).
 - ``cancelled`` is reachable from open..served only, and nothing follows it locally.
@@ -21,9 +25,9 @@ from typing import Any
 
 import pycrdt
 
-from meshpos.clock import time_id
+from meshpos.clock import random_id, time_id
 from meshpos.documents.host import Model
-from meshpos.documents.values import as_int, check_id, plain
+from meshpos.documents.values import as_int, check_id, dump, load, load_list
 from meshpos.errors import InvalidInput, InvalidTransition, NotFound, PermissionDenied
 
 ORDER_STAGES = ("open", "sent", "preparing", "ready", "served", "cancelled", "paid", "closed")
@@ -147,37 +151,66 @@ class OrdersDoc(Model):
         except KeyError:
             raise NotFound(f"order {order_id!r} not found") from None
 
+    @staticmethod
+    def _facts(order: pycrdt.Map) -> dict[str, Any]:
+        """The order map's entries grouped by kind (one pass over the keys)."""
+        facts: dict[str, Any] = {"stages": {}, "items": {}, "kitchen": {}, "void": {}, "fields": {}}
+        for key, value in order.items():
+            kind, _, rest = key.partition(":")
+            if kind == "order":
+                facts["record"] = load(value)
+                facts["items"].update((item["id"], item) for item in facts["record"].get("items", []))
+            elif kind == "items":
+                facts["items"].update((item["id"], item) for item in load_list(value))
+            elif kind == "stage":
+                facts["stages"][rest] = load(value)
+            elif kind == "kitchen":
+                item_id, _, stage = rest.rpartition(":")
+                facts["kitchen"].setdefault(item_id, {})[stage] = value
+            elif kind == "void":
+                facts["void"][rest] = load(value)
+            elif kind in ("table", "waiter", "notes"):
+                facts["fields"][kind] = value
+        return facts
+
+    def _item_ids(self, order: pycrdt.Map) -> set[str]:
+        return set(self._facts(order)["items"])
+
+    def _status(self, order: pycrdt.Map) -> str:
+        """Furthest stage, without decoding anything but the keys (the write paths' check)."""
+        stages = ["open"] + [k[6:] for k in order.keys() if k.startswith("stage:")]
+        return furthest(stages, ORDER_RANK)
+
     def view(self, order_id: str) -> dict[str, Any]:
-        raw = plain(self._get(order_id).to_py())
-        stages = raw.get("stages", {})
+        facts = self._facts(self._get(order_id))
+        record = facts["record"]
+        stages = {"open": {"at": record["created_at"], "by": record["created_by"]}, **facts["stages"]}
         status = furthest(stages, ORDER_RANK)
         items = []
-        for item in sorted(raw.get("items", {}).values(), key=lambda i: (i["added_at"], i["id"])):
-            kitchen = item.get("kitchen", {})
-            void = item.get("void")
-            items.append({
-                "id": item["id"], "sku": item["sku"], "name": item["name"], "qty": as_int(item["qty"]),
-                "unit_price_cents": as_int(item["unit_price_cents"]),
-                "modifiers": [
-                    {"name": m["name"], "price_cents": as_int(m["price_cents"])}
-                    for m in item.get("modifiers", [])
-                ],
+        for item_id, item in sorted(facts["items"].items(), key=lambda kv: (kv[1]["added_at"], kv[0])):
+            kitchen = {"queued": item["added_at"], **facts["kitchen"].get(item_id, {})}
+            void = facts["void"].get(item_id)
+            modifiers = [{"name": m["name"], "price_cents": as_int(m["price_cents"])} for m in item["modifiers"]]
+            entry = {
+                "id": item_id, "sku": item["sku"], "name": item["name"], "qty": as_int(item["qty"]),
+                "unit_price_cents": as_int(item["unit_price_cents"]), "modifiers": modifiers,
                 "notes": item.get("notes", ""), "station": item.get("station", ""),
-                "kitchen_status": furthest(kitchen, KITCHEN_RANK) if kitchen else "queued",
+                "kitchen_status": furthest(kitchen, KITCHEN_RANK),
                 "voided": void is not None, "void": void,
                 "added_at": item["added_at"], "added_by": item.get("added_by"),
-            })
-        for item in items:
-            item["total_cents"] = 0 if item["voided"] else _item_total(item)
+            }
+            entry["total_cents"] = 0 if void is not None else _item_total(entry)
+            items.append(entry)
         cancellation = stages.get("cancelled")
         if cancellation is not None and status != "cancelled":
             cancellation = {**cancellation, "overridden_by": status}
+        fields = {**{k: record.get(k) for k in ("table", "waiter", "notes")}, **facts["fields"]}
         return {
-            "id": raw["id"], "business_day": raw["business_day"], "table": raw.get("table"),
-            "waiter": raw.get("waiter"), "notes": raw.get("notes", ""), "status": status,
+            "id": order_id, "business_day": record["business_day"], "table": fields["table"],
+            "waiter": fields["waiter"], "notes": fields["notes"] or "", "status": status,
             "stages": {s: v["at"] for s, v in stages.items()}, "cancellation": cancellation,
             "items": items, "total_cents": sum(i["total_cents"] for i in items),
-            "created_at": raw["created_at"], "created_by": raw["created_by"],
+            "created_at": record["created_at"], "created_by": record["created_by"],
         }
 
     def list(self, *, status: str | None = None, table: str | None = None) -> list[dict[str, Any]]:
@@ -197,13 +230,17 @@ class OrdersDoc(Model):
         if self.read_only:
             raise PermissionDenied("this business day is archived; its orders are read-only")
 
-    def _new_item(self, item: dict[str, Any], order_id: str) -> tuple[str, pycrdt.Map]:
+    def _item_records(self, taken: set[str], items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records for validated items; ids are fresh within the order (``taken``)."""
         now = self.now()
-        item_id = f"{order_id}.{time_id(self.clock())[-8:]}"
-        return item_id, pycrdt.Map({
-            **item, "id": item_id, "added_at": now, "added_by": self.terminal_id,
-            "kitchen": pycrdt.Map({"queued": now}),
-        })
+        out = []
+        for item in items:
+            item_id = random_id(8)
+            while item_id in taken:
+                item_id = random_id(8)
+            taken.add(item_id)
+            out.append({"id": item_id, **item, "added_at": now, "added_by": self.terminal_id})
+        return out
 
     def create(
         self, *, day: date, table: str | None, waiter: str | None, items: list[dict[str, Any]],
@@ -214,25 +251,18 @@ class OrdersDoc(Model):
             check_id("table", table)
         clean = [validate_item(i) for i in items]
         order_id = f"{day.strftime('%Y%m%d')}-{time_id(self.clock())}"
-        now = self.now()
-        item_maps = {}
-        for item in clean:
-            item_id, m = self._new_item(item, order_id)
-            while item_id in item_maps:
-                item_id, m = self._new_item(item, order_id)
-            item_maps[item_id] = m
-        self.orders[order_id] = pycrdt.Map({
+        record = {
             "id": order_id, "business_day": day.isoformat(), "table": table, "waiter": waiter,
-            "notes": notes, "created_at": now, "created_by": self.terminal_id,
-            "items": pycrdt.Map(item_maps),
-            "stages": pycrdt.Map({"open": {"at": now, "by": self.terminal_id}}),
-        })
+            "notes": notes, "created_at": self.now(), "created_by": self.terminal_id,
+            "items": self._item_records(set(), clean),
+        }
+        self.orders[order_id] = pycrdt.Map({"order": dump(record)})
         return order_id
 
     def _open_for_items(self, order_id: str) -> pycrdt.Map:
         self._writable()
         order = self._get(order_id)
-        status = furthest(order["stages"].to_py(), ORDER_RANK)
+        status = self._status(order)
         if ORDER_RANK[status] >= ORDER_RANK["cancelled"]:
             raise InvalidTransition(f"order is {status}; it can no longer change")
         return order
@@ -240,60 +270,63 @@ class OrdersDoc(Model):
     def add_items(self, order_id: str, items: list[dict[str, Any]]) -> list[str]:
         order = self._open_for_items(order_id)
         clean = [validate_item(i) for i in items]
-        ids = []
-        for item in clean:
-            item_id, m = self._new_item(item, order_id)
-            order["items"][item_id] = m
-            ids.append(item_id)
-        return ids
+        taken = self._item_ids(order)
+        records = self._item_records(taken, clean)
+        batch = random_id(8)
+        while f"items:{batch}" in order:
+            batch = random_id(8)
+        order[f"items:{batch}"] = dump(records)
+        return [r["id"] for r in records]
 
-    def _item(self, order: pycrdt.Map, item_id: str) -> pycrdt.Map:
-        try:
-            return order["items"][item_id]
-        except KeyError:
-            raise NotFound(f"item {item_id!r} not found in order {order['id']!r}") from None
+    def _item(self, order: pycrdt.Map, item_id: str) -> None:
+        if not isinstance(item_id, str) or item_id not in self._item_ids(order):
+            raise NotFound(f"item {item_id!r} not found in order {load(order['order'])['id']!r}")
 
     def void_item(self, order_id: str, item_id: str, reason: str) -> None:
         order = self._open_for_items(order_id)
-        item = self._item(order, item_id)
-        if "void" in item:
+        self._item(order, item_id)
+        if f"void:{item_id}" in order:
             raise InvalidTransition(f"item {item_id!r} is already voided")
         if not reason:
             raise InvalidInput("a void needs a reason")
-        item["void"] = {"reason": reason, "at": self.now(), "by": self.terminal_id}
+        order[f"void:{item_id}"] = dump({"reason": reason, "at": self.now(), "by": self.terminal_id})
 
     def set_kitchen_status(self, order_id: str, item_id: str, stage: str) -> None:
         order = self._open_for_items(order_id)
-        item = self._item(order, item_id)
+        self._item(order, item_id)
         if stage not in KITCHEN_RANK:
             raise InvalidInput(f"unknown kitchen status {stage!r}; one of {', '.join(KITCHEN_STAGES)}")
-        if "void" in item:
+        if f"void:{item_id}" in order:
             raise InvalidTransition(f"item {item_id!r} is voided")
-        current = furthest(item["kitchen"].to_py(), KITCHEN_RANK)
+        prefix = f"kitchen:{item_id}:"
+        current = furthest(["queued"] + [k[len(prefix):] for k in order.keys() if k.startswith(prefix)],
+                           KITCHEN_RANK)
         if KITCHEN_RANK[stage] <= KITCHEN_RANK[current]:
             raise InvalidTransition(f"item is {current}; kitchen status moves forward only, not to {stage}")
-        item["kitchen"][stage] = self.now()
+        order[prefix + stage] = self.now()
 
     def set_status(self, order_id: str, status: str, *, reason: str | None = None) -> None:
         self._writable()
         order = self._get(order_id)
-        current = furthest(order["stages"].to_py(), ORDER_RANK)
-        check_transition(current, status)
+        check_transition(self._status(order), status)
         entry: dict[str, Any] = {"at": self.now(), "by": self.terminal_id}
         if status == "cancelled":
             if not reason:
                 raise InvalidInput("cancelling an order needs a reason")
             entry["reason"] = reason
-        order["stages"][status] = entry
+        order[f"stage:{status}"] = dump(entry)
+
+    def _field(self, order: pycrdt.Map, name: str) -> Any:
+        return order[name] if name in order else load(order["order"]).get(name)
 
     def transfer(self, order_id: str, table: str) -> None:
         self._writable()
         check_id("table", table)
         order = self._get(order_id)
-        status = furthest(order["stages"].to_py(), ORDER_RANK)
+        status = self._status(order)
         if ORDER_RANK[status] >= ORDER_RANK["cancelled"]:
             raise InvalidTransition(f"order is {status}; it cannot move to another table")
-        if order["table"] == table:
+        if self._field(order, "table") == table:
             raise InvalidTransition(f"order is already on table {table!r}")
         order["table"] = table
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -41,4 +42,29 @@ def check_id(kind: str, value: str) -> str:
             f"invalid {kind} id {value!r}: 1-64 characters, letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit"
         )
+    return value
+
+
+def dump(record: dict[str, Any] | list[dict[str, Any]]) -> str:
+    """An immutable record as compact JSON text (one CRDT item; see orders.py for why)."""
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+
+
+def load(text: Any) -> dict[str, Any]:
+    """Inverse of :func:`dump`; a value that is not JSON text of an object is a malformed record."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected a JSON text record, got {type(text).__name__}")
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise TypeError("expected a JSON object record")
+    return value
+
+
+def load_list(text: Any) -> list[dict[str, Any]]:
+    """A JSON text array of object records (a batch of order items)."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected a JSON text record list, got {type(text).__name__}")
+    value = json.loads(text)
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TypeError("expected a JSON array of object records")
     return value
