@@ -16,6 +16,7 @@ import click
 
 from meshpos.config import TERMINAL_TYPES, ConfigError, load_config
 from meshpos.documents.host import DamagedDocument
+from meshpos.memory import tune_allocator
 from storage.database import DatabaseError
 from storage.store import IdentityMismatch
 
@@ -78,6 +79,7 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
 def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, backend, log_level) -> None:  # noqa: ANN001
     """Run one terminal until SIGTERM/SIGINT."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_allocator()
     try:
         config = load_config(config_file=config_file, overrides={
             "data_dir": data_dir, "terminal_id": terminal_id, "type": terminal_type,

@@ -201,12 +201,12 @@ class Terminal:
         """One audited write: ``mutate_fn(model)`` plus an audit row with the entity before and after."""
         op = Operation(entity, entity_id, operation, user)
 
-        def mutate() -> None:
+        def mutate() -> dict[str, Any]:
             mutate_fn(model)
             op.before, op.after = before, model.view(entity_id)
+            return op.after
 
-        await self._commit(doc, mutate, op)
-        return model.view(entity_id)
+        return await self._commit(doc, mutate, op)  # the view as committed, also the audit's "after"
 
     async def _order_op(self, order_id: str, operation: str, user: str | None, mutate_fn) -> dict[str, Any]:  # noqa: ANN001
         model = await self._orders_for(order_id)

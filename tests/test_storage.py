@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import platform
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -180,3 +181,10 @@ async def test_backup_is_a_consistent_openable_copy(make_config, tmp_path: Path)
     (tmp_path / "copy.db").rename(restored.data_dir / "meshpos.db")
     async with Terminal(restored).running() as t:
         assert t.tables.view("T1")["seats"] == 4
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning applies to glibc only")
+def test_allocator_tuning_applies_on_glibc() -> None:
+    from meshpos.memory import tune_allocator
+
+    assert tune_allocator() is True

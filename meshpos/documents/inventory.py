@@ -41,7 +41,20 @@ class InventoryDoc(Model):
         self._touched: set[str] = set()
         for root in (self.catalog, self.base, self.out, self.low):
             root.observe(lambda event: self._touched.update(event.keys))
-        self.counts.observe(lambda event: self._touched.update(k.split("/", 1)[0] for k in event.keys))
+        # sku -> replicas with a counter entry: a Y.Map has no prefix lookup, and scanning every
+        # sku's entries on each read would make a stock write cost O(catalog x terminals).
+        self._replicas: dict[str, set[str]] = {}
+        for key in self.counts.keys():
+            self._index(key)
+        self.counts.observe(self._on_counts)
+
+    def _index(self, key: str) -> str:
+        sku, _, replica = key.partition("/")
+        self._replicas.setdefault(sku, set()).add(replica)
+        return sku
+
+    def _on_counts(self, event: Any) -> None:
+        self._touched.update(self._index(key) for key in event.keys)
 
     def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
         touched, self._touched = self._touched, set()
@@ -56,8 +69,7 @@ class InventoryDoc(Model):
         return sorted(self.catalog.keys())
 
     def _entries(self, sku: str) -> dict[str, int]:
-        prefix = f"{sku}/"
-        return {k[len(prefix):]: as_int(v) for k, v in self.counts.items() if k.startswith(prefix)}
+        return {r: as_int(self.counts[f"{sku}/{r}"]) for r in self._replicas.get(sku, ())}
 
     def quantity(self, sku: str) -> int:
         base = plain(self.base.get(sku)) or {"quantity": 0, "seen": {}}
@@ -97,13 +109,16 @@ class InventoryDoc(Model):
         }
 
     def adjust(self, sku: str, delta: int) -> None:
-        qty = self.view(sku)["quantity"]
+        if sku not in self.catalog:
+            raise NotFound(f"sku {sku!r} is not in the catalog; add it with PUT /api/v1/catalog/{sku}")
+        qty = self.quantity(sku)
         if delta == 0:
             raise InvalidInput("delta must not be 0")
         if abs(qty + delta) > MAX_STOCK:
             raise InvalidInput(f"stock would leave -{MAX_STOCK}..{MAX_STOCK}")
         key = f"{sku}/{self.replica_id}"
         self.counts[key] = as_int(self.counts.get(key, 0)) + delta
+        self._index(key)  # observers run at commit; reads inside this transaction need it now
 
     def count(self, sku: str, quantity: int) -> None:
         self.view(sku)
