@@ -128,6 +128,8 @@ async def compact(data_dir: Path) -> dict:
         for name in t.host.names():
             await t.host.compact(name).wait()
         await t.store.flush()
+        # what the running terminal's housekeeping does every 30 s: keep event_retention events
+        pruned = await t.store.prune_events(config.event_retention)
     conn_path = data_dir / "meshpos.db"
     import sqlite3
 
@@ -135,7 +137,7 @@ async def compact(data_dir: Path) -> dict:
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.execute("VACUUM")
     conn.close()
-    return {"db_bytes_compacted": conn_path.stat().st_size}
+    return {"db_bytes_compacted": conn_path.stat().st_size, "events_pruned_to_retention": pruned}
 
 
 def main() -> None:
@@ -153,10 +155,11 @@ def main() -> None:
         result["busy_day"].update(anyio.run(compact, tmp / "busy", backend=args.backend))
         result["cold_start_compacted"] = cold_start(tmp / "busy", args.backend)
         pa = result["python_api"]
+        starts = ("cold_start_uncompacted", "cold_start_compacted")
         result["targets"] = {
             "durable_writes_per_s>=2000": max(pa["adjust_1_writer_per_s"], pa["adjust_32_writers_per_s"]) >= 2000,
-            "cold_start<=1s": result["cold_start_uncompacted"]["seconds"] <= 1.0,
-            "rss<=80MB": result["cold_start_uncompacted"]["rss_mb"] <= 80,
+            "cold_start<=1s": max(result[k]["seconds"] for k in starts) <= 1.0,
+            "rss<=80MB": max(result[k]["rss_mb"] for k in starts) <= 80,
         }
     print(json.dumps(result, indent=2))
 

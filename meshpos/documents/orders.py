@@ -332,7 +332,7 @@ class OrdersDoc(Model):
 
     def update_fields(self, order_id: str, *, waiter: str | None = None, notes: str | None = None) -> None:
         order = self._open_for_items(order_id)
-        if waiter is not None:
+        if waiter is not None and self._field(order, "waiter") != waiter:
             order["waiter"] = waiter
-        if notes is not None:
+        if notes is not None and self._field(order, "notes") != notes:
             order["notes"] = notes
