@@ -154,5 +154,57 @@ def backup(data_dir: Path, out: Path) -> None:
     click.echo(f"backup written to {out}")
 
 
+@main.group()
+def store() -> None:
+    """The store authority: create it, enroll terminals, revoke them (run off the terminals)."""
+
+
+def _authority_call(fn):  # noqa: ANN001, ANN202
+    from peer.identity import IdentityError
+
+    try:
+        return fn()
+    except IdentityError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@store.command("init")
+@click.option("--dir", "auth_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="authority directory to create (keep it off the terminals)")
+@click.option("--name", required=True, help="store name, e.g. 'Cantina Centro'")
+def store_init(auth_dir: Path, name: str) -> None:
+    """Create the store authority: CA key and certificate, roster version 1."""
+    from peer.identity import Authority
+
+    auth = _authority_call(lambda: Authority.init(auth_dir, name))
+    click.echo(f"store {auth.store_id} ({name}) created in {auth_dir}; roster v{auth.roster.version}")
+
+
+@store.command("enroll")
+@click.option("--dir", "auth_dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--terminal-id", required=True)
+@click.option("--type", "terminal_type", required=True, type=click.Choice(TERMINAL_TYPES))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="the terminal's data dir")
+@click.option("--days", default=5 * 365, show_default=True, type=click.IntRange(1, 30 * 365),
+              help="certificate validity")
+def store_enroll(auth_dir: Path, terminal_id: str, terminal_type: str, out: Path, days: int) -> None:
+    """Write a terminal's key (0600), certificate and the current roster into its data directory."""
+    from peer.identity import Authority
+
+    roster = _authority_call(lambda: Authority(auth_dir).enroll(terminal_id, terminal_type, out, days=days))
+    click.echo(f"enrolled {terminal_id} ({terminal_type}) into {out}; roster v{roster.version}")
+
+
+@store.command("revoke")
+@click.option("--dir", "auth_dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--terminal-id", required=True)
+def store_revoke(auth_dir: Path, terminal_id: str) -> None:
+    """Issue a newer roster that revokes a terminal; hand it to any running terminal."""
+    from peer.identity import Authority
+
+    roster = _authority_call(lambda: Authority(auth_dir).revoke(terminal_id))
+    click.echo(f"revoked {terminal_id}: roster v{roster.version} written to {auth_dir / 'roster.json'}")
+
+
 if __name__ == "__main__":
     main()

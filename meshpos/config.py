@@ -76,6 +76,8 @@ def load_config(
         if value is not None:
             values[name] = value
             sources[name] = f"--{name.replace('_', '-')}"
+    if "data_dir" in values:
+        _identity_from_certificate(Path(values["data_dir"]), values, sources)
     for required in ("data_dir", "terminal_id"):
         if required not in values:
             raise ConfigError(
@@ -92,3 +94,23 @@ def load_config(
                 raise ConfigError(f"{sources[name]}: {name} must be an integer, not {values[name]!r}") from None
     values["data_dir"] = Path(values["data_dir"])
     return TerminalConfig(**values).validate()
+
+
+def _identity_from_certificate(data_dir: Path, values: dict[str, Any], sources: dict[str, str]) -> None:
+    """An enrolled data directory names its terminal: the certificate wins, contradictions are errors."""
+    if not (data_dir / "terminal.crt").exists():
+        return
+    from peer.identity import IdentityError, load_identity  # cryptography only when enrolled
+
+    try:
+        identity = load_identity(data_dir)
+    except IdentityError as exc:
+        raise ConfigError(f"{data_dir}: {exc}") from None
+    for name, enrolled in (("terminal_id", identity.terminal_id), ("type", identity.type)):
+        given = values.get(name)
+        if given is not None and given != enrolled:
+            raise ConfigError(
+                f"{sources.get(name, name)}: {name} {given!r} contradicts the certificate in {data_dir} "
+                f"({name} {enrolled!r}); omit it or fix it"
+            )
+        values[name] = enrolled
