@@ -294,7 +294,7 @@ class Terminal:
         model = self.inventory
         before = model.view(sku) if sku in model.catalog else None
         if before is None and not create:
-            raise NotFound(f"sku {sku!r} is not in the catalog; add it with PUT /api/v1/catalog/{sku}")
+            model.require(sku)
         return await self._audited(inventory_doc.DOC_NAME, model, "inventory", sku, operation, user, before, mutate_fn)
 
     async def put_product(self, sku: str, *, user: str | None = None, **product: Any) -> dict[str, Any]:

@@ -76,9 +76,13 @@ class InventoryDoc(Model):
         seen = base["seen"]
         return base["quantity"] + sum(v - seen.get(r, 0) for r, v in self._entries(sku).items())
 
-    def view(self, sku: str) -> dict[str, Any]:
+    def require(self, sku: str) -> None:
+        """Stock operations need the product first: 404 (4007) naming the call that adds it."""
         if sku not in self.catalog:
             raise NotFound(f"sku {sku!r} is not in the catalog; add it with PUT /api/v1/catalog/{sku}")
+
+    def view(self, sku: str) -> dict[str, Any]:
+        self.require(sku)
         product = plain(self.catalog[sku])
         qty = self.quantity(sku)
         low = self.low.get(sku)
@@ -109,8 +113,7 @@ class InventoryDoc(Model):
         }
 
     def adjust(self, sku: str, delta: int) -> None:
-        if sku not in self.catalog:
-            raise NotFound(f"sku {sku!r} is not in the catalog; add it with PUT /api/v1/catalog/{sku}")
+        self.require(sku)
         qty = self.quantity(sku)
         if delta == 0:
             raise InvalidInput("delta must not be 0")
