@@ -172,6 +172,13 @@ class AuditQuery(Struct):
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
 
 
+class RosterIn(Strict):
+    """A roster file exactly as ``meshpos store revoke|enroll`` wrote it."""
+
+    body: str
+    signature: str
+
+
 class EventsQuery(Struct):
     cursor: Annotated[int, Meta(ge=0)] | None = None
 
@@ -430,6 +437,17 @@ def create_app(terminal: Terminal) -> ASGIApp:
     async def status() -> dict[str, Any]:
         """Terminal id and type, uptime, document and storage sizes."""
         return await t.status()
+
+    @r.add("GET", "/api/v1/peers", tag="mesh")
+    async def peers() -> dict[str, Any]:
+        """Every peer terminal: linked or not, address, since when, heartbeat, round trip, traffic."""
+        return t.peers()
+
+    @r.add("POST", "/api/v1/roster", tag="mesh", body=RosterIn)
+    async def roster(body: RosterIn) -> dict[str, Any]:
+        """Hand a newer signed roster (e.g. after ``meshpos store revoke``) to this terminal; it
+        travels to every other terminal through the mesh."""
+        return await t.adopt_roster(msgspec.json.encode({"body": body.body, "signature": body.signature}))
 
     # -- events --------------------------------------------------------------------------------
 

@@ -30,6 +30,12 @@ class TerminalConfig:
     event_retention: int = 10_000
     #: Largest accepted HTTP request body, in bytes.
     max_body_bytes: int = 256 * 1024
+    #: Peer links (enrolled terminals only): listen address and port, static peers to dial.
+    peer_host: str = "0.0.0.0"
+    peer_port: int = 8710
+    peers: list[str] = field(default_factory=list)
+    #: Largest sync message a peer may send (a whole business day's step 2 must fit).
+    peer_max_message_bytes: int = 64 * 1024 * 1024
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TerminalConfig:
@@ -37,11 +43,27 @@ class TerminalConfig:
             raise ConfigError(f"terminal_id {self.terminal_id!r} is invalid (letters, digits, . _ : -)")
         if self.type not in TERMINAL_TYPES:
             raise ConfigError(f"type {self.type!r} is invalid; one of {', '.join(TERMINAL_TYPES)}")
-        if not 0 <= self.api_port <= 65535:
-            raise ConfigError(f"api_port {self.api_port} is out of range")
+        for name in ("api_port", "peer_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name} {getattr(self, name)} is out of range")
+        for address in self.peers:
+            try:
+                parse_address(address)
+            except ValueError as exc:
+                raise ConfigError(f"peers: {exc}") from None
+        if self.peer_max_message_bytes < 64 * 1024:
+            raise ConfigError("peer_max_message_bytes must be at least 65536")
         if not 0 <= self.day_rollover_hour <= 23:
             raise ConfigError("day_rollover_hour must be 0..23")
         return self
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (or ``[v6]:PORT``) of a static peer."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"peer address {address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
 
 
 _ENV_PREFIX = "MESHPOS_"
@@ -84,7 +106,15 @@ def load_config(
                 f"{required} is required (--{required.replace('_', '-')}, {_ENV_PREFIX}{required.upper()} "
                 "or the config file)"
             )
-    for name in ("api_port", "day_rollover_hour", "event_retention", "max_body_bytes"):
+    if isinstance(values.get("peers"), str):  # environment: comma-separated
+        values["peers"] = [p.strip() for p in values["peers"].split(",") if p.strip()]
+    elif "peers" in values and not (isinstance(values["peers"], list | tuple)
+                                    and all(isinstance(p, str) for p in values["peers"])):
+        raise ConfigError(f"{sources['peers']}: peers must be a list of HOST:PORT strings")
+    if "peers" in values:
+        values["peers"] = list(values["peers"])
+    for name in ("api_port", "peer_port", "day_rollover_hour", "event_retention", "max_body_bytes",
+                 "peer_max_message_bytes"):
         if name in values:
             try:
                 if isinstance(values[name], bool | float):

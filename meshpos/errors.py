@@ -49,6 +49,13 @@ class PermissionDenied(MeshposError):
     http_status = 403
 
 
+class NotEnrolled(MeshposError):
+    """A mesh operation on a terminal that is not enrolled in a store (it runs alone)."""
+
+    code = PERMISSION_DENIED
+    http_status = 409
+
+
 class InvalidTransition(MeshposError):
     code = INVALID_TRANSITION
     http_status = 409

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -25,16 +25,22 @@ from meshpos.documents import inventory as inventory_doc
 from meshpos.documents import orders as orders_doc
 from meshpos.documents import tables as tables_doc
 from meshpos.documents.host import Operation, durable
-from meshpos.errors import InvalidInput, NotFound, Unavailable
+from meshpos.errors import InvalidInput, NotEnrolled, NotFound, PermissionDenied, Unavailable
 from meshpos.events import EventBus
+from peer.wire import orders_day
 from storage.database import lock_data_dir
 from storage.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from peer.mesh import Mesh
 
 log = logging.getLogger(__name__)
 
 #: How many earlier business days stay writable (late tables close after midnight rollover).
 WRITABLE_PAST_DAYS = 1
 HOUSEKEEPING_SECONDS = 30.0
+#: A Yjs state vector with no clients: the document holds nothing.
+EMPTY_STATE_VECTOR = b"\x00"
 
 
 class Terminal:
@@ -46,6 +52,8 @@ class Terminal:
         self.store: Store
         self.host: DocumentHost
         self.events: EventBus
+        #: Peer links; ``None`` for a terminal whose data directory is not enrolled in a store.
+        self.mesh: Mesh | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -70,9 +78,12 @@ class Terminal:
             await self.host.open(tables_doc.DOC_NAME, TablesDoc)
             await self.host.open(inventory_doc.DOC_NAME, InventoryDoc)
             await self._open_live_days()
+            self.mesh = self._make_mesh()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self.store.run)
+                if self.mesh is not None:
+                    await tg.start(self.mesh.run)
                 tg.start_soon(self._housekeeping)
                 self.started_monotonic = time.monotonic()
                 try:
@@ -86,6 +97,25 @@ class Terminal:
                     await self.store.close()
                 finally:
                     lock.close()
+
+    def _make_mesh(self) -> Mesh | None:
+        """The peer links of an enrolled data directory (the socket is bound here, so a port in use
+        stops the start with a clear error)."""
+        from meshpos.server import bind_socket
+        from peer.identity import has_identity, load_identity
+        from peer.link import Limits
+        from peer.mesh import Mesh
+
+        if not has_identity(self.config.data_dir):
+            return None
+        identity = load_identity(self.config.data_dir)
+        try:
+            sock = bind_socket(self.config.peer_host, self.config.peer_port)
+        except OSError as exc:
+            raise OSError(exc.errno, f"peer address {self.config.peer_host}:{self.config.peer_port}: "
+                                     f"{exc.strerror}") from None
+        return Mesh(self, identity, sock=sock, peers=self.config.peers,
+                    limits=Limits(max_message_bytes=self.config.peer_max_message_bytes))
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:
@@ -110,7 +140,38 @@ class Terminal:
                 await self.host.open(name, OrdersDoc)
         for name in self.host.names():
             if name.startswith("orders/") and name not in live:
-                self.host.close(name)  # archived: reopened read-only on request
+                await self._archive(name)  # reopened read-only on request
+
+    async def _archive(self, name: str) -> None:
+        """Close a past day, remembering its state vector so peers can compare it unloaded."""
+        await self.host.settled(name)
+        if self.host.get(name) is None:
+            return
+        if name in await self.store.doc_names():
+            await self.store.save_state_vector(name, self.host.state_vector(name))
+        self.host.close(name)
+
+    async def archived_state_vectors(self) -> dict[str, bytes]:
+        """State vectors of the stored documents not open now (computed once for older data)."""
+        vectors = await self.store.state_vectors()
+        for name in await self.store.doc_names():
+            if name not in vectors and self.host.get(name) is None:
+                await self.host.open(name, OrdersDoc, read_only=True)
+                await self._archive(name)
+        vectors = await self.store.state_vectors()
+        return {name: sv for name, sv in vectors.items() if self.host.get(name) is None}
+
+    async def ensure_doc(self, name: str) -> None:
+        """Open ``name`` (a validated document name) for a peer: live days writable, others read-only."""
+        if self.host.get(name) is not None:
+            return
+        day = orders_day(name)
+        if day is None:
+            raise RuntimeError(f"{name} is always open")
+        if day in self._live_days():
+            await self._open_live_days()
+        if self.host.get(name) is None:
+            await self.host.open(name, OrdersDoc, read_only=True)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -142,8 +203,14 @@ class Terminal:
             if day > self.today():
                 raise NotFound(f"business day {day.isoformat()} has not started")
             if name not in await self.store.doc_names():
-                raise NotFound(f"no orders for business day {day.isoformat()}")
-            model = await self.host.open(name, OrdersDoc, read_only=True)
+                if self.mesh is not None:
+                    await self.mesh.fetch(name)  # an archived day this box never had: ask the peers
+                model = self.host.get(name)
+                if model is None or model.doc.get_state() == EMPTY_STATE_VECTOR:
+                    self.host.close(name)
+                    raise NotFound(f"no orders for business day {day.isoformat()}")
+            else:
+                model = await self.host.open(name, OrdersDoc, read_only=True)
         return model  # type: ignore[return-value]
 
     async def _orders_for(self, order_id: str) -> OrdersDoc:
@@ -310,6 +377,29 @@ class Terminal:
     async def set_stock_flags(self, sku: str, user: str | None = None, **flags: Any) -> dict[str, Any]:
         return await self._inventory_op(sku, "flags", user, lambda m: m.set_flags(sku, **flags))
 
+    # -- mesh ----------------------------------------------------------------------------------
+
+    def _require_mesh(self) -> Mesh:
+        if self.mesh is None:
+            raise NotEnrolled(f"{self.config.data_dir} is not enrolled in a store: no peer links "
+                              "(see 'meshpos store enroll' in docs/operations.md)")
+        return self.mesh
+
+    def peers(self) -> dict[str, Any]:
+        return self._require_mesh().status()
+
+    async def adopt_roster(self, signed: bytes) -> dict[str, Any]:
+        from peer.identity import IdentityError
+
+        mesh = self._require_mesh()
+        try:
+            adopted = mesh.adopt_roster(signed)
+        except IdentityError as exc:
+            raise PermissionDenied(f"roster refused: {exc}") from None
+        message = (f"adopted roster v{mesh.roster.version}; relaying it to {len(mesh.links)} linked terminal(s)"
+                   if adopted else f"this terminal already holds roster v{mesh.roster.version}; nothing to do")
+        return {"adopted": adopted, "version": mesh.roster.version, "message": message}
+
     # -- status --------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
@@ -326,4 +416,5 @@ class Terminal:
             "business_day": self.today().isoformat(),
             "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
             "documents": docs, "storage": await self.store.size(), "last_event_cursor": self.store.last_cursor,
+            "mesh": None if self.mesh is None else self.mesh.status(),
         }

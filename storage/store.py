@@ -19,6 +19,7 @@ thread calls are never abandoned on cancellation, so a COMMIT in flight always f
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sqlite3
@@ -32,6 +33,8 @@ import anyio
 from storage.database import open_database
 
 log = logging.getLogger(__name__)
+#: Key prefix, in the ``meta`` table, of archived documents' state vectors.
+_SV = "state_vector:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +334,18 @@ class Store:
                     "a data directory serves one terminal for life"
                 )
         return meta["replica_id"]
+
+    async def save_state_vector(self, doc: str, state_vector: bytes) -> None:
+        """Remember an archived document's state vector, so peers can compare without loading it."""
+        def put() -> None:
+            self._conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                               "SET value = excluded.value", (_SV + doc, base64.b64encode(state_vector).decode()))
+
+        await self._write(put)
+
+    async def state_vectors(self) -> dict[str, bytes]:
+        rows = await self._read("SELECT key, value FROM meta WHERE key >= ? AND key < ?", (_SV, _SV[:-1] + ";"))
+        return {key[len(_SV):]: base64.b64decode(value) for key, value in rows}
 
     # -- reading -------------------------------------------------------------------------------
 

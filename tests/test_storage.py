@@ -94,17 +94,17 @@ async def test_remote_updates_are_stored_and_yield_the_same_events(tmp_path: Pat
         inv_a = await a.open("inventory", InventoryDoc)
         await b.open("inventory", InventoryDoc)
         shipped: list[bytes] = []
-        a.on_update(lambda name, update, origin: shipped.append(update))
+        a.on_update(lambda name, update, origin, ticket: shipped.append(update))
         _, ticket = a.write("inventory", lambda: inv_a.put_product(
             "soda", name="Soda", price_cents=450, station=None, category=None, active=True), None)
         await a_store.flush()
         local = await ticket.wait()
-        remote_ticket = b.apply_remote("inventory", shipped[0], "peer:a")
+        remote_ticket = b.apply_remote("inventory", [shipped[0]], "peer:a")
         await b_store.flush()
         remote = await remote_ticket.wait()
         assert [e.type for e in local] == [e.type for e in remote] == ["inventory:updated"]
         assert local[0].payload == remote[0].payload
-        assert b.apply_remote("inventory", shipped[0], "peer:a") is None  # duplicate: nothing new
+        assert b.apply_remote("inventory", [shipped[0]], "peer:a") is None  # duplicate: nothing new
     finally:
         await a_store.close()
         await b_store.close()

@@ -89,7 +89,9 @@ class DocumentHost:
         self.replica_id = replica_id
         self.clock = clock
         self._docs: dict[str, _Hosted] = {}
-        self._update_listeners: list[Callable[[str, bytes, str], None]] = []
+        self._update_listeners: list[Callable[[str, bytes, str, Ticket], None]] = []
+        #: The newest storage ticket per document: :meth:`settled` waits for it.
+        self._last_ticket: dict[str, Ticket] = {}
         self._reload_lock = anyio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -147,6 +149,7 @@ class DocumentHost:
 
     def close(self, name: str) -> None:
         self._docs.pop(name, None)
+        self._last_ticket.pop(name, None)
 
     def names(self) -> list[str]:
         return sorted(self._docs)
@@ -155,9 +158,25 @@ class DocumentHost:
         hosted = self._docs.get(name)
         return hosted.model if hosted else None
 
-    def on_update(self, listener: Callable[[str, bytes, str], None]) -> None:
-        """``listener(doc_name, update, origin)`` for every change queued for storage (peers sync these)."""
+    def on_update(self, listener: Callable[[str, bytes, str, Ticket], None]) -> None:
+        """``listener(doc_name, update, origin, ticket)`` for every change queued for storage.
+
+        Peers ship the update once ``ticket`` is done without error: nothing leaves the terminal
+        before it is durable here, so a refused write can never reach another terminal.
+        """
         self._update_listeners.append(listener)
+
+    async def settled(self, name: str) -> None:
+        """Wait until every change queued for ``name`` is durable (or refused and reloaded).
+
+        A sync step 2 is computed from the in-memory doc; settling first keeps it from carrying
+        a change that is not on disk yet.
+        """
+        ticket = self._last_ticket.get(name)
+        if ticket is not None:
+            await ticket.done.wait()
+        if name in self.store.stale_docs:
+            await self.reload_stale()
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -183,14 +202,27 @@ class DocumentHost:
             before=before, after=after,
         )
 
-    def apply_remote(self, name: str, update: bytes, origin: str) -> Ticket | None:
-        """Apply an update from a peer; ``None`` when it brought nothing new."""
+    def apply_remote(self, name: str, updates: list[bytes], origin: str) -> Ticket | None:
+        """Apply updates from a peer in one transaction (one storage record); ``None``: nothing new.
+
+        An update that does not decode raises ``ValueError`` after the ones before it were
+        applied and queued (they were valid); it and everything after it are not applied.
+        """
         hosted = self._docs[name]
         if name in self.store.stale_docs:
             raise StoreError(f"document {name} is being reloaded after a failed commit")
+        error: ValueError | None = None
         with hosted.model.doc.transaction(origin=origin):
-            hosted.model.doc.apply_update(update)
-        return self._finish(hosted, origin, None)
+            for update in updates:
+                try:
+                    hosted.model.doc.apply_update(update)
+                except ValueError as exc:
+                    error = exc
+                    break
+        ticket = self._finish(hosted, origin, None)
+        if error is not None:
+            raise error
+        return ticket
 
     def _finish(self, hosted: _Hosted, origin: str, audit: AuditRecord | None) -> Ticket | None:
         updates, hosted.updates = hosted.updates, []
@@ -205,8 +237,9 @@ class DocumentHost:
         ticket = self.store.enqueue(
             doc=hosted.name, update=update, origin=origin, at=iso(self.clock()), events=events, audit=audit
         )
+        self._last_ticket[hosted.name] = ticket
         for listener in self._update_listeners:
-            listener(hosted.name, update, origin)
+            listener(hosted.name, update, origin, ticket)
         if self.store.pending_per_doc.get(hosted.name, 0) >= COMPACT_EVERY:
             self.compact(hosted.name)
         return ticket

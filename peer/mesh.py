@@ -1,0 +1,686 @@
+"""The anyio shell around the link and sync cores: listen, dial, run links, keep peer state.
+
+Everything here is I/O and bookkeeping; decisions live in :mod:`peer.link` (framing, hello,
+heartbeats, limits) and :mod:`peer.sync` (what to send, bounded).  Each link is three tasks in
+one task group - reader, writer, ticker - and every task the mesh starts belongs to the task
+group :meth:`Mesh.run` opens inside the terminal's own, so stopping the terminal stops them all.
+
+One link per pair: when both terminals dial at once, the link dialled by the terminal with the
+smaller id wins and the other is closed with 4004 on both sides (each side applies the same
+rule, so they agree without talking).  A link from a new incarnation of a peer (another boot id)
+replaces the old one at once instead of waiting for the old one's heartbeat to time out.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import random
+import socket
+import ssl
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute
+from anyio.streams.tls import TLSAttribute, TLSStream
+from cryptography import x509
+
+from meshpos.clock import iso, random_id
+from meshpos.config import parse_address
+from meshpos.errors import (
+    ALREADY_CONNECTED,
+    AUTHENTICATION_FAILED,
+    INVALID_MESSAGE,
+    INVALID_TERMINAL_ID,
+    INVALID_TERMINAL_TYPE,
+)
+from peer.identity import IdentityError, Roster, TerminalIdentity, fingerprint, save_roster, subject_of, verify_roster
+from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
+from peer.sync import AnswerStep1, Apply, SyncSession
+from peer.tls import client_context, peer_certificate, server_context
+from peer.wire import PROTOCOL_VERSION, WireError, check_doc_name, decode_state_vector, orders_day, value_of
+from storage.store import StoreError
+
+if TYPE_CHECKING:
+    from meshpos.terminal import Terminal
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.1
+BACKOFF_CAP = 5.0
+#: After an authentication refusal (4001-4003) a dialer waits this long: retrying fast cannot
+#: fix a certificate, while a roster update (which may) reaches the terminal through others.
+AUTH_RETRY_SECONDS = 60.0
+CONNECT_TIMEOUT = 5.0
+#: Archived days a peer holds and this terminal lacks are fetched at link-up if this recent;
+#: older ones on request (:meth:`Mesh.fetch`).
+AUTO_FETCH_DAYS = 7
+FETCH_TIMEOUT = 3.0
+INTERNAL_ERROR = 1011
+#: What reading or writing a TLS stream raises when the other side is gone or misbehaves.
+TRANSPORT_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError)
+GOING_AWAY = 1001
+
+
+def backoff_delay(attempt: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter, capped: uniform in [0, min(cap, base * 2^attempt)]."""
+    return rng.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+
+
+def failure_of(exc: BaseException) -> tuple[int, str]:
+    """The close code and reason a transport failure is reported with (TLS refusals are 4003)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    cause = exc.__cause__ or exc.__context__
+    for e in (exc, cause):
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return AUTHENTICATION_FAILED, f"TLS handshake failed: {e.verify_message or e.reason}"
+        if isinstance(e, ssl.SSLError):
+            return AUTHENTICATION_FAILED, f"TLS handshake failed: {e.reason or e}"
+    if isinstance(exc, TimeoutError):
+        return ABNORMAL, "timed out"
+    return ABNORMAL, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@dataclass(slots=True)
+class PeerState:
+    """What ``GET /api/v1/peers`` shows for one peer terminal (or a static address not yet linked)."""
+
+    terminal_id: str | None
+    type: str | None = None
+    address: str | None = None
+    online: bool = False
+    direction: str | None = None
+    connected_since: str | None = None
+    last_heartbeat: str | None = None
+    rtt_ms: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    updates_in: int = 0
+    updates_out: int = 0
+    last_error: dict[str, Any] | None = None
+
+    def to_json(self, roster: Roster) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        out["revoked"] = self.terminal_id is not None and roster.is_revoked(self.terminal_id)
+        out["enrolled"] = self.terminal_id is not None and self.terminal_id in roster.terminals
+        return out
+
+
+@dataclass(eq=False)
+class Link:
+    core: LinkCore
+    stream: ByteStream
+    address: str
+    client: bool
+    session: SyncSession = field(default_factory=SyncSession)
+    out: list[bytes] = field(default_factory=list)
+    wake: anyio.Event = field(default_factory=anyio.Event)
+    peer_id: str | None = None
+    cert_id: str | None = None  # the terminal id the TLS certificate names (before the hello proves it)
+    peer_type: str | None = None
+    peer_boot: str | None = None
+    registered: bool = False
+    closed: Closed | None = None
+    ended: anyio.Event = field(default_factory=anyio.Event)
+    writer_done: anyio.Event = field(default_factory=anyio.Event)
+    drained: anyio.Event = field(default_factory=anyio.Event)
+
+    def push(self, actions: list[Any]) -> list[Any]:
+        """Queue the bytes among ``actions`` for the writer; return the rest."""
+        rest = []
+        for action in actions:
+            if isinstance(action, Send):
+                self.out.append(action.data)
+            else:
+                rest.append(action)
+        self.wake.set()
+        return rest
+
+    @property
+    def dialer(self) -> str | None:
+        return None if self.peer_id is None else ("self" if self.client else self.peer_id)
+
+
+class Mesh:
+    """All peer links of one terminal.  :meth:`run` in the terminal's task group."""
+
+    def __init__(self, terminal: Terminal, identity: TerminalIdentity, *, sock: socket.socket,
+                 peers: list[str], limits: Limits | None = None, rng: random.Random | None = None,
+                 max_queue_bytes: int | None = None) -> None:
+        self.terminal = terminal
+        self.identity = identity
+        self.roster = identity.roster
+        self.me = identity.terminal_id
+        self.boot_id = random_id(12)
+        self.limits = limits or Limits()
+        self.max_queue_bytes = max_queue_bytes
+        self.rng = rng or random.Random()
+        self._sock = sock
+        self.host, self.port = sock.getsockname()[:2]
+        self.static_peers = list(dict.fromkeys(peers))
+        for address in self.static_peers:
+            parse_address(address)
+        self._server_ctx = server_context(identity)
+        self._client_ctx = client_context(identity)
+        self.links: dict[str, Link] = {}
+        self.peers: dict[str, PeerState] = {}
+        self._by_address: dict[str, PeerState] = {}
+        self._address_ids: dict[str, str] = {}
+        self._link_down: dict[str, anyio.Event] = {}
+        self._fetches: dict[str, tuple[set[str], anyio.Event]] = {}
+        #: Recent refusals (either side), newest last: why a terminal that tried is not linked.
+        self.refusals: deque[dict[str, Any]] = deque(maxlen=50)
+        self._tg: anyio.abc.TaskGroup | None = None
+        terminal.host.on_update(self._on_local_update)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.abc.SocketListener.from_socket(self._sock)
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(listener.serve, self._accept, tg)
+                for address in self.static_peers:
+                    tg.start_soon(self._dial_loop, address)
+                log.info("peer links on %s:%s (store %s, roster v%d)", self.host, self.port,
+                         self.identity.store_id, self.roster.version)
+                task_status.started()
+        finally:
+            self._tg = None
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+
+    def dial(self, address: str) -> None:
+        """Start dialling ``address`` (a static peer added at run time, or one discovery found)."""
+        parse_address(address)
+        if address in self.static_peers or self._tg is None:
+            return
+        self.static_peers.append(address)
+        self._tg.start_soon(self._dial_loop, address)
+
+    # -- accepting and dialling ----------------------------------------------------------------
+
+    async def _accept(self, raw: anyio.abc.SocketStream) -> None:
+        address = _remote(raw)
+        try:
+            with anyio.fail_after(self.limits.hello_timeout):
+                stream = await TLSStream.wrap(raw, server_side=True, ssl_context=self._server_ctx,
+                                              standard_compatible=False)
+        except Exception as exc:  # noqa: BLE001 - any handshake failure is one refused peer
+            code, reason = failure_of(exc)
+            self._refused(None, address, code, reason, inbound=True)
+            await anyio.aclose_forcefully(raw)
+            return
+        await self._run_link(stream, address, client=False)
+
+    async def _dial_loop(self, address: str) -> None:
+        host, port = parse_address(address)
+        attempt = 0
+        while True:
+            known = self._address_ids.get(address)
+            if known is not None and known in self.links:
+                await self._link_down.setdefault(known, anyio.Event()).wait()
+            state = self._by_address.setdefault(address, PeerState(terminal_id=None, address=address))
+            try:
+                with anyio.fail_after(CONNECT_TIMEOUT):
+                    stream = await anyio.connect_tcp(host, port, ssl_context=self._client_ctx,
+                                                     tls_standard_compatible=False)
+            except Exception as exc:  # noqa: BLE001 - unreachable, refused, TLS: all mean "retry later"
+                code, reason = failure_of(exc)
+                state.last_error = {"code": code, "reason": reason, "at": self._now()}
+                if code == AUTHENTICATION_FAILED:
+                    self._refused(known, address, code, reason, inbound=False)
+                    await anyio.sleep(AUTH_RETRY_SECONDS)
+                    continue
+                attempt += 1
+                await anyio.sleep(backoff_delay(attempt, self.rng))
+                continue
+            closed, opened = await self._run_link(stream, address, client=True)
+            if closed is not None and closed.code in (INVALID_TERMINAL_ID, INVALID_TERMINAL_TYPE,
+                                                      AUTHENTICATION_FAILED):
+                await anyio.sleep(AUTH_RETRY_SECONDS)
+                continue
+            attempt = 0 if opened else attempt + 1
+            await anyio.sleep(backoff_delay(attempt, self.rng))
+
+    # -- one link ------------------------------------------------------------------------------
+
+    async def _run_link(self, stream: ByteStream, address: str, *, client: bool) -> tuple[Closed | None, bool]:
+        """Drive one TLS stream until the link closes; returns (how it closed, whether it opened)."""
+        try:
+            cert = peer_certificate(stream.extra(TLSAttribute.peer_certificate_binary))
+        except Exception as exc:  # noqa: BLE001
+            self._refused(None, address, AUTHENTICATION_FAILED, str(exc), inbound=not client)
+            await anyio.aclose_forcefully(stream)
+            return Closed(AUTHENTICATION_FAILED, str(exc), by_peer=False), False
+        now = anyio.current_time()
+        hello = {
+            "type": "hello", "protocol": PROTOCOL_VERSION, "terminal_id": self.me,
+            "terminal_type": self.identity.type, "store_id": self.identity.store_id, "boot_id": self.boot_id,
+            "roster": self.roster.signed.decode(),
+        }
+        link: Link
+        core = LinkCore(client=client, hello=hello, now=now, limits=self.limits,
+                        authorize=lambda peer_hello: self.authorize(peer_hello, cert))
+        link = Link(core=core, stream=stream, address=address, client=client)
+        with contextlib.suppress(IdentityError):
+            link.cert_id = subject_of(cert)[0]
+        if self.max_queue_bytes is not None:
+            link.session.max_queue_bytes = self.max_queue_bytes
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._writer, link)
+                tg.start_soon(self._ticker, link)
+                tg.start_soon(self._closer, link, tg.cancel_scope)
+                await self._act(link, link.push(core.start()))
+                while True:
+                    try:
+                        data: bytes | None = await stream.receive()
+                    except TRANSPORT_ERRORS as exc:
+                        if link.closed is None and core.state != "open" and not isinstance(exc, anyio.EndOfStream):
+                            code, reason = failure_of(exc)
+                            self._mark_closed(link, Closed(code, reason, by_peer=True))
+                        data = None
+                    if link.closed is not None:
+                        # Closing: drain until the peer hangs up, so our close frame is not lost to
+                        # a TCP reset (closing a socket with unread data resets the connection).
+                        if data is None:
+                            break
+                        continue
+                    await self._act(link, link.push(core.receive(data, anyio.current_time())))
+                link.drained.set()
+                await anyio.sleep_forever()  # the closer ends the link once the writer flushed
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._finish_link(link)
+        return link.closed, link.core.peer_hello is not None
+
+    async def _act(self, link: Link, actions: list[Any]) -> None:
+        applies: list[Apply] = []
+        for action in actions:
+            if link.closed is not None:
+                return
+            if isinstance(action, Binary):
+                try:
+                    intent = link.session.receive(action.data)
+                except WireError as exc:
+                    self._close(link, exc.code, str(exc))
+                    return
+                if isinstance(intent, Apply):
+                    applies.append(intent)
+                    continue
+                await self._apply(link, applies)
+                applies = []
+                await self._answer_step1(link, intent)
+                continue
+            await self._apply(link, applies)
+            applies = []
+            if isinstance(action, Opened):
+                self._opened(link, action.hello)
+            elif isinstance(action, Control):
+                try:
+                    await self._control(link, action.message)
+                except WireError as exc:
+                    self._close(link, exc.code, str(exc))
+            elif isinstance(action, Heartbeat):
+                state = self.peers.get(link.peer_id or "")
+                if state is not None and link.registered:
+                    state.rtt_ms = round(action.rtt * 1000, 3)
+                    state.last_heartbeat = self._now()
+            elif isinstance(action, Closed):
+                self._mark_closed(link, action)
+        if link.closed is None:
+            await self._apply(link, applies)
+
+    def _close(self, link: Link, code: int, reason: str) -> None:
+        for action in link.push(link.core.close(code, reason)):
+            if isinstance(action, Closed):
+                self._mark_closed(link, action)
+
+    def _mark_closed(self, link: Link, closed: Closed) -> None:
+        if link.closed is not None:
+            return
+        link.closed = closed
+        if not link.registered and closed.code != GOING_AWAY:
+            self._refused(link.peer_id or link.cert_id, link.address, closed.code,
+                          ("by peer: " if closed.by_peer else "") + closed.reason, inbound=not link.client)
+        link.ended.set()
+        link.wake.set()
+
+    async def _closer(self, link: Link, scope: anyio.CancelScope) -> None:
+        await link.ended.wait()
+        with anyio.move_on_after(1.0):
+            await link.writer_done.wait()
+            await link.drained.wait()
+        scope.cancel()
+
+    async def _writer(self, link: Link) -> None:
+        try:
+            await self._write_loop(link)
+        finally:
+            link.writer_done.set()
+
+    async def _write_loop(self, link: Link) -> None:
+        while True:
+            await link.wake.wait()
+            link.wake = anyio.Event()
+            for item in link.session.take():
+                if item.ticket is not None:
+                    await item.ticket.done.wait()
+                    if item.ticket.error is not None:
+                        continue  # never durable here: never shipped
+                if item.data is not None:
+                    link.out.extend(s.data for s in link.core.send_binary(item.data))
+                else:
+                    link.out.extend(s.data for s in link.core.send_control(item.control))
+            if link.out:
+                data = b"".join(link.out)
+                link.out.clear()
+                try:
+                    await link.stream.send(data)
+                except TRANSPORT_ERRORS as exc:
+                    self._mark_closed(link, Closed(ABNORMAL, f"send failed: {failure_of(exc)[1]}", by_peer=False))
+                    return
+            if link.core.state == "closed":
+                link.ended.set()
+                return
+
+    async def _ticker(self, link: Link) -> None:
+        while True:
+            await anyio.sleep(max(0.0, link.core.next_deadline() - anyio.current_time()) + 0.001)
+            await self._act(link, link.push(link.core.tick(anyio.current_time())))
+            if link.closed is not None:
+                return
+
+    async def _finish_link(self, link: Link) -> None:
+        """Flush the close frame (briefly), drop the transport, mark the peer offline."""
+        if link.closed is None:  # cancelled: this terminal is stopping
+            self._close(link, GOING_AWAY, "terminal stopping")
+        if link.out:
+            with anyio.move_on_after(1.0), contextlib.suppress(Exception):
+                await link.stream.send(b"".join(link.out))
+        await anyio.aclose_forcefully(link.stream)
+        if link.closed is None:
+            link.closed = Closed(ABNORMAL, "link ended", by_peer=False)
+        if link.registered and self.links.get(link.peer_id or "") is link:
+            del self.links[link.peer_id]  # type: ignore[arg-type]
+            self._link_down.pop(link.peer_id, anyio.Event()).set()  # type: ignore[arg-type]
+            state = self.peers[link.peer_id]  # type: ignore[index]
+            self._count(state, link)
+            state.online = False
+            state.last_error = {"code": link.closed.code, "reason": link.closed.reason, "at": self._now()}
+            refused = 4000 <= link.closed.code < 5000 and link.closed.code != ALREADY_CONNECTED
+            log.log(logging.WARNING if refused else logging.INFO, "link to %s closed: %d %s",
+                    link.peer_id, link.closed.code, link.closed.reason)
+            self._event("terminal:offline", {"terminal_id": link.peer_id, "code": link.closed.code,
+                                             "reason": link.closed.reason})
+            for pending, done in self._fetches.values():
+                pending.discard(link.peer_id)  # type: ignore[arg-type]
+                if not pending:
+                    done.set()
+
+    # -- authentication ------------------------------------------------------------------------
+
+    def authorize(self, hello: dict[str, Any], cert: x509.Certificate) -> None:
+        """Bind the TLS certificate to the hello's claims, against the newest roster either side has."""
+        if value_of(hello, "protocol", int) != PROTOCOL_VERSION:
+            raise Refused(INVALID_MESSAGE, f"protocol {hello['protocol']} is not {PROTOCOL_VERSION}")
+        claimed, claimed_type = value_of(hello, "terminal_id", str), value_of(hello, "terminal_type", str)
+        value_of(hello, "boot_id", str)
+        try:
+            cert_id, cert_type, cert_store = subject_of(cert)
+        except IdentityError as exc:
+            raise Refused(AUTHENTICATION_FAILED, str(exc)) from None
+        if claimed != cert_id:
+            raise Refused(INVALID_TERMINAL_ID, f"peer claims {claimed!r} but its certificate is {cert_id!r}")
+        if claimed_type != cert_type:
+            raise Refused(INVALID_TERMINAL_TYPE, f"peer claims type {claimed_type!r}, certificate says {cert_type!r}")
+        if cert_store != self.identity.store_id or hello.get("store_id") != cert_store:
+            raise Refused(AUTHENTICATION_FAILED, f"peer belongs to store {cert_store!r}")
+        roster = self._newest(value_of(hello, "roster", str).encode())
+        if roster.is_revoked(self.me):
+            raise Refused(AUTHENTICATION_FAILED, f"this terminal is revoked (roster v{roster.version})")
+        if roster.is_revoked(cert_id):
+            raise Refused(AUTHENTICATION_FAILED, f"{cert_id} is revoked (roster v{roster.version})")
+        if not roster.admits(cert_id, fingerprint(cert)):
+            raise Refused(AUTHENTICATION_FAILED,
+                          f"{cert_id}'s certificate is not the one enrolled in roster v{roster.version}")
+        if cert_id == self.me:
+            raise Refused(ALREADY_CONNECTED, "that is this terminal (a copied data directory?)")
+
+    def _newest(self, signed: bytes) -> Roster:
+        try:
+            candidate = verify_roster(signed, self.identity.ca_cert)
+        except IdentityError as exc:
+            raise Refused(AUTHENTICATION_FAILED, f"peer's roster: {exc}") from None
+        return candidate if candidate.version > self.roster.version else self.roster
+
+    def adopt_roster(self, signed: bytes) -> bool:
+        """Take a roster handed in by an operator or a peer if it is newer; relay it; drop the revoked.
+
+        Raises :class:`IdentityError` when it is not validly signed by this store's authority.
+        """
+        candidate = verify_roster(signed, self.identity.ca_cert)
+        if candidate.version <= self.roster.version:
+            return False
+        save_roster(self.terminal.config.data_dir, candidate)
+        self.roster = candidate
+        log.warning("adopted roster v%d (%d terminals, %d revoked)", candidate.version,
+                    len(candidate.terminals), len(candidate.revoked))
+        for peer_id, link in list(self.links.items()):
+            if candidate.is_revoked(self.me) or candidate.is_revoked(peer_id):
+                who = "this terminal" if candidate.is_revoked(self.me) else peer_id
+                self._close(link, AUTHENTICATION_FAILED, f"{who} is revoked (roster v{candidate.version})")
+            else:
+                link.session.queue_control({"type": "roster", "roster": candidate.signed.decode()})
+                link.wake.set()
+        self._event("roster:updated", {"version": candidate.version, "revoked": sorted(candidate.revoked)})
+        return True
+
+    # -- link life -----------------------------------------------------------------------------
+
+    def _opened(self, link: Link, hello: dict[str, Any]) -> None:
+        peer_id = hello["terminal_id"]
+        link.peer_id, link.peer_type, link.peer_boot = peer_id, hello["terminal_type"], hello["boot_id"]
+        if link.client:
+            self._address_ids[link.address] = peer_id
+        existing = self.links.get(peer_id)
+        if existing is not None:
+            preferred = "self" if self.me < peer_id else peer_id
+            replace = existing.peer_boot != link.peer_boot or (
+                existing.dialer != preferred and link.dialer == preferred)
+            loser = existing if replace else link
+            self._close(loser, ALREADY_CONNECTED, f"{self.me} and {peer_id} are already linked")
+            if not replace:
+                return
+            existing.registered = False
+        with contextlib.suppress(Exception):
+            self.adopt_roster(hello["roster"].encode())
+        self.links[peer_id] = link
+        link.registered = True
+        state = self.peers.setdefault(peer_id, PeerState(terminal_id=peer_id))
+        now = self._now()
+        state.type, state.address, state.online = link.peer_type, link.address, True
+        state.direction = "outbound" if link.client else "inbound"
+        state.connected_since, state.last_heartbeat = now, now
+        if link.client:
+            self._by_address.pop(link.address, None)
+        log.info("linked to %s (%s) at %s, %s", peer_id, link.peer_type, link.address, state.direction)
+        if existing is None:
+            self._event("terminal:online", {"terminal_id": peer_id, "terminal_type": link.peer_type,
+                                            "address": link.address})
+        self._start_sync(link)
+
+    def _start_sync(self, link: Link) -> None:
+        host = self.terminal.host
+        for name in host.names():
+            link.session.queue_step1(name, host.state_vector(name))
+        self._tg.start_soon(self._send_archived, link)  # type: ignore[union-attr]
+        link.wake.set()
+
+    async def _send_archived(self, link: Link) -> None:
+        vectors = await self.terminal.archived_state_vectors()
+        archived = {name: base64.b64encode(sv).decode() for name, sv in vectors.items()}
+        if link.core.state == "open":
+            link.session.queue_control({"type": "docs", "archived": archived})
+            link.wake.set()
+
+    # -- sync ----------------------------------------------------------------------------------
+
+    def _on_local_update(self, name: str, update: bytes, origin: str, ticket: Any) -> None:
+        """Ship every change to every linked peer except the one it came from (full mesh)."""
+        source = origin[5:] if origin.startswith("peer:") else None
+        for peer_id, link in self.links.items():
+            if peer_id != source:
+                link.session.queue_update(name, update, ticket)
+                link.wake.set()
+
+    async def _answer_step1(self, link: Link, intent: AnswerStep1) -> None:
+        host = self.terminal.host
+        await self.terminal.ensure_doc(intent.doc)
+        await host.settled(intent.doc)
+        try:
+            update = host.diff(intent.doc, intent.state_vector)
+        except ValueError as exc:
+            self._close(link, INVALID_MESSAGE, f"state vector of {intent.doc} does not decode ({exc})")
+            return
+        link.session.queue_step2(intent.doc, update)
+        link.wake.set()
+
+    async def _apply(self, link: Link, applies: list[Apply]) -> None:
+        """Apply what one read brought, one transaction (one storage record) per document, durably."""
+        if not applies:
+            return
+        by_doc: dict[str, list[Apply]] = {}
+        for a in applies:
+            by_doc.setdefault(a.doc, []).append(a)
+        tickets = []
+        error: Closed | None = None
+        for doc, items in by_doc.items():
+            try:
+                await self.terminal.ensure_doc(doc)
+                tickets.append(self.terminal.host.apply_remote(doc, [a.update for a in items], f"peer:{link.peer_id}"))
+            except ValueError as exc:
+                error = Closed(INVALID_MESSAGE, f"update for {doc} does not decode ({exc})", by_peer=False)
+                break
+            except StoreError as exc:
+                error = Closed(INTERNAL_ERROR, f"storage is failing ({exc}); resync later", by_peer=False)
+                break
+        for ticket in tickets:
+            if ticket is not None:
+                with contextlib.suppress(StoreError):
+                    await ticket.wait()
+        for a in applies:
+            if a.step2 and a.doc in self._fetches:
+                pending, done = self._fetches[a.doc]
+                pending.discard(link.peer_id)  # type: ignore[arg-type]
+                if not pending:
+                    done.set()
+        if error is not None:
+            self._close(link, error.code, error.reason)
+
+    async def _control(self, link: Link, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "roster":
+            try:
+                self.adopt_roster(value_of(message, "roster", str).encode())
+            except IdentityError as exc:
+                self._close(link, INVALID_MESSAGE, f"relayed roster: {exc}")
+        elif kind == "resync":
+            for name in value_of(message, "docs", list):
+                name = check_doc_name(name) if isinstance(name, str) else check_doc_name(repr(name))
+                await self.terminal.ensure_doc(name)
+                link.session.queue_step1(name, self.terminal.host.state_vector(name))
+            link.wake.set()
+        elif kind == "docs":
+            await self._on_archived(link, value_of(message, "archived", dict))
+
+    async def _on_archived(self, link: Link, archived: dict[str, Any]) -> None:
+        """Sync the archived days that differ; fetch recent ones this terminal lacks."""
+        ours = await self.terminal.archived_state_vectors()
+        today = self.terminal.today()
+        for name, encoded in archived.items():
+            day = orders_day(check_doc_name(name))
+            if day is None or self.terminal.host.get(name) is not None:
+                continue  # live here: the step 1 at link-up covers it
+            theirs = base64.b64decode(encoded) if isinstance(encoded, str) else None
+            if name in ours:
+                if theirs is not None and decode_state_vector(ours[name]) == decode_state_vector(theirs):
+                    continue
+            elif (today - day).days > AUTO_FETCH_DAYS:
+                continue
+            await self.terminal.ensure_doc(name)
+            link.session.queue_step1(name, self.terminal.host.state_vector(name))
+        link.wake.set()
+
+    async def fetch(self, name: str) -> None:
+        """Ask every linked peer for ``name`` (an archived day) and wait for their answers, briefly."""
+        if not self.links:
+            return
+        host = self.terminal.host
+        await self.terminal.ensure_doc(name)
+        pending, done = self._fetches.setdefault(name, (set(), anyio.Event()))
+        pending.update(self.links)
+        for link in self.links.values():
+            link.session.queue_step1(name, host.state_vector(name))
+            link.wake.set()
+        with anyio.move_on_after(FETCH_TIMEOUT):
+            await done.wait()
+        self._fetches.pop(name, None)
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def _now(self) -> str:
+        return iso(self.terminal.clock())
+
+    def _event(self, kind: str, payload: dict[str, Any]) -> None:
+        try:
+            self.terminal.store.enqueue(doc=None, update=None, origin="mesh", at=self._now(),
+                                        events=[(kind, payload)])
+        except StoreError:
+            log.warning("could not record %s %s", kind, payload)
+
+    def _refused(self, peer_id: str | None, address: str, code: int, reason: str, *, inbound: bool) -> None:
+        entry = {"terminal_id": peer_id, "address": address, "code": code, "reason": reason,
+                 "direction": "inbound" if inbound else "outbound", "at": self._now()}
+        self.refusals.append(entry)
+        log.log(logging.INFO if code == ALREADY_CONNECTED else logging.WARNING, "link %s %s refused: %d %s",
+                "from" if inbound else "to", address, code, reason)
+
+    @staticmethod
+    def _count(state: PeerState, link: Link) -> None:
+        """Traffic counters of the peer's current (or just closed) link."""
+        state.bytes_in, state.bytes_out = link.core.bytes_in, link.core.bytes_out
+        state.updates_in, state.updates_out = link.session.updates_in, link.session.updates_out
+
+    def status(self) -> dict[str, Any]:
+        peers = []
+        for peer_id, state in sorted(self.peers.items()):
+            link = self.links.get(peer_id)
+            if link is not None:
+                self._count(state, link)
+            peers.append(state.to_json(self.roster))
+        for tid, entry in sorted(self.roster.terminals.items()):
+            if tid != self.me and tid not in self.peers:
+                peers.append(PeerState(terminal_id=tid, type=entry["type"]).to_json(self.roster))
+        for state in self._by_address.values():
+            peers.append(state.to_json(self.roster))
+        return {
+            "terminal_id": self.me, "store_id": self.identity.store_id, "roster_version": self.roster.version,
+            "listen": f"{self.host}:{self.port}", "static_peers": self.static_peers, "peers": peers,
+            "refusals": list(self.refusals),
+        }
+
+
+def _remote(stream: anyio.abc.SocketStream) -> str:
+    try:
+        host, port = stream.extra(SocketAttribute.remote_address)[:2]  # type: ignore[misc]
+        return f"{host}:{port}"
+    except Exception:  # noqa: BLE001
+        return "?"
+

@@ -1,0 +1,39 @@
+"""TLS 1.3 contexts for peer links: both sides present a certificate the store authority signed.
+
+OpenSSL does the chain and validity-period checks (a foreign store's key, a self-signed or
+expired certificate never completes the handshake); host names are not checked because peers are
+identified by the terminal id in their certificate, which :meth:`peer.mesh.Mesh.authorize`
+compares with the hello and the roster.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+from cryptography import x509
+
+from peer.identity import TerminalIdentity
+
+
+def _context(purpose: int, identity: TerminalIdentity) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(purpose)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(identity.cert_path, identity.key_path)
+    ctx.load_verify_locations(identity.ca_path)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def server_context(identity: TerminalIdentity) -> ssl.SSLContext:
+    return _context(ssl.PROTOCOL_TLS_SERVER, identity)
+
+
+def client_context(identity: TerminalIdentity) -> ssl.SSLContext:
+    return _context(ssl.PROTOCOL_TLS_CLIENT, identity)
+
+
+def peer_certificate(der: bytes | None) -> x509.Certificate:
+    if not der:
+        raise ssl.SSLError("peer presented no certificate")
+    return x509.load_der_x509_certificate(der)

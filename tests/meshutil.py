@@ -1,0 +1,173 @@
+"""Helpers for mesh tests: an enrolled store on disk and running in-process terminals on loopback."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from meshpos.config import TerminalConfig
+from meshpos.terminal import Terminal
+from peer.identity import Authority, load_identity
+from peer.link import Closed, LinkCore, Opened, Send
+from peer.mesh import failure_of
+from peer.wire import PROTOCOL_VERSION, decode_state_vector
+
+PRODUCT = {"name": "Burger", "price_cents": 1590, "station": "grill", "category": None, "active": True}
+ITEM = {"sku": "burger", "name": "Burger", "qty": 1, "unit_price_cents": 1590, "station": "grill"}
+
+
+def enroll(authority: Authority, tmp: Path, ids: list[str], kinds: list[str] | None = None) -> list[Path]:
+    dirs = []
+    for n, tid in enumerate(ids):
+        kind = (kinds or ["pos"] * len(ids))[n]
+        authority.enroll(tid, kind, tmp / tid)
+        dirs.append(tmp / tid)
+    return dirs
+
+
+def config_for(data_dir: Path, terminal_id: str, **kw: Any) -> TerminalConfig:
+    kw.setdefault("api_port", 0)
+    return TerminalConfig(data_dir=data_dir, terminal_id=terminal_id, peer_host="127.0.0.1", peer_port=0, **kw)
+
+
+def address(terminal: Terminal) -> str:
+    assert terminal.mesh is not None
+    return f"127.0.0.1:{terminal.mesh.port}"
+
+
+@asynccontextmanager
+async def running_mesh(configs: list[TerminalConfig], *, both_ways: bool = True,
+                       link: bool = True) -> AsyncIterator[list[Terminal]]:
+    """Start every terminal, then make each dial every other (both directions: tie-break)."""
+    async with AsyncExitStack() as stack:
+        terminals = [await stack.enter_async_context(Terminal(c).running()) for c in configs]
+        if link:
+            connect_all(terminals, both_ways=both_ways)
+            await wait_linked(terminals)
+        yield terminals
+
+
+def connect_all(terminals: list[Terminal], *, both_ways: bool = True) -> None:
+    for i, a in enumerate(terminals):
+        for j, b in enumerate(terminals):
+            if i != j and (both_ways or i < j):
+                assert a.mesh is not None
+                a.mesh.dial(address(b))
+
+
+def linked(terminal: Terminal) -> set[str]:
+    assert terminal.mesh is not None
+    return set(terminal.mesh.links)
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 15.0) -> None:
+    """Poll state spread over several terminals (no single event to wait on)."""
+    with anyio.fail_after(within):
+        while not predicate():  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+
+
+async def wait_linked(terminals: list[Terminal], within: float = 15.0) -> None:
+    ids = {t.config.terminal_id for t in terminals}
+    await wait_for(lambda: all(linked(t) == ids - {t.config.terminal_id} for t in terminals), within)
+
+
+def fingerprint(terminal: Terminal) -> dict[str, Any]:
+    """Everything a user can read from a terminal's documents (plus the state vectors)."""
+    host = terminal.host
+    out: dict[str, Any] = {}
+    for name in host.names():
+        model = host.get(name)
+        assert model is not None
+        out[name] = decode_state_vector(model.doc.get_state())
+    inv = terminal.inventory
+    out["stock"] = {sku: inv.quantity(sku) for sku in sorted(inv.catalog.keys())}
+    out["tables"] = terminal.tables.list()
+    return out
+
+
+async def converged(terminals: list[Terminal], within: float = 15.0) -> None:
+    def same() -> bool:
+        prints = [fingerprint(t) for t in terminals]
+        return all(p == prints[0] for p in prints[1:])
+
+    try:
+        await wait_for(same, within)
+    except TimeoutError:
+        report = {t.config.terminal_id: fingerprint(t) for t in terminals}
+        raise AssertionError(f"not converged within {within} s: {report}") from None
+
+
+# -- a hand-driven peer, for the bad-peer tests --------------------------------------------------
+
+
+def tls_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(ca)
+    ctx.check_hostname = False
+    return ctx
+
+
+def hello_of(data_dir: Path, **patch: Any) -> dict[str, Any]:
+    identity = load_identity(data_dir)
+    hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "terminal_id": identity.terminal_id,
+             "terminal_type": identity.type, "store_id": identity.store_id, "boot_id": "probe",
+             "roster": identity.roster.signed.decode()}
+    return {**hello, **patch}
+
+
+async def probe(target: str, ctx: ssl.SSLContext, *, hello: dict[str, Any] | None = None,
+                raw: bytes | None = None, after_open: list[bytes] = (), within: float = 10.0) -> Closed:
+    """Dial ``target`` as a peer would; return how the link ended, as this side saw it.
+
+    ``raw`` is sent right after TLS instead of a WebSocket handshake; ``after_open`` are binary
+    messages (or, when prefixed with ``b"RAW:"``, raw bytes) sent once the target accepted the hello.
+    """
+    host, port = target.rsplit(":", 1)
+    with anyio.fail_after(within):
+        try:
+            stream = await anyio.connect_tcp(host, int(port), ssl_context=ctx, tls_standard_compatible=False)
+        except (ssl.SSLError, OSError, anyio.BrokenResourceError) as exc:
+            return Closed(*failure_of(exc), by_peer=True)
+        core = LinkCore(client=True, hello=hello or {}, authorize=lambda _: None, now=anyio.current_time())
+        async with stream:
+            if raw is not None:
+                await stream.send(raw)
+            else:
+                await _send(stream, core.start())
+            while True:
+                try:
+                    data: bytes | None = await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError, OSError) as exc:
+                    if raw is not None or core.state != "open":
+                        return Closed(*failure_of(exc), by_peer=True)
+                    data = None
+                if raw is not None:
+                    continue  # whatever the target answers, we wait for it to hang up
+                for action in core.receive(data, anyio.current_time()):
+                    if isinstance(action, Send):
+                        await stream.send(action.data)
+                    elif isinstance(action, Opened):
+                        try:
+                            for message in after_open:
+                                if message.startswith(b"RAW:"):
+                                    await stream.send(message[4:])
+                                else:
+                                    await _send(stream, core.send_binary(message))
+                        except (anyio.BrokenResourceError, OSError):
+                            pass  # the target hung up mid-way: its close frame may still be readable
+                    elif isinstance(action, Closed):
+                        return action
+
+
+async def _send(stream: Any, actions: list[Any]) -> None:
+    for action in actions:
+        if isinstance(action, Send):
+            await stream.send(action.data)
