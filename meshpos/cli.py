@@ -42,6 +42,10 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
 
     def ready(url: str) -> None:
         if ready_message:
+            if terminal.mesh is not None:
+                m = terminal.mesh
+                print(f"meshpos terminal {config.terminal_id} links on {m.host}:{m.port} "
+                      f"(store {m.identity.store_id}, roster v{m.roster.version})", flush=True)
             print(f"meshpos terminal {config.terminal_id} ({config.type}) serving {url}", flush=True)
 
     async def serve_then_release() -> None:
@@ -74,16 +78,21 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
 @click.option("--type", "terminal_type", type=click.Choice(TERMINAL_TYPES), help="terminal type")
 @click.option("--api-host", help="address of the local API (default 127.0.0.1)")
 @click.option("--api-port", type=int, help="port of the local API (default 8700; 0 picks a free one)")
+@click.option("--peer-host", help="address peer links listen on (default 0.0.0.0; enrolled terminals only)")
+@click.option("--peer-port", type=int, help="port peer links listen on (default 8710; 0 picks a free one)")
+@click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="a peer to dial (repeatable)")
 @click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, envvar="MESHPOS_BACKEND")
 @click.option("--log-level", default="INFO", show_default=True)
-def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, backend, log_level) -> None:  # noqa: ANN001
+def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, peer_host, peer_port, peers,  # noqa: ANN001
+        backend, log_level) -> None:
     """Run one terminal until SIGTERM/SIGINT."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_allocator()
     try:
         config = load_config(config_file=config_file, overrides={
             "data_dir": data_dir, "terminal_id": terminal_id, "type": terminal_type,
-            "api_host": api_host, "api_port": api_port,
+            "api_host": api_host, "api_port": api_port, "peer_host": peer_host, "peer_port": peer_port,
+            "peers": list(peers) or None,
         })
         anyio.run(_run_until_signal, config, backend=backend)
     except BaseException as exc:  # noqa: BLE001 - anything known becomes one line, the rest propagates
@@ -120,11 +129,46 @@ def demo(backend: str, keep_running: bool | None, api_port: int) -> None:
 @click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
 def status(api: str) -> None:
     """Print a running terminal's status."""
+    click.echo(json.dumps(_api_call(api, "/api/v1/status"), indent=2))
+
+
+def _api_call(api: str, path: str, body: bytes | None = None) -> dict:
+    """One JSON call to a running terminal's local API; errors become one line."""
+    request = urllib.request.Request(f"{api}{path}", data=body, method="POST" if body is not None else "GET",
+                                     headers={"content-type": "application/json"})
     try:
-        with urllib.request.urlopen(f"{api}/api/v1/status", timeout=5) as resp:
-            click.echo(json.dumps(json.load(resp), indent=2))
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.load(exc)
+            message = f"{detail['code']} {detail['message']}"
+        except (ValueError, KeyError):
+            message = str(exc)
+        raise click.ClickException(f"{api} refused: {message}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise click.ClickException(f"no terminal answering at {api}: {exc}") from None
+
+
+@main.command()
+@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
+def peers(api: str) -> None:
+    """List a running terminal's peers: linked or not, and the last refusals."""
+    click.echo(json.dumps(_api_call(api, "/api/v1/peers"), indent=2))
+
+
+@main.group()
+def roster() -> None:
+    """Hand a roster to a running terminal (it travels to the others through the mesh)."""
+
+
+@roster.command("push")
+@click.argument("roster_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
+def roster_push(roster_file: Path, api: str) -> None:
+    """Give ROSTER_FILE (e.g. AUTH_DIR/roster.json after 'meshpos store revoke') to one terminal."""
+    answer = _api_call(api, "/api/v1/roster", roster_file.read_bytes())
+    click.echo(answer["message"])
 
 
 @main.command()

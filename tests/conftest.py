@@ -62,3 +62,7 @@ def served(make_config: Callable[..., TerminalConfig]):  # noqa: ANN201
 
 
 BURGER = {"sku": "burger", "name": "Burger", "qty": 2, "unit_price_cents": 1590, "station": "grill"}
+
+
+# The subprocess fixture lives with the process tests; the mesh process tests use it too.
+from tests.test_process import launch  # noqa: E402, F401

@@ -1,0 +1,133 @@
+"""The sans-I/O cores, driven by hand: no sockets, no clock, every byte and instant chosen here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from meshpos.errors import INVALID_MESSAGE, INVALID_TERMINAL_ID
+from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
+from peer.sync import AnswerStep1, Apply, SyncSession
+from peer.wire import STEP1, UPDATE, WireError, decode_state_vector, decode_sync, encode_sync
+
+HELLO = {"type": "hello", "terminal_id": "a"}
+
+
+def pair(authorize_server=lambda h: None, limits: Limits = Limits()):  # noqa: ANN001, ANN201, B008
+    client = LinkCore(client=True, hello={**HELLO, "terminal_id": "c"}, authorize=lambda h: None, now=0.0,
+                      limits=limits)
+    server = LinkCore(client=False, hello={**HELLO, "terminal_id": "s"}, authorize=authorize_server, now=0.0,
+                      limits=limits)
+    return client, server
+
+
+def pump(a: LinkCore, b: LinkCore, actions: list[Any], now: float = 0.0) -> dict[str, list[Any]]:
+    """Deliver ``actions`` (a's output) to b and everything that follows, both ways, until quiet."""
+    seen: dict[str, list[Any]] = {"a": [], "b": []}
+    queue = [("b", x) for x in actions]
+    while queue:
+        side, action = queue.pop(0)
+        if not isinstance(action, Send):
+            continue
+        target, other = (b, "a") if side == "b" else (a, "b")
+        for out in target.receive(action.data, now):
+            seen[side].append(out)
+            queue.append((other, out))
+    return seen
+
+
+def test_handshake_hello_and_messages() -> None:
+    client, server = pair()
+    seen = pump(client, server, client.start())
+    assert any(isinstance(x, Opened) and x.hello["terminal_id"] == "c" for x in seen["b"])
+    assert any(isinstance(x, Opened) and x.hello["terminal_id"] == "s" for x in seen["a"])
+    frame = encode_sync("tables", UPDATE, b"\x00\x00")
+    seen = pump(client, server, client.send_binary(frame))
+    assert [x for x in seen["b"] if isinstance(x, Binary)] == [Binary(frame)]
+    seen = pump(client, server, client.send_control({"type": "resync", "docs": ["tables"]}))
+    assert [x.message for x in seen["b"] if isinstance(x, Control)] == [{"type": "resync", "docs": ["tables"]}]
+
+
+def test_refused_hello_closes_with_its_code() -> None:
+    def refuse(hello: dict[str, Any]) -> None:
+        raise Refused(INVALID_TERMINAL_ID, "claims another id")
+
+    client, server = pair(refuse)
+    seen = pump(client, server, client.start())
+    closed_b = [x for x in seen["b"] if isinstance(x, Closed)]
+    closed_a = [x for x in seen["a"] if isinstance(x, Closed)]
+    assert closed_b == [Closed(INVALID_TERMINAL_ID, "claims another id", by_peer=False)]
+    assert closed_a and closed_a[0].code == INVALID_TERMINAL_ID and closed_a[0].by_peer
+    assert not any(isinstance(x, Opened) for x in seen["b"])
+
+
+def test_sync_before_hello_and_oversize_are_4006() -> None:
+    client, server = pair(limits=Limits(max_message_bytes=100))
+    pump(client, server, client.start())
+    seen = pump(client, server, client.send_binary(b"x" * 101))
+    assert [x.code for x in seen["b"] if isinstance(x, Closed)] == [INVALID_MESSAGE]
+
+
+def test_garbage_instead_of_a_handshake() -> None:
+    server = LinkCore(client=False, hello=HELLO, authorize=lambda h: None, now=0.0)
+    actions = server.receive(b"\x16\x03\x01garbage\r\n\r\n", 0.0)
+    assert [x.code for x in actions if isinstance(x, Closed)] == [INVALID_MESSAGE]
+
+
+def test_heartbeat_measures_rtt_and_detects_a_dead_peer() -> None:
+    limits = Limits(heartbeat_interval=1.0, dead_after=3.0)
+    client, server = pair(limits=limits)
+    pump(client, server, client.start())
+    ping = client.tick(1.0)
+    assert ping and isinstance(ping[0], Send)
+    pong = server.receive(ping[0].data, 1.0)
+    beats = client.receive(pong[0].data, 1.25)
+    assert beats == [Heartbeat(0.25)]
+    assert client.next_deadline() == pytest.approx(2.0)
+    # from now on the server is silent: the client gives up dead_after seconds after it last heard
+    client.tick(2.0)
+    client.tick(3.0)
+    assert all(isinstance(x, Send) for x in client.tick(4.0))  # still pinging, not yet dead
+    closed = client.tick(4.3)
+    assert len(closed) == 1 and closed[0].code == ABNORMAL and "no heartbeat" in closed[0].reason
+
+
+def test_hello_timeout() -> None:
+    server = LinkCore(client=False, hello=HELLO, authorize=lambda h: None, now=0.0, limits=Limits(hello_timeout=5,
+                                                                                             dead_after=10))
+    assert server.tick(4.9) == []
+    server.receive(b"GET", 4.9)  # a trickle of bytes does not extend the hello deadline
+    assert [x.code for x in server.tick(5.1) if isinstance(x, Closed)] == [INVALID_MESSAGE]
+
+
+def test_sync_frames_round_trip_and_reject_malformed() -> None:
+    frame = decode_sync(encode_sync("orders/2026-11-23", STEP1, b"\x01\x02\x03"))
+    assert (frame.doc, frame.kind, frame.payload) == ("orders/2026-11-23", STEP1, b"\x01\x02\x03")
+    for bad in (b"", b"\x06tables", encode_sync("tables", UPDATE, b"abc")[:-1],
+                encode_sync("orders/2026-13-45", UPDATE, b""), encode_sync("../etc", UPDATE, b"")):
+        with pytest.raises(WireError):
+            decode_sync(bad)
+    assert decode_state_vector(b"\x02\x05\x07\x01\x03") == {5: 7, 1: 3}
+
+
+def test_outbox_is_bounded_and_overflow_asks_for_a_resync() -> None:
+    session = SyncSession(max_queue_bytes=1000)
+    session.queue_step1("tables", b"\x00")
+    for _ in range(50):
+        session.queue_update("inventory", bytes(100), ticket=None)
+        assert session.queued_bytes <= 1000
+    assert session.resyncs == 1
+    items = session.take()
+    assert items[0].data is not None and decode_sync(items[0].data).kind == STEP1  # non-updates are kept
+    assert items[-1].control == {"type": "resync", "docs": ["inventory"]}
+    assert session.queued_bytes == 0 and not session.resync_needed
+    session.queue_update("inventory", b"\x00", ticket=None)
+    assert len(session.take()) == 1  # queueing resumes normally after the resync request
+
+
+def test_session_decodes_intents() -> None:
+    session = SyncSession()
+    assert session.receive(encode_sync("tables", STEP1, b"\x00")) == AnswerStep1("tables", b"\x00")
+    assert session.receive(encode_sync("tables", UPDATE, b"\x00\x00")) == Apply("tables", b"\x00\x00", step2=False)
+    assert session.updates_in == 1
