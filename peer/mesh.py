@@ -59,6 +59,8 @@ CONNECT_TIMEOUT = 5.0
 #: older ones on request (:meth:`Mesh.fetch`).
 AUTO_FETCH_DAYS = 7
 FETCH_TIMEOUT = 3.0
+#: How often linked peers re-compare state vectors (covers peers that cannot reach each other).
+ANTI_ENTROPY_SECONDS = 10.0
 INTERNAL_ERROR = 1011
 #: What reading or writing a TLS stream raises when the other side is gone or misbehaves.
 TRANSPORT_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError)
@@ -187,6 +189,7 @@ class Mesh:
                 tg.start_soon(listener.serve, self._accept, tg)
                 for address in self.static_peers:
                     tg.start_soon(self._dial_loop, address)
+                tg.start_soon(self._anti_entropy)
                 log.info("peer links on %s:%s (store %s, roster v%d)", self.host, self.port,
                          self.identity.store_id, self.roster.version)
                 task_status.started()
@@ -369,12 +372,25 @@ class Mesh:
         while True:
             await link.wake.wait()
             link.wake = anyio.Event()
-            for item in link.session.take():
-                if item.ticket is not None:
+            run_doc: str | None = None
+            run: list[bytes] = []
+            for item in [*link.session.take(), None]:
+                if item is not None and item.ticket is not None:
                     await item.ticket.done.wait()
                     if item.ticket.error is not None:
                         continue  # never durable here: never shipped
-                if item.data is not None:
+                if item is not None and item.update_of is not None and item.update_of == run_doc:
+                    run.append(item.update)
+                    continue
+                if run:  # consecutive updates of one document leave as one frame
+                    frame = link.session.encode_updates(run_doc, run)  # type: ignore[arg-type]
+                    link.out.extend(s.data for s in link.core.send_binary(frame))
+                run_doc, run = None, []
+                if item is None:
+                    break
+                if item.update_of is not None:
+                    run_doc, run = item.update_of, [item.update]
+                elif item.data is not None:
                     link.out.extend(s.data for s in link.core.send_binary(item.data))
                 else:
                     link.out.extend(s.data for s in link.core.send_control(item.control))
@@ -533,11 +549,31 @@ class Mesh:
     # -- sync ----------------------------------------------------------------------------------
 
     def _on_local_update(self, name: str, update: bytes, origin: str, ticket: Any) -> None:
-        """Ship every change to every linked peer except the one it came from (full mesh)."""
-        source = origin[5:] if origin.startswith("peer:") else None
-        for peer_id, link in self.links.items():
-            if peer_id != source:
-                link.session.queue_update(name, update, ticket)
+        """Ship this terminal's own changes to every linked peer.
+
+        Changes that came from a peer are not forwarded: in a full mesh the writer already sent
+        them to everyone, and forwarding would multiply each update by the number of peers.  A
+        peer this one can reach but the writer cannot (a half-broken mesh) gets them through
+        the periodic state-vector exchange (:meth:`_anti_entropy`).
+        """
+        if origin.startswith("peer:"):
+            return
+        for link in self.links.values():
+            link.session.queue_update(name, update, ticket)
+            link.wake.set()
+
+    async def _anti_entropy(self) -> None:
+        """Every :data:`ANTI_ENTROPY_SECONDS`, ask each peer for what this terminal lacks (step 1).
+
+        An answer is an empty step 2 when nothing is missing; otherwise it carries exactly the
+        changes that reached this terminal's peers but not it (relayed, in effect, by state vector).
+        """
+        while True:
+            await anyio.sleep(ANTI_ENTROPY_SECONDS * self.rng.uniform(0.8, 1.2))
+            host = self.terminal.host
+            for link in list(self.links.values()):
+                for name in host.names():
+                    link.session.queue_step1(name, host.state_vector(name))
                 link.wake.set()
 
     async def _answer_step1(self, link: Link, intent: AnswerStep1) -> None:

@@ -402,3 +402,19 @@ def test_backoff_is_full_jitter_and_capped() -> None:
     # a peer down for an hour costs about one attempt per 2.5 s, not a storm
     assert 3600 / (sum(delays[20:]) / len(delays[20:])) < 2000
     assert len({round(d, 3) for d in delays}) > 1500  # jittered: dialers do not retry in lock-step
+
+
+async def test_half_broken_mesh_still_converges_through_state_vectors(
+        authority: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import peer.mesh
+
+    monkeypatch.setattr(peer.mesh, "ANTI_ENTROPY_SECONDS", 0.3)
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"]), link=False) as (a, b, c):
+        a.mesh.dial(address(b))  # a - b - c: a and c cannot reach each other (Wi-Fi split, say)
+        b.mesh.dial(address(c))
+        await wait_for(lambda: linked(b) == {"pos-1", "pos-3"} and linked(a) == {"pos-2"})
+        await a.put_product("burger", **PRODUCT)
+        await c.put_table("t9", name="Table 9", seats=2, area=None)
+        await converged([a, b, c])
+        assert "burger" in c.inventory.catalog and a.tables.exists("t9")
+        assert linked(a) == {"pos-2"} and linked(c) == {"pos-2"}
