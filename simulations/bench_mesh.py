@@ -170,6 +170,12 @@ if __name__ == "__main__":
         args.no_star = True  # the star baseline (pycrdt-websocket) is asyncio-only
     sys.path.insert(0, str(Path(__file__).parent))
     started = time.perf_counter()
-    out = anyio.run(main, args, backend=args.backend)
+    try:
+        out = anyio.run(main, args, backend=args.backend)
+    except BaseExceptionGroup as group:  # show the failure itself, not ten levels of task groups
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None
     print(json.dumps({"results": out, "backend": args.backend, "seconds": round(time.perf_counter() - started, 1)},
                      indent=1))

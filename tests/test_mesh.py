@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+import peer.mesh
 from meshpos.errors import (
     ALREADY_CONNECTED,
     AUTHENTICATION_FAILED,
@@ -418,3 +419,27 @@ async def test_half_broken_mesh_still_converges_through_state_vectors(
         await converged([a, b, c])
         assert "burger" in c.inventory.catalog and a.tables.exists("t9")
         assert linked(a) == {"pos-2"} and linked(c) == {"pos-2"}
+
+
+@pytest.mark.parametrize("days_ago", [3, 20])
+async def test_archived_days_recent_ones_synced_older_ones_on_request(authority: Authority, tmp_path: Path,
+                                                                      days_ago: int) -> None:
+    now = [dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)]
+    cfgs = configs(authority, tmp_path, ["pos-1", "pos-2"])
+    async with Terminal(cfgs[0], clock=lambda: now[0]).running() as a:
+        order = await a.create_order(table=None, waiter="ana", items=[ITEM])
+        now[0] += dt.timedelta(days=days_ago)
+        await a._open_live_days()  # housekeeping: the day is archived (state vector remembered)
+        assert a.host.get("orders/2026-11-01") is None
+        async with Terminal(cfgs[1], clock=lambda: now[0]).running() as b:  # a box that never saw that day
+            b.mesh.dial(address(a))
+            await wait_linked([a, b])
+            if days_ago <= peer.mesh.AUTO_FETCH_DAYS:
+                await wait_for(lambda: "orders/2026-11-01" in b.host.names())
+                await wait_for(lambda: bool(b.host.get("orders/2026-11-01").ids()))
+            else:
+                await anyio.sleep(0.5)
+                assert "orders/2026-11-01" not in await b.store.doc_names()
+            fetched = await b.get_order(order["id"])  # on request: asks the peers
+            assert fetched["id"] == order["id"] and fetched["waiter"] == "ana"
+            assert "orders/2026-11-01" in await b.store.doc_names()  # and keeps it, durably
