@@ -154,11 +154,12 @@ class Terminal:
     async def archived_state_vectors(self) -> dict[str, bytes]:
         """State vectors of the stored documents not open now (computed once for older data)."""
         vectors = await self.store.state_vectors()
-        for name in await self.store.doc_names():
-            if name not in vectors and self.host.get(name) is None:
-                await self.host.open(name, OrdersDoc, read_only=True)
-                await self._archive(name)
-        vectors = await self.store.state_vectors()
+        missing = [n for n in await self.store.doc_names() if n not in vectors and self.host.get(n) is None]
+        for name in missing:
+            await self.host.open(name, OrdersDoc, read_only=True)
+            await self._archive(name)
+        if missing:
+            vectors = await self.store.state_vectors()
         return {name: sv for name, sv in vectors.items() if self.host.get(name) is None}
 
     async def ensure_doc(self, name: str) -> None:

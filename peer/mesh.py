@@ -261,14 +261,12 @@ class Mesh:
             self._refused(None, address, AUTHENTICATION_FAILED, str(exc), inbound=not client)
             await anyio.aclose_forcefully(stream)
             return Closed(AUTHENTICATION_FAILED, str(exc), by_peer=False), False
-        now = anyio.current_time()
         hello = {
             "type": "hello", "protocol": PROTOCOL_VERSION, "terminal_id": self.me,
             "terminal_type": self.identity.type, "store_id": self.identity.store_id, "boot_id": self.boot_id,
             "roster": self.roster.signed.decode(),
         }
-        link: Link
-        core = LinkCore(client=client, hello=hello, now=now, limits=self.limits,
+        core = LinkCore(client=client, hello=hello, now=anyio.current_time(), limits=self.limits,
                         authorize=lambda peer_hello: self.authorize(peer_hello, cert))
         link = Link(core=core, stream=stream, address=address, client=client)
         with contextlib.suppress(IdentityError):
@@ -515,7 +513,7 @@ class Mesh:
             if not replace:
                 return
             existing.registered = False
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(IdentityError):  # authorize() verified it; this only adopts if newer
             self.adopt_roster(hello["roster"].encode())
         self.links[peer_id] = link
         link.registered = True

@@ -15,6 +15,7 @@ from meshpos.terminal import Terminal
 from peer.identity import Authority, load_identity
 from peer.link import Closed, LinkCore, Opened, Send
 from peer.mesh import failure_of
+from peer.tls import context
 from peer.wire import PROTOCOL_VERSION, decode_state_vector
 
 PRODUCT = {"name": "Burger", "price_cents": 1590, "station": "grill", "category": None, "active": True}
@@ -107,12 +108,7 @@ async def converged(terminals: list[Terminal], within: float = 15.0) -> None:
 
 
 def tls_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(cert, key)
-    ctx.load_verify_locations(ca)
-    ctx.check_hostname = False
-    return ctx
+    return context(ssl.PROTOCOL_TLS_CLIENT, cert, key, ca)
 
 
 def hello_of(data_dir: Path, **patch: Any) -> dict[str, Any]:
