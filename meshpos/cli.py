@@ -81,10 +81,13 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
 @click.option("--peer-host", help="address peer links listen on (default 0.0.0.0; enrolled terminals only)")
 @click.option("--peer-port", type=int, help="port peer links listen on (default 8710; 0 picks a free one)")
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="a peer to dial (repeatable)")
+@click.option("--mdns/--no-mdns", default=None, help="find the store's terminals over mDNS (default on)")
+@click.option("--mdns-interface", "mdns_interfaces", multiple=True, metavar="ADDRESS|NAME",
+              help="IPv4 address or interface for mDNS (repeatable; default: see docs/operations.md)")
 @click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, envvar="MESHPOS_BACKEND")
 @click.option("--log-level", default="INFO", show_default=True)
 def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, peer_host, peer_port, peers,  # noqa: ANN001
-        backend, log_level) -> None:
+        mdns, mdns_interfaces, backend, log_level) -> None:
     """Run one terminal until SIGTERM/SIGINT."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_allocator()
@@ -92,7 +95,7 @@ def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, p
         config = load_config(config_file=config_file, overrides={
             "data_dir": data_dir, "terminal_id": terminal_id, "type": terminal_type,
             "api_host": api_host, "api_port": api_port, "peer_host": peer_host, "peer_port": peer_port,
-            "peers": list(peers) or None,
+            "peers": list(peers) or None, "mdns": mdns, "mdns_interfaces": list(mdns_interfaces) or None,
         })
         anyio.run(_run_until_signal, config, backend=backend)
     except BaseException as exc:  # noqa: BLE001 - anything known becomes one line, the rest propagates

@@ -36,6 +36,11 @@ class TerminalConfig:
     peers: list[str] = field(default_factory=list)
     #: Largest sync message a peer may send (a whole business day's step 2 must fit).
     peer_max_message_bytes: int = 64 * 1024 * 1024
+    #: mDNS discovery (enrolled terminals only): advertise ``_meshpos._tcp`` and dial what it finds.
+    mdns: bool = True
+    #: IPv4 addresses or interface names for mDNS; empty: ``peer_host`` if it names one address,
+    #: else every non-loopback IPv4 address of the machine (loopback when there is none).
+    mdns_interfaces: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TerminalConfig:
@@ -67,6 +72,7 @@ def parse_address(address: str) -> tuple[str, int]:
 
 
 _ENV_PREFIX = "MESHPOS_"
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def load_config(
@@ -106,13 +112,19 @@ def load_config(
                 f"{required} is required (--{required.replace('_', '-')}, {_ENV_PREFIX}{required.upper()} "
                 "or the config file)"
             )
-    if isinstance(values.get("peers"), str):  # environment: comma-separated
-        values["peers"] = [p.strip() for p in values["peers"].split(",") if p.strip()]
-    elif "peers" in values and not (isinstance(values["peers"], list | tuple)
-                                    and all(isinstance(p, str) for p in values["peers"])):
-        raise ConfigError(f"{sources['peers']}: peers must be a list of HOST:PORT strings")
-    if "peers" in values:
-        values["peers"] = list(values["peers"])
+    for name, what in (("peers", "HOST:PORT strings"), ("mdns_interfaces", "addresses or interface names")):
+        if isinstance(values.get(name), str):  # environment: comma-separated
+            values[name] = [p.strip() for p in values[name].split(",") if p.strip()]
+        elif name in values and not (isinstance(values[name], list | tuple)
+                                     and all(isinstance(p, str) for p in values[name])):
+            raise ConfigError(f"{sources[name]}: {name} must be a list of {what}")
+        if name in values:
+            values[name] = list(values[name])
+    if "mdns" in values and not isinstance(values["mdns"], bool):
+        flag = str(values["mdns"]).strip().lower()
+        if flag not in _BOOLEANS:
+            raise ConfigError(f"{sources['mdns']}: mdns must be true or false, not {values['mdns']!r}")
+        values["mdns"] = _BOOLEANS[flag]
     for name in ("api_port", "peer_port", "day_rollover_hour", "event_retention", "max_body_bytes",
                  "peer_max_message_bytes"):
         if name in values:

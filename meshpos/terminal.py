@@ -32,6 +32,7 @@ from storage.database import lock_data_dir
 from storage.store import Store, StoreError
 
 if TYPE_CHECKING:
+    from discovery.mdns import Discovery
     from peer.mesh import Mesh
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Terminal:
         self.events: EventBus
         #: Peer links; ``None`` for a terminal whose data directory is not enrolled in a store.
         self.mesh: Mesh | None = None
+        #: mDNS discovery; ``None`` when not enrolled or turned off (``--no-mdns``).
+        self.discovery: Discovery | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -79,11 +82,14 @@ class Terminal:
             await self.host.open(inventory_doc.DOC_NAME, InventoryDoc)
             await self._open_live_days()
             self.mesh = self._make_mesh()
+            self.discovery = self._make_discovery()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self.store.run)
                 if self.mesh is not None:
                     await tg.start(self.mesh.run)
+                if self.discovery is not None:
+                    await tg.start(self.discovery.run)
                 tg.start_soon(self._housekeeping)
                 self.started_monotonic = time.monotonic()
                 try:
@@ -116,6 +122,13 @@ class Terminal:
                                      f"{exc.strerror}") from None
         return Mesh(self, identity, sock=sock, peers=self.config.peers,
                     limits=Limits(max_message_bytes=self.config.peer_max_message_bytes))
+
+    def _make_discovery(self) -> Discovery | None:
+        from discovery.mdns import Discovery, mdns_addresses  # noqa: F811 - zeroconf only when enrolled
+
+        if self.mesh is None or not self.config.mdns:
+            return None
+        return Discovery(self.mesh, addresses=mdns_addresses(self.config.mdns_interfaces, self.config.peer_host))
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:
@@ -387,7 +400,12 @@ class Terminal:
         return self.mesh
 
     def peers(self) -> dict[str, Any]:
-        return self._require_mesh().status()
+        return {**self._require_mesh().status(), "discovery": self._discovery_status()}
+
+    def _discovery_status(self) -> dict[str, Any]:
+        if self.discovery is None:
+            return {"enabled": False, "seen": []}
+        return self.discovery.status()
 
     async def adopt_roster(self, signed: bytes) -> dict[str, Any]:
         from peer.identity import IdentityError
@@ -417,5 +435,5 @@ class Terminal:
             "business_day": self.today().isoformat(),
             "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
             "documents": docs, "storage": await self.store.size(), "last_event_cursor": self.store.last_cursor,
-            "mesh": None if self.mesh is None else self.mesh.status(),
+            "mesh": None if self.mesh is None else self.peers(),
         }

@@ -174,6 +174,8 @@ class Mesh:
         self._address_ids: dict[str, str] = {}
         self._link_down: dict[str, anyio.Event] = {}
         self._fetches: dict[str, tuple[set[str], anyio.Event]] = {}
+        #: Terminals discovery placed at an address: id -> (address, token of its dial loop).
+        self._discovered: dict[str, tuple[str, object]] = {}
         #: Recent refusals (either side), newest last: why a terminal that tried is not linked.
         self.refusals: deque[dict[str, Any]] = deque(maxlen=50)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -199,12 +201,46 @@ class Mesh:
                 await listener.aclose()
 
     def dial(self, address: str) -> None:
-        """Start dialling ``address`` (a static peer added at run time, or one discovery found)."""
+        """Start dialling ``address`` for good (a static peer added at run time)."""
         parse_address(address)
         if address in self.static_peers or self._tg is None:
             return
         self.static_peers.append(address)
         self._tg.start_soon(self._dial_loop, address)
+
+    def discovered(self, terminal_id: str, address: str) -> None:
+        """Dial ``terminal_id`` at ``address``, where discovery saw it; a new address replaces the old.
+
+        The dial loop of the old address ends at its next turn; a link it holds stays up until it
+        ends by itself (a stale advertisement never cuts a working link).
+        """
+        parse_address(address)
+        if terminal_id == self.me or self._tg is None:
+            return
+        current = self._discovered.get(terminal_id)
+        if current is not None and current[0] == address:
+            return
+        if address in self.static_peers:  # already dialled for good
+            self._discovered.pop(terminal_id, None)
+            return
+        token = object()
+        self._discovered[terminal_id] = (address, token)
+        self._tg.start_soon(self._dial_loop, address, (terminal_id, token))
+
+    def lost(self, terminal_id: str) -> None:
+        """Stop dialling a terminal discovery no longer sees (it said goodbye, or it was revoked)."""
+        self._discovered.pop(terminal_id, None)
+
+    def why_not_linked(self, terminal_id: str, address: str | None) -> str:
+        """The newest reason a known terminal is not linked, for ``meshpos peers``."""
+        for entry in reversed(self.refusals):
+            if entry["terminal_id"] == terminal_id or (address is not None and entry["address"] == address):
+                return f"handshake failed ({entry['direction']}, {entry['at']}): {entry['code']} {entry['reason']}"
+        state = self.peers.get(terminal_id)
+        if state is not None and state.last_error is not None:
+            error = state.last_error
+            return f"link failed ({error['at']}): {error['code']} {error['reason']}"
+        return "connecting"
 
     # -- accepting and dialling ----------------------------------------------------------------
 
@@ -221,14 +257,20 @@ class Mesh:
             return
         await self._run_link(stream, address, client=False)
 
-    async def _dial_loop(self, address: str) -> None:
+    async def _dial_loop(self, address: str, found: tuple[str, object] | None = None) -> None:
+        """Dial ``address`` until stopped: for good (a static peer) or, when ``found`` names the
+        terminal discovery saw there, while discovery still places that terminal at this address."""
         host, port = parse_address(address)
         attempt = 0
-        while True:
-            known = self._address_ids.get(address)
+        while found is None or self._discovered.get(found[0]) == (address, found[1]):
+            known = found[0] if found is not None else self._address_ids.get(address)
             if known is not None and known in self.links:
                 await self._link_down.setdefault(known, anyio.Event()).wait()
-            state = self._by_address.setdefault(address, PeerState(terminal_id=None, address=address))
+                continue
+            if found is not None:
+                state = self.peers.setdefault(found[0], PeerState(terminal_id=found[0], address=address))
+            else:
+                state = self._by_address.setdefault(address, PeerState(terminal_id=None, address=address))
             try:
                 with anyio.fail_after(CONNECT_TIMEOUT):
                     stream = await anyio.connect_tcp(host, port, ssl_context=self._client_ctx,

@@ -85,7 +85,7 @@ async def run_mesh(n: int, *, latency_samples: int, interval: float, updates: in
             terminals = []
             for tid in ids:
                 config = TerminalConfig(data_dir=root / tid, terminal_id=tid, api_port=0,
-                                        peer_host="127.0.0.1", peer_port=0)
+                                        peer_host="127.0.0.1", peer_port=0, mdns=False)
                 terminals.append(await stack.enter_async_context(Terminal(config).running()))
             for i, a in enumerate(terminals):
                 for b in terminals[i + 1:]:

@@ -46,7 +46,8 @@ class Store:
 
     def args(self, tid: str) -> list[str]:
         peers = [a for other in self.ids if other != tid for a in ("--peer", f"127.0.0.1:{self.ports[other]}")]
-        return ["--api-port", "0", "--peer-host", "127.0.0.1", "--peer-port", str(self.ports[tid]), *peers]
+        return ["--api-port", "0", "--peer-host", "127.0.0.1", "--peer-port", str(self.ports[tid]), "--no-mdns",
+                *peers]
 
 
 def start(launch: Callable[..., Proc], store: Store, tid: str, backend: str) -> Proc:
