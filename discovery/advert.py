@@ -64,9 +64,9 @@ class Sighting:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def address(self) -> str | None:
-        """Where to dial: the first advertised IPv4 address."""
-        return f"{self.addresses[0]}:{self.port}" if self.addresses else None
+    def dial_addresses(self) -> list[str]:
+        """``HOST:PORT`` for each advertised IPv4 address (the mesh tries them in turn)."""
+        return [f"{address}:{self.port}" for address in self.addresses]
 
 
 def parse_advert(name: str, properties: dict[bytes, bytes | None], addresses: list[str], port: int,

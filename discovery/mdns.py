@@ -184,6 +184,7 @@ class Discovery:
             log.info("mDNS: %s did not resolve", name)
             return
         now = self._now()
+        log.debug("mDNS: %s %s: %s port %s", change.name, name, info.parsed_addresses(IPVersion.V4Only), info.port)
         try:
             sighting = parse_advert(name, info.properties, info.parsed_addresses(IPVersion.V4Only),
                                     info.port or 0, at=now)
@@ -212,13 +213,14 @@ class Discovery:
     def _consider(self, sighting: Sighting, previous: Sighting | None) -> None:
         why = self._why_not(sighting)
         if why is None:
-            if previous is None or previous.address != sighting.address or not previous.present:
-                log.info("mDNS: found %s (%s) at %s", sighting.terminal_id, sighting.type, sighting.address)
+            where = ", ".join(sighting.dial_addresses)
+            if previous is None or previous.dial_addresses != sighting.dial_addresses or not previous.present:
+                log.info("mDNS: found %s (%s) at %s", sighting.terminal_id, sighting.type, where)
             self._dialled.add(sighting.name)
-            self.mesh.discovered(sighting.terminal_id, sighting.address)  # type: ignore[arg-type]
+            self.mesh.discovered(sighting.terminal_id, sighting.dial_addresses)
             return
         if previous is None:
-            log.info("mDNS: not dialling %s at %s: %s", sighting.terminal_id, sighting.address, why)
+            log.info("mDNS: not dialling %s at %s: %s", sighting.terminal_id, sighting.dial_addresses, why)
         if sighting.name in self._dialled:
             self._dialled.discard(sighting.name)
             self.mesh.lost(sighting.terminal_id)
@@ -251,7 +253,8 @@ class Discovery:
                 why = self._why_not(sighting)
                 if why is None and not sighting.present:
                     why = f"gone: it said goodbye at {sighting.gone_at}"
-                entry["why_not_linked"] = why or self.mesh.why_not_linked(sighting.terminal_id, sighting.address)
+                entry["why_not_linked"] = why or self.mesh.why_not_linked(sighting.terminal_id,
+                                                                          sighting.dial_addresses)
             seen.append(entry)
         return {"enabled": True, "addresses": self.addresses, "advertised_as": self.advertised_as,
                 "error": self.error, "seen": seen, "bad_adverts": self.bad_adverts}

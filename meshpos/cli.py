@@ -155,9 +155,61 @@ def _api_call(api: str, path: str, body: bytes | None = None) -> dict:
 
 @main.command()
 @click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
-def peers(api: str) -> None:
-    """List a running terminal's peers: linked or not, and the last refusals."""
-    click.echo(json.dumps(_api_call(api, "/api/v1/peers"), indent=2))
+@click.option("--json", "as_json", is_flag=True, help="print GET /api/v1/peers as it is")
+def peers(api: str, as_json: bool) -> None:
+    """What a running terminal is linked to, what discovery sees, and why a seen terminal is not linked."""
+    answer = _api_call(api, "/api/v1/peers")
+    click.echo(json.dumps(answer, indent=2) if as_json else peers_report(answer))
+
+
+def peers_report(status: dict) -> str:
+    """The operator's view of ``GET /api/v1/peers`` (one line per terminal)."""
+    discovery = status.get("discovery") or {"enabled": False, "seen": []}
+    lines = [f"{status['terminal_id']}: store {status['store_id']}, roster v{status['roster_version']}, "
+             f"links on {status['listen']}"]
+    if not discovery["enabled"]:
+        lines.append("mDNS: off (--no-mdns); static peers: " + (", ".join(status["static_peers"]) or "none"))
+    else:
+        lines.append(f"mDNS: on {', '.join(discovery['addresses'])}, advertised as "
+                     f"{discovery['advertised_as'] or '(not yet)'}" + (f"; ERROR {discovery['error']}"
+                                                                      if discovery["error"] else ""))
+    seen = {(s["store_id"], s["terminal_id"]): s for s in discovery["seen"]}
+    lines.append("linked:")
+    online = [p for p in status["peers"] if p["online"]]
+    for p in online:
+        lines.append(f"  {p['terminal_id']:<14} {p['type'] or '?':<8} {p['address'] or '?':<22} since "
+                     f"{p['connected_since']}, rtt {p['rtt_ms']} ms, updates in/out "
+                     f"{p['updates_in']}/{p['updates_out']}")
+    if not online:
+        lines.append("  (none)")
+    lines.append("not linked:")
+    count = len(lines)
+    for p in status["peers"]:
+        if p["online"]:
+            continue
+        sighting = seen.pop((status["store_id"], p["terminal_id"]), None)
+        if sighting is not None:
+            why, where = sighting["why_not_linked"], f"{','.join(sighting['addresses'])}:{sighting['port']}"
+        elif p["revoked"]:
+            why, where = "revoked", p["address"] or "-"
+        elif p["last_error"]:
+            why, where = f"{p['last_error']['code']} {p['last_error']['reason']}", p["address"] or "-"
+        else:
+            why, where = "not seen by discovery and not a static peer", "-"
+        lines.append(f"  {p['terminal_id'] or '?':<14} {p['type'] or '?':<8} {where:<22} {why}")
+    for (store, tid), sighting in sorted(seen.items()):
+        if store == status["store_id"] and sighting["linked"]:
+            continue
+        where = f"{','.join(sighting['addresses'])}:{sighting['port']}"
+        lines.append(f"  {tid:<14} {sighting['type']:<8} {where:<22} {sighting['why_not_linked']}")
+    if len(lines) == count:
+        lines.append("  (none)")
+    if status["refusals"]:
+        lines.append("recent refusals:")
+        for r in status["refusals"][-5:]:
+            lines.append(f"  {r['at']} {r['direction']} {r['address']} ({r['terminal_id'] or '?'}): "
+                         f"{r['code']} {r['reason']}")
+    return "\n".join(lines)
 
 
 @main.group()

@@ -174,8 +174,9 @@ class Mesh:
         self._address_ids: dict[str, str] = {}
         self._link_down: dict[str, anyio.Event] = {}
         self._fetches: dict[str, tuple[set[str], anyio.Event]] = {}
-        #: Terminals discovery placed at an address: id -> (address, token of its dial loop).
-        self._discovered: dict[str, tuple[str, object]] = {}
+        #: Terminals discovery sees and where (``HOST:PORT``s); the ids whose dial loop runs.
+        self._discovered: dict[str, list[str]] = {}
+        self._discovery_dials: set[str] = set()
         #: Recent refusals (either side), newest last: why a terminal that tried is not linked.
         self.refusals: deque[dict[str, Any]] = deque(maxlen=50)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -208,33 +209,29 @@ class Mesh:
         self.static_peers.append(address)
         self._tg.start_soon(self._dial_loop, address)
 
-    def discovered(self, terminal_id: str, address: str) -> None:
-        """Dial ``terminal_id`` at ``address``, where discovery saw it; a new address replaces the old.
-
-        The dial loop of the old address ends at its next turn; a link it holds stays up until it
-        ends by itself (a stale advertisement never cuts a working link).
-        """
-        parse_address(address)
-        if terminal_id == self.me or self._tg is None:
-            return
-        current = self._discovered.get(terminal_id)
-        if current is not None and current[0] == address:
-            return
-        if address in self.static_peers:  # already dialled for good
+    def discovered(self, terminal_id: str, addresses: list[str]) -> None:
+        """Dial ``terminal_id`` where discovery saw it (``HOST:PORT`` each, tried in turn); new
+        addresses replace the old ones for the next attempt.  A link already up is left alone."""
+        for address in addresses:
+            parse_address(address)
+        addresses = [a for a in addresses if a not in self.static_peers]  # those are dialled for good
+        if terminal_id == self.me or self._tg is None or not addresses:
             self._discovered.pop(terminal_id, None)
             return
-        token = object()
-        self._discovered[terminal_id] = (address, token)
-        self._tg.start_soon(self._dial_loop, address, (terminal_id, token))
+        self._discovered[terminal_id] = addresses
+        if terminal_id not in self._discovery_dials:
+            self._discovery_dials.add(terminal_id)
+            self._tg.start_soon(self._dial_loop, None, terminal_id)
 
     def lost(self, terminal_id: str) -> None:
-        """Stop dialling a terminal discovery no longer sees (it said goodbye, or it was revoked)."""
+        """Stop dialling a terminal discovery no longer sees (it said goodbye, or it was revoked);
+        a link that is up stays until it ends by itself (a stale advert never cuts a working link)."""
         self._discovered.pop(terminal_id, None)
 
-    def why_not_linked(self, terminal_id: str, address: str | None) -> str:
+    def why_not_linked(self, terminal_id: str, addresses: list[str]) -> str:
         """The newest reason a known terminal is not linked, for ``meshpos peers``."""
         for entry in reversed(self.refusals):
-            if entry["terminal_id"] == terminal_id or (address is not None and entry["address"] == address):
+            if entry["terminal_id"] == terminal_id or entry["address"] in addresses:
                 return f"handshake failed ({entry['direction']}, {entry['at']}): {entry['code']} {entry['reason']}"
         state = self.peers.get(terminal_id)
         if state is not None and state.last_error is not None:
@@ -257,41 +254,51 @@ class Mesh:
             return
         await self._run_link(stream, address, client=False)
 
-    async def _dial_loop(self, address: str, found: tuple[str, object] | None = None) -> None:
-        """Dial ``address`` until stopped: for good (a static peer) or, when ``found`` names the
-        terminal discovery saw there, while discovery still places that terminal at this address."""
-        host, port = parse_address(address)
+    async def _dial_loop(self, static: str | None, found: str | None = None) -> None:
+        """Dial a static address for good, or the terminal ``found`` by discovery while discovery
+        still sees it (its addresses in turn: a stale one cached from before a restart fails and
+        the next is tried)."""
         attempt = 0
-        while found is None or self._discovered.get(found[0]) == (address, found[1]):
-            known = found[0] if found is not None else self._address_ids.get(address)
-            if known is not None and known in self.links:
-                await self._link_down.setdefault(known, anyio.Event()).wait()
-                continue
-            if found is not None:
-                state = self.peers.setdefault(found[0], PeerState(terminal_id=found[0], address=address))
-            else:
-                state = self._by_address.setdefault(address, PeerState(terminal_id=None, address=address))
-            try:
-                with anyio.fail_after(CONNECT_TIMEOUT):
-                    stream = await anyio.connect_tcp(host, port, ssl_context=self._client_ctx,
-                                                     tls_standard_compatible=False)
-            except Exception as exc:  # noqa: BLE001 - unreachable, refused, TLS: all mean "retry later"
-                code, reason = failure_of(exc)
-                state.last_error = {"code": code, "reason": reason, "at": self._now()}
-                if code == AUTHENTICATION_FAILED:
-                    self._refused(known, address, code, reason, inbound=False)
+        try:
+            while found is None or found in self._discovered:
+                if found is None:
+                    address = static
+                else:
+                    candidates = self._discovered[found]
+                    address = candidates[attempt % len(candidates)]
+                host, port = parse_address(address)  # type: ignore[arg-type]
+                known = found if found is not None else self._address_ids.get(address)
+                if known is not None and known in self.links:
+                    await self._link_down.setdefault(known, anyio.Event()).wait()
+                    continue
+                if found is not None:
+                    state = self.peers.setdefault(found, PeerState(terminal_id=found, address=address))
+                else:
+                    state = self._by_address.setdefault(address, PeerState(terminal_id=None, address=address))
+                try:
+                    with anyio.fail_after(CONNECT_TIMEOUT):
+                        stream = await anyio.connect_tcp(host, port, ssl_context=self._client_ctx,
+                                                         tls_standard_compatible=False)
+                except Exception as exc:  # noqa: BLE001 - unreachable, refused, TLS: all mean "retry later"
+                    code, reason = failure_of(exc)
+                    state.last_error = {"code": code, "reason": reason, "at": self._now()}
+                    if code == AUTHENTICATION_FAILED:
+                        self._refused(known, address, code, reason, inbound=False)
+                        await anyio.sleep(AUTH_RETRY_SECONDS)
+                        continue
+                    attempt += 1
+                    await anyio.sleep(backoff_delay(attempt, self.rng))
+                    continue
+                closed, opened = await self._run_link(stream, address, client=True)
+                if closed is not None and closed.code in (INVALID_TERMINAL_ID, INVALID_TERMINAL_TYPE,
+                                                          AUTHENTICATION_FAILED):
                     await anyio.sleep(AUTH_RETRY_SECONDS)
                     continue
-                attempt += 1
+                attempt = 0 if opened else attempt + 1
                 await anyio.sleep(backoff_delay(attempt, self.rng))
-                continue
-            closed, opened = await self._run_link(stream, address, client=True)
-            if closed is not None and closed.code in (INVALID_TERMINAL_ID, INVALID_TERMINAL_TYPE,
-                                                      AUTHENTICATION_FAILED):
-                await anyio.sleep(AUTH_RETRY_SECONDS)
-                continue
-            attempt = 0 if opened else attempt + 1
-            await anyio.sleep(backoff_delay(attempt, self.rng))
+        finally:
+            if found is not None:
+                self._discovery_dials.discard(found)
 
     # -- one link ------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ are "another store" and ignored.  Separate hosts are in tests/test_discovery_net
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from meshpos.config import ConfigError, TerminalConfig, load_config
 from meshpos.terminal import Terminal
 from peer.identity import Authority, load_identity
 from peer.wire import PROTOCOL_VERSION
-from tests.meshutil import ITEM, PRODUCT, converged, enroll, linked, wait_for
+from tests.meshutil import ITEM, PRODUCT, address, config_for, converged, enroll, linked, running_mesh, wait_for
 
 STORE = "0123456789abcdef"
 FP = "ab" * 32
@@ -45,7 +46,7 @@ def test_advert_round_trip() -> None:
     s = parse_advert("pos-1@x", advert(), ["10.0.0.5", "fe80::1"], 8710, at="T")
     assert (s.terminal_id, s.store_id, s.type, s.protocol, s.fingerprint) == ("pos-1", STORE, "pos", 1, FP)
     assert s.addresses == ["10.0.0.5"]  # IPv4 only
-    assert s.address == "10.0.0.5:8710"
+    assert s.dial_addresses == ["10.0.0.5:8710"]
 
 
 @pytest.mark.parametrize(("patch", "port", "error"), [
@@ -189,3 +190,30 @@ async def test_static_peers_alongside_mdns_and_no_mdns(tmp_path: Path) -> None:
             await wait_for(lambda: "burger" in a.inventory.skus() and "fries" in quiet.inventory.skus()
                            and "fries" in b.inventory.skus(), within=10)
             assert "quiet" not in seen(a) and "quiet" not in seen(b)  # it advertises nothing
+
+
+@pytest.mark.anyio
+async def test_mesh_tries_each_discovered_address_and_stops_when_lost(tmp_path: Path) -> None:
+    """A restarted box may still be cached at its old address: the next one is tried."""
+    authority = Authority.init(tmp_path / "auth", "S")
+    dirs = enroll(authority, tmp_path, ["a", "b"])
+    async with running_mesh([config_for(d, d.name) for d in dirs], link=False) as (a, b):
+        assert a.mesh is not None
+        stale = f"127.0.0.1:{free_port()}"
+        a.mesh.discovered("b", [stale, address(b)])
+        await wait_for(lambda: linked(a) == {"b"}, within=10)
+        assert a.mesh.peers["b"].last_error is not None  # the stale address was tried first
+        a.mesh.lost("b")
+        assert linked(a) == {"b"}  # a stale advert never cuts a working link
+        a.mesh.discovered("c-unreachable", [stale])
+        await wait_for(lambda: "c-unreachable" in a.mesh.peers and a.mesh.peers["c-unreachable"].last_error, 5)
+        assert a.mesh.why_not_linked("c-unreachable", [stale]).startswith("link failed")
+        a.mesh.lost("c-unreachable")
+        await wait_for(lambda: "c-unreachable" not in a.mesh._discovery_dials, within=10)  # the loop ended
+        assert a.mesh.why_not_linked("nobody", []) == "connecting"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -7,6 +7,7 @@ only through their local APIs and the CLI, and crash them with SIGKILL.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import time
@@ -122,9 +123,12 @@ def test_revoke_and_push_roster_with_the_cli(launch, tmp_path: Path) -> None:  #
          what="pos-3 cut off everywhere")
     again = run_cli("roster", "push", str(tmp_path / "auth" / "roster.json"), "--api", procs["pos-2"].url)
     assert again.returncode == 0 and "already holds roster v5" in again.stdout
-    peers = run_cli("peers", "--api", procs["pos-1"].url)
+    peers = run_cli("peers", "--json", "--api", procs["pos-1"].url)
     listed = {p["terminal_id"]: p for p in json.loads(peers.stdout)["peers"]}
     assert listed["pos-3"]["revoked"] and not listed["pos-3"]["online"]
+    report = run_cli("peers", "--api", procs["pos-1"].url).stdout
+    assert "mDNS: off" in report and re.search(r"^  pos-2 .* since ", report, re.M), report
+    assert re.search(r"^not linked:\n  pos-3 +pos +\S+ +revoked$", report, re.M), report
     assert "refused: 4003" in procs["pos-1"].stderr() + procs["pos-2"].stderr()
     # pos-3 keeps running, alone
     assert ok(clients["pos-3"].get("/api/v1/status"))["terminal_id"] == "pos-3"
