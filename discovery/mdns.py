@@ -97,6 +97,7 @@ class Discovery:
         self.error: str | None = None
         self._generation: dict[str, int] = {}
         self._dialled: set[str] = set()
+        self._stopping = False
 
     def _now(self) -> str:
         return iso(self.mesh.terminal.clock())
@@ -128,31 +129,33 @@ class Discovery:
             task_status.started()
             return
         browser: ServiceBrowser | None = None
-        try:
-            async with BlockingPortal() as portal, anyio.create_task_group() as tg:
+        async with BlockingPortal() as portal:
 
-                def on_change(zeroconf: Zeroconf, service_type: str, name: str,
-                              state_change: ServiceStateChange) -> None:  # zeroconf's thread
-                    try:
-                        portal.start_task_soon(self._changed, zc, name, state_change)
-                    except RuntimeError:  # the portal stopped: the terminal is stopping
-                        pass
+            def on_change(zeroconf: Zeroconf, service_type: str, name: str,
+                          state_change: ServiceStateChange) -> None:  # zeroconf's thread
+                if not self._stopping:
+                    portal.start_task_soon(self._changed, zc, name, state_change)
 
-                browser = await anyio.to_thread.run_sync(
-                    functools.partial(ServiceBrowser, zc, SERVICE_TYPE, handlers=[on_change]))
-                tg.start_soon(self._advertise, zc)
-                task_status.started()
-                await anyio.sleep_forever()
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-                await anyio.to_thread.run_sync(self._close, zc, browser, abandon_on_cancel=True)
+            try:
+                async with anyio.create_task_group() as tg:
+                    browser = await anyio.to_thread.run_sync(
+                        functools.partial(ServiceBrowser, zc, SERVICE_TYPE, handlers=[on_change]))
+                    tg.start_soon(self._advertise, zc)
+                    task_status.started()
+                    await anyio.sleep_forever()
+            finally:
+                # Inside the portal: the browser may still call in until it is cancelled.
+                self._stopping = True
+                with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+                    await anyio.to_thread.run_sync(self._close, zc, browser, abandon_on_cancel=True)
 
     async def _advertise(self, zc: Zeroconf) -> None:
         """Register the service (zeroconf probes the name for ~1.2 s first; browsing runs meanwhile)."""
         info = self._service()
         try:
-            await anyio.to_thread.run_sync(
-                functools.partial(zc.register_service, info, allow_name_change=True), abandon_on_cancel=True)
+            # Not abandoned on cancel: a terminal stopped while probing waits (<= ~1.5 s) so that
+            # its goodbye follows a complete registration instead of racing it.
+            await anyio.to_thread.run_sync(functools.partial(zc.register_service, info, allow_name_change=True))
         except Exception as exc:  # noqa: BLE001 - the mesh still works through static peers
             self.error = f"could not advertise {info.name}: {type(exc).__name__}: {exc}"
             log.error("%s", self.error)
@@ -171,6 +174,13 @@ class Discovery:
     # -- what the browser reports --------------------------------------------------------------
 
     async def _changed(self, zc: Zeroconf, name: str, change: ServiceStateChange) -> None:
+        """One browser report; whatever a stranger advertises must never stop the terminal."""
+        try:
+            await self._handle(zc, name, change)
+        except Exception:  # noqa: BLE001
+            log.exception("mDNS: could not handle %s of %s", change.name, name)
+
+    async def _handle(self, zc: Zeroconf, name: str, change: ServiceStateChange) -> None:
         if name == self._own_name():
             return
         generation = self._generation[name] = self._generation.get(name, 0) + 1

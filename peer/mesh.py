@@ -404,9 +404,10 @@ class Mesh:
 
     async def _closer(self, link: Link, scope: anyio.CancelScope) -> None:
         await link.ended.wait()
-        with anyio.move_on_after(1.0):
-            await link.writer_done.wait()
-            await link.drained.wait()
+        if link.closed is None or link.closed.code != ABNORMAL:  # a dead peer reads no close frame
+            with anyio.move_on_after(1.0):
+                await link.writer_done.wait()
+                await link.drained.wait()
         scope.cancel()
 
     async def _writer(self, link: Link) -> None:

@@ -13,8 +13,10 @@ from typing import Any
 
 import anyio
 import pytest
+from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
 from discovery.advert import (
+    SERVICE_TYPE,
     BadAdvert,
     host_name,
     instance_name,
@@ -217,3 +219,40 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.mark.anyio
+async def test_adverts_are_only_hints(tmp_path: Path) -> None:
+    """A forged advert (our store id, a made-up terminal, a port that is no terminal) is dialled,
+    fails, is shown as such - and a malformed one is listed and ignored."""
+    authority = Authority.init(tmp_path / "auth", "S")
+    (data_dir,) = enroll(authority, tmp_path, ["a"])
+    with socket.socket() as impostor:  # a port nobody serves
+        impostor.bind(("127.0.0.1", 0))
+        port = impostor.getsockname()[1]
+        forged = ServiceInfo(
+            SERVICE_TYPE, instance_name("pos-9", authority.store_id), port=port,
+            addresses=[socket.inet_aton("127.0.0.1")], server="forged.local.",
+            properties=txt_record(store_id=authority.store_id, terminal_id="pos-9", terminal_type="pos",
+                                  protocol=PROTOCOL_VERSION, fingerprint=FP))
+        junk = ServiceInfo(SERVICE_TYPE, "junk._meshpos._tcp.local.", port=port, server="junk.local.",
+                           addresses=[socket.inet_aton("127.0.0.1")], properties={"hello": "world"})
+        zc = await anyio.to_thread.run_sync(lambda: Zeroconf(interfaces=["127.0.0.1"], ip_version=IPVersion.V4Only))
+        try:
+            await anyio.to_thread.run_sync(zc.register_service, forged)
+            await anyio.to_thread.run_sync(zc.register_service, junk)
+            async with Terminal(mdns_config(data_dir)).running() as a:
+
+                def impostor_seen() -> dict[str, Any] | None:
+                    return seen(a).get("pos-9")
+
+                await wait_for(lambda: impostor_seen() is not None
+                               and impostor_seen()["why_not_linked"] != "connecting", within=10)
+                assert impostor_seen()["linked"] is False
+                assert impostor_seen()["why_not_linked"].startswith(("handshake failed", "link failed"))
+                assert linked(a) == set()
+                await wait_for(lambda: a.peers()["discovery"]["bad_adverts"] != [], within=10)
+                assert "lacks store" in a.peers()["discovery"]["bad_adverts"][0]
+                await a.put_product("burger", **PRODUCT)  # still serving
+        finally:
+            await anyio.to_thread.run_sync(zc.close)

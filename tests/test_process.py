@@ -859,12 +859,19 @@ def test_backup_refuses_missing_database(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_demo_runs_to_completion(tmp_path: Path, backend: str) -> None:
+    """Three terminals find each other over mDNS on loopback and share one lunch service."""
     result = run_cli("demo", "--exit", "--backend", backend, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    match = re.search(r"terminal pos-1 in (\S+), API at (http://127\.0\.0\.1:\d+)", out)
+    match = re.search(r"three enrolled terminals in (\S+)$", out, re.M)
     assert match, out
-    assert "orders: 4" in out
-    assert f"{match.group(2)}/api/v1/orders" in out
-    assert "Traceback" not in result.stderr
+    urls = dict(re.findall(r"^   (pos-1|kds-1|waiter-1) \(\w+\): API at (http://127\.0\.0\.1:\d+)", out, re.M))
+    assert set(urls) == {"pos-1", "kds-1", "waiter-1"} and len(set(urls.values())) == 3, out
+    assert "found each other by mDNS and linked" in out
+    summaries = re.findall(r"^   (?:pos-1|kds-1|waiter-1): (4 orders, revenue 113\.70; stock .*); \d+ durable",
+                           out, re.M)
+    assert len(summaries) == 3 and len(set(summaries)) == 1, out  # the three terminals agree
+    for url in urls.values():
+        assert f"{url}  (OpenAPI: {url}/openapi.json" in out
+    assert "Traceback" not in result.stderr and "WARNING" not in result.stderr, result.stderr
     assert not Path(match.group(1)).exists(), "the demo's temporary data dir is removed on exit"
