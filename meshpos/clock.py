@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -17,10 +18,22 @@ def system_clock() -> datetime:
 
 def iso(dt: datetime) -> str:
     """UTC ISO-8601 with milliseconds and a ``Z``: sortable as text, readable in JavaScript."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    d = dt.astimezone(UTC)
+    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}."
+            f"{d.microsecond // 1000:03d}Z")
 
 
-def random_id(length: int = 10, rand: Callable[[int], bytes] = os.urandom) -> str:
+#: Ids need uniqueness, not secrecy: a generator seeded from the OS (and reseeded in a forked
+#: child, which would otherwise repeat its parent's ids) costs no system call per id.
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
+
+
+def _id_bytes(n: int) -> bytes:
+    return _ids.randbytes(n)
+
+
+def random_id(length: int = 10, rand: Callable[[int], bytes] = _id_bytes) -> str:
     """Crockford-style base32 id: unique enough across terminals without coordination."""
     raw = int.from_bytes(rand((length * 5 + 7) // 8), "big")
     out = []
@@ -30,7 +43,7 @@ def random_id(length: int = 10, rand: Callable[[int], bytes] = os.urandom) -> st
     return "".join(out)
 
 
-def time_id(now: datetime, rand: Callable[[int], bytes] = os.urandom) -> str:
+def time_id(now: datetime, rand: Callable[[int], bytes] = _id_bytes) -> str:
     """Time-ordered id (ms timestamp + 50 random bits): sorts by creation, unique across terminals."""
     ms = int(now.timestamp() * 1000)
     head = []

@@ -270,12 +270,12 @@ class Terminal:
         model = await self.orders_of_day(day)
         op = Operation("order", "", "create", user or waiter)
 
-        def mutate() -> str:
+        def mutate() -> dict[str, Any]:
             op.entity_id = model.create(day=day, table=table, waiter=waiter, items=items, notes=notes)
             op.after = model.view(op.entity_id)
-            return op.entity_id
+            return op.after
 
-        return model.view(await self._commit(orders_doc.doc_name(day), mutate, op))
+        return await self._commit(orders_doc.doc_name(day), mutate, op)  # the view as committed
 
     async def _audited(self, doc: str, model, entity: str, entity_id: str, operation: str,  # noqa: ANN001
                        user: str | None, before: dict[str, Any] | None, mutate_fn) -> dict[str, Any]:  # noqa: ANN001

@@ -30,6 +30,7 @@ from meshpos.terminal import Terminal
 from peer.identity import Authority, load_identity
 from peer.wire import PROTOCOL_VERSION
 from tests.meshutil import ITEM, PRODUCT, address, config_for, converged, enroll, linked, running_mesh, wait_for
+from tests.test_process import run_cli
 
 STORE = "0123456789abcdef"
 FP = "ab" * 32
@@ -256,3 +257,13 @@ async def test_adverts_are_only_hints(tmp_path: Path) -> None:
                 await a.put_product("burger", **PRODUCT)  # still serving
         finally:
             await anyio.to_thread.run_sync(zc.close)
+
+
+def test_a_bad_mdns_interface_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    authority = Authority.init(tmp_path / "auth", "S")
+    (data_dir,) = enroll(authority, tmp_path, ["a"])
+    done = run_cli("run", "--data-dir", str(data_dir), "--api-port", "0", "--peer-port", "0",
+                   "--mdns-interface", "no-such-if0")
+    assert done.returncode != 0
+    assert "Error: mdns_interfaces: 'no-such-if0' is neither an interface of this machine" in done.stderr
+    assert "Traceback" not in done.stderr

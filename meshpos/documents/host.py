@@ -50,8 +50,12 @@ class Model:
         """Create/bind root types and subscribe the observers that note touched entities."""
         raise NotImplementedError
 
-    def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
-        """Domain events for everything touched since the last call; resets the notes."""
+    def drain_events(self, known: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Domain events for everything touched since the last call; resets the notes.
+
+        ``known`` maps entity ids to views the caller built after its last change in this
+        transaction (a local write's audit "after"): reused instead of building them again.
+        """
         raise NotImplementedError
 
     def now(self) -> str:
@@ -192,7 +196,8 @@ class DocumentHost:
         with hosted.model.doc.transaction(origin=LOCAL_ORIGIN):
             result = mutate()
         audit = None if op is None else self.audit_record(op)
-        return result, self._finish(hosted, LOCAL_ORIGIN, audit)
+        known = {op.entity_id: op.after} if op is not None and isinstance(op.after, dict) else None
+        return result, self._finish(hosted, LOCAL_ORIGIN, audit, known)
 
     def audit_record(self, op: Operation) -> AuditRecord:
         before, after = changed_fields(op.before, op.after)
@@ -224,10 +229,11 @@ class DocumentHost:
             raise error
         return ticket
 
-    def _finish(self, hosted: _Hosted, origin: str, audit: AuditRecord | None) -> Ticket | None:
+    def _finish(self, hosted: _Hosted, origin: str, audit: AuditRecord | None,
+                known: dict[str, dict[str, Any]] | None = None) -> Ticket | None:
         updates, hosted.updates = hosted.updates, []
         try:
-            events = hosted.model.drain_events()
+            events = hosted.model.drain_events(known)
         except Exception:  # a malformed entity (e.g. from a buggy peer) must not stop durability
             log.exception("could not derive events for %s; storing the update without events", hosted.name)
             events = []

@@ -56,10 +56,11 @@ class InventoryDoc(Model):
     def _on_counts(self, event: Any) -> None:
         self._touched.update(self._index(key) for key in event.keys)
 
-    def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
+    def drain_events(self, known: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
         touched, self._touched = self._touched, set()
+        known = known or {}
         return [
-            ("inventory:updated", {"sku": sku, "item": self.view(sku)})
+            ("inventory:updated", {"sku": sku, "item": known.get(sku) or self.view(sku)})
             for sku in sorted(touched) if sku in self.catalog
         ]
 

@@ -124,14 +124,15 @@ class OrdersDoc(Model):
             else:
                 self._touched.add(path[0])
 
-    def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
+    def drain_events(self, known: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
         created, touched = self._created, self._touched
         self._created, self._touched = set(), set()
+        known = known or {}
         out = []
         for oid in sorted(touched):
             if oid not in self.orders:
                 continue
-            order = self.view(oid)
+            order = known.get(oid) or self.view(oid)
             if oid in created:
                 out.append(("order:created", {"order_id": oid, "order": order}))
             elif order["status"] == "cancelled":

@@ -46,13 +46,14 @@ class TablesDoc(Model):
 
         return note
 
-    def drain_events(self) -> list[tuple[str, dict[str, Any]]]:
+    def drain_events(self, known: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
         touched, self._touched = self._touched, {}
+        known = known or {}
         out = []
         for tid in sorted(touched):
             if tid not in self.layout:
                 continue
-            view = self.view(tid)
+            view = known.get(tid) or self.view(tid)
             aspects = touched[tid]
             if "status" in aspects:
                 out.append(("table:status:changed", {"table_id": tid, "status": view["status"], "table": view}))
