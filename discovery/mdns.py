@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT_MS = 3000
 #: Stopping: time for goodbye packets and zeroconf's own shutdown.
 CLOSE_TIMEOUT = 5.0
-WILDCARDS = ("", "0.0.0.0")
 
 
 def mdns_addresses(choices: list[str], peer_host: str) -> list[str]:
@@ -59,10 +58,9 @@ def mdns_addresses(choices: list[str], peer_host: str) -> list[str]:
         interfaces[adapter.nice_name] = [ip.ip for ip in adapter.ips if isinstance(ip.ip, str)]
     mine = [address for addresses in interfaces.values() for address in addresses]
     if not choices:
-        if peer_host not in WILDCARDS:
-            choices = [peer_host]
-        else:
-            return [a for a in mine if not ipaddress.IPv4Address(a).is_loopback] or ["127.0.0.1"]
+        if peer_host in mine:  # peer links bound to one address: discovery advertises that one
+            return [peer_host]
+        return [a for a in mine if not ipaddress.IPv4Address(a).is_loopback] or ["127.0.0.1"]
     out: list[str] = []
     for choice in choices:
         if choice in interfaces:

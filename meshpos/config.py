@@ -38,8 +38,8 @@ class TerminalConfig:
     peer_max_message_bytes: int = 64 * 1024 * 1024
     #: mDNS discovery (enrolled terminals only): advertise ``_meshpos._tcp`` and dial what it finds.
     mdns: bool = True
-    #: IPv4 addresses or interface names for mDNS; empty: ``peer_host`` if it names one address,
-    #: else every non-loopback IPv4 address of the machine (loopback when there is none).
+    #: IPv4 addresses or interface names for mDNS; empty: ``peer_host`` if it is an address of
+    #: this machine, else every non-loopback IPv4 address of the machine (loopback if none).
     mdns_interfaces: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -81,8 +81,9 @@ class Terminal:
             await self.host.open(tables_doc.DOC_NAME, TablesDoc)
             await self.host.open(inventory_doc.DOC_NAME, InventoryDoc)
             await self._open_live_days()
-            self.mesh = self._make_mesh()
-            self.discovery = self._make_discovery()
+            self.mesh, self.discovery = self._make_mesh(), None
+            if self.mesh is not None and self.config.mdns:
+                self.discovery = self._make_discovery(self.mesh)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self.store.run)
@@ -123,12 +124,15 @@ class Terminal:
         return Mesh(self, identity, sock=sock, peers=self.config.peers,
                     limits=Limits(max_message_bytes=self.config.peer_max_message_bytes))
 
-    def _make_discovery(self) -> Discovery | None:
+    def _make_discovery(self, mesh: Mesh) -> Discovery:
         from discovery.mdns import Discovery, mdns_addresses  # noqa: F811 - zeroconf only when enrolled
 
-        if self.mesh is None or not self.config.mdns:
-            return None
-        return Discovery(self.mesh, addresses=mdns_addresses(self.config.mdns_interfaces, self.config.peer_host))
+        try:
+            addresses = mdns_addresses(self.config.mdns_interfaces, self.config.peer_host)
+        except BaseException:
+            mesh.close_socket()  # the terminal does not start: give the peer port back
+            raise
+        return Discovery(mesh, addresses=addresses)
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:

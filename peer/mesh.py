@@ -184,6 +184,10 @@ class Mesh:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
+    def close_socket(self) -> None:
+        """Release the bound peer socket of a mesh that will never :meth:`run`."""
+        self._sock.close()
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         listener = await anyio.abc.SocketListener.from_socket(self._sock)
         try:

@@ -1,13 +1,17 @@
 """Mesh propagation latency and sustained throughput vs a star relay; prints JSON.
 
     pip install -e ".[bench]"
-    python simulations/bench_mesh.py [--terminals 3 5 10] [--backend asyncio|trio] [--no-star]
+    python simulations/bench_mesh.py [--terminals 3 5 10] [--backend asyncio|trio] [--no-star] [--processes]
 
 For each mesh size, every terminal runs in this process (real TLS links on loopback, real SQLite
 files with fsync) - the same shape as the star baseline, whose clients also share this process
 while its relay gets its own (``simulations/star_relay.py``, pycrdt-websocket's WebsocketServer).
+With ``--processes`` each terminal runs in its own process instead (spawned, driven over a pipe),
+which is closer to real boxes: their CPU is no longer one interpreter's.
 
-* **latency**: one order created every ``--interval`` s, round-robin over the terminals; a
+* **latency**: one order created every ``--interval`` s, round-robin over the terminals
+  (in-process each write waits for the previous one to arrive everywhere; ``--processes``
+  follows an open-loop schedule, like the star); a
   sample is the time from the write being acknowledged (durable on the writer) to its
   ``order:created`` event on the *last* other terminal (durable there too).  The star's sample
   is the time from the local transaction to the update observed on the last other client (its
@@ -23,12 +27,16 @@ updates/s per terminal sustained at 5 terminals.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +159,196 @@ async def throughput(terminals: list[Terminal], observer: Observer, updates: int
             "updates_per_s_per_terminal_on_one_core": round(1 / per_update)}
 
 
+# -- one process per terminal ----------------------------------------------------------------------
+#
+# The in-process run puts every terminal on one core (one interpreter, one GIL).  Real terminals
+# are separate boxes; the closest this machine gets is one process per terminal, sharing its
+# cores with each other.  The parent only coordinates over pipes: time stamps are
+# ``time.perf_counter()`` (CLOCK_MONOTONIC, one clock for every process on Linux).
+
+
+def _terminal_process(conn: Connection, data_dir: str, tid: str, backend: str) -> None:
+    """Child: one terminal, driven by the parent's commands; every answer goes back on ``conn``."""
+    try:
+        anyio.run(_terminal_main, conn, Path(data_dir), tid, backend=backend)
+    except BaseException as exc:  # noqa: BLE001 - the parent shows the child's own failure
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        conn.send(("error", f"{tid}: {type(leaf).__name__}: {leaf}"))
+        raise
+
+
+async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
+    config = TerminalConfig(data_dir=data_dir, terminal_id=tid, api_port=0, peer_host="127.0.0.1", peer_port=0,
+                            mdns=False)
+    arrivals: dict[str, float] = {}
+    waiting: dict[str, Any] = {"count": 0, "event": None}
+
+    async def watch(t: Terminal, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        async with t.events.subscribe() as stream:
+            task_status.started()
+            async for event in stream:
+                if getattr(event, "type", None) == "order:created":
+                    arrivals[event.payload["order_id"]] = time.perf_counter()
+                    if waiting["event"] is not None and len(arrivals) >= waiting["count"]:
+                        waiting["event"].set()
+
+    async def seen(count: int) -> None:
+        if len(arrivals) < count:
+            waiting["count"], waiting["event"] = count, anyio.Event()
+            await waiting["event"].wait()
+
+    async with Terminal(config).running() as t, anyio.create_task_group() as tg:
+        await tg.start(watch, t)
+        conn.send(("port", t.mesh.port))
+        while True:
+            command, *arg = await anyio.to_thread.run_sync(conn.recv)
+            if command == "dial":
+                for address in arg[0]:
+                    t.mesh.dial(address)
+                with anyio.fail_after(30):
+                    while len(t.mesh.links) < arg[1]:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                conn.send(("linked",))
+            elif command == "product":
+                if arg[0]:
+                    await t.put_product("burger", name="Burger", price_cents=1590, station="grill",
+                                        category=None, active=True)
+                with anyio.fail_after(30):
+                    while "burger" not in t.inventory.skus():  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+                conn.send(("ready",))
+            elif command == "latency":  # open loop: my slots of a round-robin schedule
+                start, interval, slots, expect = arg
+                acked = {}
+                for slot in slots:
+                    await anyio.sleep(max(0.0, start + slot * interval - time.perf_counter()))
+                    order = await t.create_order(table=None, waiter="bench", items=[ITEM], notes="x" * 40)
+                    acked[order["id"]] = time.perf_counter()
+                with anyio.fail_after(120):
+                    await seen(expect)
+                conn.send(("latency", acked, dict(arrivals)))
+            elif command == "throughput":
+                updates, expect = arg
+                cpu, began = time.process_time(), time.perf_counter()
+
+                async def writer(count: int) -> None:
+                    for _ in range(count):
+                        await t.create_order(table=None, waiter="bench", items=[ITEM])
+
+                async with anyio.create_task_group() as writers:
+                    for _ in range(WRITERS_PER_TERMINAL):
+                        writers.start_soon(writer, updates // WRITERS_PER_TERMINAL)
+                written = time.perf_counter()
+                with anyio.fail_after(600):
+                    await seen(expect)
+                conn.send(("throughput", began, written, time.perf_counter(), time.process_time() - cpu))
+            elif command == "stop":
+                tg.cancel_scope.cancel()
+                return
+
+
+class _Children:
+    """The terminal processes of one run, and their pipes."""
+
+    def __init__(self, root: Path, ids: list[str], backend: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs = []
+        for tid in ids:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_terminal_process, args=(child, str(root / tid), tid, backend), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+
+    def recv(self, i: int, expect: str, timeout: float = 120) -> tuple[Any, ...]:
+        if not self.conns[i].poll(timeout):
+            raise TimeoutError(f"terminal {i} sent nothing within {timeout} s (waiting for {expect!r})")
+        kind, *rest = self.conns[i].recv()
+        if kind == "error":
+            raise RuntimeError(rest[0])
+        if kind != expect:
+            raise RuntimeError(f"terminal {i} answered {kind!r}, not {expect!r}")
+        return tuple(rest)
+
+    def all(self, expect: str, timeout: float = 120) -> list[tuple[Any, ...]]:
+        return [self.recv(i, expect, timeout) for i in range(len(self.conns))]
+
+    def send(self, i: int, *message: Any) -> None:
+        self.conns[i].send(message)
+
+    def close(self) -> None:
+        for i, proc in enumerate(self.procs):
+            if proc.is_alive():
+                with contextlib.suppress(OSError):
+                    self.send(i, "stop")
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
+def run_mesh_processes(n: int, *, latency_samples: int, interval: float, updates: int,
+                       backend: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
+        root = Path(tmp)
+        authority = Authority.init(root / "auth", "bench")
+        ids = [f"t{k:02d}" for k in range(n)]
+        for tid in ids:
+            authority.enroll(tid, "pos", root / tid)
+        children = _Children(root, ids, backend)
+        try:
+            ports = [port for (port,) in children.all("port")]
+            for i in range(n):
+                children.send(i, "dial", [f"127.0.0.1:{ports[j]}" for j in range(i + 1, n)], n - 1)
+            children.all("linked")
+            for i in range(n):
+                children.send(i, "product", i == 0)
+            children.all("ready")
+            warm = 20
+            total = warm + latency_samples
+            start = time.perf_counter() + 0.5
+            for i in range(n):
+                children.send(i, "latency", start, interval, list(range(i, total, n)), total)
+            answers = children.all("latency")
+            acked = {oid: at for own, _ in answers for oid, at in own.items()}
+            slots = sorted(acked, key=acked.get)[warm:]
+            delays = [(max(seen[oid] for _, seen in answers) - acked[oid]) * 1000 for oid in slots]
+            for i in range(n):
+                children.send(i, "throughput", updates, total + n * (updates // WRITERS_PER_TERMINAL
+                                                                     * WRITERS_PER_TERMINAL))
+            done = children.all("throughput", 700)
+        finally:
+            children.close()
+    written = updates // WRITERS_PER_TERMINAL * WRITERS_PER_TERMINAL
+    seconds = max(d[2] for d in done) - min(d[0] for d in done)
+    cpu = sum(d[3] for d in done)
+    per_update = cpu / (written * n)
+    return {
+        "topology": "mesh", "processes": n, "terminals": n,
+        "latency_ms": {"p50": round(statistics.median(delays), 3), "p99": round(percentile(delays, 99), 3),
+                       "max": round(max(delays), 3), "samples": len(delays)},
+        "throughput": {"updates_per_s_per_terminal": round(written / seconds, 1), "total_updates": written * n,
+                       "seconds": round(seconds, 3),
+                       "writes_done_after_s": round(max(d[1] for d in done) - min(d[0] for d in done), 3),
+                       "cpu_s": round(cpu, 3), "cpu_ms_per_terminal_per_update": round(per_update * 1000, 3),
+                       "updates_per_s_per_terminal_on_one_core": round(1 / per_update)},
+    }
+
+
 async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     for n in args.terminals:
-        results.append(await run_mesh(n, latency_samples=args.samples, interval=args.interval,
-                                      updates=args.updates))
+        if args.processes:
+            results.append(await anyio.to_thread.run_sync(functools.partial(
+                run_mesh_processes, n, latency_samples=args.samples, interval=args.interval, updates=args.updates,
+                backend=args.backend)))
+        else:
+            results.append(await run_mesh(n, latency_samples=args.samples, interval=args.interval,
+                                          updates=args.updates))
         if not args.no_star:
             from star_relay import run_star  # noqa: PLC0415 - needs the [bench] extra
 
@@ -172,6 +365,8 @@ if __name__ == "__main__":
     parser.add_argument("--updates", type=int, default=2000, help="orders per terminal in the throughput phase")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--no-star", action="store_true", help="skip the star-relay baseline")
+    parser.add_argument("--processes", action="store_true",
+                        help="one process per mesh terminal (default: all in this process)")
     args = parser.parse_args()
     if args.backend == "trio":
         args.no_star = True  # the star baseline (pycrdt-websocket) is asyncio-only

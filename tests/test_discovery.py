@@ -101,6 +101,19 @@ def test_mdns_interface_choice() -> None:
         mdns_addresses(["203.0.113.77"], "0.0.0.0")
     with pytest.raises(ConfigError, match="neither an interface"):
         mdns_addresses(["no-such-if0"], "0.0.0.0")
+    assert mdns_addresses([], "localhost") == mdns_addresses([], "0.0.0.0")  # a name: every address
+
+
+@pytest.mark.anyio
+async def test_a_bad_mdns_interface_gives_the_peer_port_back(tmp_path: Path) -> None:
+    authority = Authority.init(tmp_path / "auth", "S")
+    (data_dir,) = enroll(authority, tmp_path, ["a"])
+    port = free_port()
+    with pytest.raises(ConfigError, match="no-such-if0"):
+        async with Terminal(mdns_config(data_dir, peer_port=port, mdns_interfaces=["no-such-if0"])).running():
+            pass
+    async with Terminal(mdns_config(data_dir, peer_port=port, mdns=False)).running() as again:
+        assert again.mesh is not None and again.mesh.port == port
 
 
 def test_mdns_settings(tmp_path: Path) -> None:
@@ -119,8 +132,10 @@ def test_mdns_settings(tmp_path: Path) -> None:
 def mdns_config(data_dir: Path, **kw: Any) -> TerminalConfig:
     identity = load_identity(data_dir)
     kw.setdefault("mdns", True)
+    kw.setdefault("mdns_interfaces", ["127.0.0.1"])
+    kw.setdefault("peer_port", 0)
     return TerminalConfig(data_dir=data_dir, terminal_id=identity.terminal_id, type=identity.type, api_port=0,
-                          peer_host="127.0.0.1", peer_port=0, mdns_interfaces=["127.0.0.1"], **kw)
+                          peer_host="127.0.0.1", **kw)
 
 
 def seen(terminal: Terminal, store: str | None = None) -> dict[str, dict[str, Any]]:
@@ -147,12 +162,12 @@ async def test_terminals_find_each_other_and_ignore_other_stores(tmp_path: Path)
         await converged(mesh)
         assert (await a.get_order(order["id"]))["total_cents"] == 1590
         # The neighbour's pos-1 is seen by all and linked to none, with the reason given.
-        await wait_for(lambda: all("pos-1" in seen(t, theirs.store_id) for t in mesh), within=10)
+        await wait_for(lambda: all("pos-1" in seen(t, theirs.store_id)
+                                   and set(seen(t)) == ids - {t.config.terminal_id} for t in mesh), within=10)
         for t in mesh:
             other = seen(t, theirs.store_id)["pos-1"]
             assert other["linked"] is False and other["why_not_linked"] == f"other store ({theirs.store_id})"
-            assert all(s["linked"] and s["present"] for s in seen(t).values())
-            assert set(seen(t)) == ids - {t.config.terminal_id}
+            assert all(s["linked"] and s["present"] and s["why_not_linked"] is None for s in seen(t).values())
         assert linked(n) == set()
         assert {s["store_id"] for s in n.peers()["discovery"]["seen"]} == {ours.store_id}
         assert n.peers()["refusals"] == []  # nobody even tried: the TXT record said "other store"
