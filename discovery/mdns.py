@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import logging
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -49,10 +50,14 @@ log = logging.getLogger(__name__)
 RESOLVE_TIMEOUT_MS = 3000
 #: Stopping: time for goodbye packets and zeroconf's own shutdown.
 CLOSE_TIMEOUT = 5.0
+#: How often the interface addresses (DHCP) and the roster (revocations) are looked at again.
+RESCAN_SECONDS = 5.0
+MAX_SIGHTINGS = 256
 
 
 def mdns_addresses(choices: list[str], peer_host: str) -> list[str]:
-    """The IPv4 addresses mDNS runs on and advertises (see ``mdns_interfaces`` in operations.md)."""
+    """The IPv4 addresses mDNS runs on (see ``mdns_interfaces`` in operations.md); empty while the
+    chosen interfaces have no IPv4 address yet.  Unknown names and foreign addresses are errors."""
     interfaces: dict[str, list[str]] = {}
     for adapter in ifaddr.get_adapters():
         interfaces[adapter.nice_name] = [ip.ip for ip in adapter.ips if isinstance(ip.ip, str)]
@@ -63,9 +68,7 @@ def mdns_addresses(choices: list[str], peer_host: str) -> list[str]:
         return [a for a in mine if not ipaddress.IPv4Address(a).is_loopback] or ["127.0.0.1"]
     out: list[str] = []
     for choice in choices:
-        if choice in interfaces:
-            if not interfaces[choice]:
-                raise ConfigError(f"mdns_interfaces: interface {choice!r} has no IPv4 address (mDNS needs IPv4)")
+        if choice in interfaces:  # one with no IPv4 address yet (DHCP pending) adds none for now
             out.extend(interfaces[choice])
             continue
         try:
@@ -80,22 +83,38 @@ def mdns_addresses(choices: list[str], peer_host: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def advertised_addresses(mdns: list[str], peer_host: str) -> list[str]:
+    """What the advert says to dial: peer links bound to one address listen only there."""
+    try:
+        bound = ipaddress.IPv4Address(peer_host)
+    except ValueError:  # a host name, or "" for every address
+        return mdns
+    return mdns if bound.is_unspecified else [peer_host]
+
+
 class Discovery:
     """Advertises the terminal and feeds what it sees to the mesh.  :meth:`run` in the terminal's
-    task group."""
+    task group.
 
-    def __init__(self, mesh: Mesh, *, addresses: list[str]) -> None:
+    The interface addresses are looked at again every :data:`RESCAN_SECONDS`: a box that got (or
+    changed) its DHCP lease after starting re-advertises on the new address, and a roster change
+    (a revocation) re-decides whom to dial.
+    """
+
+    def __init__(self, mesh: Mesh, *, choices: list[str], peer_host: str) -> None:
         self.mesh = mesh
-        self.addresses = addresses
-        #: Every meshpos service seen, by service name (kept after a goodbye: operators see it).
+        self.choices, self.peer_host = choices, peer_host
+        self.addresses = mdns_addresses(choices, peer_host)  # a bad choice stops the start
+        #: Every meshpos service seen, by service name (kept after a goodbye: operators see it;
+        #: bounded by :data:`MAX_SIGHTINGS`, the gone and the oldest dropped first).
         self.sightings: dict[str, Sighting] = {}
         #: Advertisements of our service type that are not a terminal's, newest last (bounded).
         self.bad_adverts: list[str] = []
         self.advertised_as: str | None = None
         self.error: str | None = None
         self._generation: dict[str, int] = {}
-        self._dialled: set[str] = set()
         self._stopping = False
+        self._roster_version = mesh.roster.version
 
     def _now(self) -> str:
         return iso(self.mesh.terminal.clock())
@@ -104,11 +123,12 @@ class Discovery:
         identity = self.mesh.identity
         return self.advertised_as or instance_name(identity.terminal_id, identity.store_id)
 
-    def _service(self) -> ServiceInfo:
+    def _service(self, addresses: list[str]) -> ServiceInfo:
         identity = self.mesh.identity
         return ServiceInfo(
             SERVICE_TYPE, instance_name(identity.terminal_id, identity.store_id),
-            addresses=[socket.inet_aton(a) for a in self.addresses], port=self.mesh.port,
+            addresses=[socket.inet_aton(a) for a in advertised_addresses(addresses, self.peer_host)],
+            port=self.mesh.port,
             properties=txt_record(store_id=identity.store_id, terminal_id=identity.terminal_id,
                                   terminal_type=identity.type, protocol=PROTOCOL_VERSION,
                                   fingerprint=identity.fingerprint),
@@ -118,14 +138,57 @@ class Discovery:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Sessions of zeroconf on the current addresses; a new session when they change."""
+        started = False
+
+        def ready() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        while True:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch, tg.cancel_scope)
+                if self.addresses:
+                    await self._session(list(self.addresses), ready)
+                else:
+                    self.error = f"no IPv4 address on {', '.join(self.choices)} yet; waiting for one"
+                    log.warning("mDNS: %s", self.error)
+                    ready()
+                await anyio.sleep_forever()  # until the watcher sees the addresses change
+
+    async def _watch(self, session: anyio.CancelScope) -> None:
+        """Every few seconds: new interface addresses end the session; a new roster re-decides."""
+        while True:
+            await anyio.sleep(RESCAN_SECONDS)
+            if self.mesh.roster.version != self._roster_version:
+                self._roster_version = self.mesh.roster.version
+                for terminal_id in {s.terminal_id for s in self.sightings.values()}:
+                    self._sync(terminal_id)
+            try:
+                addresses = mdns_addresses(self.choices, self.peer_host)
+            except ConfigError as exc:
+                addresses, self.error = [], str(exc)
+            if addresses != self.addresses:
+                log.warning("mDNS: addresses changed from %s to %s; advertising again",
+                            ", ".join(self.addresses) or "none", ", ".join(addresses) or "none")
+                self.addresses = addresses
+                session.cancel()
+                return
+
+    async def _session(self, addresses: list[str], ready: Callable[[], None]) -> None:
         try:
             zc = await anyio.to_thread.run_sync(
-                functools.partial(Zeroconf, interfaces=self.addresses, ip_version=IPVersion.V4Only))
+                functools.partial(Zeroconf, interfaces=addresses, ip_version=IPVersion.V4Only))
         except OSError as exc:
-            self.error = f"mDNS unavailable on {', '.join(self.addresses)}: {exc}"
-            log.error("%s; only static peers will be dialled", self.error)
-            task_status.started()
+            self.error = f"mDNS unavailable on {', '.join(addresses)}: {exc}"
+            log.error("%s; only static peers will be dialled (trying again when the addresses change)",
+                      self.error)
+            ready()
             return
+        self.error = None
+        self._stopping = False
         browser: ServiceBrowser | None = None
         async with BlockingPortal() as portal:
 
@@ -138,18 +201,21 @@ class Discovery:
                 async with anyio.create_task_group() as tg:
                     browser = await anyio.to_thread.run_sync(
                         functools.partial(ServiceBrowser, zc, SERVICE_TYPE, handlers=[on_change]))
-                    tg.start_soon(self._advertise, zc)
-                    task_status.started()
+                    tg.start_soon(self._advertise, zc, addresses)
+                    ready()
                     await anyio.sleep_forever()
             finally:
-                # Inside the portal: the browser may still call in until it is cancelled.
+                # Inside the portal: the browser may still call in until it is cancelled.  Bounded:
+                # a zeroconf that hangs is abandoned after CLOSE_TIMEOUT rather than holding up the
+                # terminal's stop (its threads are daemons and end with the process).
                 self._stopping = True
+                self.advertised_as = None
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
                     await anyio.to_thread.run_sync(self._close, zc, browser, abandon_on_cancel=True)
 
-    async def _advertise(self, zc: Zeroconf) -> None:
+    async def _advertise(self, zc: Zeroconf, addresses: list[str]) -> None:
         """Register the service (zeroconf probes the name for ~1.2 s first; browsing runs meanwhile)."""
-        info = self._service()
+        info = self._service(addresses)
         try:
             # Not abandoned on cancel: a terminal stopped while probing waits (<= ~1.5 s) so that
             # its goodbye follows a complete registration instead of racing it.
@@ -159,7 +225,7 @@ class Discovery:
             log.error("%s", self.error)
             return
         self.advertised_as = info.name
-        log.info("advertising %s on %s port %d", info.name, ", ".join(self.addresses), self.mesh.port)
+        log.info("advertising %s on %s port %d", info.name, ", ".join(addresses), self.mesh.port)
 
     @staticmethod
     def _close(zc: Zeroconf, browser: ServiceBrowser | None) -> None:
@@ -185,8 +251,9 @@ class Discovery:
         if change is ServiceStateChange.Removed:
             self._gone(name)
             return
+        # Abandoned on cancel: a resolution ends by itself within RESOLVE_TIMEOUT_MS.
         info = await anyio.to_thread.run_sync(self._resolve, zc, name, abandon_on_cancel=True)
-        if self._generation[name] != generation:
+        if self._generation.get(name) != generation:
             return  # a newer change of this service is being handled
         if info is None:
             log.info("mDNS: %s did not resolve", name)
@@ -204,7 +271,16 @@ class Discovery:
         if previous is not None:
             sighting.first_seen = previous.first_seen
         self.sightings[name] = sighting
-        self._consider(sighting, previous)
+        why = self._why_not(sighting)
+        if previous is None or previous.dial_addresses != sighting.dial_addresses or not previous.present:
+            if why is None:
+                log.info("mDNS: found %s (%s) at %s", sighting.terminal_id, sighting.type,
+                         ", ".join(sighting.dial_addresses))
+            else:
+                log.info("mDNS: not dialling %s at %s: %s", sighting.terminal_id,
+                         ", ".join(sighting.dial_addresses), why)
+        self._sync(sighting.terminal_id)
+        self._prune()
 
     @staticmethod
     def _resolve(zc: Zeroconf, name: str) -> ServiceInfo | None:
@@ -218,30 +294,39 @@ class Discovery:
         return refusal_to_dial(sighting, me=m.me, store_id=m.identity.store_id, roster=m.roster,
                                protocol=PROTOCOL_VERSION)
 
-    def _consider(self, sighting: Sighting, previous: Sighting | None) -> None:
-        why = self._why_not(sighting)
-        if why is None:
-            where = ", ".join(sighting.dial_addresses)
-            if previous is None or previous.dial_addresses != sighting.dial_addresses or not previous.present:
-                log.info("mDNS: found %s (%s) at %s", sighting.terminal_id, sighting.type, where)
-            self._dialled.add(sighting.name)
-            self.mesh.discovered(sighting.terminal_id, sighting.dial_addresses)
-            return
-        if previous is None:
-            log.info("mDNS: not dialling %s at %s: %s", sighting.terminal_id, sighting.dial_addresses, why)
-        if sighting.name in self._dialled:
-            self._dialled.discard(sighting.name)
-            self.mesh.lost(sighting.terminal_id)
+    def _sync(self, terminal_id: str) -> None:
+        """Tell the mesh where ``terminal_id`` is, from every live advert naming it (newest first).
+
+        By terminal id, not by advert: a second advert claiming the same id (a forgery, a copied
+        data directory) adds addresses to try - the TLS link sorts out who is who - and its
+        goodbye does not stop the dialling of the first.
+        """
+        live = sorted((s for s in self.sightings.values() if s.terminal_id == terminal_id and s.present
+                       and self._why_not(s) is None), key=lambda s: s.last_seen, reverse=True)
+        if live:
+            self.mesh.discovered(terminal_id, list(dict.fromkeys(a for s in live for a in s.dial_addresses)))
+        else:
+            self.mesh.lost(terminal_id)
 
     def _gone(self, name: str) -> None:
         sighting = self.sightings.get(name)
         if sighting is None:
+            self._generation.pop(name, None)
             return
         sighting.present, sighting.gone_at = False, self._now()
         log.info("mDNS: %s said goodbye", sighting.terminal_id)
-        if name in self._dialled:
-            self._dialled.discard(name)
-            self.mesh.lost(sighting.terminal_id)
+        self._sync(sighting.terminal_id)
+
+    def _prune(self) -> None:
+        """Forget the longest-gone (then the oldest) sightings beyond :data:`MAX_SIGHTINGS`."""
+        excess = len(self.sightings) - MAX_SIGHTINGS
+        if excess <= 0:
+            return
+        order = sorted(self.sightings.values(), key=lambda s: (s.present, s.gone_at or s.last_seen))
+        for sighting in order[:excess]:
+            del self.sightings[sighting.name]
+            self._generation.pop(sighting.name, None)
+            self._sync(sighting.terminal_id)
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -255,6 +340,7 @@ class Discovery:
             entry["service"] = sighting.name
             mine = sighting.store_id == self.mesh.identity.store_id
             entry["linked"] = mine and sighting.terminal_id in self.mesh.links
+            entry["dialling"] = self.mesh.dial_addresses(sighting.terminal_id) if mine else []
             if entry["linked"]:
                 entry["why_not_linked"] = None
             else:
@@ -264,5 +350,7 @@ class Discovery:
                 entry["why_not_linked"] = why or self.mesh.why_not_linked(sighting.terminal_id,
                                                                           sighting.dial_addresses)
             seen.append(entry)
-        return {"enabled": True, "addresses": self.addresses, "advertised_as": self.advertised_as,
-                "error": self.error, "seen": seen, "bad_adverts": self.bad_adverts}
+        return {"enabled": True, "addresses": self.addresses,
+                "advertised": advertised_addresses(self.addresses, self.peer_host),
+                "advertised_as": self.advertised_as, "error": self.error, "seen": seen,
+                "bad_adverts": self.bad_adverts}

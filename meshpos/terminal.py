@@ -125,14 +125,13 @@ class Terminal:
                     limits=Limits(max_message_bytes=self.config.peer_max_message_bytes))
 
     def _make_discovery(self, mesh: Mesh) -> Discovery:
-        from discovery.mdns import Discovery, mdns_addresses  # noqa: F811 - zeroconf only when enrolled
+        from discovery.mdns import Discovery  # noqa: F811 - zeroconf only when enrolled
 
         try:
-            addresses = mdns_addresses(self.config.mdns_interfaces, self.config.peer_host)
+            return Discovery(mesh, choices=self.config.mdns_interfaces, peer_host=self.config.peer_host)
         except BaseException:
             mesh.close_socket()  # the terminal does not start: give the peer port back
             raise
-        return Discovery(mesh, addresses=addresses)
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:

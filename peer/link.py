@@ -162,6 +162,11 @@ class LinkCore:
             actions.extend(self.close(exc.code, str(exc)))
         except Refused as exc:
             actions.extend(self.close(exc.code, exc.reason))
+        if data is None and self.state != "closed":
+            # The transport ended and the WebSocket layer made nothing of it (during the HTTP
+            # upgrade it does not): the link is over, whatever state it was in.
+            actions.extend(self._abort(ABNORMAL, "the peer hung up" + ("" if self.state == "open"
+                                                                      else " before the hello")))
         return actions
 
     def send_binary(self, data: bytes) -> list[Action]:

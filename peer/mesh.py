@@ -65,6 +65,8 @@ INTERNAL_ERROR = 1011
 #: What reading or writing a TLS stream raises when the other side is gone or misbehaves.
 TRANSPORT_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError)
 GOING_AWAY = 1001
+#: Local-only: a discovered address answered as another terminal (never sent on the wire).
+WRONG_TERMINAL = -1
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
@@ -177,6 +179,9 @@ class Mesh:
         #: Terminals discovery sees and where (``HOST:PORT``s); the ids whose dial loop runs.
         self._discovered: dict[str, list[str]] = {}
         self._discovery_dials: set[str] = set()
+        #: Dial state of discovered terminals not linked yet (dropped with their dial loop, so a
+        #: forged advert leaves nothing behind).
+        self._found_states: dict[str, PeerState] = {}
         #: Recent refusals (either side), newest last: why a terminal that tried is not linked.
         self.refusals: deque[dict[str, Any]] = deque(maxlen=50)
         self._tg: anyio.abc.TaskGroup | None = None
@@ -227,19 +232,26 @@ class Mesh:
             self._discovery_dials.add(terminal_id)
             self._tg.start_soon(self._dial_loop, None, terminal_id)
 
+    def dial_addresses(self, terminal_id: str) -> list[str]:
+        """Where the mesh dials a discovered terminal, in the order it tries them."""
+        return list(self._discovered.get(terminal_id, []))
+
     def lost(self, terminal_id: str) -> None:
         """Stop dialling a terminal discovery no longer sees (it said goodbye, or it was revoked);
         a link that is up stays until it ends by itself (a stale advert never cuts a working link)."""
         self._discovered.pop(terminal_id, None)
 
     def why_not_linked(self, terminal_id: str, addresses: list[str]) -> str:
-        """The newest reason a known terminal is not linked, for ``meshpos peers``."""
-        for entry in reversed(self.refusals):
-            if entry["terminal_id"] == terminal_id or entry["address"] in addresses:
-                return f"handshake failed ({entry['direction']}, {entry['at']}): {entry['code']} {entry['reason']}"
-        state = self.peers.get(terminal_id)
-        if state is not None and state.last_error is not None:
-            error = state.last_error
+        """The newest reason a known terminal is not linked, for ``meshpos peers``: its latest
+        refusal or its link's last error, whichever came last (4004 tie-breaks are no reason)."""
+        refusal = next((e for e in reversed(self.refusals) if e["code"] != ALREADY_CONNECTED
+                        and (e["terminal_id"] == terminal_id or e["address"] in addresses)), None)
+        state = self.peers.get(terminal_id) or self._found_states.get(terminal_id)
+        error = state.last_error if state is not None else None
+        if refusal is not None and (error is None or refusal["at"] >= error["at"]):
+            return (f"handshake failed ({refusal['direction']}, {refusal['at']}): "
+                    f"{refusal['code']} {refusal['reason']}")
+        if error is not None:
             return f"link failed ({error['at']}): {error['code']} {error['reason']}"
         return "connecting"
 
@@ -260,8 +272,8 @@ class Mesh:
 
     async def _dial_loop(self, static: str | None, found: str | None = None) -> None:
         """Dial a static address for good, or the terminal ``found`` by discovery while discovery
-        still sees it (its addresses in turn: a stale one cached from before a restart fails and
-        the next is tried)."""
+        still sees it: its addresses in turn, so a stale one (cached from before a restart, or
+        now another terminal's) fails over to the next."""
         attempt = 0
         try:
             while found is None or found in self._discovered:
@@ -276,7 +288,8 @@ class Mesh:
                     await self._link_down.setdefault(known, anyio.Event()).wait()
                     continue
                 if found is not None:
-                    state = self.peers.setdefault(found, PeerState(terminal_id=found, address=address))
+                    state = self.peers.get(found) or self._found_states.setdefault(
+                        found, PeerState(terminal_id=found, address=address))
                 else:
                     state = self._by_address.setdefault(address, PeerState(terminal_id=None, address=address))
                 try:
@@ -293,7 +306,15 @@ class Mesh:
                     attempt += 1
                     await anyio.sleep(backoff_delay(attempt, self.rng))
                     continue
-                closed, opened = await self._run_link(stream, address, client=True)
+                closed, opened = await self._run_link(stream, address, client=True, expect=found)
+                if closed is not None and closed.code == WRONG_TERMINAL:
+                    state.last_error = {"code": INVALID_TERMINAL_ID, "reason": closed.reason, "at": self._now()}
+                    candidates = self._discovered.get(found, [])  # type: ignore[arg-type]
+                    if address in candidates and len(candidates) > 1:
+                        candidates.remove(address)  # that address is somebody else's now
+                    attempt += 1
+                    await anyio.sleep(backoff_delay(attempt, self.rng))
+                    continue
                 if closed is not None and closed.code in (INVALID_TERMINAL_ID, INVALID_TERMINAL_TYPE,
                                                           AUTHENTICATION_FAILED):
                     await anyio.sleep(AUTH_RETRY_SECONDS)
@@ -303,17 +324,30 @@ class Mesh:
         finally:
             if found is not None:
                 self._discovery_dials.discard(found)
+                self._found_states.pop(found, None)
 
     # -- one link ------------------------------------------------------------------------------
 
-    async def _run_link(self, stream: ByteStream, address: str, *, client: bool) -> tuple[Closed | None, bool]:
-        """Drive one TLS stream until the link closes; returns (how it closed, whether it opened)."""
+    async def _run_link(self, stream: ByteStream, address: str, *, client: bool,
+                        expect: str | None = None) -> tuple[Closed | None, bool]:
+        """Drive one TLS stream until the link closes; returns (how it closed, whether it opened).
+
+        ``expect``: the terminal discovery placed at ``address``.  Another terminal of the store
+        answering there (the address changed hands) is hung up on before the hello, reported as
+        :data:`WRONG_TERMINAL`: not a refusal, just a stale address.
+        """
         try:
             cert = peer_certificate(stream.extra(TLSAttribute.peer_certificate_binary))
         except Exception as exc:  # noqa: BLE001
             self._refused(None, address, AUTHENTICATION_FAILED, str(exc), inbound=not client)
             await anyio.aclose_forcefully(stream)
             return Closed(AUTHENTICATION_FAILED, str(exc), by_peer=False), False
+        if expect is not None:
+            with contextlib.suppress(IdentityError):
+                answered = subject_of(cert)[0]
+                if answered != expect:
+                    await anyio.aclose_forcefully(stream)
+                    return Closed(WRONG_TERMINAL, f"{address} is now {answered}, not {expect}", by_peer=False), False
         hello = {
             "type": "hello", "protocol": PROTOCOL_VERSION, "terminal_id": self.me,
             "terminal_type": self.identity.type, "store_id": self.identity.store_id, "boot_id": self.boot_id,
@@ -755,7 +789,9 @@ class Mesh:
             peers.append(state.to_json(self.roster))
         for tid, entry in sorted(self.roster.terminals.items()):
             if tid != self.me and tid not in self.peers:
-                peers.append(PeerState(terminal_id=tid, type=entry["type"]).to_json(self.roster))
+                state = self._found_states.get(tid) or PeerState(terminal_id=tid)
+                state.type = entry["type"]
+                peers.append(state.to_json(self.roster))
         for state in self._by_address.values():
             peers.append(state.to_json(self.roster))
         return {

@@ -24,10 +24,12 @@ from discovery.advert import (
     refusal_to_dial,
     txt_record,
 )
-from discovery.mdns import mdns_addresses
+from discovery.mdns import Discovery, advertised_addresses, mdns_addresses
 from meshpos.config import ConfigError, TerminalConfig, load_config
 from meshpos.terminal import Terminal
 from peer.identity import Authority, load_identity
+from peer.link import ABNORMAL
+from peer.mesh import PeerState
 from peer.wire import PROTOCOL_VERSION
 from tests.meshutil import ITEM, PRODUCT, address, config_for, converged, enroll, linked, running_mesh, wait_for
 from tests.test_process import run_cli
@@ -102,6 +104,9 @@ def test_mdns_interface_choice() -> None:
     with pytest.raises(ConfigError, match="neither an interface"):
         mdns_addresses(["no-such-if0"], "0.0.0.0")
     assert mdns_addresses([], "localhost") == mdns_addresses([], "0.0.0.0")  # a name: every address
+    assert advertised_addresses(["10.0.0.5", "10.1.0.5"], "0.0.0.0") == ["10.0.0.5", "10.1.0.5"]
+    assert advertised_addresses(["10.0.0.5", "10.1.0.5"], "10.1.0.5") == ["10.1.0.5"]  # links listen there only
+    assert advertised_addresses(["10.0.0.5"], "localhost") == ["10.0.0.5"]
 
 
 @pytest.mark.anyio
@@ -169,7 +174,9 @@ async def test_terminals_find_each_other_and_ignore_other_stores(tmp_path: Path)
             assert other["linked"] is False and other["why_not_linked"] == f"other store ({theirs.store_id})"
             assert all(s["linked"] and s["present"] and s["why_not_linked"] is None for s in seen(t).values())
         assert linked(n) == set()
-        assert {s["store_id"] for s in n.peers()["discovery"]["seen"]} == {ours.store_id}
+        await wait_for(lambda: ours.store_id in {s["store_id"] for s in n.peers()["discovery"]["seen"]})
+        assert all(s["why_not_linked"] == f"other store ({ours.store_id})"
+                   for s in n.peers()["discovery"]["seen"] if s["store_id"] == ours.store_id)
         assert n.peers()["refusals"] == []  # nobody even tried: the TXT record said "other store"
 
 
@@ -220,15 +227,79 @@ async def test_mesh_tries_each_discovered_address_and_stops_when_lost(tmp_path: 
         stale = f"127.0.0.1:{free_port()}"
         a.mesh.discovered("b", [stale, address(b)])
         await wait_for(lambda: linked(a) == {"b"}, within=10)
-        assert a.mesh.peers["b"].last_error is not None  # the stale address was tried first
+        assert a.mesh.peers["b"].direction == "outbound"
+        assert "connection attempts failed" in a.mesh._found_states["b"].last_error["reason"]  # tried first
         a.mesh.lost("b")
+        await anyio.sleep(1.5)
         assert linked(a) == {"b"}  # a stale advert never cuts a working link
         a.mesh.discovered("c-unreachable", [stale])
-        await wait_for(lambda: "c-unreachable" in a.mesh.peers and a.mesh.peers["c-unreachable"].last_error, 5)
+        await wait_for(lambda: "c-unreachable" in a.mesh._found_states
+                       and a.mesh._found_states["c-unreachable"].last_error, 5)
         assert a.mesh.why_not_linked("c-unreachable", [stale]).startswith("link failed")
+        assert "c-unreachable" not in {p["terminal_id"] for p in a.peers()["peers"]}  # not in the roster
         a.mesh.lost("c-unreachable")
         await wait_for(lambda: "c-unreachable" not in a.mesh._discovery_dials, within=10)  # the loop ended
+        assert "c-unreachable" not in a.mesh._found_states  # and left nothing behind
         assert a.mesh.why_not_linked("nobody", []) == "connecting"
+
+
+@pytest.mark.anyio
+async def test_an_address_that_changed_hands_is_dropped(tmp_path: Path) -> None:
+    """Both boxes got new leases: c's cached address is now a's.  a answers, the dialler hangs up
+    before any hello (no 4004 churn), drops that address and links to c at its real one."""
+    authority = Authority.init(tmp_path / "auth", "S")
+    dirs = enroll(authority, tmp_path, ["a", "b", "c"])
+    async with running_mesh([config_for(d, d.name) for d in dirs], link=False) as (a, b, c):
+        assert b.mesh is not None
+        b.mesh.discovered("c", [address(a), address(c)])
+        await wait_for(lambda: linked(b) == {"c"}, within=10)
+        assert b.mesh.dial_addresses("c") == [address(c)]
+        assert linked(a) == set() and list(b.mesh.refusals) == []
+        # a saw a peer hang up before its hello (logged, nothing else) - never a 4004 tie-break
+        assert {r["code"] for r in a.mesh.refusals} <= {ABNORMAL}
+
+
+@pytest.mark.anyio
+async def test_why_not_linked_is_the_newest_reason_and_never_a_tie_break(tmp_path: Path) -> None:
+    authority = Authority.init(tmp_path / "auth", "S")
+    (d,) = enroll(authority, tmp_path, ["a"])
+    async with running_mesh([config_for(d, "a")], link=False) as (a,):
+        mesh = a.mesh
+        assert mesh is not None
+        mesh.refusals.append({"terminal_id": "b", "address": "x:1", "code": 4004, "reason": "already linked",
+                              "direction": "inbound", "at": "2026-01-01T10:00:00.000Z"})
+        mesh.peers["b"] = PeerState(terminal_id="b", last_error={"code": 1006, "reason": "no heartbeat",
+                                                                  "at": "2026-01-01T11:00:00.000Z"})
+        assert mesh.why_not_linked("b", []) == "link failed (2026-01-01T11:00:00.000Z): 1006 no heartbeat"
+        mesh.refusals.append({"terminal_id": "b", "address": "x:1", "code": 4003, "reason": "revoked",
+                              "direction": "outbound", "at": "2026-01-01T12:00:00.000Z"})
+        assert mesh.why_not_linked("b", []).endswith("4003 revoked")
+        mesh.peers["b"].last_error = {"code": 1006, "reason": "reset", "at": "2026-01-01T13:00:00.000Z"}
+        assert mesh.why_not_linked("b", []).endswith("1006 reset")
+
+
+@pytest.mark.anyio
+async def test_discovery_dials_by_terminal_id_across_adverts(tmp_path: Path) -> None:
+    """Two adverts naming one id (a forgery, a copied data directory): both addresses are tried,
+    and one saying goodbye does not stop the dialling of the other; a revocation does."""
+    authority = Authority.init(tmp_path / "auth", "S")
+    dirs = enroll(authority, tmp_path, ["a", "b"])
+    async with running_mesh([config_for(dirs[0], "a")], link=False) as (a,):
+        discovery = Discovery(a.mesh, choices=["127.0.0.1"], peer_host="127.0.0.1")
+
+        def advert_of(name: str, ip: str, at: str) -> Any:
+            return parse_advert(name, advert(id="b", store=authority.store_id), [ip], 8710, at=at)
+
+        discovery.sightings["one"] = advert_of("one", "127.0.0.2", "2026-01-01T10:00:00.000Z")
+        discovery.sightings["two"] = advert_of("two", "127.0.0.3", "2026-01-01T11:00:00.000Z")
+        discovery._sync("b")
+        assert a.mesh.dial_addresses("b") == ["127.0.0.3:8710", "127.0.0.2:8710"]  # newest advert first
+        discovery._gone("two")
+        assert a.mesh.dial_addresses("b") == ["127.0.0.2:8710"]
+        a.mesh.roster = authority.revoke("b")
+        discovery._sync("b")
+        assert a.mesh.dial_addresses("b") == []
+        assert "revoked" in discovery.status()["seen"][0]["why_not_linked"]
 
 
 def free_port() -> int:

@@ -75,6 +75,21 @@ def test_garbage_instead_of_a_handshake() -> None:
     assert [x.code for x in actions if isinstance(x, Closed)] == [INVALID_MESSAGE]
 
 
+@pytest.mark.parametrize("after", ["nothing", "request", "open"])
+def test_end_of_stream_always_ends_the_link(after: str) -> None:
+    """A peer hanging up at any point (here: before its upgrade request, after it, or on an open
+    link) ends the link once; a core that ignored it would be fed the end again and again."""
+    client, server = pair()
+    if after == "request":
+        server.receive(b"".join(a.data for a in client.start() if isinstance(a, Send)), 0.0)
+    elif after == "open":
+        pump(client, server, client.start())
+        assert server.state == "open"
+    actions = server.receive(None, 1.0)
+    assert [x.code for x in actions if isinstance(x, Closed)] == [ABNORMAL]
+    assert server.state == "closed" and server.receive(None, 1.0) == []
+
+
 def test_heartbeat_measures_rtt_and_detects_a_dead_peer() -> None:
     limits = Limits(heartbeat_interval=1.0, dead_after=3.0)
     client, server = pair(limits=limits)
