@@ -1,0 +1,1 @@
+"""Cashier operations outside the CRDT: drawer ledgers behind a quorum lock (docs/cashier.md)."""

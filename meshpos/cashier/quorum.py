@@ -1,0 +1,323 @@
+"""The drawer lock: a sans-I/O quorum state machine (Multi-Paxos per drawer, with leases).
+
+Money is not merged by a CRDT.  Each drawer has one append-only ledger; to append, a terminal
+must *hold* the drawer: a majority of the voters promised it a ballot higher than any other they
+promised.  The ballot fences every message - a voter refuses anything under a ballot lower than
+the one it promised - so a holder that lost the drawer (paused, partitioned, lease gone) can
+never append again.
+
+Two roles, both plain objects fed messages and the current time, returning what to send:
+
+* :class:`Voter` - the roster's POS terminals.  Its state (:class:`VoterState`) must be durable
+  before any reply it produced is sent (the I/O shell persists, then sends).
+* :class:`Holder` - a terminal taking or holding a drawer.  Volatile: a crashed holder simply
+  loses the drawer; the next holder completes the ledger from a majority's answers.
+
+Why two holders can never both commit at one position: an entry is committed when a majority
+accepted it under ballot *b*.  A later holder with ballot *b' > b* first collects promises from
+a majority; the two majorities share a voter, which reports what it accepted, and the new holder
+re-proposes, at each position, the entry accepted under the highest ballot it heard of.  By
+induction on ballots every ballot above *b* proposes the same entry at that position, so no
+other entry can ever gather a majority there.  Why nothing committed is lost or reordered: the
+committed entry is on disk at a majority, every later holder hears of it before appending, and
+positions only grow.  docs/cashier.md carries the full argument.
+
+Leases only keep holders from duelling: a voter does not promise another terminal while the
+current holder's lease runs (measured on the voter's own clock, from when it promised).  Safety
+never depends on clocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Ballot = tuple[int, str]  # (round, terminal id): totally ordered, unique per terminal
+NO_BALLOT: Ballot = (0, "")
+#: How long a promise keeps other terminals from taking the drawer (voter's clock, seconds).
+LEASE_SECONDS = 10.0
+#: A holder resends unanswered prepares and accepts this often.
+RETRY_SECONDS = 0.2
+NOOP = {"kind": "noop"}  # fills a position no majority member had accepted anything at
+
+
+# -- messages --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    drawer: str
+    ballot: Ballot
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    drawer: str
+    ballot: Ballot
+    voter: str
+    #: Everything this voter accepted for the drawer: (position, ballot, entry).
+    accepted: tuple[tuple[int, Ballot, Any], ...]
+    committed: int  # positions below this are committed at this voter
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """The voter promised ``promised`` (higher), or another holder's lease runs until ``until``."""
+
+    drawer: str
+    ballot: Ballot
+    voter: str
+    promised: Ballot
+    locked_by: str
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    drawer: str
+    ballot: Ballot
+    position: int
+    entry: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    drawer: str
+    ballot: Ballot
+    position: int
+    voter: str
+    committed: int  # the voter's committed length: the holder's next Commit to it starts there
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Positions ``[start, start + len(entries))`` are committed with these entries."""
+
+    drawer: str
+    ballot: Ballot
+    start: int
+    entries: tuple[Any, ...]
+
+
+Message = Prepare | Promise | Reject | Accept | Accepted | Commit
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    to: str
+    message: Message
+
+
+# -- voter -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class VoterState:
+    """What a voter must keep on disk for one drawer."""
+
+    promised: Ballot = NO_BALLOT
+    accepted: dict[int, tuple[Ballot, Any]] = field(default_factory=dict)
+    committed: list[Any] = field(default_factory=list)  # the dense committed prefix
+
+
+class Voter:
+    def __init__(self, me: str, states: dict[str, VoterState] | None = None, *,
+                 lease: float = LEASE_SECONDS) -> None:
+        self.me, self.lease = me, lease
+        self.states: dict[str, VoterState] = states if states is not None else {}
+        #: Volatile: when the current promise's lease ends (a restarted voter grants none at once).
+        self._lease_until: dict[str, float] = {}
+
+    def state(self, drawer: str) -> VoterState:
+        return self.states.setdefault(drawer, VoterState())
+
+    def handle(self, sender: str, msg: Message, now: float) -> list[Send]:
+        st = self.state(msg.drawer)
+        if isinstance(msg, Prepare):
+            holder = st.promised[1]
+            lease = self._lease_until.get(msg.drawer, 0.0)
+            if msg.ballot < st.promised or (msg.ballot[1] != holder and now < lease and msg.ballot != st.promised):
+                return [Send(sender, Reject(msg.drawer, msg.ballot, self.me, st.promised, holder,
+                                            lease if now < lease else None))]
+            st.promised = msg.ballot
+            self._lease_until[msg.drawer] = now + self.lease
+            accepted = tuple(sorted((pos, b, e) for pos, (b, e) in st.accepted.items() if pos >= len(st.committed)))
+            committed = tuple((pos, NO_BALLOT, e) for pos, e in enumerate(st.committed))
+            return [Send(sender, Promise(msg.drawer, msg.ballot, self.me, committed + accepted, len(st.committed)))]
+        if isinstance(msg, Accept):
+            if msg.ballot < st.promised:
+                return [Send(sender, Reject(msg.drawer, msg.ballot, self.me, st.promised, st.promised[1]))]
+            # The holder at work renews its lease with every append (a holder that stops
+            # appending loses the drawer LEASE_SECONDS later; appending again re-prepares).
+            self._lease_until[msg.drawer] = now + self.lease
+            st.promised = msg.ballot
+            if msg.position >= len(st.committed):
+                st.accepted[msg.position] = (msg.ballot, msg.entry)
+            return [Send(sender, Accepted(msg.drawer, msg.ballot, msg.position, self.me, len(st.committed)))]
+        if isinstance(msg, Commit):
+            if msg.ballot < st.promised:
+                return []  # a deposed holder's news; the current one will tell the same or more
+            for offset, entry in enumerate(msg.entries):
+                pos = msg.start + offset
+                if pos == len(st.committed):
+                    st.committed.append(entry)
+                    st.accepted.pop(pos, None)
+            return []
+        return []
+
+
+# -- holder ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    drawer: str
+    ballot: Ballot
+    ledger: tuple[Any, ...]  # the committed ledger as completed by this holder
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    drawer: str
+    position: int
+    entry: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Deposed:
+    """The holder lost (or never got) the drawer; appends in flight are *in doubt*: each may yet
+    be committed by the next holder (find it by its operation id), or never."""
+
+    drawer: str
+    ballot: Ballot
+    locked_by: str
+    until: float | None
+    in_doubt: tuple[Any, ...]
+
+
+Event = Acquired | Committed | Deposed
+
+
+class Holder:
+    """One terminal's attempt to hold one drawer, and its appends while it does."""
+
+    def __init__(self, me: str, drawer: str, voters: list[str], *, round_above: int = 0) -> None:
+        self.me, self.drawer, self.voters = me, drawer, sorted(voters)
+        self.ballot: Ballot = (round_above + 1, me)
+        self.phase = "idle"
+        self._promises: dict[str, Promise] = {}
+        self._acks: dict[int, set[str]] = {}
+        self._proposed: dict[int, Any] = {}
+        self.ledger: list[Any] = []  # committed entries, dense
+        self._last_retry = float("-inf")
+        #: How much of the ledger each voter is known to have committed (from its answers).
+        self._voter_committed: dict[str, int] = {}
+        self.next_position = 0
+
+    @property
+    def majority(self) -> int:
+        return len(self.voters) // 2 + 1
+
+    def _all(self, msg: Message) -> list[Send]:
+        return [Send(v, msg) for v in self.voters]
+
+    def acquire(self) -> list[Send]:
+        self.phase = "preparing"
+        self._promises.clear()
+        return self._all(Prepare(self.drawer, self.ballot))
+
+    def append(self, entry: Any) -> list[Send]:
+        """Propose ``entry`` at the next position (only while holding)."""
+        if self.phase != "holding":
+            raise RuntimeError(f"{self.me} does not hold drawer {self.drawer} ({self.phase})")
+        return self._propose(self.next_position_take(), entry)
+
+    def next_position_take(self) -> int:
+        pos = self.next_position
+        self.next_position += 1
+        return pos
+
+    def _propose(self, pos: int, entry: Any) -> list[Send]:
+        self._proposed[pos] = entry
+        self._acks[pos] = set()
+        return self._all(Accept(self.drawer, self.ballot, pos, entry))
+
+    def handle(self, sender: str, msg: Message) -> tuple[list[Send], list[Event]]:
+        if getattr(msg, "ballot", None) != self.ballot or self.phase in ("idle", "deposed"):
+            return [], []
+        if isinstance(msg, Reject):
+            return self._deposed(msg)
+        if isinstance(msg, Promise) and self.phase == "preparing":
+            self._promises[msg.voter] = msg
+            self._voter_committed[msg.voter] = msg.committed
+            if len(self._promises) >= self.majority:
+                return self._take_over()
+            return [], []
+        if isinstance(msg, Accepted) and self.phase in ("holding", "completing") and msg.position in self._acks:
+            self._acks[msg.position].add(msg.voter)
+            self._voter_committed[msg.voter] = msg.committed
+            return self._advance(news_for=msg.voter)
+        return [], []
+
+    def _take_over(self) -> tuple[list[Send], list[Event]]:
+        """Complete the ledger from a majority's answers before appending anything new."""
+        best: dict[int, tuple[Ballot, Any]] = {}
+        committed: dict[int, Any] = {}
+        for promise in self._promises.values():
+            for pos, ballot, entry in promise.accepted:
+                if pos < promise.committed:
+                    committed[pos] = entry
+                elif pos not in best or ballot > best[pos][0]:
+                    best[pos] = (ballot, entry)
+        top = max([*best, *committed], default=-1)
+        self.phase = "completing"
+        self.next_position = top + 1
+        self.ledger = []
+        out: list[Send] = []
+        for pos in range(top + 1):
+            if pos in committed:
+                self._proposed[pos] = committed[pos]
+                self._acks[pos] = set(self.voters)  # already on a majority's disk as committed
+            else:
+                out += self._propose(pos, best[pos][1] if pos in best else NOOP)
+        more, events = self._advance()
+        return out + more, events
+
+    def _advance(self, news_for: str | None = None) -> tuple[list[Send], list[Event]]:
+        """Commit what a majority accepted, in position order; tell the voters what they lack."""
+        events: list[Event] = []
+        start = len(self.ledger)
+        while len(self.ledger) in self._acks and len(self._acks[len(self.ledger)]) >= self.majority:
+            pos = len(self.ledger)
+            self.ledger.append(self._proposed.pop(pos))
+            del self._acks[pos]
+            if self.phase == "holding":
+                events.append(Committed(self.drawer, pos, self.ledger[pos]))
+        out: list[Send] = []
+        for voter in self.voters if len(self.ledger) > start else [news_for] if news_for else []:
+            known = self._voter_committed.get(voter, 0)
+            if known < len(self.ledger):
+                out.append(Send(voter, Commit(self.drawer, self.ballot, known, tuple(self.ledger[known:]))))
+        if self.phase == "completing" and len(self.ledger) == self.next_position:
+            self.phase = "holding"
+            events.append(Acquired(self.drawer, self.ballot, tuple(self.ledger)))
+        return out, events
+
+    def tick(self, now: float) -> list[Send]:
+        """Resend what is unanswered (messages get lost; positions commit only in order, so one
+        lost accept would hold up every later entry).  Call every so often."""
+        if now - self._last_retry < RETRY_SECONDS or self.phase in ("idle", "deposed"):
+            return []
+        self._last_retry = now
+        if self.phase == "preparing":
+            return [Send(v, Prepare(self.drawer, self.ballot)) for v in self.voters if v not in self._promises]
+        return [Send(v, Accept(self.drawer, self.ballot, pos, self._proposed[pos]))
+                for pos, acks in sorted(self._acks.items()) if pos in self._proposed
+                for v in self.voters if v not in acks]
+
+    def _deposed(self, msg: Reject) -> tuple[list[Send], list[Event]]:
+        self.phase = "deposed"
+        in_doubt = tuple(self._proposed[pos] for pos in sorted(self._proposed))
+        self._proposed.clear()
+        self._acks.clear()
+        return [], [Deposed(self.drawer, self.ballot, msg.locked_by, msg.until, in_doubt)]

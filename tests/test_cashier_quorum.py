@@ -1,0 +1,219 @@
+"""The drawer quorum core under seeded chaos: partitions, crashes, loss, duplication, reordering.
+
+A deterministic simulator drives the real :mod:`meshpos.cashier.quorum` state machines (no
+sockets, virtual time) and checks after every run, per drawer:
+
+* agreement - every committed ledger anyone ever reported (voters' durable prefixes, holders'
+  completed ledgers) is a prefix of one sequence: no position committed with two entries;
+* durability - after the network heals, a fresh holder's completed ledger holds every entry a
+  holder ever acknowledged as committed, at its position, and no operation twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import pytest
+
+from meshpos.cashier.quorum import (
+    LEASE_SECONDS,
+    NOOP,
+    Accept,
+    Acquired,
+    Committed,
+    Deposed,
+    Holder,
+    Prepare,
+    Reject,
+    Send,
+    Voter,
+)
+
+DRAWER = "drawer-1"
+STEP = 0.01  # virtual seconds per simulation step
+
+
+class Sim:
+    def __init__(self, seed: int, n: int, *, lease: float = LEASE_SECONDS, delay: float = 0.05) -> None:
+        self.rng = random.Random(seed)
+        self.ids = [f"pos-{k}" for k in range(1, n + 1)]
+        self.lease, self.delay = lease, delay
+        self.voters = {v: Voter(v, lease=lease) for v in self.ids}
+        self.holders: dict[str, Holder | None] = dict.fromkeys(self.ids)
+        self.max_round = dict.fromkeys(self.ids, 0)
+        self.wire: list[tuple[float, str, str, Any]] = []  # (deliver at, from, to, message)
+        self.now = 0.0
+        self.groups: list[set[str]] = [set(self.ids)]
+        self.down: dict[str, float] = {}  # crashed terminal -> when it is back
+        self.loss = self.dup = 0.0
+        self.ledgers: list[list[Any]] = []  # every committed ledger anyone reported
+        self.acknowledged: dict[int, Any] = {}
+        self.counter = 0
+        self.eagerness = 0.02  # chance per step that an idle terminal tries to take the drawer
+
+    def connected(self, a: str, b: str) -> bool:
+        return a not in self.down and b not in self.down and any(a in g and b in g for g in self.groups)
+
+    def post(self, sender: str, sends: list[Send]) -> None:
+        for s in sends:
+            copies = 2 if self.rng.random() < self.dup else 1
+            for _ in range(copies):
+                if self.rng.random() >= self.loss:
+                    self.wire.append((self.now + self.rng.uniform(0.0, self.delay), sender, s.to, s.message))
+
+    def deliver_due(self) -> None:
+        due = [m for m in self.wire if m[0] <= self.now]
+        self.wire = [m for m in self.wire if m[0] > self.now]
+        self.rng.shuffle(due)  # reordering
+        for _, sender, to, msg in due:
+            if not self.connected(sender, to):
+                continue
+            if isinstance(msg, Prepare | Accept) or type(msg).__name__ == "Commit":
+                self.post(to, self.voters[to].handle(sender, msg, self.now))
+            else:
+                holder = self.holders[to]
+                if isinstance(msg, Reject):
+                    self.max_round[to] = max(self.max_round[to], msg.promised[0])
+                if holder is not None:
+                    sends, events = holder.handle(sender, msg)
+                    self.post(to, sends)
+                    self.on_events(to, holder, events)
+
+    def on_events(self, tid: str, holder: Holder, events: list[Any]) -> None:
+        for event in events:
+            if isinstance(event, Acquired):
+                self.ledgers.append(list(event.ledger))
+            elif isinstance(event, Committed):
+                assert event.position not in self.acknowledged or self.acknowledged[event.position] == event.entry
+                self.acknowledged[event.position] = event.entry
+                self.ledgers.append(list(holder.ledger))
+            elif isinstance(event, Deposed):
+                self.holders[tid] = None
+
+    def chaos(self) -> None:
+        r = self.rng.random() * 8  # a fault every ~1.5 virtual seconds on average
+        if r < 0.004:  # a new partition (kitchen cut from the front, ...)
+            ids = self.ids[:]
+            self.rng.shuffle(ids)
+            cut = self.rng.randint(1, len(ids) - 1)
+            self.groups = [set(ids[:cut]), set(ids[cut:])]
+        elif r < 0.008:
+            self.groups = [set(self.ids)]
+        elif r < 0.010:  # crash: the voter keeps its disk, loses its memory; a holder is gone
+            victim = self.rng.choice(self.ids)
+            self.voters[victim] = Voter(victim, copy.deepcopy(self.voters[victim].states), lease=self.lease)
+            self.holders[victim] = None
+            self.down[victim] = self.now + self.rng.uniform(0.5, 5.0)  # back after a restart
+        for tid, back_at in list(self.down.items()):
+            if back_at <= self.now:
+                del self.down[tid]
+
+    def work(self) -> None:
+        tid = self.rng.choice(self.ids)
+        if tid in self.down:
+            return
+        holder = self.holders[tid]
+        if holder is None:
+            if self.rng.random() < self.eagerness:
+                holder = Holder(tid, DRAWER, self.ids, round_above=self.max_round[tid])
+                self.max_round[tid] = holder.ballot[0]
+                self.holders[tid] = holder
+                self.post(tid, holder.acquire())
+        elif holder.phase == "holding" and self.rng.random() < 0.3:
+            self.counter += 1
+            self.post(tid, holder.append({"op": f"{tid}#{self.counter}"}))
+
+    def tick(self) -> None:
+        for tid, holder in self.holders.items():
+            if holder is not None and tid not in self.down:
+                self.post(tid, holder.tick(self.now))
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            self.now += STEP
+            self.chaos()
+            self.work()
+            self.tick()
+            self.deliver_due()
+
+    def settle(self) -> list[Any]:
+        """Heal everything, wait out the leases, and let one fresh holder complete the ledger."""
+        self.groups, self.down, self.loss, self.dup = [set(self.ids)], {}, 0.0, 0.0
+        self.now += LEASE_SECONDS + 1
+        tid = self.ids[0]
+        for _attempt in range(20):
+            holder = Holder(tid, DRAWER, self.ids, round_above=max(self.max_round.values()) + 10)
+            self.holders = dict.fromkeys(self.ids)
+            self.holders[tid] = holder
+            self.post(tid, holder.acquire())
+            for _ in range(200):
+                self.now += STEP
+                self.tick()
+                self.deliver_due()
+            if holder.phase == "holding":
+                return list(holder.ledger)
+            self.now += LEASE_SECONDS + 1
+        raise AssertionError("no holder could complete the ledger on a healed network")
+
+    def check(self, final: list[Any]) -> None:
+        reported = [*self.ledgers, final, *[v.state(DRAWER).committed for v in self.voters.values()]]
+        for ledger in reported:
+            assert ledger == final[:len(ledger)], f"diverging committed ledgers:\n{ledger}\n{final}"
+        for pos, entry in self.acknowledged.items():
+            assert pos < len(final) and final[pos] == entry, f"acknowledged entry at {pos} lost: {entry}"
+        ops = [e["op"] for e in final if e != NOOP]
+        assert len(ops) == len(set(ops)), "an operation committed twice"
+
+
+@pytest.mark.parametrize("duel", [False, True], ids=["leases", "duelling"])
+@pytest.mark.parametrize("voters", [3, 5])
+@pytest.mark.parametrize("seed", range(12))
+def test_randomized_schedules_keep_the_ledger_safe(seed: int, voters: int, duel: bool) -> None:
+    """``duelling``: leases too short to matter, slow links, eager terminals - takeovers in the
+    middle of appends, the interleavings where safety rests on the ballots alone."""
+    sim = Sim(seed, voters, lease=0.05, delay=0.3) if duel else Sim(seed, voters)
+    sim.loss, sim.dup = 0.05, 0.05
+    if duel:
+        sim.eagerness = 0.05
+    sim.run(12000)
+    final = sim.settle()
+    sim.check(final)
+    assert sim.acknowledged, "the schedule committed nothing: it tests nothing"
+
+
+def test_a_deposed_holder_can_never_append_again() -> None:
+    """Fencing: once a majority promised a higher ballot, the old holder's accepts are refused."""
+    ids = ["pos-1", "pos-2", "pos-3"]
+    voters = {v: Voter(v) for v in ids}
+
+    def exchange(holder: Holder, sends: list[Send], reach: list[str], now: float) -> list[Any]:
+        events, queue = [], list(sends)
+        while queue:
+            s = queue.pop(0)
+            if s.to not in reach:
+                continue
+            for reply in voters[s.to].handle(holder.me, s.message, now):
+                more, evs = holder.handle(s.to, reply.message)
+                queue += more
+                events += evs
+        return events
+
+    old = Holder("pos-1", DRAWER, ids)
+    assert isinstance(exchange(old, old.acquire(), ids, 0.0)[-1], Acquired)
+    assert isinstance(exchange(old, old.append({"op": "a"}), ids, 0.0)[-1], Committed)
+    # pos-1 is cut off; after its lease, pos-2 takes the drawer with pos-2 and pos-3.
+    new = Holder("pos-2", DRAWER, ids, round_above=old.ballot[0])
+    early = exchange(new, new.acquire(), ["pos-2", "pos-3"], 1.0)
+    assert isinstance(early[-1], Deposed) and early[-1].locked_by == "pos-1"  # lease still runs
+    new = Holder("pos-2", DRAWER, ids, round_above=old.ballot[0])
+    taken = exchange(new, new.acquire(), ["pos-2", "pos-3"], LEASE_SECONDS + 1)
+    assert isinstance(taken[-1], Acquired) and taken[-1].ledger == ({"op": "a"},)
+    # pos-1 comes back and tries to append under its old ballot: refused, in doubt, never committed.
+    late = exchange(old, old.append({"op": "stale"}), ids, LEASE_SECONDS + 2)
+    assert isinstance(late[-1], Deposed) and late[-1].in_doubt == ({"op": "stale"},)
+    assert all(v.state(DRAWER).accepted.get(1, (None, None))[1] != {"op": "stale"} for v in voters.values()
+               if v.me != "pos-1") and old.phase == "deposed"
+    assert isinstance(exchange(new, new.append({"op": "b"}), ids, LEASE_SECONDS + 3)[-1], Committed)
+    assert new.ledger == [{"op": "a"}, {"op": "b"}]
