@@ -442,4 +442,5 @@ async def test_archived_days_recent_ones_synced_older_ones_on_request(authority:
                 assert "orders/2026-11-01" not in await b.store.doc_names()
             fetched = await b.get_order(order["id"])  # on request: asks the peers
             assert fetched["id"] == order["id"] and fetched["waiter"] == "ana"
+            await b.host.settled("orders/2026-11-01")  # the applied answer is being committed
             assert "orders/2026-11-01" in await b.store.doc_names()  # and keeps it, durably
