@@ -136,7 +136,7 @@ class Voter:
         if isinstance(msg, Prepare):
             holder = st.promised[1]
             lease = self._lease_until.get(msg.drawer, 0.0)
-            if msg.ballot < st.promised or (msg.ballot[1] != holder and now < lease and msg.ballot != st.promised):
+            if msg.ballot < st.promised or (msg.ballot[1] != holder and now < lease):
                 return [Send(sender, Reject(msg.drawer, msg.ballot, self.me, st.promised, holder,
                                             lease if now < lease else None))]
             st.promised = msg.ballot
@@ -147,8 +147,8 @@ class Voter:
         if isinstance(msg, Accept):
             if msg.ballot < st.promised:
                 return [Send(sender, Reject(msg.drawer, msg.ballot, self.me, st.promised, st.promised[1]))]
-            # The holder at work renews its lease with every append (a holder that stops
-            # appending loses the drawer LEASE_SECONDS later; appending again re-prepares).
+            # The holder at work renews its lease with every append: one that stops appending
+            # can be replaced by another terminal ``lease`` seconds after its last append.
             self._lease_until[msg.drawer] = now + self.lease
             st.promised = msg.ballot
             if msg.position >= len(st.committed):
