@@ -1,1 +1,1 @@
-"""Finding other terminals: mDNS (``_meshpos._tcp``) and static peers (filled in by the discovery issue)."""
+"""Finding the store's other terminals on the LAN: mDNS (``_meshpos._tcp``); static peers are dialled by peer.mesh."""

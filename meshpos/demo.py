@@ -20,7 +20,6 @@ from meshpos.events import Reset
 from meshpos.server import serve_api
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
-from peer.wire import decode_state_vector
 
 TERMINALS = [("pos-1", "pos"), ("kds-1", "kds"), ("waiter-1", "waiter")]
 LINK_TIMEOUT = 15.0
@@ -49,7 +48,7 @@ class _Floor:
 
     @staticmethod
     def versions(t: Terminal) -> dict[str, dict[int, int]]:
-        return {name: decode_state_vector(t.host.state_vector(name)) for name in t.host.names()}
+        return {name: t.host.versions(name) for name in t.host.names()}
 
     async def synced(self) -> float:
         """Wait until every terminal holds the same documents; the milliseconds it took."""

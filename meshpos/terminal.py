@@ -27,7 +27,7 @@ from meshpos.documents import tables as tables_doc
 from meshpos.documents.host import Operation, durable
 from meshpos.errors import InvalidInput, NotEnrolled, NotFound, PermissionDenied, Unavailable
 from meshpos.events import EventBus
-from peer.wire import decode_state_vector, orders_day
+from peer.wire import orders_day
 from storage.database import lock_data_dir
 from storage.store import Store, StoreError
 
@@ -432,8 +432,7 @@ class Terminal:
                 "bytes": len(model.doc.get_update()),
                 "pending_updates": self.store.pending_per_doc.get(name, 0),
                 "read_only": model.read_only,
-                # Yjs state vector (client id -> clock): equal on two terminals = same document.
-                "state_vector": {str(k): v for k, v in sorted(decode_state_vector(model.doc.get_state()).items())},
+                "state_vector": {str(k): v for k, v in sorted(self.host.versions(name).items())},
             }
         return {
             "terminal_id": self.config.terminal_id, "type": self.config.type,

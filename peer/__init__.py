@@ -1,4 +1,2 @@
-"""Terminal identity (store authority, enrollment, signed roster) and, next, signed links and sync.
-
-``peer.identity`` is built; the mutual-TLS WebSocket links and Yjs sync are the rest of issue 3.
-"""
+"""Terminal identity (store authority, enrollment, signed roster), the signed mutual-TLS links
+between terminals and the Yjs sync over them (docs/protocol.md)."""

@@ -82,13 +82,19 @@ class Observer:
         return self.seen[oid]
 
 
+def enrolled_store(root: Path, n: int) -> list[str]:
+    """A store authority in ``root`` and ``n`` POS terminals enrolled next to it; their ids."""
+    authority = Authority.init(root / "auth", "bench")
+    ids = [f"t{k:02d}" for k in range(n)]
+    for tid in ids:
+        authority.enroll(tid, "pos", root / tid)
+    return ids
+
+
 async def run_mesh(n: int, *, latency_samples: int, interval: float, updates: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
         root = Path(tmp)
-        authority = Authority.init(root / "auth", "bench")
-        ids = [f"t{k:02d}" for k in range(n)]
-        for tid in ids:
-            authority.enroll(tid, "pos", root / tid)
+        ids = enrolled_store(root, n)
         async with AsyncExitStack() as stack:
             terminals = []
             for tid in ids:
@@ -295,10 +301,7 @@ def run_mesh_processes(n: int, *, latency_samples: int, interval: float, updates
                        backend: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
         root = Path(tmp)
-        authority = Authority.init(root / "auth", "bench")
-        ids = [f"t{k:02d}" for k in range(n)]
-        for tid in ids:
-            authority.enroll(tid, "pos", root / tid)
+        ids = enrolled_store(root, n)
         children = _Children(root, ids, backend)
         try:
             ports = [port for (port,) in children.all("port")]

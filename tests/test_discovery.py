@@ -32,6 +32,7 @@ from peer.link import ABNORMAL
 from peer.mesh import PeerState
 from peer.wire import PROTOCOL_VERSION
 from tests.meshutil import ITEM, PRODUCT, address, config_for, converged, enroll, linked, running_mesh, wait_for
+from tests.test_mesh_process import free_ports
 from tests.test_process import run_cli
 
 STORE = "0123456789abcdef"
@@ -113,7 +114,7 @@ def test_mdns_interface_choice() -> None:
 async def test_a_bad_mdns_interface_gives_the_peer_port_back(tmp_path: Path) -> None:
     authority = Authority.init(tmp_path / "auth", "S")
     (data_dir,) = enroll(authority, tmp_path, ["a"])
-    port = free_port()
+    port = free_ports(1)[0]
     with pytest.raises(ConfigError, match="no-such-if0"):
         async with Terminal(mdns_config(data_dir, peer_port=port, mdns_interfaces=["no-such-if0"])).running():
             pass
@@ -224,7 +225,7 @@ async def test_mesh_tries_each_discovered_address_and_stops_when_lost(tmp_path: 
     dirs = enroll(authority, tmp_path, ["a", "b"])
     async with running_mesh([config_for(d, d.name) for d in dirs], link=False) as (a, b):
         assert a.mesh is not None
-        stale = f"127.0.0.1:{free_port()}"
+        stale = f"127.0.0.1:{free_ports(1)[0]}"
         a.mesh.discovered("b", [stale, address(b)])
         await wait_for(lambda: linked(a) == {"b"}, within=10)
         assert a.mesh.peers["b"].direction == "outbound"
@@ -300,12 +301,6 @@ async def test_discovery_dials_by_terminal_id_across_adverts(tmp_path: Path) -> 
         discovery._sync("b")
         assert a.mesh.dial_addresses("b") == []
         assert "revoked" in discovery.status()["seen"][0]["why_not_linked"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.anyio

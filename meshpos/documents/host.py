@@ -19,6 +19,7 @@ import anyio
 import pycrdt
 
 from meshpos.clock import Clock, iso, random_id
+from peer.wire import decode_state_vector
 from storage.store import AuditRecord, Store, StoredEvent, StoreError, Ticket
 
 log = logging.getLogger(__name__)
@@ -261,6 +262,10 @@ class DocumentHost:
 
     def state_vector(self, name: str) -> bytes:
         return self._docs[name].model.doc.get_state()
+
+    def versions(self, name: str) -> dict[int, int]:
+        """``name``'s state vector decoded (client id -> clock): equal on two terminals = same document."""
+        return decode_state_vector(self.state_vector(name))
 
     def diff(self, name: str, state_vector: bytes | None = None) -> bytes:
         doc = self._docs[name].model.doc
