@@ -66,3 +66,17 @@ class Unavailable(MeshposError):
 
     code = STORAGE_UNAVAILABLE
     http_status = 503
+
+
+class NoQuorum(MeshposError):
+    """The drawer lock is out of reach: too few voters reachable, or another terminal holds it."""
+
+    code = LOCK_TIMEOUT
+    http_status = 503
+
+
+class Conflict(MeshposError):
+    """An operation id reused for a different operation, or a review item resolved otherwise."""
+
+    code = CONFLICT_RESOLUTION_FAILED
+    http_status = 409

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from meshpos.cashier.service import Cashier
 from meshpos.clock import BusinessCalendar, Clock, iso, random_id, system_clock
 from meshpos.config import TerminalConfig
 from meshpos.documents import DocumentHost, InventoryDoc, OrdersDoc, TablesDoc
@@ -57,6 +58,8 @@ class Terminal:
         self.mesh: Mesh | None = None
         #: mDNS discovery; ``None`` when not enrolled or turned off (``--no-mdns``).
         self.discovery: Discovery | None = None
+        #: Drawers, payments and the review queue (outside the CRDT documents).
+        self.cashier: Cashier
         self._tg: anyio.abc.TaskGroup | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -81,12 +84,15 @@ class Terminal:
             await self.host.open(tables_doc.DOC_NAME, TablesDoc)
             await self.host.open(inventory_doc.DOC_NAME, InventoryDoc)
             await self._open_live_days()
+            self.cashier = Cashier(self)
+            await self.cashier.load()
             self.mesh, self.discovery = self._make_mesh(), None
             if self.mesh is not None and self.config.mdns:
                 self.discovery = self._make_discovery(self.mesh)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self.store.run)
+                await tg.start(self.cashier.run)
                 if self.mesh is not None:
                     await tg.start(self.mesh.run)
                 if self.discovery is not None:

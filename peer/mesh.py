@@ -28,6 +28,7 @@ from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography import x509
 
+from meshpos.cashier.quorum import BadMessage
 from meshpos.clock import iso, random_id
 from meshpos.config import parse_address
 from meshpos.errors import (
@@ -617,6 +618,7 @@ class Mesh:
             self._event("terminal:online", {"terminal_id": peer_id, "terminal_type": link.peer_type,
                                             "address": link.address})
         self._start_sync(link)
+        self.terminal.cashier.link_up(peer_id)
 
     def _start_sync(self, link: Link) -> None:
         host = self.terminal.host
@@ -721,6 +723,20 @@ class Mesh:
             link.wake.set()
         elif kind == "docs":
             await self._on_archived(link, value_of(message, "archived", dict))
+        elif kind == "cashier":
+            try:
+                await self.terminal.cashier.receive(link.peer_id, message)  # type: ignore[arg-type]
+            except BadMessage as exc:
+                self._close(link, INVALID_MESSAGE, str(exc))
+
+    def send_control(self, peer_id: str, message: dict[str, Any]) -> bool:
+        """Queue a control message (the cashier's) to a linked peer; ``False`` if not linked now."""
+        link = self.links.get(peer_id)
+        if link is None or link.core.state != "open":
+            return False
+        link.session.queue_control(message)
+        link.wake.set()
+        return True
 
     async def _on_archived(self, link: Link, archived: dict[str, Any]) -> None:
         """Sync the archived days that differ; fetch recent ones this terminal lacks."""

@@ -6,7 +6,7 @@ A link carries two kinds of WebSocket message:
   y-protocols sync message (``0``, sync type 0|1|2, ``varUint8Array(payload)``), the framing
   y-websocket uses, prefixed by the document name so one link multiplexes every document.  A JS
   peer encodes it with lib0's ``encoding.writeVarString`` and y-protocols' ``syncProtocol``;
-* **text** - one JSON control object with a ``"type"`` (hello, docs, resync, roster).
+* **text** - one JSON control object with a ``"type"`` (hello, docs, resync, roster, cashier).
 
 Anything else, or anything that does not parse exactly, is :class:`WireError` (close 4006).
 """
@@ -31,7 +31,7 @@ LINK_PATH = "/meshpos/v1/link"
 STEP1, STEP2, UPDATE = int(YSyncMessageType.SYNC_STEP1), int(YSyncMessageType.SYNC_STEP2), \
     int(YSyncMessageType.SYNC_UPDATE)
 _ORDERS = re.compile(r"^orders/(\d{4}-\d{2}-\d{2})$")
-CONTROL_TYPES = frozenset({"hello", "docs", "resync", "roster"})
+CONTROL_TYPES = frozenset({"hello", "docs", "resync", "roster", "cashier"})
 
 
 class WireError(Exception):

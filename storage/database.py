@@ -14,7 +14,7 @@ from typing import IO
 
 #: ``PRAGMA application_id`` of a meshpos database ("MSHP"); foreign SQLite files lack it.
 APPLICATION_ID = 0x4D534850
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 SCHEMA = """
@@ -53,6 +53,43 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_by_entity ON audit (entity, entity_id);
 """
+
+#: Schema 2: the cashier (meshpos/cashier).  Money lives here, never in a CRDT document.
+#: ``cashier_votes`` and ``cashier_accepted`` are a voter's quorum state (what it promised and
+#: accepted, durable before it answers); ``cashier_ledger`` is the committed ledger as this
+#: terminal knows it (every terminal keeps one); ``cashier_provisional`` holds entries taken
+#: without a majority until they are committed or sent to review.
+CASHIER_SCHEMA = """
+CREATE TABLE cashier_votes (drawer TEXT PRIMARY KEY, round INTEGER NOT NULL, holder TEXT NOT NULL);
+CREATE TABLE cashier_accepted (
+    drawer TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    holder TEXT NOT NULL,
+    entry TEXT NOT NULL,
+    PRIMARY KEY (drawer, position)
+);
+CREATE TABLE cashier_ledger (
+    drawer TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    learned_at TEXT NOT NULL,
+    PRIMARY KEY (drawer, position)
+);
+CREATE TABLE cashier_provisional (
+    drawer TEXT NOT NULL,
+    op_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    entry TEXT NOT NULL,
+    state TEXT NOT NULL,
+    position INTEGER,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (drawer, op_id)
+);
+"""
+#: What upgrading a database of schema ``n - 1`` to ``n`` runs (one transaction per step).
+MIGRATIONS = {2: CASHIER_SCHEMA}
 
 
 class DatabaseError(Exception):
@@ -95,16 +132,40 @@ def open_database(path: Path) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout=5000")
         if not existed:
             conn.execute("BEGIN IMMEDIATE")
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
+            _run_script(conn, SCHEMA + "".join(MIGRATIONS[v] for v in sorted(MIGRATIONS)))
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
+        else:
+            _migrate(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    for stmt in script.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older meshpos database up to :data:`SCHEMA_VERSION`, one step per transaction.
+
+    A step only adds tables, and commits with its new ``user_version``: a crash mid-way leaves
+    the previous version, whole, and the next start runs the step again.
+    """
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _run_script(conn, MIGRATIONS[target])
+            conn.execute(f"PRAGMA user_version={target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
 
 def _verify_existing(conn: sqlite3.Connection, path: Path) -> None:

@@ -96,6 +96,7 @@ class _Record:
     audit: AuditRecord | None
     ticket: Ticket
     snapshot: bytes | None = None
+    sql: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
 
 
 class Store:
@@ -166,14 +167,19 @@ class Store:
         at: str,
         events: Iterable[tuple[str, dict[str, Any]]] = (),
         audit: AuditRecord | None = None,
+        sql: Iterable[tuple[str, tuple[Any, ...]]] = (),
     ) -> Ticket:
-        """Queue one update (with the events it produced and its audit row) for the next commit."""
+        """Queue one update (with the events it produced and its audit row) for the next commit.
+
+        ``sql``: statements of another subsystem (the cashier ledger) that must be durable
+        together with the events; they run in the batch's transaction, in enqueue order.
+        """
         if self._closed:
             raise StoreError("store is closed")
         if doc in self.stale_docs:
             raise StoreError(f"document {doc} must be reloaded after a failed commit")
         ticket = Ticket()
-        self._queue.append(_Record(doc, update, origin, at, list(events), audit, ticket))
+        self._queue.append(_Record(doc, update, origin, at, list(events), audit, ticket, sql=list(sql)))
         self._wakeup.set()
         return ticket
 
@@ -210,6 +216,7 @@ class Store:
         event_rows: list[tuple[int, str, str, str]] = []
         audit_rows: list[tuple[Any, ...]] = []
         snapshots: list[tuple[str, bytes, int, str]] = []
+        statements: list[tuple[str, tuple[Any, ...]]] = []
         per_record_events: list[list[StoredEvent]] = []
         next_id = self._last_update_id
         next_cursor = self._next_cursor
@@ -227,6 +234,7 @@ class Store:
                 event_rows.append((next_cursor, etype, rec.at, json.dumps(payload, separators=(",", ":"))))
                 next_cursor += 1
             per_record_events.append(stored)
+            statements.extend(rec.sql)
             if rec.audit is not None:
                 a = rec.audit
                 audit_rows.append((
@@ -250,6 +258,8 @@ class Store:
                         " at, before, after) VALUES (?,?,?,?,?,?,?,?,?)",
                         audit_rows,
                     )
+                for stmt, params in statements:
+                    db.execute(stmt, params)
                 for doc, state, upto, at in snapshots:
                     db.execute(
                         "INSERT INTO snapshots (doc, data, upto, taken_at) VALUES (?,?,?,?) "
@@ -372,6 +382,10 @@ class Store:
                 return
             after = rows[-1][0]
             yield None, [bytes(r[1]) for r in rows]
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Read committed rows (another subsystem's tables, e.g. the cashier's)."""
+        return await self._read(sql, params)
 
     async def doc_names(self) -> list[str]:
         rows = await self._read("SELECT doc FROM snapshots UNION SELECT DISTINCT doc FROM updates")

@@ -117,7 +117,10 @@ class Sim:
         holder = self.holders[tid]
         if holder is None:
             if self.rng.random() < self.eagerness:
-                holder = Holder(tid, DRAWER, self.ids, round_above=self.max_round[tid])
+                # Starts from the committed prefix its own voter holds (as the real shell does):
+                # voters then report only what lies above it (Prepare.known).
+                known = self.voters[tid].state(DRAWER).committed if self.rng.random() < 0.5 else []
+                holder = Holder(tid, DRAWER, self.ids, round_above=self.max_round[tid], ledger=list(known))
                 self.max_round[tid] = holder.ballot[0]
                 self.holders[tid] = holder
                 self.post(tid, holder.acquire())

@@ -48,6 +48,9 @@ NOOP = {"kind": "noop"}  # fills a position no majority member had accepted anyt
 class Prepare:
     drawer: str
     ballot: Ballot
+    #: The holder already knows the committed ledger below this position: voters report only
+    #: what lies at or above it, so a prepare costs the same on day 1 and on day 300.
+    known: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +102,15 @@ class Commit:
     entries: tuple[Any, ...]
 
 
-Message = Prepare | Promise | Reject | Accept | Accepted | Commit
+@dataclass(frozen=True, slots=True)
+class Release:
+    """The holder is done with the drawer (it closed): voters drop its lease at once."""
+
+    drawer: str
+    ballot: Ballot
+
+
+Message = Prepare | Promise | Reject | Accept | Accepted | Commit | Release
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +153,7 @@ class Voter:
             st.promised = msg.ballot
             self._lease_until[msg.drawer] = now + self.lease
             accepted = tuple(sorted((pos, b, e) for pos, (b, e) in st.accepted.items() if pos >= len(st.committed)))
-            committed = tuple((pos, NO_BALLOT, e) for pos, e in enumerate(st.committed))
+            committed = tuple((pos, NO_BALLOT, e) for pos, e in enumerate(st.committed[msg.known:], msg.known))
             return [Send(sender, Promise(msg.drawer, msg.ballot, self.me, committed + accepted, len(st.committed)))]
         if isinstance(msg, Accept):
             if msg.ballot < st.promised:
@@ -163,7 +174,28 @@ class Voter:
                     st.committed.append(entry)
                     st.accepted.pop(pos, None)
             return []
+        if isinstance(msg, Release):
+            if msg.ballot == st.promised:
+                self._lease_until.pop(msg.drawer, None)
+            return []
         return []
+
+    def learn(self, drawer: str, start: int, entries: list[Any] | tuple[Any, ...]) -> int:
+        """Append committed entries a peer relayed (catch-up after being away); returns how many
+        were new.  Committed entries are final whoever relays them, so no ballot is checked."""
+        return learn(self.state(drawer), start, entries)
+
+
+def learn(st: VoterState, start: int, entries: list[Any] | tuple[Any, ...]) -> int:
+    """Extend ``st.committed`` with the part of ``entries`` (starting at ``start``) it lacks."""
+    added = 0
+    for offset, entry in enumerate(entries):
+        pos = start + offset
+        if pos == len(st.committed):
+            st.committed.append(entry)
+            st.accepted.pop(pos, None)
+            added += 1
+    return added
 
 
 # -- holder ----------------------------------------------------------------------------------------
@@ -193,6 +225,7 @@ class Deposed:
     locked_by: str
     until: float | None
     in_doubt: tuple[Any, ...]
+    promised: Ballot = NO_BALLOT  # the ballot the refusing voter promised: outbid it next time
 
 
 Event = Acquired | Committed | Deposed
@@ -201,18 +234,21 @@ Event = Acquired | Committed | Deposed
 class Holder:
     """One terminal's attempt to hold one drawer, and its appends while it does."""
 
-    def __init__(self, me: str, drawer: str, voters: list[str], *, round_above: int = 0) -> None:
+    def __init__(self, me: str, drawer: str, voters: list[str], *, round_above: int = 0,
+                 ledger: list[Any] | tuple[Any, ...] = ()) -> None:
+        """``ledger``: the committed ledger this terminal already knows (a prefix of the truth)."""
         self.me, self.drawer, self.voters = me, drawer, sorted(voters)
         self.ballot: Ballot = (round_above + 1, me)
         self.phase = "idle"
         self._promises: dict[str, Promise] = {}
         self._acks: dict[int, set[str]] = {}
         self._proposed: dict[int, Any] = {}
-        self.ledger: list[Any] = []  # committed entries, dense
+        self.ledger: list[Any] = list(ledger)  # committed entries, dense
+        self._known = len(self.ledger)
         self._last_retry = float("-inf")
         #: How much of the ledger each voter is known to have committed (from its answers).
         self._voter_committed: dict[str, int] = {}
-        self.next_position = 0
+        self.next_position = len(self.ledger)
 
     @property
     def majority(self) -> int:
@@ -224,7 +260,17 @@ class Holder:
     def acquire(self) -> list[Send]:
         self.phase = "preparing"
         self._promises.clear()
-        return self._all(Prepare(self.drawer, self.ballot))
+        return self._all(Prepare(self.drawer, self.ballot, self._known))
+
+    def release(self) -> list[Send]:
+        """Give the drawer up (after closing it): voters stop holding others off."""
+        self.phase = "released"
+        return self._all(Release(self.drawer, self.ballot))
+
+    @property
+    def in_flight(self) -> dict[int, Any]:
+        """Appended, not yet committed: position -> entry."""
+        return {pos: e for pos, e in self._proposed.items() if pos >= len(self.ledger)}
 
     def append(self, entry: Any) -> list[Send]:
         """Propose ``entry`` at the next position (only while holding)."""
@@ -243,8 +289,10 @@ class Holder:
         return self._all(Accept(self.drawer, self.ballot, pos, entry))
 
     def handle(self, sender: str, msg: Message) -> tuple[list[Send], list[Event]]:
-        if getattr(msg, "ballot", None) != self.ballot or self.phase in ("idle", "deposed"):
+        if getattr(msg, "ballot", None) != self.ballot or self.phase in ("idle", "deposed", "released"):
             return [], []
+        if getattr(msg, "voter", None) not in self.voters or msg.voter != sender:
+            return [], []  # answers count only from the voters themselves
         if isinstance(msg, Reject):
             return self._deposed(msg)
         if isinstance(msg, Promise) and self.phase == "preparing":
@@ -269,12 +317,12 @@ class Holder:
                     committed[pos] = entry
                 elif pos not in best or ballot > best[pos][0]:
                     best[pos] = (ballot, entry)
-        top = max([*best, *committed], default=-1)
+        base = len(self.ledger)
+        top = max([*best, *committed, base - 1])
         self.phase = "completing"
         self.next_position = top + 1
-        self.ledger = []
         out: list[Send] = []
-        for pos in range(top + 1):
+        for pos in range(base, top + 1):
             if pos in committed:
                 self._proposed[pos] = committed[pos]
                 self._acks[pos] = set(self.voters)  # already on a majority's disk as committed
@@ -306,7 +354,7 @@ class Holder:
     def tick(self, now: float) -> list[Send]:
         """Resend what is unanswered (messages get lost; positions commit only in order, so one
         lost accept would hold up every later entry).  Call every so often."""
-        if now - self._last_retry < RETRY_SECONDS or self.phase in ("idle", "deposed"):
+        if now - self._last_retry < RETRY_SECONDS or self.phase in ("idle", "deposed", "released"):
             return []
         self._last_retry = now
         if self.phase == "preparing":
@@ -320,4 +368,94 @@ class Holder:
         in_doubt = tuple(self._proposed[pos] for pos in sorted(self._proposed))
         self._proposed.clear()
         self._acks.clear()
-        return [], [Deposed(self.drawer, self.ballot, msg.locked_by, msg.until, in_doubt)]
+        return [], [Deposed(self.drawer, self.ballot, msg.locked_by, msg.until, in_doubt, msg.promised)]
+
+
+# -- on the wire -----------------------------------------------------------------------------------
+# Quorum messages travel as JSON control messages ``{"type": "cashier", "m": <kind>, ...}`` on the
+# signed peer links (docs/protocol.md).  A lease end is a point on the voter's own monotonic clock,
+# meaningless elsewhere: it travels as the seconds left (``lease_left``).
+
+_KINDS: dict[str, type] = {"prepare": Prepare, "promise": Promise, "reject": Reject, "accept": Accept,
+                           "accepted": Accepted, "commit": Commit, "release": Release}
+_NAMES = {cls: name for name, cls in _KINDS.items()}
+
+
+class BadMessage(ValueError):
+    """A quorum message that does not parse exactly (the link closes with 4006)."""
+
+
+def to_wire(msg: Message, now: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "cashier", "m": _NAMES[type(msg)]}
+    for name in msg.__slots__:  # type: ignore[attr-defined]
+        value = getattr(msg, name)
+        if name == "until":
+            out["lease_left"] = None if value is None else round(max(0.0, value - now), 3)
+        elif name == "accepted":
+            out[name] = [[pos, list(b), e] for pos, b, e in value]
+        elif name == "entries":
+            out[name] = list(value)
+        else:
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _ballot(value: Any) -> Ballot:
+    if (not isinstance(value, list) or len(value) != 2 or type(value[0]) is not int or value[0] < 0
+            or not isinstance(value[1], str)):
+        raise BadMessage(f"ballot must be [round, terminal id], not {value!r:.80}")
+    return (value[0], value[1])
+
+
+def _count(value: Any, name: str) -> int:
+    if type(value) is not int or value < 0:
+        raise BadMessage(f"{name} must be a non-negative integer")
+    return value
+
+
+def from_wire(data: dict[str, Any], now: float, check_entry: Any = None) -> Message:
+    """Parse a quorum message; ``check_entry(entry)`` raises ``ValueError`` for a malformed entry."""
+    cls = _KINDS.get(data.get("m"))  # type: ignore[arg-type]
+    if cls is None:
+        raise BadMessage(f"unknown cashier message {data.get('m')!r:.40}")
+    fields = set(cls.__slots__) | {"type", "m"}
+    if "until" in fields:
+        fields = (fields - {"until"}) | {"lease_left"}
+    if set(data) != fields:
+        raise BadMessage(f"cashier {data['m']} message needs exactly {sorted(fields - {'type', 'm'})}")
+
+    def entry(e: Any) -> Any:
+        if check_entry is not None:
+            try:
+                check_entry(e)
+            except ValueError as exc:
+                raise BadMessage(f"cashier {data['m']}: {exc}") from None
+        return e
+
+    kw: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in ("type", "m"):
+            continue
+        if name in ("drawer", "voter", "locked_by"):
+            if not isinstance(value, str):
+                raise BadMessage(f"{name} must be a string")
+            kw[name] = value
+        elif name in ("ballot", "promised"):
+            kw[name] = _ballot(value)
+        elif name in ("known", "committed", "position", "start"):
+            kw[name] = _count(value, name)
+        elif name == "lease_left":
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+                raise BadMessage("lease_left must be seconds or null")
+            kw["until"] = None if value is None else now + float(value)
+        elif name == "accepted":
+            if not isinstance(value, list) or not all(isinstance(a, list) and len(a) == 3 for a in value):
+                raise BadMessage("accepted must be a list of [position, ballot, entry]")
+            kw[name] = tuple((_count(p, "position"), _ballot(b), entry(e)) for p, b, e in value)
+        elif name == "entries":
+            if not isinstance(value, list):
+                raise BadMessage("entries must be a list")
+            kw[name] = tuple(entry(e) for e in value)
+        elif name == "entry":
+            kw[name] = entry(value)
+    return cls(**kw)

@@ -1,0 +1,794 @@
+"""The cashier of one terminal: the quorum cores wired to storage, the peer links and the API.
+
+Decisions live in :mod:`meshpos.cashier.quorum` (who may append, what is committed) and
+:mod:`meshpos.cashier.ledger` (what the money adds up to, which request is refused); this module
+moves their messages and makes every state change durable before it is answered:
+
+* as a **voter** (the roster's POS terminals), a quorum message is handled, the changed voter
+  state is queued on the store's group commit, and the reply leaves only once that is on disk;
+* as a **holder**, a request takes the drawer (or keeps it), completes the ledger, validates,
+  appends, and answers once a majority stored the entry and this terminal's copy is on disk;
+* as a **learner** (every terminal), committed entries reach its own ledger copy - relayed by the
+  holder, or exchanged at link-up (``heads`` / ``ledger``) - and raise the domain events there;
+* without a majority, a request with ``allow_provisional`` is stored **provisionally**; the
+  reconciler commits it after the heal, or appends it ``in_review`` when it conflicts.
+
+Requests on one drawer are taken one at a time on a terminal (validation sees every earlier
+entry); different drawers proceed in parallel.  Everything runs in the terminal's task group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from meshpos.cashier import ledger
+from meshpos.cashier.quorum import (
+    RETRY_SECONDS,
+    Accept,
+    Acquired,
+    BadMessage,
+    Commit,
+    Committed,
+    Deposed,
+    Holder,
+    Message,
+    Prepare,
+    Release,
+    Send,
+    Voter,
+    VoterState,
+    from_wire,
+    learn,
+    to_wire,
+)
+from meshpos.clock import iso, random_id
+from meshpos.errors import Conflict, InvalidInput, NoQuorum, NotEnrolled, NotFound
+from storage.store import StoreError, Ticket
+
+if TYPE_CHECKING:
+    from meshpos.terminal import Terminal
+
+log = logging.getLogger(__name__)
+
+#: Taking a drawer fails (503, code 4009) if a majority has not promised within this.
+ACQUIRE_TIMEOUT = 2.0
+#: An append not committed within this is *in doubt* (retry with the same op_id).
+COMMIT_TIMEOUT = 3.0
+#: A holder that appended nothing for this long gives the drawer up, so another terminal (or the
+#: reconciler of one) takes it at once instead of waiting out the 10 s lease.
+IDLE_RELEASE_SECONDS = 1.0
+#: A request refused by another holder's lease waits this long once before failing (lock_failed).
+LOCK_WAIT_SECONDS = IDLE_RELEASE_SECONDS + 2 * RETRY_SECONDS
+#: How often provisional entries are retried once a majority may be back.
+RECONCILE_SECONDS = 1.0
+#: Committed entries per ``ledger`` relay message (keeps it far below the 1 MB control limit).
+RELAY_CHUNK = 200
+_DRAWER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def check_drawer(name: str) -> str:
+    if not 1 <= len(name) <= 32 or not set(name) <= _DRAWER_CHARS:
+        raise InvalidInput(f"drawer name {name[:40]!r}: 1-32 letters, digits, '_' or '-'")
+    return name
+
+
+class InDoubt(Exception):
+    """The holder lost the drawer (or the voters went quiet) with an append in flight."""
+
+
+@dataclass(eq=False)
+class _Hold:
+    """A :class:`Holder` at work and the requests waiting on it."""
+
+    holder: Holder
+    ready: anyio.Event = field(default_factory=anyio.Event)  # acquired or deposed
+    deposed: Deposed | None = None
+    waiting: dict[int, anyio.Event] = field(default_factory=dict)
+    committed: dict[int, Any] = field(default_factory=dict)
+    last_used: float = field(default_factory=anyio.current_time)
+
+
+class Cashier:
+    def __init__(self, terminal: Terminal) -> None:
+        self.t = terminal
+        self.me = terminal.config.terminal_id
+        self.states: dict[str, VoterState] = {}  # per drawer: votes, accepted, committed ledger
+        self.voter = Voter(self.me, self.states)
+        self.drawers: dict[str, ledger.Drawer] = {}  # the committed ledgers, added up
+        self.provisional: dict[str, dict[str, dict[str, Any]]] = {}  # drawer -> op_id -> row
+        self._holds: dict[str, _Hold] = {}
+        self._rounds: dict[str, int] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._seq = 0
+        self._local_send, self._local_recv = anyio.create_memory_object_stream[Message](math.inf)
+        self._reconcile_now = anyio.Event()
+        self.stats = {"commits": 0, "acquisitions": 0, "provisional": 0, "reviews": 0}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the voter state, the committed ledgers and the provisional entries from disk."""
+        q = self.t.store.query
+        for drawer, rnd, holder in await q("SELECT drawer, round, holder FROM cashier_votes"):
+            self.voter.state(drawer).promised = (rnd, holder)
+        for drawer, pos, rnd, holder, entry in await q(
+                "SELECT drawer, position, round, holder, entry FROM cashier_accepted"):
+            self.voter.state(drawer).accepted[pos] = ((rnd, holder), json.loads(entry))
+        for drawer, pos, entry in await q("SELECT drawer, position, entry FROM cashier_ledger "
+                                          "ORDER BY drawer, position"):
+            st = self.voter.state(drawer)
+            if pos != len(st.committed):
+                raise StoreError(f"cashier ledger of drawer {drawer} has a gap at position {len(st.committed)}")
+            st.committed.append(json.loads(entry))
+        for drawer, st in self.states.items():
+            self.drawers[drawer] = ledger.fold(drawer, st.committed)
+        for drawer, op_id, seq, entry, state, pos, created in await q(
+                "SELECT drawer, op_id, seq, entry, state, position, created_at FROM cashier_provisional ORDER BY seq"):
+            self.provisional.setdefault(drawer, {})[op_id] = {
+                "entry": json.loads(entry), "state": state, "position": pos, "seq": seq, "created_at": created}
+            self._seq = max(self._seq, seq)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._local_loop, self._local_recv)
+            tg.start_soon(self._ticker)
+            tg.start_soon(self._reconciler)
+            task_status.started()
+
+    # -- who votes -----------------------------------------------------------------------------
+
+    def voters(self) -> list[str]:
+        """The roster's POS terminals; a terminal not enrolled in a store is its own only voter."""
+        if self.t.mesh is not None:
+            return self.t.mesh.roster.voters()
+        return [self.me] if self.t.config.type == "pos" else []
+
+    def reachable(self, voters: list[str]) -> list[str]:
+        links = self.t.mesh.links if self.t.mesh is not None else {}
+        return [v for v in voters if v == self.me or v in links]
+
+    def quorum(self) -> dict[str, Any]:
+        voters = self.voters()
+        return {"voters": voters, "reachable": self.reachable(voters), "majority": len(voters) // 2 + 1}
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _send(self, sends: list[Send]) -> None:
+        now = anyio.current_time()
+        for s in sends:
+            if s.to == self.me:
+                self._local_send.send_nowait(s.message)
+            elif self.t.mesh is not None:
+                self.t.mesh.send_control(s.to, to_wire(s.message, now))  # unreachable: the holder resends
+
+    async def _local_loop(self, receive: MemoryObjectReceiveStream[Message]) -> None:
+        async with receive:
+            async for msg in receive:
+                await self._deliver(self.me, msg)
+
+    async def receive(self, sender: str, data: dict[str, Any]) -> None:
+        """A ``cashier`` control message from an authenticated peer (raises :class:`BadMessage`)."""
+        kind = data.get("m")
+        if kind == "heads":
+            self._on_heads(sender, data)
+        elif kind == "ledger":
+            await self._on_relay(sender, data)
+        else:
+            await self._deliver(sender, from_wire(data, anyio.current_time(), ledger.check_entry))
+
+    async def _deliver(self, sender: str, msg: Message) -> None:
+        if isinstance(msg, Prepare | Accept | Commit | Release):
+            await self._vote(sender, msg)
+        else:
+            self._answer(sender, msg)
+
+    async def _vote(self, sender: str, msg: Message) -> None:
+        if self.me not in self.voters():
+            return
+        check_drawer_wire(msg.drawer)
+        st = self.voter.state(msg.drawer)
+        before = (st.promised, dict(st.accepted), len(st.committed))
+        replies = self.voter.handle(sender, msg, anyio.current_time())
+        ticket = self._persist(msg.drawer, *before)
+        if ticket is not None:
+            await ticket.wait()  # durable before any answer leaves
+        self._send(replies)
+
+    def _answer(self, sender: str, msg: Message) -> None:
+        hold = self._holds.get(msg.drawer)
+        if hold is None:
+            return
+        sends, events = hold.holder.handle(sender, msg)
+        self._send(sends)
+        for event in events:
+            if isinstance(event, Acquired):
+                hold.ready.set()
+            elif isinstance(event, Committed):
+                hold.committed[event.position] = event.entry
+                self._learn(event.drawer, event.position, [event.entry])
+                self._relay(event.drawer, event.position, [event.entry])
+                waiter = hold.waiting.pop(event.position, None)
+                if waiter is not None:
+                    waiter.set()
+            elif isinstance(event, Deposed):
+                hold.deposed = event
+                self._rounds[event.drawer] = max(self._rounds.get(event.drawer, 0), event.promised[0])
+                if self._holds.get(event.drawer) is hold:
+                    del self._holds[event.drawer]
+                hold.ready.set()
+                for waiter in hold.waiting.values():
+                    waiter.set()
+                hold.waiting.clear()
+
+    async def _ticker(self) -> None:
+        while True:
+            await anyio.sleep(RETRY_SECONDS)
+            now = anyio.current_time()
+            for drawer, hold in list(self._holds.items()):
+                idle = now - hold.last_used > IDLE_RELEASE_SECONDS and not hold.waiting
+                if idle and hold.holder.phase == "holding" and not self._lock(drawer).locked():
+                    await self._release(drawer)
+                else:
+                    self._send(hold.holder.tick(now))
+
+    # -- the ledger copy every terminal keeps ------------------------------------------------
+
+    def _persist(self, drawer: str, promised: tuple[int, str], accepted: dict[int, Any],
+                 committed_len: int) -> Ticket | None:
+        """Queue what changed in ``drawer``'s state since (promised, accepted, committed_len)."""
+        st = self.states[drawer]
+        sql: list[tuple[str, tuple[Any, ...]]] = []
+        if st.promised != promised:
+            sql.append(("INSERT INTO cashier_votes (drawer, round, holder) VALUES (?,?,?) ON CONFLICT (drawer) "
+                        "DO UPDATE SET round = excluded.round, holder = excluded.holder",
+                        (drawer, st.promised[0], st.promised[1])))
+        for pos, (ballot, entry) in st.accepted.items():
+            if accepted.get(pos) != (ballot, entry):
+                sql.append(("INSERT OR REPLACE INTO cashier_accepted (drawer, position, round, holder, entry) "
+                            "VALUES (?,?,?,?,?)", (drawer, pos, ballot[0], ballot[1], _dump(entry))))
+        events: list[tuple[str, dict[str, Any]]] = []
+        if len(st.committed) > committed_len:
+            at = iso(self.t.clock())
+            sql.append(("DELETE FROM cashier_accepted WHERE drawer = ? AND position < ?", (drawer, len(st.committed))))
+            d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
+            for pos in range(committed_len, len(st.committed)):
+                entry = st.committed[pos]
+                sql.append(("INSERT INTO cashier_ledger (drawer, position, entry, learned_at) VALUES (?,?,?,?)",
+                            (drawer, pos, _dump(entry), at)))
+                ledger.apply(d, pos, entry)
+                events.extend(_events_of(d, pos))
+        if not sql:
+            return None
+        return self.t.store.enqueue(doc=None, update=None, origin="cashier", at=iso(self.t.clock()),
+                                    events=events, sql=sql)
+
+    def _learn(self, drawer: str, start: int, entries: list[Any]) -> Ticket | None:
+        st = self.voter.state(drawer)
+        before = (st.promised, dict(st.accepted), len(st.committed))
+        if learn(st, start, entries) == 0:
+            return None
+        return self._persist(drawer, *before)
+
+    def _relay(self, drawer: str, start: int, entries: list[Any]) -> None:
+        """Hand fresh commits to the linked terminals that do not vote (voters get ``Commit``)."""
+        mesh = self.t.mesh
+        if mesh is None:
+            return
+        voters = set(self.voters())
+        for peer_id in list(mesh.links):
+            if peer_id not in voters:
+                mesh.send_control(peer_id, {"type": "cashier", "m": "ledger", "drawer": drawer,
+                                            "start": start, "entries": entries})
+
+    def link_up(self, peer_id: str) -> None:
+        """A peer linked: tell it how far each ledger goes here, so each side sends what the other lacks."""
+        assert self.t.mesh is not None
+        heads = {drawer: len(st.committed) for drawer, st in self.states.items()}
+        self.t.mesh.send_control(peer_id, {"type": "cashier", "m": "heads", "drawers": heads})
+        self._reconcile_now.set()
+
+    def _on_heads(self, sender: str, data: dict[str, Any]) -> None:
+        heads = data.get("drawers")
+        if not isinstance(heads, dict) or not all(type(v) is int and v >= 0 for v in heads.values()):
+            raise BadMessage("heads: drawers must map drawer names to ledger lengths")
+        assert self.t.mesh is not None
+        for drawer, st in self.states.items():
+            theirs = heads.get(drawer, 0)
+            for start in range(theirs, len(st.committed), RELAY_CHUNK):
+                self.t.mesh.send_control(sender, {"type": "cashier", "m": "ledger", "drawer": drawer, "start": start,
+                                                  "entries": st.committed[start:start + RELAY_CHUNK]})
+
+    async def _on_relay(self, sender: str, data: dict[str, Any]) -> None:
+        drawer, start, entries = data.get("drawer"), data.get("start"), data.get("entries")
+        if not isinstance(drawer, str) or type(start) is not int or start < 0 or not isinstance(entries, list):
+            raise BadMessage("ledger: needs drawer, start and entries")
+        check_drawer_wire(drawer)
+        for entry in entries:
+            try:
+                ledger.check_entry(entry)
+            except ValueError as exc:
+                raise BadMessage(f"ledger: {exc}") from None
+        mine = self.voter.state(drawer).committed
+        have = len(mine)
+        differ = [start + k for k, e in enumerate(entries[:max(0, have - start)]) if mine[start + k] != e]
+        if differ:
+            # Two committed ledgers disagree: only possible if the voter set changed while a drawer
+            # was in use (docs/cashier.md, "Changing the voters").  Never silent: an alarm event.
+            log.error("drawer %s: %s's committed ledger differs from this one at positions %s", drawer, sender,
+                      differ[:10])
+            await self._event("cashier:divergence", {"drawer": drawer, "peer": sender, "positions": differ[:100]})
+        if start > have:  # a gap: ask the sender for everything from where this copy ends
+            assert self.t.mesh is not None
+            self.t.mesh.send_control(sender, {"type": "cashier", "m": "heads", "drawers": {drawer: have}})
+            return
+        ticket = self._learn(drawer, start, entries)
+        if ticket is not None:
+            await ticket.wait()
+
+    async def _durable_barrier(self) -> None:
+        """Wait until everything queued so far is on disk (batches commit in order)."""
+        await self.t.store.enqueue(doc=None, update=None, origin="cashier", at=iso(self.t.clock())).wait()
+
+    async def _event(self, kind: str, payload: dict[str, Any]) -> None:
+        """Record a lock event (durable before the request it explains is answered)."""
+        try:
+            await self.t.store.enqueue(doc=None, update=None, origin="cashier", at=iso(self.t.clock()),
+                                       events=[(kind, payload)]).wait()
+        except StoreError:
+            log.warning("could not record %s %s", kind, payload)
+
+    # -- holding a drawer ----------------------------------------------------------------------
+
+    def _lock(self, drawer: str) -> anyio.Lock:
+        return self._locks.setdefault(drawer, anyio.Lock())
+
+    def _no_majority(self, drawer: str) -> str | None:
+        q = self.quorum()
+        if not q["voters"]:
+            raise NotEnrolled("this store has no POS terminal to vote on drawers; enroll one (type pos)")
+        if len(q["reachable"]) < q["majority"]:
+            return (f"cannot reach a majority of the POS voters for drawer {drawer}: {len(q['reachable'])} of "
+                    f"{len(q['voters'])} reachable, {q['majority']} needed")
+        return None
+
+    async def _hold(self, drawer: str) -> _Hold:
+        hold = self._holds.get(drawer)
+        if hold is not None and hold.holder.phase == "holding":
+            return hold
+        why = self._no_majority(drawer)
+        if why is not None:
+            raise NoQuorum(why)
+        voters = self.voters()
+        for _attempt in range(3):
+            st = self.voter.state(drawer)
+            round_above = max(self._rounds.get(drawer, 0), st.promised[0])
+            holder = Holder(self.me, drawer, voters, round_above=round_above, ledger=st.committed)
+            self._rounds[drawer] = holder.ballot[0]
+            hold = _Hold(holder)
+            self._holds[drawer] = hold
+            self._send(holder.acquire())
+            with anyio.move_on_after(ACQUIRE_TIMEOUT):
+                await hold.ready.wait()
+            if holder.phase == "holding":
+                self.stats["acquisitions"] += 1
+                known = len(st.committed)
+                ticket = self._learn(drawer, known, holder.ledger[known:])
+                if ticket is not None:
+                    await ticket.wait()
+                await self._event("lock_acquired", {"drawer": drawer, "holder": self.me, "ballot": list(holder.ballot)})
+                return hold
+            if self._holds.get(drawer) is hold:
+                del self._holds[drawer]
+            refused = hold.deposed
+            if refused is not None and refused.until is not None and refused.locked_by != self.me:
+                if _attempt == 0:  # an idle holder releases within LOCK_WAIT_SECONDS: try once more
+                    await anyio.sleep(min(refused.until - anyio.current_time(), LOCK_WAIT_SECONDS))
+                    continue
+                until = iso(self.t.clock() + timedelta(seconds=max(0.0, refused.until - anyio.current_time())))
+                await self._event("lock_failed", {"drawer": drawer, "locked_by": refused.locked_by, "locked_until": until})
+                raise NoQuorum(f"drawer {drawer} is locked by {refused.locked_by} until {until}")
+            if refused is None:
+                break  # no majority answered in time
+        q = self.quorum()
+        await self._event("lock_failed", {"drawer": drawer, "locked_by": None, "locked_until": None})
+        raise NoQuorum(f"lock timeout: no majority of the POS voters answered for drawer {drawer} within "
+                       f"{ACQUIRE_TIMEOUT:g} s ({len(q['reachable'])} of {len(q['voters'])} linked, "
+                       f"{q['majority']} needed)")
+
+    async def _append(self, hold: _Hold, entry: dict[str, Any]) -> int:
+        pos = hold.holder.next_position
+        hold.last_used = anyio.current_time()
+        done = hold.waiting[pos] = anyio.Event()
+        self._send(hold.holder.append(entry))
+        with anyio.move_on_after(COMMIT_TIMEOUT):
+            await done.wait()
+        if pos not in hold.committed:
+            if self._holds.get(hold.holder.drawer) is hold:
+                del self._holds[hold.holder.drawer]  # take the drawer afresh next time
+            raise InDoubt(f"op {entry['op_id']} at position {pos}")
+        await self._durable_barrier()  # this terminal's copy of the entry is on disk too
+        self.stats["commits"] += 1
+        return pos
+
+    async def _release(self, drawer: str) -> None:
+        hold = self._holds.pop(drawer, None)
+        if hold is not None:
+            self._send(hold.holder.release())
+            await self._event("lock_released", {"drawer": drawer, "holder": self.me})
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def _entry(self, drawer: str, kind: str, op_id: str | None, user: str | None, **fields: Any) -> dict[str, Any]:
+        if op_id is not None and not 1 <= len(op_id) <= 64:
+            raise InvalidInput("op_id must be 1-64 characters")
+        return {"kind": kind, "op_id": op_id or random_id(16), "drawer": drawer, "terminal_id": self.me,
+                "user_id": user, "at": iso(self.t.clock()), "status": "committed", **fields}
+
+    def _existing(self, drawer: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """The first result of a retried op_id; :class:`Conflict` if the op_id meant something else."""
+        d = self.drawers.get(drawer)
+        pos = d.op_positions.get(entry["op_id"]) if d is not None else None
+        if pos is not None:
+            if ledger.content(d.entries[pos]) != ledger.content(entry):  # type: ignore[union-attr]
+                raise Conflict(f"op_id {entry['op_id']} was already used for another operation "
+                               f"(position {pos} of drawer {drawer})")
+            return self._result(drawer, ledger.view(d, pos))  # type: ignore[arg-type]
+        row = self.provisional.get(drawer, {}).get(entry["op_id"])
+        if row is not None:
+            if ledger.content(row["entry"]) != ledger.content(entry):
+                raise Conflict(f"op_id {entry['op_id']} was already used for another provisional operation")
+            return self._result(drawer, self._provisional_view(row))
+        return None
+
+    async def _order(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        if entry["kind"] != "payment":
+            return None
+        return await self.t.get_order(entry["order_id"])  # NotFound: 404, nothing recorded
+
+    async def submit(self, drawer: str, entry: dict[str, Any], *, allow_provisional: bool = False) -> dict[str, Any]:
+        """Append ``entry`` under the drawer's quorum lock; answer once it is committed and on disk."""
+        check_drawer(drawer)
+        found = self._existing(drawer, entry)
+        if found is not None:
+            return found
+        await self._order(entry)
+        try:
+            async with self._lock(drawer):
+                for attempt in range(2):
+                    hold = await self._hold(drawer)
+                    found = self._existing(drawer, entry)  # the completed ledger may hold it already
+                    if found is not None:
+                        return found
+                    d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
+                    order = await self._order(entry)
+                    _finish(entry, d, order)
+                    ledger.check(d, entry, order)
+                    try:
+                        pos = await self._append(hold, entry)
+                    except InDoubt:
+                        if attempt == 1:
+                            raise NoQuorum(f"lost drawer {drawer}'s lock while appending op {entry['op_id']}: "
+                                           "the operation is in doubt; retry with the same op_id") from None
+                        continue
+                    if entry["kind"] == "drawer_closed":
+                        await self._release(drawer)
+                    await self._after_commit(drawer, pos)
+                    return self._result(drawer, ledger.view(self.drawers[drawer], pos))
+        except NoQuorum as exc:
+            if not allow_provisional:
+                raise
+            return await self._store_provisional(drawer, entry, exc.message)
+        raise AssertionError("unreachable")
+
+    async def _after_commit(self, drawer: str, pos: int) -> None:
+        """A committed payment (or an accepted one) that covers its order marks the order paid."""
+        d = self.drawers[drawer]
+        entry = d.entries[pos]
+        if entry["kind"] == "review_resolution" and d.status.get(entry["of"]) == "committed":
+            entry = d.entries[entry["of"]]
+        if entry["kind"] != "payment" or d.status.get(d.op_positions[entry["op_id"]]) != "committed":
+            return
+        await self._mark_paid(d, entry["order_id"], entry["user_id"])
+
+    async def _mark_paid(self, d: ledger.Drawer, order_id: str, user: str | None) -> None:
+        try:
+            order = await self.t.get_order(order_id)
+            if d.paid_by_order.get(order_id, 0) >= order["total_cents"] and order["status"] not in (
+                    "paid", "closed", "cancelled"):
+                await self.t.set_order_status(order_id, "paid", user=user)
+        except Exception as exc:  # noqa: BLE001 - the payment is committed; the order mark is secondary
+            log.warning("payment committed but order %s not marked paid: %s", order_id, exc)
+
+    def _result(self, drawer: str, entry_view: dict[str, Any]) -> dict[str, Any]:
+        return {"drawer": self._summary(drawer), "entry": entry_view}
+
+    # -- provisional entries -------------------------------------------------------------------
+
+    def _provisional_view(self, row: dict[str, Any]) -> dict[str, Any]:
+        state = row["state"]
+        return {"position": row["position"], **row["entry"],
+                "status": "provisional" if state == "pending" else state}
+
+    async def _store_provisional(self, drawer: str, entry: dict[str, Any], why: str) -> dict[str, Any]:
+        async with self._lock(drawer):
+            pending = [r["entry"] for r in self._pending(drawer)]
+            d = ledger.fold(drawer, self.states.get(drawer, VoterState()).committed + pending)
+            order = await self._order(entry)
+            _finish(entry, d, order)
+            ledger.check(d, entry, order)
+            at = iso(self.t.clock())
+            entry["provisional"] = {"terminal_id": self.me, "created_at": at, "reason": why}
+            self._seq += 1
+            row = {"entry": entry, "state": "pending", "position": None, "seq": self._seq, "created_at": at}
+            ticket = self.t.store.enqueue(
+                doc=None, update=None, origin="cashier", at=at,
+                events=[("cashier:provisional", {"drawer": drawer, "op_id": entry["op_id"], "entry": entry})],
+                sql=[("INSERT INTO cashier_provisional (drawer, op_id, seq, entry, state, position, created_at, "
+                      "updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                      (drawer, entry["op_id"], self._seq, _dump(entry), "pending", None, at, at))])
+            await ticket.wait()
+            self.provisional.setdefault(drawer, {})[entry["op_id"]] = row
+            self.stats["provisional"] += 1
+            self._reconcile_now.set()
+            result = self._result(drawer, self._provisional_view(row))
+            result["message"] = (f"stored provisionally ({why}); it is committed, or sent to the review queue "
+                                 "if it conflicts, once a majority is reachable")
+            return result
+
+    def _pending(self, drawer: str) -> list[dict[str, Any]]:
+        return sorted((r for r in self.provisional.get(drawer, {}).values() if r["state"] == "pending"),
+                      key=lambda r: r["seq"])
+
+    async def _reconciler(self) -> None:
+        while True:
+            with anyio.move_on_after(RECONCILE_SECONDS):
+                await self._reconcile_now.wait()
+            self._reconcile_now = anyio.Event()
+            for drawer in [d for d in self.provisional if self._pending(d)]:
+                if self._no_majority(drawer) is not None:
+                    continue
+                try:
+                    await self.reconcile(drawer)
+                except NoQuorum as exc:
+                    log.info("provisional entries of drawer %s wait: %s", drawer, exc.message)
+
+    async def reconcile(self, drawer: str) -> None:
+        """Commit the drawer's provisional entries that still fit; append the others ``in_review``."""
+        async with self._lock(drawer):
+            for row in self._pending(drawer):
+                entry = row["entry"]
+                hold = await self._hold(drawer)
+                d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
+                pos = d.op_positions.get(entry["op_id"])
+                if pos is not None and ledger.content(d.entries[pos]) == ledger.content(entry):
+                    await self._settle(drawer, row, "committed", pos)  # it made it in before (in doubt)
+                    continue
+                try:
+                    order = await self._order(entry)
+                except NotFound:
+                    order = None
+                reason = ledger.conflict(d, entry, order)
+                final = dict(entry)
+                if reason is not None:
+                    if pos is not None:  # same op_id, other content: the review item needs its own id
+                        final["op_id"] = f"{entry['op_id']}~{entry['provisional']['terminal_id']}"
+                    final["status"] = "in_review"
+                    final["review"] = {"reason": reason, "conflicts_with": ledger.conflicting_positions(d, entry)}
+                try:
+                    pos = await self._append(hold, final)
+                except InDoubt as exc:
+                    raise NoQuorum(f"reconciling drawer {drawer}: in doubt ({exc}); retrying") from None
+                await self._settle(drawer, row, "committed" if reason is None else "in_review", pos)
+                if reason is None:
+                    await self._after_commit(drawer, pos)
+                else:
+                    self.stats["reviews"] += 1
+
+    async def _settle(self, drawer: str, row: dict[str, Any], state: str, pos: int) -> None:
+        row["state"], row["position"] = state, pos
+        await self.t.store.enqueue(
+            doc=None, update=None, origin="cashier", at=iso(self.t.clock()),
+            sql=[("UPDATE cashier_provisional SET state = ?, position = ?, updated_at = ? "
+                  "WHERE drawer = ? AND op_id = ?", (state, pos, iso(self.t.clock()), drawer, row["entry"]["op_id"]))],
+        ).wait()
+
+    # -- the API's operations -------------------------------------------------------------------
+
+    async def open_drawer(self, drawer: str, *, float_cents: int, operator: str, op_id: str | None = None,
+                          allow_provisional: bool = False) -> dict[str, Any]:
+        _cents("float_cents", float_cents, 0)
+        entry = self._entry(drawer, "drawer_opened", op_id, operator, float_cents=float_cents, operator=operator)
+        return await self.submit(drawer, entry, allow_provisional=allow_provisional)
+
+    async def pay(self, drawer: str, *, order_id: str, amount_cents: int, method: str, tip_cents: int = 0,
+                  op_id: str | None = None, user: str | None = None, allow_provisional: bool = False) -> dict[str, Any]:
+        _cents("amount_cents", amount_cents, 1)
+        _cents("tip_cents", tip_cents, 0)
+        if method not in ledger.METHODS:
+            raise InvalidInput(f"method must be one of {', '.join(ledger.METHODS)}")
+        entry = self._entry(drawer, "payment", op_id, user, order_id=order_id, amount_cents=amount_cents,
+                            method=method, tip_cents=tip_cents, order_total_cents=0)
+        return await self.submit(drawer, entry, allow_provisional=allow_provisional)
+
+    async def move_cash(self, drawer: str, *, direction: str, amount_cents: int, reason: str,
+                        op_id: str | None = None, user: str | None = None,
+                        allow_provisional: bool = False) -> dict[str, Any]:
+        _cents("amount_cents", amount_cents, 1)
+        if direction not in ("in", "out"):
+            raise InvalidInput("direction must be 'in' or 'out'")
+        entry = self._entry(drawer, "cash_movement", op_id, user, direction=direction, amount_cents=amount_cents,
+                            reason=reason)
+        return await self.submit(drawer, entry, allow_provisional=allow_provisional)
+
+    async def refund(self, drawer: str, *, payment_op_id: str, amount_cents: int, reason: str,
+                     op_id: str | None = None, user: str | None = None) -> dict[str, Any]:
+        _cents("amount_cents", amount_cents, 1)
+        entry = self._entry(drawer, "refund", op_id, user, payment_op_id=payment_op_id, amount_cents=amount_cents,
+                            reason=reason)
+        return await self.submit(drawer, entry)
+
+    async def close_drawer(self, drawer: str, *, counted_cents: int, op_id: str | None = None,
+                           user: str | None = None, allow_provisional: bool = False) -> dict[str, Any]:
+        _cents("counted_cents", counted_cents, 0)
+        entry = self._entry(drawer, "drawer_closed", op_id, user, counted_cents=counted_cents, expected_cents=0,
+                            difference_cents=0)
+        return await self.submit(drawer, entry, allow_provisional=allow_provisional)
+
+    def _summary(self, drawer: str) -> dict[str, Any]:
+        d = self.drawers.get(drawer) or ledger.Drawer(drawer)
+        hold = self._holds.get(drawer)
+        st = self.states.get(drawer)
+        if hold is not None and hold.holder.phase == "holding":
+            ballot: Any = list(hold.holder.ballot)
+        elif st is not None and st.promised[1]:
+            ballot = list(st.promised)
+        else:
+            ballot = None
+        q = self.quorum()
+        return {
+            "drawer": drawer, "state": d.state, "session": d.session, "expected_cash_cents": d.expected_cash_cents,
+            "totals_by_method": d.totals_by_method, "tips_cents": d.tips_cents, "last_close": d.last_close,
+            "holder": ballot[1] if ballot else None, "ballot": ballot, "held_here": hold is not None,
+            "ledger_length": len(d.entries), "open_reviews": len(d.open_reviews),
+            "provisional_pending": len(self._pending(drawer)),
+            "voters": {"total": len(q["voters"]), "reachable": len(q["reachable"]), "majority": q["majority"]},
+        }
+
+    def drawer(self, drawer: str, *, from_position: int | None = None) -> dict[str, Any]:
+        """The drawer, its entries from ``from_position`` (default: the latest session's opening)
+        and this terminal's provisional entries for it."""
+        check_drawer(drawer)
+        d = self.drawers.get(drawer)
+        if d is None and drawer not in self.provisional:
+            raise NotFound(f"drawer {drawer} is unknown here (never opened, or its ledger has not reached "
+                           "this terminal)")
+        d = d or ledger.Drawer(drawer)
+        if from_position is None:
+            opens = [p for p, e in enumerate(d.entries) if e["kind"] == "drawer_opened"]
+            from_position = opens[-1] if opens else 0
+        entries = [ledger.view(d, p) for p in range(from_position, len(d.entries)) if d.entries[p]["kind"] != "noop"]
+        rows = sorted(self.provisional.get(drawer, {}).values(), key=lambda r: r["seq"])
+        return {**self._summary(drawer), "entries": entries,
+                "provisional": [self._provisional_view(r) for r in rows]}
+
+    def drawer_names(self) -> list[str]:
+        return sorted(set(self.drawers) | set(self.provisional))
+
+    # -- review ----------------------------------------------------------------------------------
+
+    def reviews(self, status: str = "open") -> list[dict[str, Any]]:
+        out = []
+        for _name, d in sorted(self.drawers.items()):
+            for pos, entry in enumerate(d.entries):
+                if entry["kind"] == "noop" or entry["status"] != "in_review":
+                    continue
+                item = self._review_item(d, pos)
+                if status == "all" or (status == "open") == (item["status"] == "open"):
+                    out.append(item)
+        return out
+
+    def _review_item(self, d: ledger.Drawer, pos: int) -> dict[str, Any]:
+        entry = d.entries[pos]
+        review = entry.get("review") or {}
+        state = d.status.get(pos)
+        resolution = d.resolutions.get(pos)
+        return {
+            "id": f"{d.name}.{pos}", "drawer": d.name, "position": pos, "reason": review.get("reason"),
+            "status": "open" if state == "in_review" else _RESOLVED.get((resolution or {}).get("decision"), state),
+            "entry": ledger.view(d, pos),
+            "conflicts_with": [ledger.view(d, p) for p in review.get("conflicts_with", []) if p < len(d.entries)],
+            "resolution": resolution,
+        }
+
+    def _review_target(self, review_id: str) -> tuple[ledger.Drawer, int]:
+        drawer, _, pos = review_id.rpartition(".")
+        d = self.drawers.get(drawer)
+        if d is None or not pos.isdigit() or int(pos) >= len(d.entries) \
+                or d.entries[int(pos)].get("status") != "in_review":
+            raise NotFound(f"no review item {review_id!r} (ids look like <drawer>.<position>; see GET /api/v1/review)")
+        return d, int(pos)
+
+    def review(self, review_id: str) -> dict[str, Any]:
+        d, pos = self._review_target(review_id)
+        return self._review_item(d, pos)
+
+    async def resolve(self, review_id: str, *, decision: str, note: str, operator: str,
+                      amount_cents: int | None = None) -> dict[str, Any]:
+        """Record a person's decision on a review item as a committed ledger entry (needs the quorum)."""
+        d, pos = self._review_target(review_id)
+        if decision not in ledger.DECISIONS:
+            raise InvalidInput(f"decision must be one of {', '.join(ledger.DECISIONS)}")
+        reviewed = d.entries[pos]
+        if decision == "adjust":
+            if amount_cents is None or "amount_cents" not in ledger.FIELDS[reviewed["kind"]]:
+                raise InvalidInput("adjust needs amount_cents, and only an entry with an amount can be adjusted")
+            _cents("amount_cents", amount_cents, 0)
+        elif amount_cents is not None:
+            raise InvalidInput("amount_cents goes with decision 'adjust' only")
+        entry = self._entry(d.name, "review_resolution", f"resolve:{pos}", operator, of=pos, decision=decision,
+                            amount_cents=amount_cents, note=note, operator=operator)
+        done = d.resolutions.get(pos)
+        if done is not None and ledger.content(done | {"position": None}) != ledger.content(entry | {"position": None}):
+            raise Conflict(f"review item {review_id} was already resolved ({done['decision']} by {done['operator']} "
+                           f"at {done['at']})")
+        await self.submit(d.name, entry)
+        return self.review(review_id)
+
+
+def _finish(entry: dict[str, Any], d: ledger.Drawer, order: dict[str, Any] | None) -> None:
+    """Fill what the drawer knows at append time: the order's total, the expected cash at close."""
+    if entry["kind"] == "payment" and order is not None:
+        entry["order_total_cents"] = order["total_cents"]
+    elif entry["kind"] == "drawer_closed":
+        entry["expected_cents"] = d.expected_cash_cents
+        entry["difference_cents"] = entry["counted_cents"] - d.expected_cash_cents
+
+
+def _cents(name: str, value: Any, minimum: int) -> None:
+    if type(value) is not int or value < minimum or value > 100_000_000:
+        raise InvalidInput(f"{name} must be a whole number of cents, {minimum}..100000000")
+
+
+def check_drawer_wire(name: str) -> None:
+    try:
+        check_drawer(name)
+    except InvalidInput as exc:
+        raise BadMessage(exc.message) from None
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+_EVENT_OF: dict[str, str] = {"drawer_opened": "cashier:opened", "drawer_closed": "cashier:closed",
+                             "payment": "payment:completed", "cash_movement": "cashier:cash_movement",
+                             "refund": "payment:refunded"}
+
+
+def _events_of(d: ledger.Drawer, pos: int) -> list[tuple[str, dict[str, Any]]]:
+    """The domain events an entry raises on every terminal that learns it."""
+    entry = d.entries[pos]
+    if entry["kind"] == "noop":
+        return []
+    base = {"drawer": d.name, "position": pos}
+    if entry["status"] == "in_review":
+        return [("cashier:review_required", {**base, "reason": (entry.get("review") or {}).get("reason"),
+                                             "entry": entry})]
+    if entry["kind"] == "review_resolution":
+        out = [("cashier:review_resolved", {**base, "of": entry["of"], "decision": entry["decision"],
+                                            "entry": entry})]
+        reviewed = d.entries[entry["of"]]
+        if d.status.get(entry["of"]) == "committed" and reviewed["kind"] in _EVENT_OF:
+            out.append((_EVENT_OF[reviewed["kind"]], {"drawer": d.name, "position": entry["of"], "entry": reviewed}))
+        return out
+    return [(_EVENT_OF[entry["kind"]], {**base, "entry": entry})]
+
+_RESOLVED = {"accept": "accepted", "reject": "rejected", "adjust": "adjusted"}

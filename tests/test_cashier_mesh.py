@@ -1,0 +1,219 @@
+"""The cashier on in-process meshes: real TLS links, real SQLite files, both anyio backends.
+
+Three POS voters plus a KDS (a learner): drawers open, take payments and close under the quorum
+lock; retries by op_id never pay twice; without a majority requests fail fast (503, 4009) or are
+stored provisionally; after the heal provisional entries commit or land in the review queue, and
+a person's resolution is itself a committed entry that every terminal learns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from meshpos.cashier import service
+from meshpos.errors import LOCK_TIMEOUT, Conflict, InvalidInput, InvalidTransition, NotFound, NoQuorum
+from meshpos.terminal import Terminal
+from peer.identity import Authority, save_roster
+from tests.meshutil import ITEM, config_for, connect_all, enroll, running_mesh, wait_for, wait_linked
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    return Authority.init(tmp_path / "auth", "Cantina Centro")
+
+
+def configs(authority: Authority, tmp: Path, ids: list[str], kinds: list[str] | None = None):  # noqa: ANN201
+    """Enrolled terminals that all hold the final roster (the enrollment flow of docs/operations.md:
+    every POS is enrolled, and knows every voter, before the first drawer opens)."""
+    dirs = enroll(authority, tmp, ids, kinds)
+    for d in dirs:
+        save_roster(d, authority.roster)
+    return [config_for(d, t) for d, t in zip(dirs, ids, strict=True)]
+
+
+def ledger_of(t: Terminal, drawer: str) -> list[dict[str, Any]]:
+    st = t.cashier.states.get(drawer)
+    return [] if st is None else list(st.committed)
+
+
+async def same_ledger(terminals: list[Terminal], drawer: str, length: int | None = None) -> None:
+    def done() -> bool:
+        ledgers = [ledger_of(t, drawer) for t in terminals]
+        return all(x == ledgers[0] for x in ledgers) and (length is None or len(ledgers[0]) == length)
+
+    await wait_for(done, 15.0)
+
+
+async def events_of(t: Terminal, kind: str) -> list[dict[str, Any]]:
+    return [e.payload for e in await t.store.events_after(0, 10_000) if e.type == kind]
+
+
+async def test_drawer_day_on_three_voters_and_a_learner(authority: Authority, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "IDLE_RELEASE_SECONDS", 60.0)  # pos-1 keeps the drawer while idle
+    ids = ["pos-1", "pos-2", "pos-3", "kds-1"]
+    async with running_mesh(configs(authority, tmp_path, ids, ["pos", "pos", "pos", "kds"])) as ts:
+        pos1, pos2, _pos3, kds = ts
+        order = await pos2.create_order(table=None, waiter="ana", items=[{**ITEM, "qty": 2}])  # 3180 cents
+        await wait_for(lambda: all(t.host.get(f"orders/{t.today().isoformat()}") is not None for t in ts))
+
+        opened = await pos1.cashier.open_drawer("main", float_cents=10_000, operator="carla")
+        assert opened["entry"]["status"] == "committed" and opened["drawer"]["state"] == "open"
+        paid = await pos1.cashier.pay("main", order_id=order["id"], amount_cents=3180, method="cash",
+                                      tip_cents=300, op_id="pay-1", user="carla")
+        assert paid["entry"]["position"] == 1 and paid["drawer"]["expected_cash_cents"] == 13_480
+        again = await pos1.cashier.pay("main", order_id=order["id"], amount_cents=3180, method="cash",
+                                       tip_cents=300, op_id="pay-1", user="carla")
+        assert again["entry"] == paid["entry"]  # the first result, not a second payment
+        with pytest.raises(Conflict):
+            await pos1.cashier.pay("main", order_id=order["id"], amount_cents=100, method="card",
+                                   op_id="pay-1")
+        with pytest.raises(InvalidTransition, match="already paid"):
+            await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1, method="card")
+        # the order is marked paid in the orders document, on every terminal
+        await wait_for(lambda: all(_status(t, order["id"]) == "paid" for t in ts))
+
+        # another terminal takes the drawer only once pos-1 lets it go: lock_failed until then
+        with pytest.raises(NoQuorum, match="locked by pos-1"):
+            await pos2.cashier.move_cash("main", direction="out", amount_cents=1000, reason="change")
+        assert (await events_of(pos2, "lock_failed"))[-1]["locked_by"] == "pos-1"
+
+        closed = await pos1.cashier.close_drawer("main", counted_cents=13_400, user="carla")
+        assert closed["entry"]["expected_cents"] == 13_480 and closed["entry"]["difference_cents"] == -80
+        assert await events_of(pos1, "lock_released")
+        # released: pos-2 takes the drawer at once and reopens it for the next shift
+        await pos2.cashier.open_drawer("main", float_cents=5_000, operator="duda")
+        await same_ledger(ts, "main", 4)
+        for t in ts:  # every terminal, the KDS included, learned the ledger and raised the events
+            assert [e["entry"]["op_id"] for e in await events_of(t, "payment:completed")] == ["pay-1"]
+            assert len(await events_of(t, "cashier:opened")) == 2
+            assert len(await events_of(t, "cashier:closed")) == 1
+            drawer = t.cashier.drawer("main", from_position=0)
+            assert [e["kind"] for e in drawer["entries"]] == ["drawer_opened", "payment", "drawer_closed",
+                                                               "drawer_opened"]
+            assert drawer["state"] == "open" and drawer["expected_cash_cents"] == 5_000
+
+
+def _status(t: Terminal, order_id: str) -> str | None:
+    model = t.host.get(f"orders/{order_id[0:4]}-{order_id[4:6]}-{order_id[6:8]}")
+    return None if model is None or order_id not in model.ids() else model.view(order_id)["status"]
+
+
+async def test_bad_requests_record_nothing(authority: Authority, tmp_path: Path) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])) as ts:
+        pos1 = ts[0]
+        with pytest.raises(NotFound, match="never been opened"):
+            await pos1.cashier.move_cash("main", direction="in", amount_cents=100, reason="x")
+        order = await pos1.create_order(table=None, waiter=None, items=[ITEM])
+        with pytest.raises(NotFound):
+            await pos1.cashier.pay("main", order_id="20260101-nope", amount_cents=100, method="cash")
+        await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
+        for bad in ({"amount_cents": -5}, {"amount_cents": 1.5}, {"amount_cents": 0}, {"tip_cents": -1},
+                    {"method": "bitcoin"}):
+            with pytest.raises(InvalidInput):
+                await pos1.cashier.pay("main", **{"order_id": order["id"], "amount_cents": 100,
+                                                  "method": "cash", **bad})
+        with pytest.raises(InvalidTransition, match="unpaid balance of 1590"):
+            await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1591, method="card")
+        with pytest.raises(InvalidInput):
+            await pos1.cashier.open_drawer("bad name!", float_cents=0, operator="x")
+        with pytest.raises(InvalidTransition, match="already open"):
+            await pos1.cashier.open_drawer("main", float_cents=0, operator="x")
+        with pytest.raises(InvalidTransition, match="should hold 0 cents"):
+            await pos1.cashier.move_cash("main", direction="out", amount_cents=1, reason="x")
+        with pytest.raises(NotFound, match="no committed payment"):
+            await pos1.cashier.refund("main", payment_op_id="nope", amount_cents=1, reason="x")
+        await pos1.cashier.close_drawer("main", counted_cents=0)
+        with pytest.raises(InvalidTransition, match="closed"):
+            await pos1.cashier.pay("main", order_id=order["id"], amount_cents=100, method="cash")
+        assert [e["kind"] for e in ledger_of(pos1, "main")] == ["drawer_opened", "drawer_closed"]
+        rows = await pos1.store.query("SELECT COUNT(*) FROM cashier_ledger WHERE drawer = 'main'")
+        assert rows == [(2,)]
+
+
+async def test_no_majority_fails_fast_or_goes_provisional_then_reconciles(authority: Authority,
+                                                                           tmp_path: Path) -> None:
+    cfgs = configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])
+    async with Terminal(cfgs[0]).running() as pos1:
+        order = await pos1.create_order(table=None, waiter=None, items=[ITEM])
+        with anyio.fail_after(1.0):  # fails fast: no waiting for a lock timeout
+            with pytest.raises(NoQuorum, match="1 of 3 reachable, 2 needed") as err:
+                await pos1.cashier.open_drawer("main", float_cents=1000, operator="carla")
+        assert err.value.code == LOCK_TIMEOUT and err.value.http_status == 503
+        opened = await pos1.cashier.open_drawer("main", float_cents=1000, operator="carla", allow_provisional=True)
+        paid = await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="cash",
+                                      op_id="p-1", allow_provisional=True)
+        assert opened["entry"]["status"] == paid["entry"]["status"] == "provisional"
+        assert paid["drawer"]["provisional_pending"] == 2 and "provisionally" in paid["message"]
+        assert ledger_of(pos1, "main") == []
+    # a restart keeps them (they are durable), and the heal commits them, provisional origin visible
+    async with running_mesh([cfgs[0]], link=False) as (pos1,), running_mesh(cfgs[1:], link=False) as others:
+        ts = [pos1, *others]
+        connect_all(ts)
+        await wait_linked(ts)
+        await same_ledger(ts, "main", 2)
+        for entry in ledger_of(ts[2], "main"):
+            assert entry["status"] == "committed" and entry["provisional"]["terminal_id"] == "pos-1"
+        await wait_for(lambda: [p["status"] for p in pos1.cashier.drawer("main")["provisional"]]
+                       == ["committed", "committed"])
+        assert pos1.cashier.drawer("main")["expected_cash_cents"] == 2590
+        await wait_for(lambda: _status(pos1, order["id"]) == "paid")
+
+
+async def test_conflicting_provisional_payments_go_to_review(authority: Authority, tmp_path: Path) -> None:
+    cfgs = configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])
+    async with running_mesh(cfgs) as ts:
+        pos1, pos2, pos3 = ts
+        order = await pos1.create_order(table=None, waiter=None, items=[ITEM])
+        await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
+        await wait_for(lambda: all(_status(t, order["id"]) == "open" for t in ts))
+        await same_ledger(ts, "main", 1)
+    # pos-3 alone (a minority) takes the payment provisionally; pos-1 + pos-2 (the majority) too
+    async with running_mesh([cfgs[2]], link=False) as (pos3,):
+        side = await pos3.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="card",
+                                      op_id="minority", allow_provisional=True)
+        assert side["entry"]["status"] == "provisional"
+    async with running_mesh(cfgs[:2]) as (pos1, pos2):
+        # leases live in memory: restarted voters grant pos-2 the drawer at once
+        paid = await pos2.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="cash",
+                                      op_id="majority")
+        assert paid["entry"]["status"] == "committed"
+    async with running_mesh(cfgs) as ts:
+        pos1, pos2, pos3 = ts
+        await wait_for(lambda: len(pos1.cashier.reviews()) == 1 and len(pos3.cashier.reviews()) == 1)
+        item = pos1.cashier.reviews()[0]
+        assert item["reason"] == f"order {order['id']} was already paid elsewhere"
+        assert item["entry"]["op_id"] == "minority" and item["status"] == "open"
+        assert [c["op_id"] for c in item["conflicts_with"]] == ["majority"]
+        await wait_for(lambda: pos3.cashier.drawer("main")["provisional"][0]["status"] == "in_review")
+        assert pos1.cashier.drawer("main")["totals_by_method"]["card"] == 0  # not counted while in review
+        with pytest.raises(InvalidInput):
+            await pos2.cashier.resolve(item["id"], decision="adjust", note="x", operator="gerente")
+        resolved = await pos2.cashier.resolve(item["id"], decision="reject", note="card charge voided",
+                                              operator="gerente")
+        assert resolved["status"] == "rejected" and resolved["resolution"]["operator"] == "gerente"
+        again = await pos2.cashier.resolve(item["id"], decision="reject", note="card charge voided",
+                                           operator="gerente")
+        assert again == resolved  # idempotent
+        with pytest.raises(Conflict, match="already resolved"):
+            await pos1.cashier.resolve(item["id"], decision="accept", note="no", operator="outro")
+        await same_ledger(ts, "main")
+        for t in ts:
+            assert t.cashier.reviews() == [] and t.cashier.reviews("all")[0]["status"] == "rejected"
+            assert [e["decision"] for e in await events_of(t, "cashier:review_resolved")] == ["reject"]
+
+
+async def test_standalone_pos_is_its_own_majority(make_config) -> None:  # noqa: ANN001
+    async with Terminal(make_config("pos-1", type="pos")).running() as pos1:
+        await pos1.cashier.open_drawer("main", float_cents=500, operator="carla")
+        result = await pos1.cashier.close_drawer("main", counted_cents=500)
+        assert result["entry"]["difference_cents"] == 0 and result["drawer"]["voters"]["total"] == 1
+    async with Terminal(make_config("kds-1", type="kds")).running() as kds:
+        with pytest.raises(Exception, match="no POS terminal"):
+            await kds.cashier.open_drawer("main", float_cents=500, operator="carla")
