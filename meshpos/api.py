@@ -179,6 +179,67 @@ class RosterIn(Strict):
     signature: str
 
 
+DrawerId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+OpId = Annotated[str, Meta(min_length=1, max_length=64)]
+Amount = Annotated[int, Meta(ge=1, le=100_000_000)]
+
+
+class DrawerOpenIn(Strict):
+    float_cents: Cents
+    operator: Text
+    op_id: OpId | None = None
+    allow_provisional: bool = False
+
+
+class PaymentIn(Strict):
+    order_id: Id
+    amount_cents: Amount
+    method: Literal["cash", "card", "pix", "voucher"]
+    tip_cents: Cents = 0
+    op_id: OpId | None = None
+    user: Text | None = None
+    allow_provisional: bool = False
+
+
+class CashMovementIn(Strict):
+    direction: Literal["in", "out"]
+    amount_cents: Amount
+    reason: Text
+    op_id: OpId | None = None
+    user: Text | None = None
+    allow_provisional: bool = False
+
+
+class RefundIn(Strict):
+    payment_op_id: OpId
+    amount_cents: Amount
+    reason: Text
+    op_id: OpId | None = None
+    user: Text | None = None
+
+
+class DrawerCloseIn(Strict):
+    counted_cents: Cents
+    op_id: OpId | None = None
+    user: Text | None = None
+    allow_provisional: bool = False
+
+
+class DrawerQuery(Struct):
+    from_position: Annotated[int, Meta(ge=0)] | None = None
+
+
+class ReviewQuery(Struct):
+    status: Literal["open", "resolved", "all"] = "open"
+
+
+class ResolveIn(Strict):
+    decision: Literal["accept", "reject", "adjust"]
+    note: Text
+    operator: Text
+    amount_cents: Cents | None = None
+
+
 class EventsQuery(Struct):
     cursor: Annotated[int, Meta(ge=0)] | None = None
 
@@ -217,6 +278,18 @@ def decode_query(params: Any, model: type[Struct]) -> Any:
         return msgspec.convert(values, type=model, strict=False)
     except msgspec.ValidationError as exc:
         raise errors.InvalidInput(_validation_message(exc, "query")) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A handler's payload with a status other than its route's (202 for a provisional entry)."""
+
+    payload: Any
+    status: int
+
+
+def _cashier(result: dict[str, Any], status: int = 200) -> Answer:
+    return Answer(result, 202 if result["entry"]["status"] == "provisional" else status)
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -258,7 +331,10 @@ class Endpoint:
                 kwargs["query"] = decode_query(request.query_params, self.query)
             if self.body is not None:
                 kwargs["body"] = decode_body(await request.body(), self.body)
-            return _json(await self.handler(**kwargs), self.status)
+            result = await self.handler(**kwargs)
+            if isinstance(result, Answer):
+                return _json(result.payload, result.status)
+            return _json(result, self.status)
 
         return Route(self.path, endpoint, methods=[self.method], name=self.handler.__name__)
 
@@ -424,6 +500,69 @@ def create_app(terminal: Terminal) -> ASGIApp:
             sku, user=body.user, out_of_stock=None if body.out_of_stock is UNSET else body.out_of_stock,
             low_threshold=threshold, clear_threshold=body.low_stock_threshold is None,
         )
+
+    # -- cashier -------------------------------------------------------------------------------
+    cash = t.cashier
+    drawer_path = "/api/v1/cashier/drawers/{drawer}"
+
+    @r.add("GET", "/api/v1/cashier/drawers", tag="cashier")
+    async def list_drawers() -> list[dict[str, Any]]:
+        """Every drawer this terminal knows, summarised (state, holder, expected cash)."""
+        return [cash.summary(name) for name in cash.drawer_names()]
+
+    @r.add("GET", drawer_path, tag="cashier", query=DrawerQuery)
+    async def get_drawer(drawer: str, query: DrawerQuery) -> dict[str, Any]:
+        """State, holder, ballot, expected cash, the entries (from the latest opening, or
+        ``from_position``) with their status, and this terminal's provisional entries."""
+        return cash.drawer(drawer, from_position=query.from_position)
+
+    @r.add("POST", drawer_path + "/open", tag="cashier", body=DrawerOpenIn, status=201)
+    async def open_drawer(drawer: str, body: DrawerOpenIn) -> Answer:
+        """Open the drawer with its float (needs the drawer's quorum lock; see docs/cashier.md)."""
+        return _cashier(await cash.open_drawer(drawer, float_cents=body.float_cents, operator=body.operator,
+                                               op_id=body.op_id, allow_provisional=body.allow_provisional), 201)
+
+    @r.add("POST", drawer_path + "/payments", tag="cashier", body=PaymentIn, status=201)
+    async def pay(drawer: str, body: PaymentIn) -> Answer:
+        """Take a payment for an order; a retry with the same ``op_id`` returns the first result."""
+        return _cashier(await cash.pay(drawer, order_id=body.order_id, amount_cents=body.amount_cents,
+                                       method=body.method, tip_cents=body.tip_cents, op_id=body.op_id,
+                                       user=body.user, allow_provisional=body.allow_provisional), 201)
+
+    @r.add("POST", drawer_path + "/cash-movements", tag="cashier", body=CashMovementIn, status=201)
+    async def move_cash(drawer: str, body: CashMovementIn) -> Answer:
+        """Cash put in or taken out of the drawer, with a reason."""
+        return _cashier(await cash.move_cash(drawer, direction=body.direction, amount_cents=body.amount_cents,
+                                             reason=body.reason, op_id=body.op_id, user=body.user,
+                                             allow_provisional=body.allow_provisional), 201)
+
+    @r.add("POST", drawer_path + "/refunds", tag="cashier", body=RefundIn, status=201)
+    async def refund(drawer: str, body: RefundIn) -> Answer:
+        """Refund (part of) a committed payment, named by its ``op_id``; never provisional."""
+        return _cashier(await cash.refund(drawer, payment_op_id=body.payment_op_id, amount_cents=body.amount_cents,
+                                          reason=body.reason, op_id=body.op_id, user=body.user), 201)
+
+    @r.add("POST", drawer_path + "/close", tag="cashier", body=DrawerCloseIn)
+    async def close_drawer(drawer: str, body: DrawerCloseIn) -> Answer:
+        """Close the drawer with the counted cash; records expected and difference, releases the lock."""
+        return _cashier(await cash.close_drawer(drawer, counted_cents=body.counted_cents, op_id=body.op_id,
+                                                user=body.user, allow_provisional=body.allow_provisional))
+
+    @r.add("GET", "/api/v1/review", tag="cashier", query=ReviewQuery)
+    async def reviews(query: ReviewQuery) -> list[dict[str, Any]]:
+        """Ledger entries waiting for a person (both sides and the reason); ``status=all`` for history."""
+        return cash.reviews(query.status)
+
+    @r.add("GET", "/api/v1/review/{review_id}", tag="cashier")
+    async def review(review_id: str) -> dict[str, Any]:
+        """One review item."""
+        return cash.review(review_id)
+
+    @r.add("POST", "/api/v1/review/{review_id}/resolve", tag="cashier", body=ResolveIn)
+    async def resolve(review_id: str, body: ResolveIn) -> dict[str, Any]:
+        """Accept, reject or adjust a review item: a committed ledger entry (needs the quorum)."""
+        return await cash.resolve(review_id, decision=body.decision, note=body.note, operator=body.operator,
+                                  amount_cents=body.amount_cents)
 
     # -- audit, status -------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from meshpos.cashier import service
-from meshpos.errors import LOCK_TIMEOUT, Conflict, InvalidInput, InvalidTransition, NotFound, NoQuorum
+from meshpos.errors import LOCK_TIMEOUT, Conflict, InvalidInput, InvalidTransition, NoQuorum, NotFound
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
 from tests.meshutil import ITEM, config_for, connect_all, enroll, running_mesh, wait_for, wait_linked
@@ -51,6 +51,9 @@ async def same_ledger(terminals: list[Terminal], drawer: str, length: int | None
 
 
 async def events_of(t: Terminal, kind: str) -> list[dict[str, Any]]:
+    """The ``kind`` events on disk at ``t`` (after what is queued now is written: a terminal's
+    ledger copy is in memory a moment before its events are durable)."""
+    await t.store.enqueue(doc=None, update=None, origin="test", at="").wait()
     return [e.payload for e in await t.store.events_after(0, 10_000) if e.type == kind]
 
 

@@ -393,7 +393,8 @@ class Cashier:
                     await anyio.sleep(min(refused.until - anyio.current_time(), LOCK_WAIT_SECONDS))
                     continue
                 until = iso(self.t.clock() + timedelta(seconds=max(0.0, refused.until - anyio.current_time())))
-                await self._event("lock_failed", {"drawer": drawer, "locked_by": refused.locked_by, "locked_until": until})
+                await self._event("lock_failed", {"drawer": drawer, "locked_by": refused.locked_by,
+                                                  "locked_until": until})
                 raise NoQuorum(f"drawer {drawer} is locked by {refused.locked_by} until {until}")
             if refused is None:
                 break  # no majority answered in time
@@ -508,7 +509,7 @@ class Cashier:
             log.warning("payment committed but order %s not marked paid: %s", order_id, exc)
 
     def _result(self, drawer: str, entry_view: dict[str, Any]) -> dict[str, Any]:
-        return {"drawer": self._summary(drawer), "entry": entry_view}
+        return {"drawer": self.summary(drawer), "entry": entry_view}
 
     # -- provisional entries -------------------------------------------------------------------
 
@@ -642,7 +643,7 @@ class Cashier:
                             difference_cents=0)
         return await self.submit(drawer, entry, allow_provisional=allow_provisional)
 
-    def _summary(self, drawer: str) -> dict[str, Any]:
+    def summary(self, drawer: str) -> dict[str, Any]:
         d = self.drawers.get(drawer) or ledger.Drawer(drawer)
         hold = self._holds.get(drawer)
         st = self.states.get(drawer)
@@ -676,7 +677,7 @@ class Cashier:
             from_position = opens[-1] if opens else 0
         entries = [ledger.view(d, p) for p in range(from_position, len(d.entries)) if d.entries[p]["kind"] != "noop"]
         rows = sorted(self.provisional.get(drawer, {}).values(), key=lambda r: r["seq"])
-        return {**self._summary(drawer), "entries": entries,
+        return {**self.summary(drawer), "entries": entries,
                 "provisional": [self._provisional_view(r) for r in rows]}
 
     def drawer_names(self) -> list[str]:
