@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -210,6 +211,73 @@ def peers_report(status: dict) -> str:
             lines.append(f"  {r['at']} {r['direction']} {r['address']} ({r['terminal_id'] or '?'}): "
                          f"{r['code']} {r['reason']}")
     return "\n".join(lines)
+
+
+@main.group()
+def review() -> None:
+    """The cashier's manual review queue: entries that could not be reconciled automatically."""
+
+
+@review.command("list")
+@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
+@click.option("--all", "show_all", is_flag=True, help="resolved items too")
+@click.option("--json", "as_json", is_flag=True, help="print GET /api/v1/review as it is")
+def review_list(api: str, show_all: bool, as_json: bool) -> None:
+    """What waits for a person: each item with both sides and the reason."""
+    items = _api_call(api, "/api/v1/review?status=" + ("all" if show_all else "open"))
+    click.echo(json.dumps(items, indent=2) if as_json else review_report(items))
+
+
+def _money(cents: int | None) -> str:
+    return "-" if cents is None else f"{cents / 100:.2f}"
+
+
+def _describe(entry: dict) -> str:
+    kind = entry["kind"]
+    where = f"by {entry['terminal_id']} at {entry['at']}"
+    if kind == "payment":
+        what = f"payment {_money(entry['amount_cents'])} {entry['method']} for order {entry['order_id']}"
+    elif kind == "drawer_opened":
+        what = f"open with float {_money(entry['float_cents'])} ({entry['operator']})"
+    elif kind == "drawer_closed":
+        what = f"close counted {_money(entry['counted_cents'])}, expected {_money(entry['expected_cents'])}"
+    elif kind == "cash_movement":
+        what = f"cash {entry['direction']} {_money(entry['amount_cents'])} ({entry['reason']})"
+    else:
+        what = kind
+    return f"#{entry['position']} {what} [op {entry['op_id']}] {where}"
+
+
+def review_report(items: list[dict]) -> str:
+    if not items:
+        return "nothing to review"
+    lines = []
+    for item in items:
+        lines.append(f"{item['id']}  {item['status'].upper()}  {item['reason']}")
+        lines.append(f"    this side:  {_describe(item['entry'])}")
+        for other in item["conflicts_with"]:
+            lines.append(f"    other side: {_describe(other)}")
+        if item["resolution"]:
+            r = item["resolution"]
+            lines.append(f"    resolved: {r['decision']} by {r['operator']} at {r['at']}: {r['note']}")
+    return "\n".join(lines)
+
+
+@review.command("resolve")
+@click.argument("review_id")
+@click.option("--decision", required=True, type=click.Choice(["accept", "reject", "adjust"]))
+@click.option("--note", required=True, help="why (kept in the ledger)")
+@click.option("--operator", required=True, help="who decides")
+@click.option("--amount-cents", type=int, help="the corrected amount (with --decision adjust)")
+@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
+def review_resolve(review_id: str, decision: str, note: str, operator: str, amount_cents: int | None,
+                   api: str) -> None:
+    """Record a decision on REVIEW_ID (as listed by 'meshpos review list'); needs the drawer's quorum."""
+    body = {"decision": decision, "note": note, "operator": operator}
+    if amount_cents is not None:
+        body["amount_cents"] = amount_cents
+    item = _api_call(api, f"/api/v1/review/{urllib.parse.quote(review_id)}/resolve", json.dumps(body).encode())
+    click.echo(review_report([item]))
 
 
 @main.group()
