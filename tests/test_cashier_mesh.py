@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from meshpos.cashier import service
-from meshpos.errors import LOCK_TIMEOUT, Conflict, InvalidInput, InvalidTransition, NoQuorum, NotFound
+from meshpos.errors import INVALID_MESSAGE, LOCK_TIMEOUT, Conflict, InvalidInput, InvalidTransition, NoQuorum, NotFound
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
 from tests.meshutil import ITEM, config_for, connect_all, enroll, running_mesh, wait_for, wait_linked
@@ -220,3 +220,17 @@ async def test_standalone_pos_is_its_own_majority(make_config) -> None:  # noqa:
     async with Terminal(make_config("kds-1", type="kds")).running() as kds:
         with pytest.raises(Exception, match="no POS terminal"):
             await kds.cashier.open_drawer("main", float_cents=500, operator="carla")
+
+
+async def test_a_malformed_cashier_message_closes_the_link_with_4006(authority: Authority, tmp_path: Path) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2"])) as (pos1, pos2):
+        assert pos1.mesh is not None and pos2.mesh is not None
+        pos1.mesh.send_control("pos-2", {"type": "cashier", "m": "accept", "drawer": "main", "ballot": [1, "pos-1"],
+                                         "position": 0, "entry": {"kind": "payment", "amount_cents": "lots"}})
+        await wait_for(lambda: any(r["code"] == INVALID_MESSAGE for r in pos1.mesh.refusals)
+                       or pos2.mesh.peers["pos-1"].last_error is not None)
+        assert pos2.mesh.peers["pos-1"].last_error["code"] == INVALID_MESSAGE
+        assert "cashier accept" in pos2.mesh.peers["pos-1"].last_error["reason"]
+        assert pos2.cashier.states.get("main") is None  # nothing of it was applied
+        await wait_linked([pos1, pos2])  # the link comes back; the terminal keeps serving
+        await pos2.cashier.open_drawer("main", float_cents=0, operator="carla")

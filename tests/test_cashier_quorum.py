@@ -12,23 +12,32 @@ sockets, virtual time) and checks after every run, per drawer:
 from __future__ import annotations
 
 import copy
+import json
 import random
 from typing import Any
 
 import pytest
 
+from meshpos.cashier.ledger import check_entry
 from meshpos.cashier.quorum import (
     LEASE_SECONDS,
     NOOP,
     Accept,
+    Accepted,
     Acquired,
+    BadMessage,
+    Commit,
     Committed,
     Deposed,
     Holder,
     Prepare,
+    Promise,
     Reject,
+    Release,
     Send,
     Voter,
+    from_wire,
+    to_wire,
 )
 
 DRAWER = "drawer-1"
@@ -220,3 +229,69 @@ def test_a_deposed_holder_can_never_append_again() -> None:
                if v.me != "pos-1") and old.phase == "deposed"
     assert isinstance(exchange(new, new.append({"op": "b"}), ids, LEASE_SECONDS + 3)[-1], Committed)
     assert new.ledger == [{"op": "a"}, {"op": "b"}]
+
+
+# -- on the wire -----------------------------------------------------------------------------------
+
+ENTRY = {"kind": "noop"}
+
+
+@pytest.mark.parametrize("msg", [
+    Prepare(DRAWER, (3, "pos-1"), 7),
+    Promise(DRAWER, (3, "pos-1"), "pos-2", ((7, (2, "pos-3"), ENTRY),), 7),
+    Reject(DRAWER, (3, "pos-1"), "pos-2", (4, "pos-3"), "pos-3", 100.0 + 4.5),
+    Reject(DRAWER, (3, "pos-1"), "pos-2", (4, "pos-3"), "pos-3", None),
+    Accept(DRAWER, (3, "pos-1"), 8, ENTRY),
+    Accepted(DRAWER, (3, "pos-1"), 8, "pos-2", 7),
+    Commit(DRAWER, (3, "pos-1"), 7, (ENTRY, ENTRY)),
+    Release(DRAWER, (3, "pos-1")),
+])
+def test_messages_survive_the_wire_and_leases_travel_as_time_left(msg: Any) -> None:
+    data = json.loads(json.dumps(to_wire(msg, now=100.0)))
+    assert data["type"] == "cashier"
+    # the receiver's clock reads 5000: a lease end is re-based on it, everything else is equal
+    back = from_wire(data, now=5000.0)
+    if isinstance(msg, Reject) and msg.until is not None:
+        assert back.until == pytest.approx(5004.5) and data["lease_left"] == 4.5
+    else:
+        assert back == msg
+
+
+@pytest.mark.parametrize("data", [
+    {"type": "cashier", "m": "vote"},
+    {"type": "cashier", "m": "prepare", "drawer": DRAWER},
+    {"type": "cashier", "m": "prepare", "drawer": DRAWER, "ballot": [1, "pos-1"], "known": 0, "x": 1},
+    {"type": "cashier", "m": "prepare", "drawer": DRAWER, "ballot": [1.5, "pos-1"], "known": 0},
+    {"type": "cashier", "m": "prepare", "drawer": DRAWER, "ballot": [True, "pos-1"], "known": 0},
+    {"type": "cashier", "m": "prepare", "drawer": DRAWER, "ballot": [1, "pos-1"], "known": -1},
+    {"type": "cashier", "m": "accept", "drawer": 7, "ballot": [1, "pos-1"], "position": 0, "entry": ENTRY},
+    {"type": "cashier", "m": "accept", "drawer": DRAWER, "ballot": [1, "pos-1"], "position": 0, "entry": "x"},
+    {"type": "cashier", "m": "promise", "drawer": DRAWER, "ballot": [1, "pos-1"], "voter": "v",
+     "accepted": [[0, [1, "a"]]], "committed": 0},
+])
+def test_malformed_messages_are_refused(data: dict[str, Any]) -> None:
+    with pytest.raises(BadMessage):
+        from_wire(data, 0.0, check_entry)
+
+
+def test_release_frees_the_drawer_for_another_terminal_at_once() -> None:
+    ids = ["pos-1", "pos-2", "pos-3"]
+    voters = {v: Voter(v) for v in ids}
+
+    def exchange(holder: Holder, sends: list[Send]) -> None:
+        while sends:
+            s = sends.pop(0)
+            for reply in voters[s.to].handle(holder.me, s.message, now=1.0):
+                out, _events = holder.handle(s.to, reply.message)  # answered by voter s.to
+                sends.extend(out)
+
+    first = Holder("pos-1", DRAWER, ids)
+    exchange(first, first.acquire())
+    assert first.phase == "holding"
+    second = Holder("pos-2", DRAWER, ids, round_above=first.ballot[0])
+    exchange(second, second.acquire())
+    assert second.phase == "deposed"  # pos-1's lease runs
+    exchange(first, first.release())
+    third = Holder("pos-2", DRAWER, ids, round_above=first.ballot[0] + 1)
+    exchange(third, third.acquire())
+    assert third.phase == "holding"

@@ -188,3 +188,32 @@ def test_allocator_tuning_applies_on_glibc() -> None:
     from meshpos.memory import tune_allocator
 
     assert tune_allocator() is True
+
+
+async def test_a_schema_1_database_is_migrated_in_place_and_keeps_everything(make_config) -> None:  # noqa: ANN001
+    config = make_config(type="pos")
+    async with Terminal(config).running() as t:
+        await t.put_table("T1", name="T1", seats=4, area=None)
+    # what the previous release left: the same file without the cashier tables, user_version 1
+    conn = sqlite3.connect(config.data_dir / "meshpos.db")
+    for table in ("cashier_votes", "cashier_accepted", "cashier_ledger", "cashier_provisional"):
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    async with Terminal(config).running() as t:
+        assert t.tables.view("T1")["seats"] == 4
+        await t.cashier.open_drawer("main", float_cents=1000, operator="carla")
+        await t.cashier.move_cash("main", direction="in", amount_cents=250, reason="change")
+        ballot = t.cashier.states["main"].promised
+    conn = sqlite3.connect(config.data_dir / "meshpos.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT COUNT(*) FROM cashier_ledger").fetchone()[0] == 2
+    conn.close()
+    async with Terminal(config).running() as t:  # the voter state and the ledger come back from disk
+        assert t.cashier.states["main"].promised == ballot
+        assert t.cashier.drawer("main")["expected_cash_cents"] == 1250
+        await t.cashier.close_drawer("main", counted_cents=1250)
+        assert [e["kind"] for e in t.cashier.drawer("main")["entries"]] == ["drawer_opened", "cash_movement",
+                                                                             "drawer_closed"]
+        assert t.cashier.states["main"].promised[0] > ballot[0]  # a restarted holder outbids itself
