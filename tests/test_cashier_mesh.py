@@ -234,3 +234,24 @@ async def test_a_malformed_cashier_message_closes_the_link_with_4006(authority: 
         assert pos2.cashier.states.get("main") is None  # nothing of it was applied
         await wait_linked([pos1, pos2])  # the link comes back; the terminal keeps serving
         await pos2.cashier.open_drawer("main", float_cents=0, operator="carla")
+
+
+async def test_a_holder_far_behind_catches_up_before_it_prepares(authority: Authority, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cfgs = configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])
+    async with running_mesh(cfgs[:2], link=False) as (pos1, pos2):
+        connect_all([pos1, pos2])
+        await wait_linked([pos1, pos2])
+        await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
+        for n in range(service.PROMISE_MAX_ENTRIES + 50):
+            await pos1.cashier.move_cash("main", direction="in", amount_cents=1, reason=f"tip jar {n}")
+    # no ledger exchange at link-up: pos-3 prepares knowing nothing; the voters answer with the
+    # ledger (in relay chunks) rather than a promise carrying 250 entries, and it prepares again
+    monkeypatch.setattr(service.Cashier, "link_up", lambda self, peer_id: None)
+    async with running_mesh(cfgs) as ts:
+        pos3 = ts[2]
+        assert ledger_of(pos3, "main") == []
+        result = await pos3.cashier.move_cash("main", direction="out", amount_cents=10, reason="change")
+        assert result["entry"]["position"] == service.PROMISE_MAX_ENTRIES + 51
+        assert result["drawer"]["expected_cash_cents"] == service.PROMISE_MAX_ENTRIES + 50 - 10
+        await same_ledger(ts, "main", service.PROMISE_MAX_ENTRIES + 52)

@@ -71,6 +71,11 @@ LOCK_WAIT_SECONDS = IDLE_RELEASE_SECONDS + 2 * RETRY_SECONDS
 RECONCILE_SECONDS = 1.0
 #: Committed entries per ``ledger`` relay message (keeps it far below the 1 MB control limit).
 RELAY_CHUNK = 200
+#: A voter answers a prepare that is further behind its committed ledger than this with the
+#: ledger itself (relay chunks) instead of a promise, so a promise stays small; the holder then
+#: prepares again from where it got to, for up to ``CATCH_UP_SECONDS``.
+PROMISE_MAX_ENTRIES = RELAY_CHUNK
+CATCH_UP_SECONDS = 30.0
 _DRAWER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -107,6 +112,7 @@ class Cashier:
         self._holds: dict[str, _Hold] = {}
         self._rounds: dict[str, int] = {}
         self._locks: dict[str, anyio.Lock] = {}
+        self._grown: dict[str, anyio.Event] = {}  # set when a drawer's committed ledger grows here
         self._seq = 0
         self._local_send, self._local_recv = anyio.create_memory_object_stream[Message](math.inf)
         self._reconcile_now = anyio.Event()
@@ -195,11 +201,19 @@ class Cashier:
             return
         check_drawer_wire(msg.drawer)
         st = self.voter.state(msg.drawer)
+        if isinstance(msg, Prepare) and len(st.committed) - msg.known > PROMISE_MAX_ENTRIES and sender != self.me:
+            self._send_ledger(sender, msg.drawer, msg.known)
+            return
         before = (st.promised, dict(st.accepted), len(st.committed))
         replies = self.voter.handle(sender, msg, anyio.current_time())
-        ticket = self._persist(msg.drawer, *before)
-        if ticket is not None:
-            await ticket.wait()  # durable before any answer leaves
+        try:
+            ticket = self._persist(msg.drawer, *before)
+            if ticket is not None:
+                await ticket.wait()  # durable before any answer leaves
+        except StoreError as exc:
+            # Not on disk: no answer (the holder resends; a restart reloads what is on disk).
+            log.error("drawer %s: voter state could not be stored (%s); not answering %s", msg.drawer, exc, sender)
+            return
         self._send(replies)
 
     def _answer(self, sender: str, msg: Message) -> None:
@@ -259,6 +273,9 @@ class Cashier:
             at = iso(self.t.clock())
             sql.append(("DELETE FROM cashier_accepted WHERE drawer = ? AND position < ?", (drawer, len(st.committed))))
             d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
+            grown = self._grown.pop(drawer, None)
+            if grown is not None:
+                grown.set()
             for pos in range(committed_len, len(st.committed)):
                 entry = st.committed[pos]
                 sql.append(("INSERT INTO cashier_ledger (drawer, position, entry, learned_at) VALUES (?,?,?,?)",
@@ -299,12 +316,16 @@ class Cashier:
         heads = data.get("drawers")
         if not isinstance(heads, dict) or not all(type(v) is int and v >= 0 for v in heads.values()):
             raise BadMessage("heads: drawers must map drawer names to ledger lengths")
+        for drawer in self.states:
+            self._send_ledger(sender, drawer, heads.get(drawer, 0))
+
+    def _send_ledger(self, peer_id: str, drawer: str, start: int) -> None:
+        """Relay ``drawer``'s committed entries from ``start`` on to ``peer_id``, in chunks."""
         assert self.t.mesh is not None
-        for drawer, st in self.states.items():
-            theirs = heads.get(drawer, 0)
-            for start in range(theirs, len(st.committed), RELAY_CHUNK):
-                self.t.mesh.send_control(sender, {"type": "cashier", "m": "ledger", "drawer": drawer, "start": start,
-                                                  "entries": st.committed[start:start + RELAY_CHUNK]})
+        committed = self.states[drawer].committed
+        for at in range(start, len(committed), RELAY_CHUNK):
+            self.t.mesh.send_control(peer_id, {"type": "cashier", "m": "ledger", "drawer": drawer, "start": at,
+                                               "entries": committed[at:at + RELAY_CHUNK]})
 
     async def _on_relay(self, sender: str, data: dict[str, Any]) -> None:
         drawer, start, entries = data.get("drawer"), data.get("start"), data.get("entries")
@@ -331,7 +352,10 @@ class Cashier:
             return
         ticket = self._learn(drawer, start, entries)
         if ticket is not None:
-            await ticket.wait()
+            try:
+                await ticket.wait()
+            except StoreError as exc:
+                log.error("drawer %s: relayed ledger entries could not be stored: %s", drawer, exc)
 
     async def _durable_barrier(self) -> None:
         """Wait until everything queued so far is on disk (batches commit in order)."""
@@ -367,16 +391,20 @@ class Cashier:
         if why is not None:
             raise NoQuorum(why)
         voters = self.voters()
-        for _attempt in range(3):
+        refusals = 0
+        deadline = anyio.current_time() + ACQUIRE_TIMEOUT
+        catch_up_until = anyio.current_time() + CATCH_UP_SECONDS
+        while True:
             st = self.voter.state(drawer)
             round_above = max(self._rounds.get(drawer, 0), st.promised[0])
             holder = Holder(self.me, drawer, voters, round_above=round_above, ledger=st.committed)
             self._rounds[drawer] = holder.ballot[0]
             hold = _Hold(holder)
             self._holds[drawer] = hold
+            grown = self._grown.setdefault(drawer, anyio.Event())
             self._send(holder.acquire())
-            with anyio.move_on_after(ACQUIRE_TIMEOUT):
-                await hold.ready.wait()
+            with anyio.move_on_after(deadline - anyio.current_time()):
+                await _first(hold.ready, grown)
             if holder.phase == "holding":
                 self.stats["acquisitions"] += 1
                 known = len(st.committed)
@@ -387,17 +415,26 @@ class Cashier:
                 return hold
             if self._holds.get(drawer) is hold:
                 del self._holds[drawer]
+            if grown.is_set() and not hold.ready.is_set() and anyio.current_time() < catch_up_until:
+                # Voters far ahead sent the ledger instead of a promise: prepare again from there.
+                deadline = anyio.current_time() + ACQUIRE_TIMEOUT
+                continue
             refused = hold.deposed
-            if refused is not None and refused.until is not None and refused.locked_by != self.me:
-                if _attempt == 0:  # an idle holder releases within LOCK_WAIT_SECONDS: try once more
+            if refused is None:
+                break  # no majority answered in time
+            refusals += 1
+            if refused.until is not None and refused.locked_by != self.me:
+                if refusals == 1:  # an idle holder releases within LOCK_WAIT_SECONDS: try once more
                     await anyio.sleep(min(refused.until - anyio.current_time(), LOCK_WAIT_SECONDS))
+                    deadline = anyio.current_time() + ACQUIRE_TIMEOUT
                     continue
                 until = iso(self.t.clock() + timedelta(seconds=max(0.0, refused.until - anyio.current_time())))
                 await self._event("lock_failed", {"drawer": drawer, "locked_by": refused.locked_by,
                                                   "locked_until": until})
                 raise NoQuorum(f"drawer {drawer} is locked by {refused.locked_by} until {until}")
-            if refused is None:
-                break  # no majority answered in time
+            if refusals >= 3:
+                break
+            deadline = anyio.current_time() + ACQUIRE_TIMEOUT  # outbid: prepare again, higher
         q = self.quorum()
         await self._event("lock_failed", {"drawer": drawer, "locked_by": None, "locked_until": None})
         raise NoQuorum(f"lock timeout: no majority of the POS voters answered for drawer {drawer} within "
@@ -560,6 +597,8 @@ class Cashier:
                     await self.reconcile(drawer)
                 except NoQuorum as exc:
                     log.info("provisional entries of drawer %s wait: %s", drawer, exc.message)
+                except Exception:  # noqa: BLE001 - the next round retries; the terminal keeps serving
+                    log.exception("reconciling the provisional entries of drawer %s failed", drawer)
 
     async def reconcile(self, drawer: str) -> None:
         """Commit the drawer's provisional entries that still fit; append the others ``in_review``."""
@@ -793,3 +832,14 @@ def _events_of(d: ledger.Drawer, pos: int) -> list[tuple[str, dict[str, Any]]]:
     return [(_EVENT_OF[entry["kind"]], {**base, "entry": entry})]
 
 _RESOLVED = {"accept": "accepted", "reject": "rejected", "adjust": "adjusted"}
+
+
+async def _first(*events: anyio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with anyio.create_task_group() as tg:
+        async def one(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for event in events:
+            tg.start_soon(one, event)
