@@ -74,6 +74,8 @@ async def _lunch(floor: _Floor) -> None:
     for n in range(1, 5):
         await pos.put_table(f"T{n}", name=f"Table {n}", seats=4, area="patio" if n > 2 else "inside")
     _say(f"   {len(MENU)} products, 4 tables; on kds-1 and waiter-1 {await floor.synced():.1f} ms later")
+    await pos.cashier.open_drawer("main", float_cents=10_000, operator="carla")
+    _say("   drawer 'main' opened with 100.00 (pos-1 is the store's one POS: the whole cashier quorum)")
 
     _say("\n-- lunch rush (waiter-1): guests seated, orders in")
     orders = {}
@@ -112,16 +114,27 @@ async def _lunch(floor: _Floor) -> None:
     await floor.synced()
     _say("   T1 added a soda on waiter-1, then voided it (stock given back)")
 
-    _say("\n-- service (waiter-1), payment (pos-1), table turns")
-    for table, order in orders.items():
+    _say("\n-- service (waiter-1), payment (pos-1's drawer), table turns")
+    for n, (table, order) in enumerate(orders.items()):
         await waiter.set_order_status(order["id"], "served", user="ana")
         await floor.synced()
-        done = await pos.set_order_status(order["id"], "paid", user="cashier")
+        # Half the tables pay cash at the counter, half by card on the waiter's handheld: both go
+        # through the drawer's quorum lock (held by whoever takes the payment), never the CRDT.
+        payer, method = (pos, "cash") if n % 2 == 0 else (waiter, "card")
+        total = (await payer.get_order(order["id"]))["total_cents"]
+        await payer.cashier.pay("main", order_id=order["id"], amount_cents=total, method=method,
+                                tip_cents=200, op_id=f"{table}-pay", user=payer.config.terminal_id)
+        await floor.synced()  # the covering payment marked the order paid; pos-1 closes it
         await pos.set_order_status(order["id"], "closed", user="cashier")
         await pos.update_table(table, status="cleaning", waiter=None, guests=0, set_waiter=True)
         await pos.update_table(table, status="free")
-        _say(f"   {table}: paid {done['total_cents'] / 100:.2f} at pos-1, cleaned, free again")
+        _say(f"   {table}: paid {total / 100:.2f} + 2.00 tip by {method} on {payer.config.terminal_id}, "
+             "cleaned, free again")
     await floor.synced()
+    drawer = pos.cashier.summary("main")
+    closed = await pos.cashier.close_drawer("main", counted_cents=drawer["expected_cash_cents"], user="carla")
+    _say(f"   drawer closed: expected {closed['entry']['expected_cents'] / 100:.2f} in cash, counted "
+         f"{closed['entry']['counted_cents'] / 100:.2f}; card {drawer['totals_by_method']['card'] / 100:.2f}")
 
 
 async def _linked(terminals: list[Terminal]) -> float:
@@ -188,12 +201,14 @@ async def run_demo(api_port: int = 0, keep_running: bool = False) -> None:
                 orders = await t.list_orders()
                 inv = {i: t.inventory.view(i) for i in t.inventory.skus()}
                 st = await t.status()
+                ledger = t.cashier.drawer("main", from_position=0)["entries"]
                 _say(f"   {t.config.terminal_id}: {len(orders)} orders, revenue "
                      f"{sum(o['total_cents'] for o in orders) / 100:.2f}; stock " + ", ".join(
                          f"{v['name']} {v['quantity']}{' (86)' if v['out_of_stock'] else ''}" for v in inv.values())
-                     + f"; {st['storage']['updates']} durable updates")
+                     + f"; {st['storage']['updates']} durable updates; drawer ledger {len(ledger)} entries")
             _say("   events on pos-1: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
-            _say("\nAPIs (each terminal's own; try GET /api/v1/orders, /api/v1/peers, /api/v1/status):")
+            _say("\nAPIs (each terminal's own; try GET /api/v1/orders, /api/v1/peers, /api/v1/status, "
+                 "/api/v1/cashier/drawers/main):")
             for tid, url in urls.items():
                 _say(f"   {tid}: {url}  (OpenAPI: {url}/openapi.json, events: "
                      f"ws://{url.removeprefix('http://')}/api/v1/events?cursor=0)")

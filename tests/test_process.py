@@ -868,9 +868,11 @@ def test_demo_runs_to_completion(tmp_path: Path, backend: str) -> None:
     urls = dict(re.findall(r"^   (pos-1|kds-1|waiter-1) \(\w+\): API at (http://127\.0\.0\.1:\d+)", out, re.M))
     assert set(urls) == {"pos-1", "kds-1", "waiter-1"} and len(set(urls.values())) == 3, out
     assert "found each other by mDNS and linked" in out
-    summaries = re.findall(r"^   (?:pos-1|kds-1|waiter-1): (4 orders, revenue 113\.70; stock .*); \d+ durable",
-                           out, re.M)
+    summaries = re.findall(r"^   (?:pos-1|kds-1|waiter-1): (4 orders, revenue 113\.70; stock .*); \d+ durable"
+                           r" updates; (drawer ledger \d+ entries)", out, re.M)
     assert len(summaries) == 3 and len(set(summaries)) == 1, out  # the three terminals agree
+    assert summaries[0][1] == "drawer ledger 6 entries", out  # open, four payments, close: learned by all
+    assert "drawer closed: expected 164.00 in cash, counted 164.00; card 53.70" in out
     for url in urls.values():
         assert f"{url}  (OpenAPI: {url}/openapi.json" in out
     assert "Traceback" not in result.stderr and "WARNING" not in result.stderr, result.stderr
