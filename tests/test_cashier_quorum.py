@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from meshpos.cashier import ledger as ledger_rules
 from meshpos.cashier.ledger import check_entry
 from meshpos.cashier.quorum import (
     LEASE_SECONDS,
@@ -39,6 +40,7 @@ from meshpos.cashier.quorum import (
     from_wire,
     to_wire,
 )
+from meshpos.errors import MeshposError
 
 DRAWER = "drawer-1"
 STEP = 0.01  # virtual seconds per simulation step
@@ -125,17 +127,20 @@ class Sim:
             return
         holder = self.holders[tid]
         if holder is None:
-            if self.rng.random() < self.eagerness:
-                # Starts from the committed prefix its own voter holds (as the real shell does):
-                # voters then report only what lies above it (Prepare.known).
-                known = self.voters[tid].state(DRAWER).committed if self.rng.random() < 0.5 else []
-                holder = Holder(tid, DRAWER, self.ids, round_above=self.max_round[tid], ledger=list(known))
-                self.max_round[tid] = holder.ballot[0]
-                self.holders[tid] = holder
-                self.post(tid, holder.acquire())
+            self.work_acquire(tid)
         elif holder.phase == "holding" and self.rng.random() < 0.3:
             self.counter += 1
             self.post(tid, holder.append({"op": f"{tid}#{self.counter}"}))
+
+    def work_acquire(self, tid: str) -> None:
+        if self.rng.random() < self.eagerness:
+            # Starts from the committed prefix its own voter holds (as the real shell does):
+            # voters then report only what lies above it (Prepare.known).
+            known = self.voters[tid].state(DRAWER).committed if self.rng.random() < 0.5 else []
+            holder = Holder(tid, DRAWER, self.ids, round_above=self.max_round[tid], ledger=list(known))
+            self.max_round[tid] = holder.ballot[0]
+            self.holders[tid] = holder
+            self.post(tid, holder.acquire())
 
     def tick(self) -> None:
         for tid, holder in self.holders.items():
@@ -175,7 +180,7 @@ class Sim:
             assert ledger == final[:len(ledger)], f"diverging committed ledgers:\n{ledger}\n{final}"
         for pos, entry in self.acknowledged.items():
             assert pos < len(final) and final[pos] == entry, f"acknowledged entry at {pos} lost: {entry}"
-        ops = [e["op"] for e in final if e != NOOP]
+        ops = [e.get("op") or e["op_id"] for e in final if e != NOOP]
         assert len(ops) == len(set(ops)), "an operation committed twice"
 
 
@@ -193,6 +198,138 @@ def test_randomized_schedules_keep_the_ledger_safe(seed: int, voters: int, duel:
     final = sim.settle()
     sim.check(final)
     assert sim.acknowledged, "the schedule committed nothing: it tests nothing"
+
+
+# -- money on top: real ledger entries, validation, provisional entries, reconciliation -----------
+
+ORDERS = {f"o{k}": 1000 + 250 * (k % 7) for k in range(60)}  # order id -> total cents
+
+
+def _entry(tid: str, n: int, **fields: Any) -> dict[str, Any]:
+    return {"kind": "payment", "op_id": f"{tid}#{n}", "drawer": DRAWER, "terminal_id": tid, "user_id": None,
+            "at": "2026-12-02T12:00:00.000Z", "status": "committed", "tip_cents": 0, **fields}
+
+
+OPENING = {"kind": "drawer_opened", "op_id": "open", "drawer": DRAWER, "terminal_id": "pos-1", "user_id": "carla",
+           "at": "2026-12-02T11:00:00.000Z", "status": "committed", "float_cents": 0, "operator": "carla"}
+
+
+class MoneySim(Sim):
+    """Terminals take payments as the real shell does: one append at a time, validated against the
+    completed ledger (:func:`meshpos.cashier.ledger.check`); cut off from a majority they store
+    provisional payments, validated against what they know; after the final heal one holder
+    reconciles them all (:func:`meshpos.cashier.ledger.conflict`), into the ledger or into review."""
+
+    def __init__(self, seed: int, n: int, **kw: Any) -> None:
+        super().__init__(seed, n, **kw)
+        for v in self.voters.values():
+            v.state(DRAWER).committed.append(OPENING)  # the drawer was opened before the schedule
+        self.provisional: dict[str, list[dict[str, Any]]] = {tid: [] for tid in self.ids}
+
+    def payment(self, tid: str, known: list[Any]) -> dict[str, Any] | None:
+        """A payment ``tid`` would take now, valid against ``known`` (None: nothing left to pay)."""
+        d = ledger_rules.fold(DRAWER, known)
+        order = self.rng.choice(sorted(ORDERS))
+        left = ORDERS[order] - d.paid_by_order.get(order, 0)
+        if left <= 0:
+            return None
+        self.counter += 1
+        amount = left if self.rng.random() < 0.5 else self.rng.randint(1, left)
+        entry = _entry(tid, self.counter, order_id=order, amount_cents=amount,
+                       method=self.rng.choice(ledger_rules.METHODS), order_total_cents=ORDERS[order])
+        if self.rng.random() < 0.03 and d.op_positions:  # a client retrying an op_id with other content
+            entry["op_id"] = self.rng.choice(sorted(d.op_positions))
+        view = {"id": order, "status": "open", "total_cents": ORDERS[order]}
+        try:
+            ledger_rules.check(d, entry, view)
+        except MeshposError:
+            return None
+        return entry
+
+    def work(self) -> None:
+        tid = self.rng.choice(self.ids)
+        if tid in self.down:
+            return
+        reach = sum(1 for v in self.ids if self.connected(tid, v) or v == tid)
+        holder = self.holders[tid]
+        if reach < len(self.ids) // 2 + 1:
+            if self.rng.random() < 0.05:  # no majority: service goes on, provisionally
+                known = self.voters[tid].state(DRAWER).committed + self.provisional[tid]
+                entry = self.payment(tid, known)
+                if entry is not None and entry["op_id"] not in {e["op_id"] for e in self.provisional[tid]}:
+                    self.provisional[tid].append(entry)
+            return
+        if holder is None:
+            super().work_acquire(tid)
+        elif holder.phase == "holding" and not holder.in_flight and self.rng.random() < 0.3:
+            entry = self.payment(tid, holder.ledger)
+            if entry is not None and entry["op_id"] not in ledger_rules.fold(DRAWER, holder.ledger).op_positions:
+                self.post(tid, holder.append(entry))
+
+    def run(self, steps: int) -> None:
+        super().run(steps // 3)
+        chaos, self.chaos = self.chaos, lambda: None  # type: ignore[method-assign]
+        self.groups, self.down = [{self.ids[0]}, set(self.ids[1:])], {}  # one POS surely cut off a while
+        super().run(steps // 6)
+        self.chaos = chaos  # type: ignore[method-assign]
+        super().run(steps - steps // 3 - steps // 6)
+
+    def drive(self, holder: Holder, steps: int = 400) -> None:
+        for _ in range(steps):
+            self.now += STEP
+            self.tick()
+            self.deliver_due()
+            if holder.phase == "holding" and not holder.in_flight:
+                return
+
+    def reconcile(self, final: list[Any]) -> list[Any]:
+        """The heal: every provisional payment is committed, or appended in review."""
+        holder = self.holders[self.ids[0]]
+        assert holder is not None and holder.phase == "holding"
+        for tid in self.ids:
+            for entry in self.provisional[tid]:
+                d = ledger_rules.fold(DRAWER, holder.ledger)
+                pos = d.op_positions.get(entry["op_id"])
+                if pos is not None and ledger_rules.content(d.entries[pos]) == ledger_rules.content(entry):
+                    continue  # already in (cannot happen for a payment never sent, but harmless)
+                view = {"id": entry["order_id"], "status": "open", "total_cents": ORDERS[entry["order_id"]]}
+                reason = ledger_rules.conflict(d, entry, view)
+                final_entry = dict(entry, provisional={"terminal_id": tid, "created_at": "", "reason": "cut off"})
+                if reason is not None:
+                    if pos is not None:
+                        final_entry["op_id"] = f"{entry['op_id']}~{tid}"
+                    final_entry |= {"status": "in_review", "review": {"reason": reason, "conflicts_with": []}}
+                self.post(holder.me, holder.append(final_entry))
+                self.drive(holder)
+                assert not holder.in_flight, "a reconciling append did not commit on a healed network"
+        return list(holder.ledger)
+
+    def check_money(self, final: list[Any]) -> None:
+        d = ledger_rules.fold(DRAWER, final)
+        for order, total in ORDERS.items():
+            assert d.paid_by_order.get(order, 0) <= total, f"order {order} paid beyond its total: {final}"
+        in_ledger = {e["op_id"]: e for e in final if e != NOOP}
+        for tid, entries in self.provisional.items():
+            for entry in entries:
+                found = in_ledger.get(f"{entry['op_id']}~{tid}") or in_ledger.get(entry["op_id"])
+                assert found is not None and found.get("provisional"), f"provisional {entry} lost"
+                assert found["status"] in ("committed", "in_review")
+                if found["status"] == "in_review":
+                    assert found["review"]["reason"]
+
+
+@pytest.mark.parametrize("voters", [3, 5])
+@pytest.mark.parametrize("seed", range(10))
+def test_randomized_payments_never_overpay_and_lose_no_provisional_entry(seed: int, voters: int) -> None:
+    sim = MoneySim(seed, voters)
+    sim.loss, sim.dup = 0.05, 0.05
+    sim.run(12000)
+    final = sim.settle()
+    sim.check(final)
+    final = sim.reconcile(final)
+    sim.check(final)
+    sim.check_money(final)
+    assert len(final) > 3 and any(sim.provisional.values()), "the schedule exercised nothing"
 
 
 def test_a_deposed_holder_can_never_append_again() -> None:
