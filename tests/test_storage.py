@@ -217,3 +217,28 @@ async def test_a_schema_1_database_is_migrated_in_place_and_keeps_everything(mak
         assert [e["kind"] for e in t.cashier.drawer("main")["entries"]] == ["drawer_opened", "cash_movement",
                                                                              "drawer_closed"]
         assert t.cashier.states["main"].promised[0] > ballot[0]  # a restarted holder outbids itself
+
+
+async def test_a_ledger_gap_left_by_a_failed_commit_is_completed_at_start(make_config) -> None:  # noqa: ANN001
+    """A cashier record whose commit failed, followed by one that succeeded, leaves a gap in
+    ``cashier_ledger`` - and the failed record's accepted row, which its rollback kept."""
+    config = make_config(type="pos")
+    async with Terminal(config).running() as t:
+        await t.cashier.open_drawer("main", float_cents=0, operator="carla")
+        for n in range(3):
+            await t.cashier.move_cash("main", direction="in", amount_cents=1, reason=f"r{n}")
+        ballot = t.cashier.states["main"].promised
+    conn = sqlite3.connect(config.data_dir / "meshpos.db")
+    (entry,) = conn.execute("SELECT entry FROM cashier_ledger WHERE position = 2").fetchone()
+    conn.execute("DELETE FROM cashier_ledger WHERE position = 2")
+    conn.execute("INSERT INTO cashier_accepted VALUES ('main', 2, ?, ?, ?)", (*ballot, entry))
+    conn.commit()
+    conn.close()
+    async with Terminal(config).running() as t:
+        assert len(t.cashier.states["main"].committed) == 2  # the dense prefix
+        await t.cashier.move_cash("main", direction="in", amount_cents=1, reason="r3")
+        entries = t.cashier.drawer("main", from_position=0)["entries"]
+        assert [e.get("reason") for e in entries] == [None, "r0", "r1", "r2", "r3"]  # nothing lost
+        assert t.cashier.drawer("main")["expected_cash_cents"] == 4
+    async with Terminal(config).running() as t:
+        assert len(t.cashier.states["main"].committed) == 5 and not t.cashier.states["main"].accepted

@@ -128,12 +128,22 @@ class Cashier:
         for drawer, pos, rnd, holder, entry in await q(
                 "SELECT drawer, position, round, holder, entry FROM cashier_accepted"):
             self.voter.state(drawer).accepted[pos] = ((rnd, holder), json.loads(entry))
+        gaps: set[str] = set()
         for drawer, pos, entry in await q("SELECT drawer, position, entry FROM cashier_ledger "
                                           "ORDER BY drawer, position"):
             st = self.voter.state(drawer)
-            if pos != len(st.committed):
-                raise StoreError(f"cashier ledger of drawer {drawer} has a gap at position {len(st.committed)}")
+            if pos != len(st.committed) or drawer in gaps:
+                # Only a commit that failed between two later successful ones leaves a gap (its
+                # accepted rows stay: see _persist).  Keep the dense prefix; what lies beyond is
+                # committed, so it is reported as accepted under the promised ballot - the value
+                # chosen there - and the next holder commits it again; peers relay the rest.
+                gaps.add(drawer)
+                st.accepted.setdefault(pos, (st.promised, json.loads(entry)))
+                continue
             st.committed.append(json.loads(entry))
+        for drawer in sorted(gaps):
+            log.warning("drawer %s: stored ledger has a gap at position %d; completing it from the voters",
+                        drawer, len(self.states[drawer].committed))
         for drawer, st in self.states.items():
             self.drawers[drawer] = ledger.fold(drawer, st.committed)
         for drawer, op_id, seq, entry, state, pos, created in await q(
@@ -271,15 +281,18 @@ class Cashier:
         events: list[tuple[str, dict[str, Any]]] = []
         if len(st.committed) > committed_len:
             at = iso(self.t.clock())
-            sql.append(("DELETE FROM cashier_accepted WHERE drawer = ? AND position < ?", (drawer, len(st.committed))))
+            # Only the rows this record commits: if an earlier record failed, its accepted rows
+            # must stay on disk until its entries are stored (load() completes a gap from them).
+            sql.append(("DELETE FROM cashier_accepted WHERE drawer = ? AND position >= ? AND position < ?",
+                        (drawer, committed_len, len(st.committed))))
             d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
             grown = self._grown.pop(drawer, None)
             if grown is not None:
                 grown.set()
             for pos in range(committed_len, len(st.committed)):
                 entry = st.committed[pos]
-                sql.append(("INSERT INTO cashier_ledger (drawer, position, entry, learned_at) VALUES (?,?,?,?)",
-                            (drawer, pos, _dump(entry), at)))
+                sql.append(("INSERT OR REPLACE INTO cashier_ledger (drawer, position, entry, learned_at) "
+                            "VALUES (?,?,?,?)", (drawer, pos, _dump(entry), at)))
                 ledger.apply(d, pos, entry)
                 events.extend(_events_of(d, pos))
         if not sql:
