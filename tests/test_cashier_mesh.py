@@ -140,6 +140,22 @@ async def test_bad_requests_record_nothing(authority: Authority, tmp_path: Path)
         assert rows == [(2,)]
 
 
+async def test_a_holder_that_loses_its_majority_fails_fast(authority: Authority, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "IDLE_RELEASE_SECONDS", 60.0)  # pos-1 still holds the drawer
+    cfgs = configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])
+    async with running_mesh(cfgs[:1], link=False) as (pos1,):
+        async with running_mesh(cfgs[1:], link=False) as others:
+            connect_all([pos1, *others])
+            await wait_linked([pos1, *others])
+            await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
+            assert pos1.cashier.summary("main")["held_here"]
+        await wait_for(lambda: not pos1.mesh.links)  # type: ignore[union-attr]
+        with anyio.fail_after(0.5), pytest.raises(NoQuorum, match="1 of 3 reachable"):
+            await pos1.cashier.move_cash("main", direction="in", amount_cents=5, reason="x")
+        assert pos1.cashier.states["main"].accepted == {}  # nothing was sent out to be accepted
+
+
 async def test_no_majority_fails_fast_or_goes_provisional_then_reconciles(authority: Authority,
                                                                            tmp_path: Path) -> None:
     cfgs = configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])

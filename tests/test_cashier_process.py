@@ -9,6 +9,8 @@ roster; the tests talk to them only through their local HTTP APIs and crash them
 * 5 POS voters: a minority dies and the cashier still commits; a third dies and requests fail fast
   (503, 4009) or are stored provisionally; the dead come back and the provisional entry commits
   everywhere.
+
+Both anyio backends take part in each mesh (see ``backend`` in each test): the wire is the same.
 """
 
 from __future__ import annotations
@@ -65,14 +67,18 @@ def committed(resp: httpx.Response, status: int = 201) -> dict[str, Any]:
     return body["entry"]
 
 
-def retry_while_locked(request: Callable[[], httpx.Response], within: float = TAKEOVER_WITHIN) -> httpx.Response:
-    """Repeat ``request`` (same op_id: a retry never applies twice) while it fails with 503/4009."""
+def retry_while_locked(request: Callable[[], httpx.Response], within: float = TAKEOVER_WITHIN,
+                       refusals: list[str] | None = None) -> httpx.Response:
+    """Repeat ``request`` (same op_id: a retry never applies twice) while it fails with 503/4009;
+    the refusals' messages go to ``refusals``."""
     deadline = time.monotonic() + within
     while True:
         resp = request()
         if resp.status_code != 503:
             return resp
         assert resp.json()["code"] == LOCK_TIMEOUT, resp.text
+        if refusals is not None:
+            refusals.append(resp.json()["message"])
         if time.monotonic() > deadline:
             pytest.fail(f"still refused after {within}s: {resp.text}")
         time.sleep(0.2)
@@ -108,7 +114,8 @@ def same_ledgers(clients: dict[str, httpx.Client], length: int, within: float = 
 
 def test_three_voters_holder_killed_after_ack_takeover_and_catch_up(launch, tmp_path: Path) -> None:  # noqa: ANN001
     store = pos_store(tmp_path, 3)
-    procs: dict[str, Proc] = {tid: start(launch, store, tid, "asyncio") for tid in store.ids}
+    backend = {"pos-1": "asyncio", "pos-2": "trio", "pos-3": "asyncio"}  # the taker runs on trio
+    procs: dict[str, Proc] = {tid: start(launch, store, tid, backend[tid]) for tid in store.ids}
     clients = {tid: p.client() for tid, p in procs.items()}
     linked(clients, store.ids)
     pos1, pos2, pos3 = (clients[t] for t in store.ids)
@@ -132,13 +139,18 @@ def test_three_voters_holder_killed_after_ack_takeover_and_catch_up(launch, tmp_
     c = new_order(pos2, 1)
     started = time.monotonic()
     pay_c = {"order_id": c["id"], "amount_cents": 1590, "method": "cash", "op_id": "pay-c", "user": "duda"}
-    acked.append(committed(retry_while_locked(lambda: pos2.post(f"{DRAWER}/payments", json=pay_c))))
+    refusals: list[str] = []
+    acked.append(committed(retry_while_locked(lambda: pos2.post(f"{DRAWER}/payments", json=pay_c),
+                                              refusals=refusals)))
     took = time.monotonic() - started
+    # the dead holder's lease (10 s from its last append) held pos-2 off, then ran out
+    assert any("locked by pos-1" in m for m in refusals) and took > 5, (took, refusals)
     assert acked[-1]["position"] == 4 and acked[-1]["terminal_id"] == "pos-2", acked[-1]
     assert committed(pos2.post(f"{DRAWER}/payments", json=pay_c)) == acked[-1]  # a retry, not a 2nd payment
     closed = committed(pos2.post(f"{DRAWER}/close", json={"counted_cents": 13_500, "op_id": "close-1"}), 200)
     expected = 10_000 + 3180 + 300 + 500 + 1590  # float + cash payment with its tip + cash in + cash payment
-    assert (closed["position"], closed["expected_cents"], closed["difference_cents"]) == (5, expected, 13_500 - expected)
+    assert (closed["position"], closed["expected_cents"]) == (5, expected)
+    assert closed["difference_cents"] == 13_500 - expected
     acked.append(closed)
 
     ledger = same_ledgers({"pos-2": pos2, "pos-3": pos3}, 6)
@@ -148,14 +160,13 @@ def test_three_voters_holder_killed_after_ack_takeover_and_catch_up(launch, tmp_
     assert summary["state"] == "closed" and summary["voters"] == {"total": 3, "reachable": 2, "majority": 2}
 
     # pos-1 restarts on its data dir and catches up to the very same ledger
-    procs["pos-1"] = start(launch, store, "pos-1", "asyncio")
+    procs["pos-1"] = start(launch, store, "pos-1", backend["pos-1"])
     clients["pos-1"] = procs["pos-1"].client()
     linked(clients, store.ids)
     assert same_ledgers(clients, 6) == acked
     pos1 = clients["pos-1"]
     wait(lambda: all(order_status(pos1, o["id"]) == "paid" for o in (a, b, c)), within=15, what="orders paid on pos-1")
     assert drawer(pos1)["state"] == "closed" and drawer(pos1)["expected_cash_cents"] == expected
-    print(f"pos-2 took the drawer over {took:.1f} s after pos-1 died")
 
 
 def test_five_voters_minority_down_commits_no_majority_provisional_then_heals(  # noqa: ANN001
@@ -232,7 +243,8 @@ def test_five_voters_minority_down_commits_no_majority_provisional_then_heals(  
     ledger = same_ledgers(clients, 5)
     assert ledger[:4] == acked, "entries acknowledged before the crashes are missing, changed or reordered"
     last = ledger[4]
-    assert (last["op_id"], last["kind"], last["status"], last["amount_cents"]) == ("pay-z", "payment", "committed", 1590)
+    assert (last["op_id"], last["kind"], last["status"]) == ("pay-z", "payment", "committed")
+    assert last["amount_cents"] == 1590 and last["method"] == "card"
     assert last["provisional"]["terminal_id"] == "pos-1"
     for tid, c in clients.items():
         summary = drawer(c)

@@ -397,12 +397,13 @@ class Cashier:
         return None
 
     async def _hold(self, drawer: str) -> _Hold:
+        why = self._no_majority(drawer)
+        if why is not None:  # even while holding: an append could not commit, so fail fast
+            self._holds.pop(drawer, None)
+            raise NoQuorum(why)
         hold = self._holds.get(drawer)
         if hold is not None and hold.holder.phase == "holding":
             return hold
-        why = self._no_majority(drawer)
-        if why is not None:
-            raise NoQuorum(why)
         voters = self.voters()
         refusals = 0
         deadline = anyio.current_time() + ACQUIRE_TIMEOUT
