@@ -37,6 +37,7 @@ from meshpos.cashier.quorum import (
     Release,
     Send,
     Voter,
+    VoterState,
     from_wire,
     to_wire,
 )
@@ -432,3 +433,39 @@ def test_release_frees_the_drawer_for_another_terminal_at_once() -> None:
     third = Holder("pos-2", DRAWER, ids, round_above=first.ballot[0] + 1)
     exchange(third, third.acquire())
     assert third.phase == "holding"
+
+
+def test_a_voter_that_always_answers_last_is_told_only_what_it_lacks() -> None:
+    ids = ["pos-1", "pos-2", "pos-3"]
+    voters = {v: Voter(v) for v in ids}
+    holder = Holder("pos-1", DRAWER, ids)
+    commits_to_slow: list[Commit] = []
+
+    def exchange(sends: list[Send]) -> None:
+        late: list[Send] = []
+        queue = list(sends)
+        while queue or late:
+            s = queue.pop(0) if queue else late.pop(0)
+            if s.to == "pos-3" and s in sends and queue:  # pos-3 hears everything last
+                late.append(s)
+                continue
+            if isinstance(s.message, Commit) and s.to == "pos-3":
+                commits_to_slow.append(s.message)
+            for reply in voters[s.to].handle(holder.me, s.message, now=1.0):
+                queue += holder.handle(s.to, reply.message)[0]
+
+    exchange(holder.acquire())
+    for n in range(300):
+        exchange(holder.append({"op": n}))
+    assert len(holder.ledger) == 300 and voters["pos-3"].state(DRAWER).committed == holder.ledger
+    assert max(len(c.entries) for c in commits_to_slow) <= 2  # not ledger[known:] every time
+
+
+def test_a_resent_prepare_still_says_what_the_holder_knows() -> None:
+    holder = Holder("pos-1", DRAWER, ["pos-1", "pos-2", "pos-3"], ledger=[{"op": n} for n in range(5000)])
+    first = holder.acquire()
+    again = holder.tick(now=10.0)
+    assert {s.message.known for s in first + again} == {5000} and len(again) == 3
+    voter = Voter("pos-2", {DRAWER: VoterState(committed=[{"op": n} for n in range(5000)])})
+    (promise,) = voter.handle("pos-1", again[1].message, now=10.0)
+    assert promise.message.accepted == ()  # nothing above what the holder knows: a small promise

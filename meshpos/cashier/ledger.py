@@ -84,12 +84,13 @@ class Drawer:
     #: position -> effective status ("committed" | "in_review" | "rejected").
     status: dict[int, str] = field(default_factory=dict)
     resolutions: dict[int, dict[str, Any]] = field(default_factory=dict)  # reviewed position -> resolution
+    _open_reviews: set[int] = field(default_factory=set)
     last_close: dict[str, Any] | None = None
     entries: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def open_reviews(self) -> list[int]:
-        return [p for p, s in self.status.items() if s == "in_review"]
+        return sorted(self._open_reviews)
 
     def remaining(self, order_id: str, total_cents: int) -> int:
         return total_cents - self.paid_by_order.get(order_id, 0)
@@ -111,6 +112,7 @@ def apply(d: Drawer, pos: int, entry: dict[str, Any]) -> None:
     d.op_positions.setdefault(entry["op_id"], pos)
     if entry["status"] == "in_review":
         d.status[pos] = "in_review"
+        d._open_reviews.add(pos)
         return
     d.status[pos] = "committed"
     if kind == "review_resolution":
@@ -118,6 +120,7 @@ def apply(d: Drawer, pos: int, entry: dict[str, Any]) -> None:
         if d.status.get(of) != "in_review":
             return  # a second resolution of one item: the first stands (the API refuses it anyway)
         d.resolutions[of] = {**entry, "position": pos}
+        d._open_reviews.discard(of)
         if entry["decision"] == "reject":
             d.status[of] = "rejected"
             return

@@ -38,6 +38,8 @@ NO_BALLOT: Ballot = (0, "")
 LEASE_SECONDS = 10.0
 #: A holder resends unanswered prepares and accepts this often.
 RETRY_SECONDS = 0.2
+#: Committed entries per ``Commit`` message (a voter far behind gets several).
+COMMIT_CHUNK = 200
 NOOP = {"kind": "noop"}  # fills a position no majority member had accepted anything at
 
 
@@ -246,8 +248,9 @@ class Holder:
         self.ledger: list[Any] = list(ledger)  # committed entries, dense
         self._known = len(self.ledger)
         self._last_retry = float("-inf")
-        #: How much of the ledger each voter is known to have committed (from its answers).
-        self._voter_committed: dict[str, int] = {}
+        #: Where the next ``Commit`` to each voter starts: what it last said it has committed,
+        #: or (optimistically) the end of what was already sent to it.
+        self._commit_from: dict[str, int] = {}
         self.next_position = len(self.ledger)
 
     @property
@@ -297,13 +300,17 @@ class Holder:
             return self._deposed(msg)
         if isinstance(msg, Promise) and self.phase == "preparing":
             self._promises[msg.voter] = msg
-            self._voter_committed[msg.voter] = msg.committed
+            self._commit_from[msg.voter] = msg.committed
             if len(self._promises) >= self.majority:
                 return self._take_over()
             return [], []
-        if isinstance(msg, Accepted) and self.phase in ("holding", "completing") and msg.position in self._acks:
-            self._acks[msg.position].add(msg.voter)
-            self._voter_committed[msg.voter] = msg.committed
+        if isinstance(msg, Accepted) and self.phase in ("holding", "completing"):
+            # Every answer says how far the voter's ledger goes - also a late one, after a
+            # majority already answered: a voter that is always late is still told only what
+            # it lacks, never the whole ledger again.
+            self._commit_from[msg.voter] = msg.committed
+            if msg.position in self._acks:
+                self._acks[msg.position].add(msg.voter)
             return self._advance(news_for=msg.voter)
         return [], []
 
@@ -343,9 +350,12 @@ class Holder:
                 events.append(Committed(self.drawer, pos, self.ledger[pos]))
         out: list[Send] = []
         for voter in self.voters if len(self.ledger) > start else [news_for] if news_for else []:
-            known = self._voter_committed.get(voter, 0)
-            if known < len(self.ledger):
-                out.append(Send(voter, Commit(self.drawer, self.ballot, known, tuple(self.ledger[known:]))))
+            at = self._commit_from.get(voter, self._known)
+            while at < len(self.ledger):
+                end = min(len(self.ledger), at + COMMIT_CHUNK)
+                out.append(Send(voter, Commit(self.drawer, self.ballot, at, tuple(self.ledger[at:end]))))
+                at = end
+            self._commit_from[voter] = max(at, self._commit_from.get(voter, 0))
         if self.phase == "completing" and len(self.ledger) == self.next_position:
             self.phase = "holding"
             events.append(Acquired(self.drawer, self.ballot, tuple(self.ledger)))
@@ -358,7 +368,8 @@ class Holder:
             return []
         self._last_retry = now
         if self.phase == "preparing":
-            return [Send(v, Prepare(self.drawer, self.ballot)) for v in self.voters if v not in self._promises]
+            return [Send(v, Prepare(self.drawer, self.ballot, self._known)) for v in self.voters
+                    if v not in self._promises]
         return [Send(v, Accept(self.drawer, self.ballot, pos, self._proposed[pos]))
                 for pos, acks in sorted(self._acks.items()) if pos in self._proposed
                 for v in self.voters if v not in acks]

@@ -98,6 +98,7 @@ class _Hold:
     deposed: Deposed | None = None
     waiting: dict[int, anyio.Event] = field(default_factory=dict)
     committed: dict[int, Any] = field(default_factory=dict)
+    stored: dict[int, Ticket | None] = field(default_factory=dict)  # this terminal's copy of each commit
     last_used: float = field(default_factory=anyio.current_time)
 
 
@@ -237,7 +238,7 @@ class Cashier:
                 hold.ready.set()
             elif isinstance(event, Committed):
                 hold.committed[event.position] = event.entry
-                self._learn(event.drawer, event.position, [event.entry])
+                hold.stored[event.position] = self._learn(event.drawer, event.position, [event.entry])
                 self._relay(event.drawer, event.position, [event.entry])
                 waiter = hold.waiting.pop(event.position, None)
                 if waiter is not None:
@@ -466,7 +467,11 @@ class Cashier:
             if self._holds.get(hold.holder.drawer) is hold:
                 del self._holds[hold.holder.drawer]  # take the drawer afresh next time
             raise InDoubt(f"op {entry['op_id']} at position {pos}")
-        await self._durable_barrier()  # this terminal's copy of the entry is on disk too
+        ticket = hold.stored.pop(pos, None)
+        if ticket is not None:
+            await ticket.wait()  # this terminal's copy of the entry is on disk too
+        else:
+            await self._durable_barrier()  # (already queued by the local voter: wait for it)
         self.stats["commits"] += 1
         return pos
 
