@@ -83,6 +83,9 @@ class Accept:
     ballot: Ballot
     position: int
     entry: Any
+    #: The holder's committed length when it sent this: the voter commits the entries it
+    #: accepted under this same ballot below it, without a separate ``Commit`` (piggyback).
+    commit_upto: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,14 @@ class Voter:
             st.promised = msg.ballot
             if msg.position >= len(st.committed):
                 st.accepted[msg.position] = (msg.ballot, msg.entry)
+            # A holder proposes one entry per position under its ballot, and commits in order:
+            # what this voter accepted under ``msg.ballot`` below ``commit_upto`` is committed.
+            while len(st.committed) < msg.commit_upto:
+                got = st.accepted.get(len(st.committed))
+                if got is None or got[0] != msg.ballot:
+                    break  # accepted under another ballot, or never: a Commit will bring it
+                st.committed.append(got[1])
+                del st.accepted[len(st.committed) - 1]
             return [Send(sender, Accepted(msg.drawer, msg.ballot, msg.position, self.me, len(st.committed)))]
         if isinstance(msg, Commit):
             if msg.ballot < st.promised:
@@ -268,7 +279,7 @@ class Holder:
     def release(self) -> list[Send]:
         """Give the drawer up (after closing it): voters stop holding others off."""
         self.phase = "released"
-        return self._all(Release(self.drawer, self.ballot))
+        return self._commits(self.voters) + self._all(Release(self.drawer, self.ballot))
 
     @property
     def in_flight(self) -> dict[int, Any]:
@@ -289,7 +300,7 @@ class Holder:
     def _propose(self, pos: int, entry: Any) -> list[Send]:
         self._proposed[pos] = entry
         self._acks[pos] = set()
-        return self._all(Accept(self.drawer, self.ballot, pos, entry))
+        return self._all(Accept(self.drawer, self.ballot, pos, entry, len(self.ledger)))
 
     def handle(self, sender: str, msg: Message) -> tuple[list[Send], list[Event]]:
         if getattr(msg, "ballot", None) != self.ballot or self.phase in ("idle", "deposed", "released"):
@@ -311,7 +322,7 @@ class Holder:
             self._commit_from[msg.voter] = msg.committed
             if msg.position in self._acks:
                 self._acks[msg.position].add(msg.voter)
-            return self._advance(news_for=msg.voter)
+            return self._advance()
         return [], []
 
     def _take_over(self) -> tuple[list[Send], list[Event]]:
@@ -338,8 +349,8 @@ class Holder:
         more, events = self._advance()
         return out + more, events
 
-    def _advance(self, news_for: str | None = None) -> tuple[list[Send], list[Event]]:
-        """Commit what a majority accepted, in position order; tell the voters what they lack."""
+    def _advance(self) -> tuple[list[Send], list[Event]]:
+        """Commit what a majority accepted, in position order."""
         events: list[Event] = []
         start = len(self.ledger)
         while len(self.ledger) in self._acks and len(self._acks[len(self.ledger)]) >= self.majority:
@@ -348,31 +359,40 @@ class Holder:
             del self._acks[pos]
             if self.phase == "holding":
                 events.append(Committed(self.drawer, pos, self.ledger[pos]))
+        # Voters learn commits from the next Accept (commit_upto); a Commit goes out right away
+        # only while completing (nothing else will follow) and on tick, to voters that lag.
+        out = self._commits(self.voters) if self.phase == "completing" and len(self.ledger) > start else []
+        if self.phase == "completing" and len(self.ledger) == self.next_position:
+            self.phase = "holding"
+            events.append(Acquired(self.drawer, self.ballot, tuple(self.ledger)))
+        return out, events
+
+    def _commits(self, voters: list[str]) -> list[Send]:
+        """``Commit``s of what each of ``voters`` lacks, as far as its answers tell (chunked)."""
         out: list[Send] = []
-        for voter in self.voters if len(self.ledger) > start else [news_for] if news_for else []:
+        for voter in voters:
             at = self._commit_from.get(voter, self._known)
             while at < len(self.ledger):
                 end = min(len(self.ledger), at + COMMIT_CHUNK)
                 out.append(Send(voter, Commit(self.drawer, self.ballot, at, tuple(self.ledger[at:end]))))
                 at = end
             self._commit_from[voter] = max(at, self._commit_from.get(voter, 0))
-        if self.phase == "completing" and len(self.ledger) == self.next_position:
-            self.phase = "holding"
-            events.append(Acquired(self.drawer, self.ballot, tuple(self.ledger)))
-        return out, events
+        return out
 
     def tick(self, now: float) -> list[Send]:
         """Resend what is unanswered (messages get lost; positions commit only in order, so one
-        lost accept would hold up every later entry).  Call every so often."""
+        lost accept would hold up every later entry) and tell lagging voters what is committed.
+        Call every so often."""
         if now - self._last_retry < RETRY_SECONDS or self.phase in ("idle", "deposed", "released"):
             return []
         self._last_retry = now
         if self.phase == "preparing":
             return [Send(v, Prepare(self.drawer, self.ballot, self._known)) for v in self.voters
                     if v not in self._promises]
-        return [Send(v, Accept(self.drawer, self.ballot, pos, self._proposed[pos]))
-                for pos, acks in sorted(self._acks.items()) if pos in self._proposed
-                for v in self.voters if v not in acks]
+        accepts = [Send(v, Accept(self.drawer, self.ballot, pos, self._proposed[pos], len(self.ledger)))
+                   for pos, acks in sorted(self._acks.items()) if pos in self._proposed
+                   for v in self.voters if v not in acks]
+        return accepts + self._commits(self.voters)
 
     def _deposed(self, msg: Reject) -> tuple[list[Send], list[Event]]:
         self.phase = "deposed"
@@ -453,7 +473,7 @@ def from_wire(data: dict[str, Any], now: float, check_entry: Any = None) -> Mess
             kw[name] = value
         elif name in ("ballot", "promised"):
             kw[name] = _ballot(value)
-        elif name in ("known", "committed", "position", "start"):
+        elif name in ("known", "committed", "position", "start", "commit_upto"):
             kw[name] = _count(value, name)
         elif name == "lease_left":
             if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):

@@ -494,7 +494,11 @@ class Cashier:
         d = self.drawers.get(drawer)
         pos = d.op_positions.get(entry["op_id"]) if d is not None else None
         if pos is not None:
-            if ledger.content(d.entries[pos]) != ledger.content(entry):  # type: ignore[union-attr]
+            first = d.entries[pos]  # type: ignore[union-attr]
+            if ledger.content(first) != ledger.content(entry) and entry["kind"] == "review_resolution":
+                raise Conflict(f"review item {drawer}.{entry['of']} was already resolved ({first['decision']} by "
+                               f"{first['operator']} at {first['at']})")
+            if ledger.content(first) != ledger.content(entry):
                 raise Conflict(f"op_id {entry['op_id']} was already used for another operation "
                                f"(position {pos} of drawer {drawer})")
             return self._result(drawer, ledger.view(d, pos))  # type: ignore[arg-type]
@@ -794,11 +798,7 @@ class Cashier:
             raise InvalidInput("amount_cents goes with decision 'adjust' only")
         entry = self._entry(d.name, "review_resolution", f"resolve:{pos}", operator, of=pos, decision=decision,
                             amount_cents=amount_cents, note=note, operator=operator)
-        done = d.resolutions.get(pos)
-        if done is not None and ledger.content(done | {"position": None}) != ledger.content(entry | {"position": None}):
-            raise Conflict(f"review item {review_id} was already resolved ({done['decision']} by {done['operator']} "
-                           f"at {done['at']})")
-        await self.submit(d.name, entry)
+        await self.submit(d.name, entry)  # the same decision again returns the first; another is 409
         return self.review(review_id)
 
 
