@@ -27,10 +27,7 @@ drawer.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import multiprocessing
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -40,37 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from benchutil import Children, enrolled_store, link_up, run_child, summary
 
 from meshpos.cashier import service
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
-from peer.identity import Authority, save_roster
 
 TARGET_COMMIT_P99_MS = 20.0
 TARGET_COMMITS_PER_S = 200.0
 WARMUP = 20
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def summary(ms: list[float]) -> dict[str, Any]:
-    return {"p50": round(statistics.median(ms), 3), "p99": round(percentile(ms, 99), 3),
-            "max": round(max(ms), 3), "samples": len(ms)}
-
-
-def enrolled_store(root: Path, n: int) -> list[str]:
-    """``n`` POS terminals enrolled in a store authority in ``root``; every data directory holds
-    the final roster (the first one enrolled would otherwise know only itself: its own voter)."""
-    authority = Authority.init(root / "auth", "bench")
-    ids = [f"pos{k:02d}" for k in range(n)]
-    for tid in ids:
-        authority.enroll(tid, "pos", root / tid)
-    for tid in ids:
-        save_roster(root / tid, authority.roster)
-    return ids
 
 
 def config_of(root: Path, tid: str) -> TerminalConfig:
@@ -229,7 +204,7 @@ async def measure(call: Call, n: int, args: argparse.Namespace, cpu_total: Calla
 async def run_in_process(n: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
         root = Path(tmp)
-        ids = enrolled_store(root, n)
+        ids = enrolled_store(root, n, prefix="pos")
         async with AsyncExitStack() as stack:
             terminals = [await stack.enter_async_context(Terminal(config_of(root, tid)).running()) for tid in ids]
             for i, a in enumerate(terminals):
@@ -256,14 +231,7 @@ async def run_in_process(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _terminal_process(conn: Connection, root: str, tid: str, n: int, backend: str) -> None:
-    try:
-        anyio.run(_terminal_main, conn, Path(root), tid, n, backend=backend)
-    except BaseException as exc:  # noqa: BLE001 - the parent shows the child's own failure
-        leaf: BaseException = exc
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        conn.send(("error", f"{tid}: {type(leaf).__name__}: {leaf}"))
-        raise
+    run_child(conn, tid, backend, _terminal_main, Path(root), tid, n)
 
 
 async def _terminal_main(conn: Connection, root: Path, tid: str, n: int) -> None:
@@ -272,11 +240,7 @@ async def _terminal_main(conn: Connection, root: Path, tid: str, n: int) -> None
         while True:
             command, *arg = await anyio.to_thread.run_sync(conn.recv)
             if command == "dial":
-                for address in arg[0]:
-                    t.mesh.dial(address)
-                with anyio.fail_after(30):
-                    while len(t.mesh.links) < n - 1:  # noqa: ASYNC110
-                        await anyio.sleep(0.01)
+                await link_up(t, arg[0], n - 1)
                 if len(t.cashier.voters()) != n:
                     raise RuntimeError(f"{tid} sees voters {t.cashier.voters()}, not {n}")
                 conn.send(("linked",))
@@ -286,52 +250,13 @@ async def _terminal_main(conn: Connection, root: Path, tid: str, n: int) -> None
                 conn.send(("done", await OPS[command](t, *arg)))
 
 
-class _Children:
-    """The terminal processes of one run, and their pipes."""
-
-    def __init__(self, root: Path, ids: list[str], backend: str) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs = []
-        for tid in ids:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_terminal_process, args=(child, str(root), tid, len(ids), backend), daemon=True)
-            proc.start()
-            self.conns.append(parent)
-            self.procs.append(proc)
-
-    def recv(self, i: int, expect: str, timeout: float = 300) -> Any:
-        if not self.conns[i].poll(timeout):
-            raise TimeoutError(f"terminal {i} sent nothing within {timeout} s (waiting for {expect!r})")
-        kind, *rest = self.conns[i].recv()
-        if kind == "error":
-            raise RuntimeError(rest[0])
-        if kind != expect:
-            raise RuntimeError(f"terminal {i} answered {kind!r}, not {expect!r}")
-        return rest[0] if rest else None
-
-    def send(self, i: int, *message: Any) -> None:
-        self.conns[i].send(message)
-
-    def close(self) -> None:
-        for i, proc in enumerate(self.procs):
-            if proc.is_alive():
-                with contextlib.suppress(OSError):
-                    self.send(i, "stop")
-        for proc in self.procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-
-
 async def run_processes(n: int, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
         root = Path(tmp)
-        ids = enrolled_store(root, n)
-        children = _Children(root, ids, args.backend)
+        ids = enrolled_store(root, n, prefix="pos")
+        children = Children(_terminal_process, [(str(root), tid, len(ids), args.backend) for tid in ids])
         try:
-            ports = [await anyio.to_thread.run_sync(children.recv, i, "port") for i in range(n)]
+            ports = [(await anyio.to_thread.run_sync(children.recv, i, "port"))[0] for i in range(n)]
             for i in range(n):
                 children.send(i, "dial", [f"127.0.0.1:{ports[j]}" for j in range(i + 1, n)])
             for i in range(n):
@@ -339,7 +264,7 @@ async def run_processes(n: int, args: argparse.Namespace) -> dict[str, Any]:
 
             async def call(i: int, op: str, *a: Any) -> Any:
                 children.send(i, op, *a)
-                return await anyio.to_thread.run_sync(children.recv, i, "done")
+                return (await anyio.to_thread.run_sync(children.recv, i, "done"))[0]
 
             async def cpu_total() -> float:
                 return sum([await call(i, "cpu") for i in range(n)])

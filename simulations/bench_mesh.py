@@ -27,10 +27,8 @@ updates/s per terminal sustained at 5 terminals.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
-import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -41,18 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from benchutil import Children, enrolled_store, link_up, percentile, run_child
 
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
-from peer.identity import Authority
 
 ITEM = {"sku": "burger", "name": "Burger", "qty": 1, "unit_price_cents": 1590, "station": "grill"}
 WRITERS_PER_TERMINAL = 16
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 class Observer:
@@ -80,15 +73,6 @@ class Observer:
             event = self._waiters.setdefault(oid, anyio.Event())
             await event.wait()
         return self.seen[oid]
-
-
-def enrolled_store(root: Path, n: int) -> list[str]:
-    """A store authority in ``root`` and ``n`` POS terminals enrolled next to it; their ids."""
-    authority = Authority.init(root / "auth", "bench")
-    ids = [f"t{k:02d}" for k in range(n)]
-    for tid in ids:
-        authority.enroll(tid, "pos", root / tid)
-    return ids
 
 
 async def run_mesh(n: int, *, latency_samples: int, interval: float, updates: int) -> dict[str, Any]:
@@ -175,14 +159,7 @@ async def throughput(terminals: list[Terminal], observer: Observer, updates: int
 
 def _terminal_process(conn: Connection, data_dir: str, tid: str, backend: str) -> None:
     """Child: one terminal, driven by the parent's commands; every answer goes back on ``conn``."""
-    try:
-        anyio.run(_terminal_main, conn, Path(data_dir), tid, backend=backend)
-    except BaseException as exc:  # noqa: BLE001 - the parent shows the child's own failure
-        leaf: BaseException = exc
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        conn.send(("error", f"{tid}: {type(leaf).__name__}: {leaf}"))
-        raise
+    run_child(conn, tid, backend, _terminal_main, Path(data_dir), tid)
 
 
 async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
@@ -211,11 +188,7 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
         while True:
             command, *arg = await anyio.to_thread.run_sync(conn.recv)
             if command == "dial":
-                for address in arg[0]:
-                    t.mesh.dial(address)
-                with anyio.fail_after(30):
-                    while len(t.mesh.links) < arg[1]:  # noqa: ASYNC110
-                        await anyio.sleep(0.01)
+                await link_up(t, arg[0], arg[1])
                 conn.send(("linked",))
             elif command == "product":
                 if arg[0]:
@@ -255,54 +228,12 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
                 return
 
 
-class _Children:
-    """The terminal processes of one run, and their pipes."""
-
-    def __init__(self, root: Path, ids: list[str], backend: str) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs = []
-        for tid in ids:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_terminal_process, args=(child, str(root / tid), tid, backend), daemon=True)
-            proc.start()
-            self.conns.append(parent)
-            self.procs.append(proc)
-
-    def recv(self, i: int, expect: str, timeout: float = 120) -> tuple[Any, ...]:
-        if not self.conns[i].poll(timeout):
-            raise TimeoutError(f"terminal {i} sent nothing within {timeout} s (waiting for {expect!r})")
-        kind, *rest = self.conns[i].recv()
-        if kind == "error":
-            raise RuntimeError(rest[0])
-        if kind != expect:
-            raise RuntimeError(f"terminal {i} answered {kind!r}, not {expect!r}")
-        return tuple(rest)
-
-    def all(self, expect: str, timeout: float = 120) -> list[tuple[Any, ...]]:
-        return [self.recv(i, expect, timeout) for i in range(len(self.conns))]
-
-    def send(self, i: int, *message: Any) -> None:
-        self.conns[i].send(message)
-
-    def close(self) -> None:
-        for i, proc in enumerate(self.procs):
-            if proc.is_alive():
-                with contextlib.suppress(OSError):
-                    self.send(i, "stop")
-        for proc in self.procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-
-
 def run_mesh_processes(n: int, *, latency_samples: int, interval: float, updates: int,
                        backend: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
         root = Path(tmp)
         ids = enrolled_store(root, n)
-        children = _Children(root, ids, backend)
+        children = Children(_terminal_process, [(str(root / tid), tid, backend) for tid in ids])
         try:
             ports = [port for (port,) in children.all("port")]
             for i in range(n):
