@@ -149,12 +149,13 @@ class Terminal:
     def today(self) -> date:
         return self.calendar.day_of(self.clock())
 
-    def _live_days(self) -> list[date]:
+    def live_days(self) -> list[date]:
+        """The business days still writable: yesterday (late tables) and today."""
         today = self.today()
         return [today - timedelta(days=n) for n in range(WRITABLE_PAST_DAYS, -1, -1)]
 
     async def _open_live_days(self) -> None:
-        live = {orders_doc.doc_name(d) for d in self._live_days()}
+        live = {orders_doc.doc_name(d) for d in self.live_days()}
         for name in sorted(live):
             model = self.host.get(name)
             if model is None or model.read_only:
@@ -191,7 +192,7 @@ class Terminal:
         day = orders_day(name)
         if day is None:
             raise RuntimeError(f"{name} is always open")
-        if day in self._live_days():
+        if day in self.live_days():
             await self._open_live_days()
         if self.host.get(name) is None:
             await self.host.open(name, OrdersDoc, read_only=True)
@@ -217,7 +218,7 @@ class Terminal:
 
     async def orders_of_day(self, day: date) -> OrdersDoc:
         name = orders_doc.doc_name(day)
-        live = self._live_days()
+        live = self.live_days()
         model = self.host.get(name)
         if (model is None and day in live) or (model is not None and not model.read_only and day not in live):
             await self._open_live_days()  # the day rolled over since housekeeping last ran
@@ -310,7 +311,7 @@ class Terminal:
     async def list_orders(
         self, *, day: date | None = None, status: str | None = None, table: str | None = None
     ) -> list[dict[str, Any]]:
-        days = [day] if day is not None else self._live_days()
+        days = [day] if day is not None else self.live_days()
         out: list[dict[str, Any]] = []
         tables = None
         if table is not None and self.tables.exists(table):

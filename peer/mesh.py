@@ -728,6 +728,9 @@ class Mesh:
                 await self.terminal.cashier.receive(link.peer_id, message)  # type: ignore[arg-type]
             except BadMessage as exc:
                 self._close(link, INVALID_MESSAGE, str(exc))
+            except Exception as exc:  # noqa: BLE001 - one peer's message never stops the terminal
+                log.exception("cashier message from %s could not be handled", link.peer_id)
+                self._close(link, INVALID_MESSAGE, f"cashier message could not be handled: {type(exc).__name__}")
 
     def send_control(self, peer_id: str, message: dict[str, Any]) -> bool:
         """Queue a control message (the cashier's) to a linked peer; ``False`` if not linked now."""

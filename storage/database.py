@@ -56,11 +56,14 @@ CREATE INDEX audit_by_entity ON audit (entity, entity_id);
 
 #: Schema 2: the cashier (meshpos/cashier).  Money lives here, never in a CRDT document.
 #: ``cashier_votes`` and ``cashier_accepted`` are a voter's quorum state (what it promised and
-#: accepted, durable before it answers); ``cashier_ledger`` is the committed ledger as this
-#: terminal knows it (every terminal keeps one); ``cashier_provisional`` holds entries taken
-#: without a majority until they are committed or sent to review.
+#: accepted, durable before it answers); ``cashier_rounds`` the highest ballot round this
+#: terminal used per drawer (durable before its prepare leaves: a ballot is never reused);
+#: ``cashier_ledger`` is the committed ledger as this terminal knows it (every terminal keeps
+#: one); ``cashier_provisional`` holds entries taken without a majority until they are
+#: committed or sent to review.
 CASHIER_SCHEMA = """
 CREATE TABLE cashier_votes (drawer TEXT PRIMARY KEY, round INTEGER NOT NULL, holder TEXT NOT NULL);
+CREATE TABLE cashier_rounds (drawer TEXT PRIMARY KEY, round INTEGER NOT NULL);
 CREATE TABLE cashier_accepted (
     drawer TEXT NOT NULL,
     position INTEGER NOT NULL,

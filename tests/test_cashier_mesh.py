@@ -8,6 +8,7 @@ a person's resolution is itself a committed entry that every terminal learns.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,17 @@ import anyio
 import pytest
 
 from meshpos.cashier import service
-from meshpos.errors import INVALID_MESSAGE, LOCK_TIMEOUT, Conflict, InvalidInput, InvalidTransition, NoQuorum, NotFound
+from meshpos.errors import (
+    INVALID_MESSAGE,
+    LOCK_TIMEOUT,
+    STORAGE_UNAVAILABLE,
+    Conflict,
+    InvalidInput,
+    InvalidTransition,
+    NoQuorum,
+    NotFound,
+    Unavailable,
+)
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
 from tests.meshutil import ITEM, config_for, connect_all, enroll, running_mesh, wait_for, wait_linked
@@ -271,3 +282,191 @@ async def test_a_holder_far_behind_catches_up_before_it_prepares(authority: Auth
         assert result["entry"]["position"] == service.PROMISE_MAX_ENTRIES + 51
         assert result["drawer"]["expected_cash_cents"] == service.PROMISE_MAX_ENTRIES + 50 - 10
         await same_ledger(ts, "main", service.PROMISE_MAX_ENTRIES + 52)
+
+
+# -- the review's findings: each a scenario that used to go wrong ---------------------------------
+
+
+async def test_a_restarted_non_voter_never_reuses_its_ballot(authority: Authority, tmp_path: Path) -> None:
+    cfgs = configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3", "waiter-1"], ["pos", "pos", "pos", "waiter"])
+    async with running_mesh(cfgs) as ts:
+        waiter = ts[3]
+        await waiter.cashier.open_drawer("main", float_cents=0, operator="ana")
+        first = waiter.cashier.summary("main")["ballot"]
+        assert first[1] == "waiter-1"
+    async with running_mesh(cfgs) as ts:
+        waiter = ts[3]
+        assert waiter.cashier.voter.state("main").promised[1] == ""  # it votes on nothing
+        await waiter.cashier.move_cash("main", direction="in", amount_cents=5, reason="tips")
+        again = waiter.cashier.summary("main")["ballot"]
+        assert again[1] == "waiter-1" and again[0] > first[0]  # the round came back from its disk
+        assert await waiter.store.query("SELECT round FROM cashier_rounds WHERE drawer = 'main'") == [(again[0],)]
+
+
+async def test_a_failed_voter_write_is_never_answered_and_the_state_reloads(authority: Authority, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])) as ts:
+        pos1, pos2, _pos3 = ts
+        real = pos2.store._write
+        failures = []
+
+        async def failing(fn, *args):  # noqa: ANN001, ANN202 - the disk refuses pos-2's next commit
+            if fn.__name__ == "commit" and not failures:
+                failures.append(fn)
+                raise sqlite3.OperationalError("disk I/O error")
+            return await real(fn, *args)
+
+        monkeypatch.setattr(pos2.store, "_write", failing)
+        await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")  # pos-1 + pos-3 suffice
+        assert failures  # pos-2's promise or accept never reached its disk, and it did not answer
+        await pos1.cashier.move_cash("main", direction="in", amount_cents=7, reason="x")
+        await wait_for(lambda: not pos2.cashier._stale)  # reloaded from disk at its next message
+        votes = await pos2.store.query("SELECT round, holder FROM cashier_votes WHERE drawer = 'main'")
+        assert votes == [tuple(pos2.cashier.states["main"].promised)]  # memory agrees with the disk again
+        await same_ledger(ts, "main", 2)
+
+
+async def test_a_failed_write_on_the_holder_answers_503_4012(authority: Authority, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])) as ts:
+        pos1 = ts[0]
+        await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
+        real = pos1.store._write
+        broken = [True]
+
+        async def failing(fn, *args):  # noqa: ANN001, ANN202
+            if fn.__name__ == "commit" and broken[0]:
+                broken[0] = False
+                raise sqlite3.OperationalError("disk full")
+            return await real(fn, *args)
+
+        monkeypatch.setattr(pos1.store, "_write", failing)
+        with pytest.raises(Unavailable) as err:
+            await pos1.cashier.move_cash("main", direction="in", amount_cents=7, reason="x", op_id="m-1")
+        assert err.value.code == STORAGE_UNAVAILABLE and err.value.http_status == 503
+        again = await pos1.cashier.move_cash("main", direction="in", amount_cents=7, reason="x", op_id="m-1")
+        assert again["entry"]["op_id"] == "m-1"  # the retry finds it, or appends it: once either way
+        await same_ledger(ts, "main", 2)
+        assert [e["op_id"] for e in ledger_of(pos1, "main")].count("m-1") == 1
+
+
+async def test_concurrent_identical_provisional_requests_store_one_entry(authority: Authority,
+                                                                         tmp_path: Path) -> None:
+    cfgs = configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])
+    async with running_mesh(cfgs[:1], link=False) as (pos1,):
+        await pos1.cashier.open_drawer("main", float_cents=0, operator="carla", allow_provisional=True)
+        results = []
+
+        async def move() -> None:
+            results.append(await pos1.cashier.move_cash("main", direction="in", amount_cents=5, reason="x",
+                                                        op_id="same", allow_provisional=True))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(move)
+        assert len({r["entry"]["at"] for r in results}) == 1 and all(r["entry"]["op_id"] == "same" for r in results)
+        assert len(pos1.cashier.drawer("main")["provisional"]) == 2
+
+
+async def test_one_order_is_not_paid_twice_in_two_drawers(authority: Authority, tmp_path: Path) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])) as ts:
+        pos1 = ts[0]
+        order = await pos1.create_order(table=None, waiter=None, items=[ITEM])
+        for drawer in ("main", "bar"):
+            await pos1.cashier.open_drawer(drawer, float_cents=0, operator="carla")
+        await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1000, method="card")
+        with pytest.raises(InvalidTransition, match="unpaid balance of 590"):
+            await pos1.cashier.pay("bar", order_id=order["id"], amount_cents=1590, method="card")
+        await pos1.cashier.pay("bar", order_id=order["id"], amount_cents=590, method="cash")
+        assert _status(pos1, order["id"]) == "paid"  # split over two drawers, still marked paid
+        with pytest.raises(InvalidTransition, match="already paid"):
+            await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1, method="card")
+
+
+async def test_reserved_op_ids_and_unknown_drawers_leave_nothing(authority: Authority, tmp_path: Path) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])) as ts:
+        pos1 = ts[0]
+        for op_id in ("resolve:3", "a~b"):
+            with pytest.raises(InvalidInput, match="reserved"):
+                await pos1.cashier.open_drawer("main", float_cents=0, operator="carla", op_id=op_id)
+        with pytest.raises(NotFound, match="never been opened"):
+            await pos1.cashier.move_cash("mian", direction="in", amount_cents=1, reason="typo")
+        with pytest.raises(NotFound):
+            pos1.cashier.drawer("mian")
+        assert pos1.cashier.drawer_names() == []
+
+
+async def test_malformed_cashier_messages_never_stop_the_terminal(authority: Authority, tmp_path: Path) -> None:
+    bad_entry = {"kind": "review_resolution", "op_id": "x", "drawer": "main", "terminal_id": "pos-1",
+                 "user_id": None, "at": "", "status": "committed", "of": 0, "decision": "adjust",
+                 "amount_cents": None, "note": "", "operator": ""}
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2"])) as (pos1, pos2):
+        assert pos1.mesh is not None and pos2.mesh is not None
+        for message in ({"type": "cashier", "m": ["x"]},
+                        {"type": "cashier", "m": "ledger", "drawer": "main", "start": 0, "entries": [bad_entry]},
+                        {"type": "cashier", "m": "heads", "drawers": {"main": 0}}):
+            await wait_linked([pos1, pos2])
+            closed_before = pos2.mesh.peers["pos-1"].last_error
+            pos1.mesh.send_control("pos-2", message)
+            await wait_for(lambda: pos2.mesh.peers["pos-1"].last_error is not closed_before)  # noqa: B023
+            assert pos2.mesh.peers["pos-1"].last_error["code"] == INVALID_MESSAGE
+        await wait_linked([pos1, pos2])
+        await pos2.cashier.open_drawer("main", float_cents=0, operator="carla")  # still serving
+
+
+async def test_an_order_left_unmarked_by_a_failure_is_marked_later(authority: Authority, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])) as ts:
+        pos1 = ts[0]
+        order = await pos1.create_order(table=None, waiter=None, items=[ITEM])
+        await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
+        real, calls = pos1.set_order_status, []
+
+        async def flaky(order_id: str, status: str, **kw: Any) -> dict[str, Any]:
+            calls.append(status)
+            if len(calls) == 1:
+                raise Unavailable("the change could not be stored durably; retry")
+            return await real(order_id, status, **kw)
+
+        monkeypatch.setattr(pos1, "set_order_status", flaky)
+        await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="cash")
+        assert _status(pos1, order["id"]) == "open"  # the mark failed; the payment stands
+        await wait_for(lambda: _status(pos1, order["id"]) == "paid", 5)  # the reconciler's round retried it
+
+
+async def test_a_reconciliation_cut_short_is_not_done_twice(authority: Authority, tmp_path: Path) -> None:
+    """pos-3 appended its conflicting provisional entries (one under a renamed op_id) and crashed
+    before noting it: the next round finds them by their provisional origin, appends nothing."""
+    cfgs = configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])
+    async with running_mesh(cfgs) as ts:
+        order = await ts[0].create_order(table=None, waiter=None, items=[ITEM])
+        await ts[0].cashier.open_drawer("main", float_cents=0, operator="carla")
+        await wait_for(lambda: all(_status(t, order["id"]) == "open" for t in ts))
+        await same_ledger(ts, "main", 1)
+    async with running_mesh([cfgs[2]], link=False) as (pos3,):
+        await pos3.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="card", op_id="p-3",
+                               allow_provisional=True)
+        await pos3.cashier.move_cash("main", direction="in", amount_cents=9, reason="other", op_id="mv",
+                                     allow_provisional=True)  # the same op_id, other content
+    async with running_mesh(cfgs[:2]) as (_pos1, pos2):
+        await pos2.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="cash", op_id="p-2")
+        await pos2.cashier.move_cash("main", direction="in", amount_cents=5, reason="float top-up", op_id="mv")
+    async with running_mesh(cfgs) as ts:
+        await wait_for(lambda: len(ts[2].cashier.reviews()) == 2)
+        await wait_for(lambda: all(p["status"] == "in_review" for p in ts[2].cashier.drawer("main")["provisional"]))
+        await same_ledger(ts, "main")
+        before = ledger_of(ts[2], "main")
+        assert [e["op_id"] for e in before[-2:]] == ["p-3", "mv~pos-3"]
+    db = sqlite3.connect(cfgs[2].data_dir / "meshpos.db")  # as if it crashed before _settle
+    db.execute("UPDATE cashier_provisional SET state = 'pending', position = NULL")
+    db.commit()
+    db.close()
+    async with running_mesh(cfgs) as ts:
+        pos3 = ts[2]
+        await wait_for(lambda: all(p["status"] == "in_review" for p in pos3.cashier.drawer("main")["provisional"]))
+        assert [p["position"] for p in pos3.cashier.drawer("main")["provisional"]] == [len(before) - 2,
+                                                                                         len(before) - 1]
+        await anyio.sleep(service.RECONCILE_SECONDS + 0.5)
+        assert ledger_of(pos3, "main") == before  # nothing appended twice
+        retry = await pos3.cashier.move_cash("main", direction="in", amount_cents=9, reason="other", op_id="mv")
+        assert retry["entry"]["status"] == "in_review"  # the client's retry gets its own entry, not a 409

@@ -476,3 +476,22 @@ def test_a_resent_prepare_still_says_what_the_holder_knows() -> None:
     voter = Voter("pos-2", {DRAWER: VoterState(committed=[{"op": n} for n in range(5000)])})
     (promise,) = voter.handle("pos-1", again[1].message, now=10.0)
     assert promise.message.accepted == ()  # nothing above what the holder knows: a small promise
+
+
+def test_one_leftover_lease_does_not_block_a_majority() -> None:
+    """A lease refusal deposes a holder only once no majority is left to promise."""
+    ids = ["pos-1", "pos-2", "pos-3"]
+    voters = {v: Voter(v) for v in ids}
+    old = Holder("pos-1", DRAWER, ids)
+    for s in old.acquire()[:1]:  # only pos-1's own voter heard the old holder: a lease there
+        voters[s.to].handle("pos-1", s.message, now=0.0)
+    new = Holder("pos-2", DRAWER, ids, round_above=5)
+    events: list[Any] = []
+    queue = new.acquire()
+    while queue:
+        s = queue.pop(0)
+        for reply in voters[s.to].handle("pos-2", s.message, now=1.0):
+            more, evs = new.handle(s.to, reply.message)
+            queue += more
+            events += evs
+    assert new.phase == "holding" and isinstance(events[-1], Acquired)

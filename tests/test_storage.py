@@ -196,7 +196,7 @@ async def test_a_schema_1_database_is_migrated_in_place_and_keeps_everything(mak
         await t.put_table("T1", name="T1", seats=4, area=None)
     # what the previous release left: the same file without the cashier tables, user_version 1
     conn = sqlite3.connect(config.data_dir / "meshpos.db")
-    for table in ("cashier_votes", "cashier_accepted", "cashier_ledger", "cashier_provisional"):
+    for table in ("cashier_votes", "cashier_rounds", "cashier_accepted", "cashier_ledger", "cashier_provisional"):
         conn.execute(f"DROP TABLE {table}")
     conn.execute("PRAGMA user_version=1")
     conn.commit()

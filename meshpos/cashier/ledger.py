@@ -56,9 +56,25 @@ def check_entry(entry: Any) -> None:
         value = entry.get(name)
         if isinstance(value, bool) or not isinstance(value, kind):
             raise ValueError(f"{entry['kind']} entry: {name} has the wrong type")
+        if isinstance(value, int) and value < 0 and name != "difference_cents":
+            raise ValueError(f"{entry['kind']} entry: {name} is negative")
     extra = set(entry) - set(META) - set(wanted) - set(OPTIONAL)
     if extra:
         raise ValueError(f"{entry['kind']} entry: unknown fields {sorted(extra)}")
+    for name, allowed in _CHOICES.items():
+        if name in wanted and entry[name] not in allowed:
+            raise ValueError(f"{entry['kind']} entry: {name} {entry[name]!r:.40} is not one of {allowed}")
+    if entry["kind"] == "review_resolution" and (entry["amount_cents"] is None) != (entry["decision"] != "adjust"):
+        raise ValueError("review_resolution: amount_cents goes with decision 'adjust' only, and it needs one")
+    for name in OPTIONAL:
+        if name in entry and not isinstance(entry[name], dict):
+            raise ValueError(f"{entry['kind']} entry: {name} must be an object")
+    others = (entry.get("review") or {}).get("conflicts_with", [])
+    if not isinstance(others, list) or not all(type(p) is int and p >= 0 for p in others):
+        raise ValueError("review.conflicts_with must be a list of positions")
+
+
+_CHOICES = {"method": METHODS, "direction": ("in", "out"), "decision": DECISIONS}
 
 
 def content(entry: dict[str, Any]) -> dict[str, Any]:
@@ -92,8 +108,10 @@ class Drawer:
     def open_reviews(self) -> list[int]:
         return sorted(self._open_reviews)
 
-    def remaining(self, order_id: str, total_cents: int) -> int:
-        return total_cents - self.paid_by_order.get(order_id, 0)
+    def unpaid(self, order: dict[str, Any]) -> int:
+        """What is left to pay of ``order``: its total minus committed payments here and in the
+        other drawers (``order["paid_elsewhere_cents"]``, filled in by the caller)."""
+        return order["total_cents"] - self.paid_by_order.get(order["id"], 0) - order.get("paid_elsewhere_cents", 0)
 
 
 def fold(name: str, entries: list[dict[str, Any]]) -> Drawer:
@@ -175,8 +193,9 @@ def _count(d: Drawer, e: dict[str, Any]) -> None:
 def check(d: Drawer, entry: dict[str, Any], order: dict[str, Any] | None = None) -> None:
     """Refuse an entry this drawer cannot take now (:class:`InvalidTransition`, 409), with the reason.
 
-    ``order``: the paid order's current view (payments only).  Rule on overpayment: a payment may
-    cover at most the order's unpaid balance; anything over it is a tip (``tip_cents``).
+    ``order``: the paid order's current view (payments only), with ``paid_elsewhere_cents``: what
+    other drawers took for it.  Rule on overpayment: a payment may cover at most the order's
+    unpaid balance; anything over it is a tip (``tip_cents``).
     """
     kind = entry["kind"]
     if kind == "drawer_opened":
@@ -195,10 +214,10 @@ def check(d: Drawer, entry: dict[str, Any], order: dict[str, Any] | None = None)
         assert order is not None
         if order["status"] == "cancelled":
             raise InvalidTransition(f"order {order['id']} is cancelled; it cannot be paid")
-        remaining = d.remaining(order["id"], order["total_cents"])
-        if remaining <= 0:
-            raise InvalidTransition(f"order {order['id']} is already paid "
-                                    f"({d.paid_by_order.get(order['id'], 0)} of {order['total_cents']} cents)")
+        remaining = d.unpaid(order)
+        if remaining <= 0 or order["status"] in ("paid", "closed"):
+            raise InvalidTransition(f"order {order['id']} is already paid ({order['total_cents'] - remaining} of "
+                                    f"{order['total_cents']} cents taken, status {order['status']})")
         if entry["amount_cents"] > remaining:
             raise InvalidTransition(
                 f"amount_cents {entry['amount_cents']} exceeds order {order['id']}'s unpaid balance of "
@@ -232,7 +251,7 @@ def conflict(d: Drawer, entry: dict[str, Any], order: dict[str, Any] | None) -> 
         if order["total_cents"] != entry["order_total_cents"]:
             return (f"order total no longer matches: {entry['order_total_cents']} cents when paid, "
                     f"{order['total_cents']} now")
-        if d.state == "open" and d.remaining(entry["order_id"], order["total_cents"]) <= 0:
+        if d.state == "open" and (d.unpaid(order) <= 0 or order["status"] in ("paid", "closed")):
             return f"order {entry['order_id']} was already paid elsewhere"
     if kind == "drawer_closed" and d.state == "open" and d.expected_cash_cents != entry["expected_cents"]:
         return (f"expected cash no longer matches: {entry['expected_cents']} cents when counted, "

@@ -38,8 +38,10 @@ NO_BALLOT: Ballot = (0, "")
 LEASE_SECONDS = 10.0
 #: A holder resends unanswered prepares and accepts this often.
 RETRY_SECONDS = 0.2
-#: Committed entries per ``Commit`` message (a voter far behind gets several).
-COMMIT_CHUNK = 200
+#: Committed entries per ``Commit`` message (a voter far behind gets several).  An entry's text
+#: fields are bounded (200 characters each, at most ~6 KB of JSON), so 64 stay far below the
+#: links' 1 MB control-message limit.
+COMMIT_CHUNK = 64
 NOOP = {"kind": "noop"}  # fills a position no majority member had accepted anything at
 
 
@@ -254,6 +256,7 @@ class Holder:
         self.ballot: Ballot = (round_above + 1, me)
         self.phase = "idle"
         self._promises: dict[str, Promise] = {}
+        self._lease_refusals: dict[str, Reject] = {}
         self._acks: dict[int, set[str]] = {}
         self._proposed: dict[int, Any] = {}
         self.ledger: list[Any] = list(ledger)  # committed entries, dense
@@ -308,9 +311,17 @@ class Holder:
         if getattr(msg, "voter", None) not in self.voters or msg.voter != sender:
             return [], []  # answers count only from the voters themselves
         if isinstance(msg, Reject):
-            return self._deposed(msg)
+            if msg.promised > self.ballot or self.phase != "preparing":
+                return self._deposed(msg)  # fenced: a higher ballot was promised
+            # Only another holder's lease runs at this voter (a leftover one, maybe): give up
+            # only once no majority can be left to promise.
+            self._lease_refusals[msg.voter] = msg
+            if len(self.voters) - len(self._lease_refusals) < self.majority:
+                return self._deposed(msg)
+            return [], []
         if isinstance(msg, Promise) and self.phase == "preparing":
             self._promises[msg.voter] = msg
+            self._lease_refusals.pop(msg.voter, None)
             self._commit_from[msg.voter] = msg.committed
             if len(self._promises) >= self.majority:
                 return self._take_over()
@@ -446,7 +457,8 @@ def _count(value: Any, name: str) -> int:
 
 def from_wire(data: dict[str, Any], now: float, check_entry: Any = None) -> Message:
     """Parse a quorum message; ``check_entry(entry)`` raises ``ValueError`` for a malformed entry."""
-    cls = _KINDS.get(data.get("m"))  # type: ignore[arg-type]
+    kind = data.get("m")
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise BadMessage(f"unknown cashier message {data.get('m')!r:.40}")
     fields = set(cls.__slots__) | {"type", "m"}

@@ -31,6 +31,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from meshpos.cashier import ledger
 from meshpos.cashier.quorum import (
+    COMMIT_CHUNK,
     RETRY_SECONDS,
     Accept,
     Acquired,
@@ -50,7 +51,7 @@ from meshpos.cashier.quorum import (
     to_wire,
 )
 from meshpos.clock import iso, random_id
-from meshpos.errors import Conflict, InvalidInput, NoQuorum, NotEnrolled, NotFound
+from meshpos.errors import Conflict, InvalidInput, NoQuorum, NotEnrolled, NotFound, Unavailable
 from storage.store import StoreError, Ticket
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ LOCK_WAIT_SECONDS = IDLE_RELEASE_SECONDS + 2 * RETRY_SECONDS
 #: How often provisional entries are retried once a majority may be back.
 RECONCILE_SECONDS = 1.0
 #: Committed entries per ``ledger`` relay message (keeps it far below the 1 MB control limit).
-RELAY_CHUNK = 200
+RELAY_CHUNK = COMMIT_CHUNK
 #: A voter answers a prepare that is further behind its committed ledger than this with the
 #: ledger itself (relay chunks) instead of a promise, so a promise stays small; the holder then
 #: prepares again from where it got to, for up to ``CATCH_UP_SECONDS``.
@@ -117,6 +118,11 @@ class Cashier:
         self._seq = 0
         self._local_send, self._local_recv = anyio.create_memory_object_stream[Message](math.inf)
         self._reconcile_now = anyio.Event()
+        #: A cashier write failed: memory may hold what the disk refused.  Nothing is answered
+        #: until the state is reloaded from disk (:meth:`_fresh`).
+        self._stale = False
+        self._reload_lock = anyio.Lock()
+        self._to_mark: set[tuple[str, str | None]] = set()  # (order id, user) to mark paid, retried
         self.stats = {"commits": 0, "acquisitions": 0, "provisional": 0, "reviews": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -124,6 +130,7 @@ class Cashier:
     async def load(self) -> None:
         """Read the voter state, the committed ledgers and the provisional entries from disk."""
         q = self.t.store.query
+        self._rounds = dict(await q("SELECT drawer, round FROM cashier_rounds"))
         for drawer, rnd, holder in await q("SELECT drawer, round, holder FROM cashier_votes"):
             self.voter.state(drawer).promised = (rnd, holder)
         for drawer, pos, rnd, holder, entry in await q(
@@ -154,11 +161,49 @@ class Cashier:
             self._seq = max(self._seq, seq)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._to_mark |= self._own_covering_payments()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._local_loop, self._local_recv)
             tg.start_soon(self._ticker)
             tg.start_soon(self._reconciler)
             task_status.started()
+
+    async def _fresh(self) -> None:
+        """After a failed cashier write: let what is queued settle, then reload from disk."""
+        if not self._stale:
+            return
+        async with self._reload_lock:
+            if not self._stale:
+                return
+            try:
+                await self._durable_barrier()
+            except StoreError as exc:
+                raise Unavailable(f"cashier storage is failing ({exc.__cause__ or exc}); retry") from exc
+            for hold in self._holds.values():  # their view came from memory: take drawers afresh
+                for waiter in hold.waiting.values():
+                    waiter.set()
+                hold.ready.set()
+                if hold.holder.phase == "holding":
+                    self._send(hold.holder.release())  # what it committed is true: voters learn it
+            self._holds.clear()
+            self.states.clear()
+            self.drawers.clear()
+            self.provisional.clear()
+            await self.load()
+            self._stale = False
+            log.warning("cashier state reloaded from disk after a failed write")
+
+    async def _durable(self, ticket: Ticket | None) -> None:
+        """Wait for a cashier write.  If it failed, the terminal answers nothing more for the
+        cashier until it has reloaded its state from disk; the caller gets 503 / 4012."""
+        if ticket is None:
+            return
+        try:
+            await ticket.wait()
+        except StoreError as exc:
+            self._stale = True
+            raise Unavailable(f"the cashier could not store its state durably ({exc.__cause__ or exc}); "
+                              "nothing was acknowledged, retry") from exc
 
     # -- who votes -----------------------------------------------------------------------------
 
@@ -189,17 +234,23 @@ class Cashier:
     async def _local_loop(self, receive: MemoryObjectReceiveStream[Message]) -> None:
         async with receive:
             async for msg in receive:
-                await self._deliver(self.me, msg)
+                try:
+                    await self._deliver(self.me, msg)
+                except Unavailable as exc:
+                    log.error("cashier: %s", exc.message)  # unanswered: the holder resends
 
     async def receive(self, sender: str, data: dict[str, Any]) -> None:
         """A ``cashier`` control message from an authenticated peer (raises :class:`BadMessage`)."""
         kind = data.get("m")
-        if kind == "heads":
-            self._on_heads(sender, data)
-        elif kind == "ledger":
-            await self._on_relay(sender, data)
-        else:
-            await self._deliver(sender, from_wire(data, anyio.current_time(), ledger.check_entry))
+        try:
+            if kind == "heads":
+                self._on_heads(sender, data)
+            elif kind == "ledger":
+                await self._on_relay(sender, data)
+            else:
+                await self._deliver(sender, from_wire(data, anyio.current_time(), ledger.check_entry))
+        except Unavailable as exc:
+            log.error("cashier: %s; %s is not answered", exc.message, sender)
 
     async def _deliver(self, sender: str, msg: Message) -> None:
         if isinstance(msg, Prepare | Accept | Commit | Release):
@@ -211,20 +262,16 @@ class Cashier:
         if self.me not in self.voters():
             return
         check_drawer_wire(msg.drawer)
+        await self._fresh()
         st = self.voter.state(msg.drawer)
         if isinstance(msg, Prepare) and len(st.committed) - msg.known > PROMISE_MAX_ENTRIES and sender != self.me:
-            self._send_ledger(sender, msg.drawer, msg.known)
+            # One chunk, not the whole gap: the holder learns it, prepares again from there and
+            # gets the next one - linear however far behind it is.
+            self._send_ledger(sender, msg.drawer, msg.known, chunks=1)
             return
         before = (st.promised, dict(st.accepted), len(st.committed))
         replies = self.voter.handle(sender, msg, anyio.current_time())
-        try:
-            ticket = self._persist(msg.drawer, *before)
-            if ticket is not None:
-                await ticket.wait()  # durable before any answer leaves
-        except StoreError as exc:
-            # Not on disk: no answer (the holder resends; a restart reloads what is on disk).
-            log.error("drawer %s: voter state could not be stored (%s); not answering %s", msg.drawer, exc, sender)
-            return
+        await self._durable(self._persist(msg.drawer, *before))  # durable before any answer leaves
         self._send(replies)
 
     def _answer(self, sender: str, msg: Message) -> None:
@@ -323,28 +370,33 @@ class Cashier:
         """A peer linked: tell it how far each ledger goes here, so each side sends what the other lacks."""
         assert self.t.mesh is not None
         heads = {drawer: len(st.committed) for drawer, st in self.states.items()}
-        self.t.mesh.send_control(peer_id, {"type": "cashier", "m": "heads", "drawers": heads})
+        self.t.mesh.send_control(peer_id, {"type": "cashier", "m": "heads", "drawers": heads, "all": True})
         self._reconcile_now.set()
 
     def _on_heads(self, sender: str, data: dict[str, Any]) -> None:
-        heads = data.get("drawers")
-        if not isinstance(heads, dict) or not all(type(v) is int and v >= 0 for v in heads.values()):
-            raise BadMessage("heads: drawers must map drawer names to ledger lengths")
-        for drawer in self.states:
+        heads, every = data.get("drawers"), data.get("all")
+        if not isinstance(heads, dict) or not all(type(v) is int and v >= 0 for v in heads.values()) \
+                or not isinstance(every, bool) or set(data) != {"type", "m", "drawers", "all"}:
+            raise BadMessage("heads: needs drawers (drawer -> ledger length) and all (bool)")
+        # all: the sender listed every drawer it has (a missing one it lacks entirely); else
+        # only the listed drawers are asked for.
+        for drawer in list(self.states) if every else [d for d in heads if d in self.states]:
             self._send_ledger(sender, drawer, heads.get(drawer, 0))
 
-    def _send_ledger(self, peer_id: str, drawer: str, start: int) -> None:
+    def _send_ledger(self, peer_id: str, drawer: str, start: int, chunks: int | None = None) -> None:
         """Relay ``drawer``'s committed entries from ``start`` on to ``peer_id``, in chunks."""
         assert self.t.mesh is not None
         committed = self.states[drawer].committed
-        for at in range(start, len(committed), RELAY_CHUNK):
+        end = len(committed) if chunks is None else min(len(committed), start + chunks * RELAY_CHUNK)
+        for at in range(start, end, RELAY_CHUNK):
             self.t.mesh.send_control(peer_id, {"type": "cashier", "m": "ledger", "drawer": drawer, "start": at,
-                                               "entries": committed[at:at + RELAY_CHUNK]})
+                                               "entries": committed[at:min(end, at + RELAY_CHUNK)]})
 
     async def _on_relay(self, sender: str, data: dict[str, Any]) -> None:
         drawer, start, entries = data.get("drawer"), data.get("start"), data.get("entries")
-        if not isinstance(drawer, str) or type(start) is not int or start < 0 or not isinstance(entries, list):
-            raise BadMessage("ledger: needs drawer, start and entries")
+        if not isinstance(drawer, str) or type(start) is not int or start < 0 or not isinstance(entries, list) \
+                or len(entries) > RELAY_CHUNK:
+            raise BadMessage(f"ledger: needs drawer, start and at most {RELAY_CHUNK} entries")
         check_drawer_wire(drawer)
         for entry in entries:
             try:
@@ -362,14 +414,11 @@ class Cashier:
             await self._event("cashier:divergence", {"drawer": drawer, "peer": sender, "positions": differ[:100]})
         if start > have:  # a gap: ask the sender for everything from where this copy ends
             assert self.t.mesh is not None
-            self.t.mesh.send_control(sender, {"type": "cashier", "m": "heads", "drawers": {drawer: have}})
+            self.t.mesh.send_control(sender, {"type": "cashier", "m": "heads", "drawers": {drawer: have},
+                                              "all": False})
             return
-        ticket = self._learn(drawer, start, entries)
-        if ticket is not None:
-            try:
-                await ticket.wait()
-            except StoreError as exc:
-                log.error("drawer %s: relayed ledger entries could not be stored: %s", drawer, exc)
+        await self._fresh()
+        await self._durable(self._learn(drawer, start, entries))
 
     async def _durable_barrier(self) -> None:
         """Wait until everything queued so far is on disk (batches commit in order)."""
@@ -413,7 +462,13 @@ class Cashier:
             st = self.voter.state(drawer)
             round_above = max(self._rounds.get(drawer, 0), st.promised[0])
             holder = Holder(self.me, drawer, voters, round_above=round_above, ledger=st.committed)
+            # The round is on disk before any prepare leaves: a restarted terminal never reuses
+            # a ballot (two entries proposed under one ballot would break the protocol).
             self._rounds[drawer] = holder.ballot[0]
+            await self._durable(self.t.store.enqueue(
+                doc=None, update=None, origin="cashier", at=iso(self.t.clock()),
+                sql=[("INSERT OR REPLACE INTO cashier_rounds (drawer, round) VALUES (?, ?)",
+                      (drawer, holder.ballot[0]))]))
             hold = _Hold(holder)
             self._holds[drawer] = hold
             grown = self._grown.setdefault(drawer, anyio.Event())
@@ -423,9 +478,7 @@ class Cashier:
             if holder.phase == "holding":
                 self.stats["acquisitions"] += 1
                 known = len(st.committed)
-                ticket = self._learn(drawer, known, holder.ledger[known:])
-                if ticket is not None:
-                    await ticket.wait()
+                await self._durable(self._learn(drawer, known, holder.ledger[known:]))
                 await self._event("lock_acquired", {"drawer": drawer, "holder": self.me, "ballot": list(holder.ballot)})
                 return hold
             if self._holds.get(drawer) is hold:
@@ -457,6 +510,8 @@ class Cashier:
                        f"{q['majority']} needed)")
 
     async def _append(self, hold: _Hold, entry: dict[str, Any]) -> int:
+        if hold.holder.phase != "holding":  # deposed since it was taken (a late reject)
+            raise InDoubt(f"op {entry['op_id']}: the drawer was lost before appending")
         pos = hold.holder.next_position
         hold.last_used = anyio.current_time()
         done = hold.waiting[pos] = anyio.Event()
@@ -467,11 +522,15 @@ class Cashier:
             if self._holds.get(hold.holder.drawer) is hold:
                 del self._holds[hold.holder.drawer]  # take the drawer afresh next time
             raise InDoubt(f"op {entry['op_id']} at position {pos}")
+        # This terminal's copy of the entry is on disk too: its own record, or the one its voter
+        # queued (the barrier waits for that; a failure there marked the cashier stale).
         ticket = hold.stored.pop(pos, None)
         if ticket is not None:
-            await ticket.wait()  # this terminal's copy of the entry is on disk too
+            await self._durable(ticket)
         else:
-            await self._durable_barrier()  # (already queued by the local voter: wait for it)
+            await self._durable_barrier()
+        if self._stale:
+            raise Unavailable("the cashier could not store its copy of the entry; retry with the same op_id")
         self.stats["commits"] += 1
         return pos
 
@@ -483,40 +542,51 @@ class Cashier:
 
     # -- requests ------------------------------------------------------------------------------
 
-    def _entry(self, drawer: str, kind: str, op_id: str | None, user: str | None, **fields: Any) -> dict[str, Any]:
-        if op_id is not None and not 1 <= len(op_id) <= 64:
-            raise InvalidInput("op_id must be 1-64 characters")
+    def _entry(self, drawer: str, kind: str, op_id: str | None, user: str | None, *, internal: bool = False,
+               **fields: Any) -> dict[str, Any]:
+        if op_id is not None and not internal:
+            if not 1 <= len(op_id) <= 64:
+                raise InvalidInput("op_id must be 1-64 characters")
+            if op_id.startswith("resolve:") or "~" in op_id:
+                raise InvalidInput("op_id: 'resolve:' and '~' are reserved for review entries")
         return {"kind": kind, "op_id": op_id or random_id(16), "drawer": drawer, "terminal_id": self.me,
                 "user_id": user, "at": iso(self.t.clock()), "status": "committed", **fields}
 
     def _existing(self, drawer: str, entry: dict[str, Any]) -> dict[str, Any] | None:
         """The first result of a retried op_id; :class:`Conflict` if the op_id meant something else."""
-        d = self.drawers.get(drawer)
-        pos = d.op_positions.get(entry["op_id"]) if d is not None else None
-        if pos is not None:
-            first = d.entries[pos]  # type: ignore[union-attr]
-            if ledger.content(first) != ledger.content(entry) and entry["kind"] == "review_resolution":
-                raise Conflict(f"review item {drawer}.{entry['of']} was already resolved ({first['decision']} by "
-                               f"{first['operator']} at {first['at']})")
-            if ledger.content(first) != ledger.content(entry):
-                raise Conflict(f"op_id {entry['op_id']} was already used for another operation "
-                               f"(position {pos} of drawer {drawer})")
-            return self._result(drawer, ledger.view(d, pos))  # type: ignore[arg-type]
+        # This terminal's own provisional entry first: the client asked here, and it may have
+        # been reconciled under another op_id (in review) since.
         row = self.provisional.get(drawer, {}).get(entry["op_id"])
         if row is not None:
             if ledger.content(row["entry"]) != ledger.content(entry):
                 raise Conflict(f"op_id {entry['op_id']} was already used for another provisional operation")
             return self._result(drawer, self._provisional_view(row))
-        return None
+        d = self.drawers.get(drawer)
+        pos = d.op_positions.get(entry["op_id"]) if d is not None else None
+        if pos is None:
+            return None
+        first = d.entries[pos]  # type: ignore[union-attr]
+        if ledger.content(first) == ledger.content(entry):
+            return self._result(drawer, ledger.view(d, pos))  # type: ignore[arg-type]
+        if entry["kind"] == "review_resolution" and first["kind"] == "review_resolution":
+            raise Conflict(f"review item {drawer}.{entry['of']} was already resolved ({first['decision']} by "
+                           f"{first['operator']} at {first['at']})")
+        raise Conflict(f"op_id {entry['op_id']} was already used for another operation "
+                       f"(position {pos} of drawer {drawer})")
 
     async def _order(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        """The paid order's view, with what the *other* drawers took for it (payments only)."""
         if entry["kind"] != "payment":
             return None
-        return await self.t.get_order(entry["order_id"])  # NotFound: 404, nothing recorded
+        order = await self.t.get_order(entry["order_id"])  # NotFound: 404, nothing recorded
+        elsewhere = sum(d.paid_by_order.get(order["id"], 0) for name, d in self.drawers.items()
+                        if name != entry["drawer"])
+        return {**order, "paid_elsewhere_cents": elsewhere}
 
     async def submit(self, drawer: str, entry: dict[str, Any], *, allow_provisional: bool = False) -> dict[str, Any]:
         """Append ``entry`` under the drawer's quorum lock; answer once it is committed and on disk."""
         check_drawer(drawer)
+        await self._fresh()
         found = self._existing(drawer, entry)
         if found is not None:
             return found
@@ -557,16 +627,31 @@ class Cashier:
             entry = d.entries[entry["of"]]
         if entry["kind"] != "payment" or d.status.get(d.op_positions[entry["op_id"]]) != "committed":
             return
-        await self._mark_paid(d, entry["order_id"], entry["user_id"])
+        await self._mark_paid(entry["order_id"], entry["user_id"])
 
-    async def _mark_paid(self, d: ledger.Drawer, order_id: str, user: str | None) -> None:
+    def _own_covering_payments(self) -> set[tuple[str, str | None]]:
+        """Orders this terminal took committed payments for (checked at start: a crash between a
+        commit and the order's mark must not leave it unpaid)."""
+        live = {day.strftime("%Y%m%d") for day in self.t.live_days()}  # older days are closed
+        out = set()
+        for d in self.drawers.values():
+            for op_id, payment in d.payments.items():
+                if payment["terminal_id"] == self.me and payment["order_id"][:8] in live \
+                        and d.status.get(d.op_positions[op_id]) == "committed":
+                    out.add((payment["order_id"], payment["user_id"]))
+        return out
+
+    async def _mark_paid(self, order_id: str, user: str | None) -> None:
         try:
             order = await self.t.get_order(order_id)
-            if d.paid_by_order.get(order_id, 0) >= order["total_cents"] and order["status"] not in (
-                    "paid", "closed", "cancelled"):
+            paid = sum(other.paid_by_order.get(order_id, 0) for other in self.drawers.values())
+            if paid >= order["total_cents"] and order["status"] not in ("paid", "closed", "cancelled"):
                 await self.t.set_order_status(order_id, "paid", user=user)
-        except Exception as exc:  # noqa: BLE001 - the payment is committed; the order mark is secondary
-            log.warning("payment committed but order %s not marked paid: %s", order_id, exc)
+        except NotFound:
+            return  # an archived day not on this box, or a peer's order not here yet: not ours to mark
+        except Exception as exc:  # noqa: BLE001 - the payment is committed; the mark is retried
+            log.warning("payment committed but order %s not marked paid yet (%s); retrying", order_id, exc)
+            self._to_mark.add((order_id, user))
 
     def _result(self, drawer: str, entry_view: dict[str, Any]) -> dict[str, Any]:
         return {"drawer": self.summary(drawer), "entry": entry_view}
@@ -580,6 +665,9 @@ class Cashier:
 
     async def _store_provisional(self, drawer: str, entry: dict[str, Any], why: str) -> dict[str, Any]:
         async with self._lock(drawer):
+            found = self._existing(drawer, entry)  # the same op_id taken meanwhile (a concurrent retry)
+            if found is not None:
+                return found
             pending = [r["entry"] for r in self._pending(drawer)]
             d = ledger.fold(drawer, self.states.get(drawer, VoterState()).committed + pending)
             order = await self._order(entry)
@@ -595,7 +683,7 @@ class Cashier:
                 sql=[("INSERT INTO cashier_provisional (drawer, op_id, seq, entry, state, position, created_at, "
                       "updated_at) VALUES (?,?,?,?,?,?,?,?)",
                       (drawer, entry["op_id"], self._seq, _dump(entry), "pending", None, at, at))])
-            await ticket.wait()
+            await self._durable(ticket)
             self.provisional.setdefault(drawer, {})[entry["op_id"]] = row
             self.stats["provisional"] += 1
             self._reconcile_now.set()
@@ -613,10 +701,13 @@ class Cashier:
             with anyio.move_on_after(RECONCILE_SECONDS):
                 await self._reconcile_now.wait()
             self._reconcile_now = anyio.Event()
+            for order_id, user in sorted(self._to_mark, key=str):
+                self._to_mark.discard((order_id, user))
+                await self._mark_paid(order_id, user)
             for drawer in [d for d in self.provisional if self._pending(d)]:
-                if self._no_majority(drawer) is not None:
-                    continue
                 try:
+                    if self._no_majority(drawer) is not None:
+                        continue
                     await self.reconcile(drawer)
                 except NoQuorum as exc:
                     log.info("provisional entries of drawer %s wait: %s", drawer, exc.message)
@@ -630,9 +721,13 @@ class Cashier:
                 entry = row["entry"]
                 hold = await self._hold(drawer)
                 d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
+                done = _reconciled_at(d, entry)
+                if done is not None:  # an earlier round appended it (then crashed, or was in doubt)
+                    await self._settle(drawer, row, d.entries[done]["status"], done)
+                    continue
                 pos = d.op_positions.get(entry["op_id"])
                 if pos is not None and ledger.content(d.entries[pos]) == ledger.content(entry):
-                    await self._settle(drawer, row, "committed", pos)  # it made it in before (in doubt)
+                    await self._settle(drawer, row, "committed", pos)  # a committed attempt made it in
                     continue
                 try:
                     order = await self._order(entry)
@@ -657,11 +752,11 @@ class Cashier:
 
     async def _settle(self, drawer: str, row: dict[str, Any], state: str, pos: int) -> None:
         row["state"], row["position"] = state, pos
-        await self.t.store.enqueue(
+        await self._durable(self.t.store.enqueue(
             doc=None, update=None, origin="cashier", at=iso(self.t.clock()),
             sql=[("UPDATE cashier_provisional SET state = ?, position = ?, updated_at = ? "
                   "WHERE drawer = ? AND op_id = ?", (state, pos, iso(self.t.clock()), drawer, row["entry"]["op_id"]))],
-        ).wait()
+        ))
 
     # -- the API's operations -------------------------------------------------------------------
 
@@ -730,7 +825,7 @@ class Cashier:
         and this terminal's provisional entries for it."""
         check_drawer(drawer)
         d = self.drawers.get(drawer)
-        if d is None and drawer not in self.provisional:
+        if (d is None or not d.entries) and drawer not in self.provisional:
             raise NotFound(f"drawer {drawer} is unknown here (never opened, or its ledger has not reached "
                            "this terminal)")
         d = d or ledger.Drawer(drawer)
@@ -743,7 +838,9 @@ class Cashier:
                 "provisional": [self._provisional_view(r) for r in rows]}
 
     def drawer_names(self) -> list[str]:
-        return sorted(set(self.drawers) | set(self.provisional))
+        """Drawers with a ledger or provisional entries here (a refused request on a name that was
+        never opened leaves none)."""
+        return sorted({name for name, d in self.drawers.items() if d.entries} | set(self.provisional))
 
     # -- review ----------------------------------------------------------------------------------
 
@@ -796,8 +893,8 @@ class Cashier:
             _cents("amount_cents", amount_cents, 0)
         elif amount_cents is not None:
             raise InvalidInput("amount_cents goes with decision 'adjust' only")
-        entry = self._entry(d.name, "review_resolution", f"resolve:{pos}", operator, of=pos, decision=decision,
-                            amount_cents=amount_cents, note=note, operator=operator)
+        entry = self._entry(d.name, "review_resolution", f"resolve:{pos}", operator, internal=True, of=pos,
+                            decision=decision, amount_cents=amount_cents, note=note, operator=operator)
         await self.submit(d.name, entry)  # the same decision again returns the first; another is 409
         return self.review(review_id)
 
@@ -844,8 +941,10 @@ def _events_of(d: ledger.Drawer, pos: int) -> list[tuple[str, dict[str, Any]]]:
     if entry["kind"] == "review_resolution":
         out = [("cashier:review_resolved", {**base, "of": entry["of"], "decision": entry["decision"],
                                             "entry": entry})]
+        if d.status.get(entry["of"]) != "committed" or entry["of"] >= len(d.entries):
+            return out  # rejected, or a resolution of nothing in review (ignored by the fold)
         reviewed = d.entries[entry["of"]]
-        if d.status.get(entry["of"]) == "committed" and reviewed["kind"] in _EVENT_OF:
+        if reviewed["kind"] in _EVENT_OF:
             out.append((_EVENT_OF[reviewed["kind"]], {"drawer": d.name, "position": entry["of"], "entry": reviewed}))
         return out
     return [(_EVENT_OF[entry["kind"]], {**base, "entry": entry})]
@@ -862,3 +961,15 @@ async def _first(*events: anyio.Event) -> None:
 
         for event in events:
             tg.start_soon(one, event)
+
+
+def _reconciled_at(d: ledger.Drawer, entry: dict[str, Any]) -> int | None:
+    """Where an earlier reconciliation appended this provisional entry (under its op_id, or the
+    ``op_id~terminal`` a review entry gets), if it did: same provisional origin, same content."""
+    origin = entry["provisional"]
+    for op_id in (entry["op_id"], f"{entry['op_id']}~{origin['terminal_id']}"):
+        pos = d.op_positions.get(op_id)
+        if pos is not None and d.entries[pos].get("provisional") == origin \
+                and ledger.content(d.entries[pos]) | {"op_id": entry["op_id"]} == ledger.content(entry):
+            return pos
+    return None
