@@ -446,7 +446,9 @@ class Cashier:
                     f"{len(q['voters'])} reachable, {q['majority']} needed")
         return None
 
-    async def _hold(self, drawer: str) -> _Hold:
+    async def _hold(self, drawer: str, *, patient: bool = True) -> _Hold:
+        """Hold ``drawer`` (taking it if needed).  ``patient=False`` (the reconciler, which simply
+        tries again later): no waiting out another holder, no ``lock_failed`` events."""
         why = self._no_majority(drawer)
         if why is not None:  # even while holding: an append could not commit, so fail fast
             self._holds.pop(drawer, None)
@@ -492,6 +494,8 @@ class Cashier:
                 break  # no majority answered in time
             refusals += 1
             if refused.until is not None and refused.locked_by != self.me:
+                if not patient:
+                    raise NoQuorum(f"drawer {drawer} is held by {refused.locked_by}")
                 if refusals == 1:  # an idle holder releases within LOCK_WAIT_SECONDS: try once more
                     await anyio.sleep(min(refused.until - anyio.current_time(), LOCK_WAIT_SECONDS))
                     deadline = anyio.current_time() + ACQUIRE_TIMEOUT
@@ -504,7 +508,8 @@ class Cashier:
                 break
             deadline = anyio.current_time() + ACQUIRE_TIMEOUT  # outbid: prepare again, higher
         q = self.quorum()
-        await self._event("lock_failed", {"drawer": drawer, "locked_by": None, "locked_until": None})
+        if patient:
+            await self._event("lock_failed", {"drawer": drawer, "locked_by": None, "locked_until": None})
         raise NoQuorum(f"lock timeout: no majority of the POS voters answered for drawer {drawer} within "
                        f"{ACQUIRE_TIMEOUT:g} s ({len(q['reachable'])} of {len(q['voters'])} linked, "
                        f"{q['majority']} needed)")
@@ -719,7 +724,7 @@ class Cashier:
         async with self._lock(drawer):
             for row in self._pending(drawer):
                 entry = row["entry"]
-                hold = await self._hold(drawer)
+                hold = await self._hold(drawer, patient=False)
                 d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
                 done = _reconciled_at(d, entry)
                 if done is not None:  # an earlier round appended it (then crashed, or was in doubt)
