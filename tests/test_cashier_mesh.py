@@ -404,7 +404,9 @@ async def test_malformed_cashier_messages_never_stop_the_terminal(authority: Aut
         assert pos1.mesh is not None and pos2.mesh is not None
         for message in ({"type": "cashier", "m": ["x"]},
                         {"type": "cashier", "m": "ledger", "drawer": "main", "start": 0, "entries": [bad_entry]},
-                        {"type": "cashier", "m": "heads", "drawers": {"main": 0}}):
+                        {"type": "cashier", "m": "heads", "drawers": {"main": 0}},
+                        {"type": "cashier", "m": "accept", "drawer": "main", "ballot": [1, "pos-1"],
+                         "position": 10**12, "entry": {"kind": "noop"}, "commit_upto": 0}):
             await wait_linked([pos1, pos2])
             closed_before = pos2.mesh.peers["pos-1"].last_error
             pos1.mesh.send_control("pos-2", message)
@@ -470,3 +472,49 @@ async def test_a_reconciliation_cut_short_is_not_done_twice(authority: Authority
         assert ledger_of(pos3, "main") == before  # nothing appended twice
         retry = await pos3.cashier.move_cash("main", direction="in", amount_cents=9, reason="other", op_id="mv")
         assert retry["entry"]["status"] == "in_review"  # the client's retry gets its own entry, not a 409
+
+
+async def test_a_reload_during_a_request_never_validates_against_the_old_state(
+        authority: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])) as ts:
+        pos1 = ts[0]
+        order = await pos1.create_order(table=None, waiter=None, items=[ITEM])
+        await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
+        real_order = pos1.cashier._order
+
+        async def order_then_reload(entry: dict[str, Any]) -> dict[str, Any] | None:
+            result = await real_order(entry)
+            if entry["op_id"] == "p-1" and pos1.cashier.epoch < 10:  # a failed write elsewhere: reload
+                pos1.cashier._stale = True
+                await pos1.cashier._fresh()
+            return result
+
+        monkeypatch.setattr(pos1.cashier, "_order", order_then_reload)
+        rounds_before = dict(pos1.cashier._rounds)
+        with pytest.raises(Unavailable, match="reloaded"):
+            await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="cash", op_id="p-1")
+        assert pos1.cashier._rounds["main"] >= rounds_before["main"]  # never lowered by a reload
+        monkeypatch.setattr(pos1.cashier, "_order", real_order)
+        paid = await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="cash", op_id="p-1")
+        assert paid["entry"]["status"] == "committed"
+        assert [e["op_id"] for e in ledger_of(pos1, "main")].count("p-1") == 1
+
+
+async def test_a_failed_read_back_keeps_the_old_state_and_answers_503(
+        authority: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])) as ts:
+        pos1 = ts[0]
+        await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
+        before = ledger_of(pos1, "main")
+
+        async def broken(*_: Any) -> Any:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(pos1.store, "query", broken)
+        pos1.cashier._stale = True
+        with pytest.raises(Unavailable, match="read back"):
+            await pos1.cashier.move_cash("main", direction="in", amount_cents=1, reason="x")
+        assert ledger_of(pos1, "main") == before and pos1.cashier._stale  # nothing half-loaded
+        monkeypatch.undo()
+        await pos1.cashier.move_cash("main", direction="in", amount_cents=1, reason="x")  # recovered
+        assert len(ledger_of(pos1, "main")) == 2

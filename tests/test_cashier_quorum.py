@@ -495,3 +495,16 @@ def test_one_leftover_lease_does_not_block_a_majority() -> None:
             queue += more
             events += evs
     assert new.phase == "holding" and isinstance(events[-1], Acquired)
+
+
+def test_a_late_lease_refusal_does_not_depose_a_holder_with_a_majority() -> None:
+    ids = ["pos-1", "pos-2", "pos-3"]
+    holder = Holder("pos-2", DRAWER, ids, round_above=5)
+    holder.acquire()
+    for v in ("pos-2", "pos-3"):
+        holder.handle(v, Promise(DRAWER, holder.ballot, v, (), 0))
+    assert holder.phase == "holding"
+    late = Reject(DRAWER, holder.ballot, "pos-1", (1, "pos-1"), "pos-1", 9.0)  # pos-1's leftover lease
+    assert holder.handle("pos-1", late) == ([], []) and holder.phase == "holding"
+    fenced = Reject(DRAWER, holder.ballot, "pos-1", (9, "pos-1"), "pos-1")
+    assert isinstance(holder.handle("pos-1", fenced)[1][0], Deposed)

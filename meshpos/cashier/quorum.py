@@ -311,8 +311,10 @@ class Holder:
         if getattr(msg, "voter", None) not in self.voters or msg.voter != sender:
             return [], []  # answers count only from the voters themselves
         if isinstance(msg, Reject):
-            if msg.promised > self.ballot or self.phase != "preparing":
+            if msg.promised > self.ballot:
                 return self._deposed(msg)  # fenced: a higher ballot was promised
+            if self.phase != "preparing":
+                return [], []  # a late lease refusal of our prepare: a majority promised already
             # Only another holder's lease runs at this voter (a leftover one, maybe): give up
             # only once no majority can be left to promise.
             self._lease_refusals[msg.voter] = msg

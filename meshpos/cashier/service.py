@@ -51,7 +51,7 @@ from meshpos.cashier.quorum import (
     to_wire,
 )
 from meshpos.clock import iso, random_id
-from meshpos.errors import Conflict, InvalidInput, NoQuorum, NotEnrolled, NotFound, Unavailable
+from meshpos.errors import Conflict, InvalidInput, MeshposError, NoQuorum, NotEnrolled, NotFound, Unavailable
 from storage.store import StoreError, Ticket
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ class Cashier:
         self._rounds: dict[str, int] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._grown: dict[str, anyio.Event] = {}  # set when a drawer's committed ledger grows here
+        self._asked: dict[tuple[str, str], float] = {}  # (peer, drawer) -> when a gap was asked for
         self._seq = 0
         self._local_send, self._local_recv = anyio.create_memory_object_stream[Message](math.inf)
         self._reconcile_now = anyio.Event()
@@ -122,24 +123,31 @@ class Cashier:
         #: until the state is reloaded from disk (:meth:`_fresh`).
         self._stale = False
         self._reload_lock = anyio.Lock()
+        #: Counts state (re)loads: a request that awaited across one starts over (503, retry).
+        self.epoch = 0
         self._to_mark: set[tuple[str, str | None]] = set()  # (order id, user) to mark paid, retried
         self.stats = {"commits": 0, "acquisitions": 0, "provisional": 0, "reviews": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read the voter state, the committed ledgers and the provisional entries from disk."""
+        """Read the voter state, the committed ledgers and the provisional entries from disk.
+
+        Everything is read into new objects first and installed without an await between, so a
+        reload never shows a half-read state, and a failed read leaves the old one in place.
+        """
         q = self.t.store.query
-        self._rounds = dict(await q("SELECT drawer, round FROM cashier_rounds"))
+        rounds = dict(await q("SELECT drawer, round FROM cashier_rounds"))
+        states: dict[str, VoterState] = {}
         for drawer, rnd, holder in await q("SELECT drawer, round, holder FROM cashier_votes"):
-            self.voter.state(drawer).promised = (rnd, holder)
+            states.setdefault(drawer, VoterState()).promised = (rnd, holder)
         for drawer, pos, rnd, holder, entry in await q(
                 "SELECT drawer, position, round, holder, entry FROM cashier_accepted"):
-            self.voter.state(drawer).accepted[pos] = ((rnd, holder), json.loads(entry))
+            states.setdefault(drawer, VoterState()).accepted[pos] = ((rnd, holder), json.loads(entry))
         gaps: set[str] = set()
         for drawer, pos, entry in await q("SELECT drawer, position, entry FROM cashier_ledger "
                                           "ORDER BY drawer, position"):
-            st = self.voter.state(drawer)
+            st = states.setdefault(drawer, VoterState())
             if pos != len(st.committed) or drawer in gaps:
                 # Only a commit that failed between two later successful ones leaves a gap (its
                 # accepted rows stay: see _persist).  Keep the dense prefix; what lies beyond is
@@ -149,16 +157,25 @@ class Cashier:
                 st.accepted.setdefault(pos, (st.promised, json.loads(entry)))
                 continue
             st.committed.append(json.loads(entry))
+        provisional: dict[str, dict[str, dict[str, Any]]] = {}
+        seq = 0
+        for drawer, op_id, row_seq, entry, state, pos, created in await q(
+                "SELECT drawer, op_id, seq, entry, state, position, created_at FROM cashier_provisional ORDER BY seq"):
+            provisional.setdefault(drawer, {})[op_id] = {
+                "entry": json.loads(entry), "state": state, "position": pos, "seq": row_seq, "created_at": created}
+            seq = max(seq, row_seq)
+        # -- install (no await from here on) --
         for drawer in sorted(gaps):
             log.warning("drawer %s: stored ledger has a gap at position %d; completing it from the voters",
-                        drawer, len(self.states[drawer].committed))
-        for drawer, st in self.states.items():
-            self.drawers[drawer] = ledger.fold(drawer, st.committed)
-        for drawer, op_id, seq, entry, state, pos, created in await q(
-                "SELECT drawer, op_id, seq, entry, state, position, created_at FROM cashier_provisional ORDER BY seq"):
-            self.provisional.setdefault(drawer, {})[op_id] = {
-                "entry": json.loads(entry), "state": state, "position": pos, "seq": seq, "created_at": created}
-            self._seq = max(self._seq, seq)
+                        drawer, len(states[drawer].committed))
+        for drawer, rnd in rounds.items():  # never lower: a prepare may be out under a newer round
+            self._rounds[drawer] = max(rnd, self._rounds.get(drawer, 0))
+        self.states.clear()  # in place: the Voter holds this dict
+        self.states.update(states)
+        self.drawers = {drawer: ledger.fold(drawer, st.committed) for drawer, st in states.items()}
+        self.provisional = provisional
+        self._seq = max(self._seq, seq)
+        self.epoch += 1
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         self._to_mark |= self._own_covering_payments()
@@ -179,6 +196,10 @@ class Cashier:
                 await self._durable_barrier()
             except StoreError as exc:
                 raise Unavailable(f"cashier storage is failing ({exc.__cause__ or exc}); retry") from exc
+            try:
+                await self.load()
+            except Exception as exc:
+                raise Unavailable(f"cashier state could not be read back from disk ({exc}); retry") from exc
             for hold in self._holds.values():  # their view came from memory: take drawers afresh
                 for waiter in hold.waiting.values():
                     waiter.set()
@@ -186,10 +207,6 @@ class Cashier:
                 if hold.holder.phase == "holding":
                     self._send(hold.holder.release())  # what it committed is true: voters learn it
             self._holds.clear()
-            self.states.clear()
-            self.drawers.clear()
-            self.provisional.clear()
-            await self.load()
             self._stale = False
             log.warning("cashier state reloaded from disk after a failed write")
 
@@ -238,6 +255,8 @@ class Cashier:
                     await self._deliver(self.me, msg)
                 except Unavailable as exc:
                     log.error("cashier: %s", exc.message)  # unanswered: the holder resends
+                except Exception:  # noqa: BLE001 - one message never stops this terminal's voter
+                    log.exception("cashier: a message from this terminal's own holder failed")
 
     async def receive(self, sender: str, data: dict[str, Any]) -> None:
         """A ``cashier`` control message from an authenticated peer (raises :class:`BadMessage`)."""
@@ -253,6 +272,7 @@ class Cashier:
             log.error("cashier: %s; %s is not answered", exc.message, sender)
 
     async def _deliver(self, sender: str, msg: Message) -> None:
+        _check_positions(msg, len(self.voter.state(msg.drawer).committed))
         if isinstance(msg, Prepare | Accept | Commit | Release):
             await self._vote(sender, msg)
         else:
@@ -412,10 +432,13 @@ class Cashier:
             log.error("drawer %s: %s's committed ledger differs from this one at positions %s", drawer, sender,
                       differ[:10])
             await self._event("cashier:divergence", {"drawer": drawer, "peer": sender, "positions": differ[:100]})
-        if start > have:  # a gap: ask the sender for everything from where this copy ends
-            assert self.t.mesh is not None
-            self.t.mesh.send_control(sender, {"type": "cashier", "m": "heads", "drawers": {drawer: have},
-                                              "all": False})
+        if start > have:  # a gap: ask the sender for everything from where this copy ends (once a second)
+            now = anyio.current_time()
+            if now - self._asked.get((sender, drawer), float("-inf")) >= 1.0:
+                self._asked[(sender, drawer)] = now
+                assert self.t.mesh is not None
+                self.t.mesh.send_control(sender, {"type": "cashier", "m": "heads", "drawers": {drawer: have},
+                                                  "all": False})
             return
         await self._fresh()
         await self._durable(self._learn(drawer, start, entries))
@@ -479,8 +502,8 @@ class Cashier:
                 await _first(hold.ready, grown)
             if holder.phase == "holding":
                 self.stats["acquisitions"] += 1
-                known = len(st.committed)
-                await self._durable(self._learn(drawer, known, holder.ledger[known:]))
+                known = len(self.voter.state(drawer).committed)  # the current state (a reload may
+                await self._durable(self._learn(drawer, known, holder.ledger[known:]))  # have replaced st)
                 await self._event("lock_acquired", {"drawer": drawer, "holder": self.me, "ballot": list(holder.ballot)})
                 return hold
             if self._holds.get(drawer) is hold:
@@ -513,6 +536,14 @@ class Cashier:
         raise NoQuorum(f"lock timeout: no majority of the POS voters answered for drawer {drawer} within "
                        f"{ACQUIRE_TIMEOUT:g} s ({len(q['reachable'])} of {len(q['voters'])} linked, "
                        f"{q['majority']} needed)")
+
+    def _check_current(self, drawer: str, hold: _Hold, epoch: int) -> None:
+        """Validate only against the ledger the holder completed: not across a reload, and not
+        with this terminal's copy short of it (a write of it failed)."""
+        if self.epoch != epoch or len(self.voter.state(drawer).committed) != len(hold.holder.ledger):
+            if self._holds.get(drawer) is hold:
+                del self._holds[drawer]
+            raise Unavailable(f"drawer {drawer}: this terminal's ledger copy is being reloaded; retry")
 
     async def _append(self, hold: _Hold, entry: dict[str, Any]) -> int:
         if hold.holder.phase != "holding":  # deposed since it was taken (a late reject)
@@ -599,12 +630,14 @@ class Cashier:
         try:
             async with self._lock(drawer):
                 for attempt in range(2):
+                    epoch = self.epoch
                     hold = await self._hold(drawer)
                     found = self._existing(drawer, entry)  # the completed ledger may hold it already
                     if found is not None:
                         return found
                     d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
                     order = await self._order(entry)
+                    self._check_current(drawer, hold, epoch)
                     _finish(entry, d, order)
                     ledger.check(d, entry, order)
                     try:
@@ -614,6 +647,9 @@ class Cashier:
                             raise NoQuorum(f"lost drawer {drawer}'s lock while appending op {entry['op_id']}: "
                                            "the operation is in doubt; retry with the same op_id") from None
                         continue
+                    if self.epoch != epoch:  # reloaded meanwhile: the answer comes from the retry
+                        raise Unavailable(f"op {entry['op_id']} is committed at position {pos}, but this terminal "
+                                          "reloaded its ledger copy meanwhile; retry with the same op_id")
                     if entry["kind"] == "drawer_closed":
                         await self._release(drawer)
                     await self._after_commit(drawer, pos)
@@ -652,11 +688,11 @@ class Cashier:
             paid = sum(other.paid_by_order.get(order_id, 0) for other in self.drawers.values())
             if paid >= order["total_cents"] and order["status"] not in ("paid", "closed", "cancelled"):
                 await self.t.set_order_status(order_id, "paid", user=user)
-        except NotFound:
-            return  # an archived day not on this box, or a peer's order not here yet: not ours to mark
-        except Exception as exc:  # noqa: BLE001 - the payment is committed; the mark is retried
+        except Unavailable as exc:  # the disk refused the order write: retried every second
             log.warning("payment committed but order %s not marked paid yet (%s); retrying", order_id, exc)
             self._to_mark.add((order_id, user))
+        except MeshposError as exc:  # archived (read-only) day, not on this box, ...: not retried
+            log.warning("payment committed; order %s cannot be marked paid here: %s", order_id, exc.message)
 
     def _result(self, drawer: str, entry_view: dict[str, Any]) -> dict[str, Any]:
         return {"drawer": self.summary(drawer), "entry": entry_view}
@@ -724,7 +760,9 @@ class Cashier:
         async with self._lock(drawer):
             for row in self._pending(drawer):
                 entry = row["entry"]
+                epoch = self.epoch
                 hold = await self._hold(drawer, patient=False)
+                self._check_current(drawer, hold, epoch)
                 d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
                 done = _reconciled_at(d, entry)
                 if done is not None:  # an earlier round appended it (then crashed, or was in doubt)
@@ -750,6 +788,8 @@ class Cashier:
                 except InDoubt as exc:
                     raise NoQuorum(f"reconciling drawer {drawer}: in doubt ({exc}); retrying") from None
                 await self._settle(drawer, row, "committed" if reason is None else "in_review", pos)
+                if self.epoch != epoch:
+                    return  # reloaded meanwhile: the next round goes on from the disk's state
                 if reason is None:
                     await self._after_commit(drawer, pos)
                 else:
@@ -978,3 +1018,15 @@ def _reconciled_at(d: ledger.Drawer, entry: dict[str, Any]) -> int | None:
                 and ledger.content(d.entries[pos]) | {"op_id": entry["op_id"]} == ledger.content(entry):
             return pos
     return None
+
+
+#: No honest holder proposes this far beyond the committed ledger (it appends one entry at a
+#: time); a peer's message that does is refused rather than looped over.
+MAX_AHEAD = 100_000
+
+
+def _check_positions(msg: Message, committed: int) -> None:
+    positions = [getattr(msg, name) for name in ("position", "start", "known") if hasattr(msg, name)]
+    positions += [pos for pos, _, _ in getattr(msg, "accepted", ())]
+    if any(pos > committed + MAX_AHEAD for pos in positions):
+        raise BadMessage(f"cashier {type(msg).__name__}: a position more than {MAX_AHEAD} beyond the ledger")
