@@ -101,6 +101,7 @@ class Drawer:
     status: dict[int, str] = field(default_factory=dict)
     resolutions: dict[int, dict[str, Any]] = field(default_factory=dict)  # reviewed position -> resolution
     _open_reviews: set[int] = field(default_factory=set)
+    reviewed: list[int] = field(default_factory=list)  # every position appended in_review, in order
     last_close: dict[str, Any] | None = None
     entries: list[dict[str, Any]] = field(default_factory=list)
 
@@ -131,6 +132,7 @@ def apply(d: Drawer, pos: int, entry: dict[str, Any]) -> None:
     if entry["status"] == "in_review":
         d.status[pos] = "in_review"
         d._open_reviews.add(pos)
+        d.reviewed.append(pos)
         return
     d.status[pos] = "committed"
     if kind == "review_resolution":

@@ -892,9 +892,7 @@ class Cashier:
     def reviews(self, status: str = "open") -> list[dict[str, Any]]:
         out = []
         for _name, d in sorted(self.drawers.items()):
-            for pos, entry in enumerate(d.entries):
-                if entry["kind"] == "noop" or entry["status"] != "in_review":
-                    continue
+            for pos in d.open_reviews if status == "open" else d.reviewed:
                 item = self._review_item(d, pos)
                 if status == "all" or (status == "open") == (item["status"] == "open"):
                     out.append(item)
