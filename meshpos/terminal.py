@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,7 @@ from storage.store import Store, StoreError
 if TYPE_CHECKING:
     from discovery.mdns import Discovery
     from peer.mesh import Mesh
+    from peer.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,16 @@ EMPTY_STATE_VECTOR = b"\x00"
 
 
 class Terminal:
-    def __init__(self, config: TerminalConfig, *, clock: Clock = system_clock) -> None:
+    def __init__(self, config: TerminalConfig, *, clock: Clock = system_clock, transport: Transport | None = None,
+                 storage_threads: bool = True, rng: random.Random | None = None) -> None:
+        """``transport``, ``storage_threads=False`` and ``rng`` let a simulation run terminals in one
+        process on an in-memory network and a virtual clock (simulations/); a real terminal
+        binds ``peer_host:peer_port`` and keeps SQLite in worker threads."""
         self.config = config
         self.clock = clock
+        self._transport = transport
+        self._storage_threads = storage_threads
+        self._rng = rng
         self.calendar = BusinessCalendar(config.timezone, config.day_rollover_hour)
         self.started_monotonic = time.monotonic()
         self.store: Store
@@ -69,7 +78,7 @@ class Terminal:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_data_dir(self.config.data_dir)
         try:
-            self.store = await Store.open(self.config.data_dir / "meshpos.db")
+            self.store = await Store.open(self.config.data_dir / "meshpos.db", threads=self._storage_threads)
         except BaseException:
             lock.close()
             raise
@@ -118,16 +127,20 @@ class Terminal:
         from peer.identity import has_identity, load_identity
         from peer.link import Limits
         from peer.mesh import Mesh
+        from peer.transport import TcpTransport
 
         if not has_identity(self.config.data_dir):
             return None
         identity = load_identity(self.config.data_dir)
-        try:
-            sock = bind_socket(self.config.peer_host, self.config.peer_port)
-        except OSError as exc:
-            raise OSError(exc.errno, f"peer address {self.config.peer_host}:{self.config.peer_port}: "
-                                     f"{exc.strerror}") from None
-        return Mesh(self, identity, sock=sock, peers=self.config.peers,
+        transport = self._transport
+        if transport is None:
+            try:
+                sock = bind_socket(self.config.peer_host, self.config.peer_port)
+            except OSError as exc:
+                raise OSError(exc.errno, f"peer address {self.config.peer_host}:{self.config.peer_port}: "
+                                         f"{exc.strerror}") from None
+            transport = TcpTransport(sock)
+        return Mesh(self, identity, transport=transport, peers=self.config.peers, rng=self._rng,
                     limits=Limits(max_message_bytes=self.config.peer_max_message_bytes))
 
     def _make_discovery(self, mesh: Mesh) -> Discovery:

@@ -17,14 +17,13 @@ import base64
 import contextlib
 import logging
 import random
-import socket
 import ssl
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute
+from anyio.abc import ByteStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography import x509
 
@@ -42,6 +41,7 @@ from peer.identity import IdentityError, Roster, TerminalIdentity, fingerprint, 
 from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
 from peer.sync import AnswerStep1, Apply, SyncSession
 from peer.tls import client_context, peer_certificate, server_context
+from peer.transport import Transport
 from peer.wire import PROTOCOL_VERSION, WireError, check_doc_name, decode_state_vector, orders_day, value_of
 from storage.store import StoreError
 
@@ -153,7 +153,7 @@ class Link:
 class Mesh:
     """All peer links of one terminal.  :meth:`run` in the terminal's task group."""
 
-    def __init__(self, terminal: Terminal, identity: TerminalIdentity, *, sock: socket.socket,
+    def __init__(self, terminal: Terminal, identity: TerminalIdentity, *, transport: Transport,
                  peers: list[str], limits: Limits | None = None, rng: random.Random | None = None,
                  max_queue_bytes: int | None = None) -> None:
         self.terminal = terminal
@@ -164,8 +164,8 @@ class Mesh:
         self.limits = limits or Limits()
         self.max_queue_bytes = max_queue_bytes
         self.rng = rng or random.Random()
-        self._sock = sock
-        self.host, self.port = sock.getsockname()[:2]
+        self.transport = transport
+        self.host, self.port = transport.host, transport.port
         self.static_peers = list(dict.fromkeys(peers))
         for address in self.static_peers:
             parse_address(address)
@@ -192,14 +192,13 @@ class Mesh:
 
     def close_socket(self) -> None:
         """Release the bound peer socket of a mesh that will never :meth:`run`."""
-        self._sock.close()
+        self.transport.close()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.abc.SocketListener.from_socket(self._sock)
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(listener.serve, self._accept, tg)
+                tg.start_soon(self.transport.serve, self._accept)
                 for address in self.static_peers:
                     tg.start_soon(self._dial_loop, address)
                 tg.start_soon(self._anti_entropy)
@@ -208,8 +207,6 @@ class Mesh:
                 task_status.started()
         finally:
             self._tg = None
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
 
     def dial(self, address: str) -> None:
         """Start dialling ``address`` for good (a static peer added at run time)."""
@@ -258,8 +255,7 @@ class Mesh:
 
     # -- accepting and dialling ----------------------------------------------------------------
 
-    async def _accept(self, raw: anyio.abc.SocketStream) -> None:
-        address = _remote(raw)
+    async def _accept(self, raw: ByteStream, address: str) -> None:
         try:
             with anyio.fail_after(self.limits.hello_timeout):
                 stream = await TLSStream.wrap(raw, server_side=True, ssl_context=self._server_ctx,
@@ -295,8 +291,7 @@ class Mesh:
                     state = self._by_address.setdefault(address, PeerState(terminal_id=None, address=address))
                 try:
                     with anyio.fail_after(CONNECT_TIMEOUT):
-                        stream = await anyio.connect_tcp(host, port, ssl_context=self._client_ctx,
-                                                         tls_standard_compatible=False)
+                        stream = await self._connect(host, port)
                 except Exception as exc:  # noqa: BLE001 - unreachable, refused, TLS: all mean "retry later"
                     code, reason = failure_of(exc)
                     state.last_error = {"code": code, "reason": reason, "at": self._now()}
@@ -326,6 +321,15 @@ class Mesh:
             if found is not None:
                 self._discovery_dials.discard(found)
                 self._found_states.pop(found, None)
+
+    async def _connect(self, host: str, port: int) -> TLSStream:
+        raw = await self.transport.connect(host, port)
+        try:
+            return await TLSStream.wrap(raw, server_side=False, ssl_context=self._client_ctx,
+                                        standard_compatible=False)
+        except BaseException:
+            await anyio.aclose_forcefully(raw)
+            raise
 
     # -- one link ------------------------------------------------------------------------------
 
@@ -818,12 +822,3 @@ class Mesh:
             "listen": f"{self.host}:{self.port}", "static_peers": self.static_peers, "peers": peers,
             "refusals": list(self.refusals),
         }
-
-
-def _remote(stream: anyio.abc.SocketStream) -> str:
-    try:
-        host, port = stream.extra(SocketAttribute.remote_address)[:2]  # type: ignore[misc]
-        return f"{host}:{port}"
-    except Exception:  # noqa: BLE001
-        return "?"
-

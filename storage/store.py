@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 from storage.database import open_database
 
@@ -102,13 +103,17 @@ class _Record:
 class Store:
     """Owns the SQLite connections of one terminal.  Start :meth:`run` in the terminal's task group."""
 
-    def __init__(self, conn: sqlite3.Connection, reader: sqlite3.Connection, path: Path) -> None:
+    def __init__(self, conn: sqlite3.Connection, reader: sqlite3.Connection, path: Path, *,
+                 threads: bool = True) -> None:
         # Two connections: the writer's transactions are never seen half-done by readers (WAL
         # readers see only committed data), so an event is never replayed before it is durable.
         self._conn = conn
         self._reader = reader
         self._write_limiter = anyio.CapacityLimiter(1)
         self._read_limiter = anyio.CapacityLimiter(1)
+        #: ``False``: SQLite runs inline on the event loop (blocking it).  Only for a simulation on
+        #: virtual time, where worker threads would make the order of events depend on the OS.
+        self.threads = threads
         self.path = path
         self._queue: list[_Record] = []
         self._wakeup = anyio.Event()
@@ -123,10 +128,10 @@ class Store:
         self.stats = {"batches": 0, "records": 0, "snapshots": 0}
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
-        conn = await anyio.to_thread.run_sync(open_database, path)
+    async def open(cls, path: Path, *, threads: bool = True) -> Store:
+        conn = await anyio.to_thread.run_sync(open_database, path) if threads else open_database(path)
         reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        store = cls(conn, reader, path)
+        store = cls(conn, reader, path, threads=threads)
 
         def scan() -> None:
             store._next_cursor = conn.execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()[0] + 1
@@ -138,18 +143,24 @@ class Store:
         await store._write(scan)
         return store
 
+    async def _run(self, limiter: anyio.CapacityLimiter, fn: Callable[..., Any], *args: Any) -> Any:
+        if not self.threads:
+            await anyio.lowlevel.checkpoint()  # still a scheduling point, as a thread hop would be
+            return fn(*args)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await anyio.to_thread.run_sync(fn, *args, limiter=self._write_limiter)
+        return await self._run(self._write_limiter, fn, *args)
 
     async def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         def query() -> list[tuple[Any, ...]]:
             return self._reader.execute(sql, params).fetchall()
 
-        return await anyio.to_thread.run_sync(query, limiter=self._read_limiter)
+        return await self._run(self._read_limiter, query)
 
     async def close(self) -> None:
         self._closed = True
-        await anyio.to_thread.run_sync(self._reader.close, limiter=self._read_limiter)
+        await self._run(self._read_limiter, self._reader.close)
         await self._write(self._conn.close)
 
     def on_commit(self, callback: Callable[[list[StoredEvent]], None]) -> None:
