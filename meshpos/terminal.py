@@ -57,6 +57,8 @@ class Terminal:
         self.clock = clock
         self._transport = transport
         self._storage_threads = storage_threads
+        #: Jitter (dial backoff, anti-entropy, cashier retries) and, when given, Yjs client ids.
+        self.rng = rng or random.Random()
         self._rng = rng
         self.calendar = BusinessCalendar(config.timezone, config.day_rollover_hour)
         self.started_monotonic = time.monotonic()
@@ -87,7 +89,8 @@ class Terminal:
                 self.config.terminal_id, self.config.type, random_id(12), iso(self.clock())
             )
             self.host = DocumentHost(
-                self.store, terminal_id=self.config.terminal_id, replica_id=replica_id, clock=self.clock
+                self.store, terminal_id=self.config.terminal_id, replica_id=replica_id, clock=self.clock,
+                rng=self._rng,
             )
             self.events = EventBus(self.store)
             await self.host.open(tables_doc.DOC_NAME, TablesDoc)
@@ -140,7 +143,7 @@ class Terminal:
                 raise OSError(exc.errno, f"peer address {self.config.peer_host}:{self.config.peer_port}: "
                                          f"{exc.strerror}") from None
             transport = TcpTransport(sock)
-        return Mesh(self, identity, transport=transport, peers=self.config.peers, rng=self._rng,
+        return Mesh(self, identity, transport=transport, peers=self.config.peers, rng=self.rng,
                     limits=Limits(max_message_bytes=self.config.peer_max_message_bytes))
 
     def _make_discovery(self, mesh: Mesh) -> Discovery:

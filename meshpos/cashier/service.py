@@ -107,6 +107,7 @@ class Cashier:
     def __init__(self, terminal: Terminal) -> None:
         self.t = terminal
         self.me = terminal.config.terminal_id
+        self.rng = terminal.rng
         self.states: dict[str, VoterState] = {}  # per drawer: votes, accepted, committed ledger
         self.voter = Voter(self.me, self.states)
         self.drawers: dict[str, ledger.Drawer] = {}  # the committed ledgers, added up
@@ -508,6 +509,9 @@ class Cashier:
                 return hold
             if self._holds.get(drawer) is hold:
                 del self._holds[drawer]
+            # Give the attempt up for good: voters that promised it drop its lease at once (else
+            # terminals trying together would hold each other off for a whole lease).
+            self._send(holder.release())
             if grown.is_set() and not hold.ready.is_set() and anyio.current_time() < catch_up_until:
                 # Voters far ahead sent the ledger instead of a promise: prepare again from there.
                 deadline = anyio.current_time() + ACQUIRE_TIMEOUT
@@ -520,7 +524,9 @@ class Cashier:
                 if not patient:
                     raise NoQuorum(f"drawer {drawer} is held by {refused.locked_by}")
                 if refusals == 1:  # an idle holder releases within LOCK_WAIT_SECONDS: try once more
-                    await anyio.sleep(min(refused.until - anyio.current_time(), LOCK_WAIT_SECONDS))
+                    # jittered: terminals refused together must not all come back together
+                    await anyio.sleep(min(refused.until - anyio.current_time(),
+                                          LOCK_WAIT_SECONDS * self.rng.uniform(0.5, 1.0)))
                     deadline = anyio.current_time() + ACQUIRE_TIMEOUT
                     continue
                 until = iso(self.t.clock() + timedelta(seconds=max(0.0, refused.until - anyio.current_time())))
@@ -739,7 +745,7 @@ class Cashier:
 
     async def _reconciler(self) -> None:
         while True:
-            with anyio.move_on_after(RECONCILE_SECONDS):
+            with anyio.move_on_after(RECONCILE_SECONDS * self.rng.uniform(0.5, 1.5)):  # jittered, as above
                 await self._reconcile_now.wait()
             self._reconcile_now = anyio.Event()
             for order_id, user in sorted(self._to_mark, key=str):

@@ -11,6 +11,7 @@ produces exactly the events the local write did.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -88,8 +89,11 @@ class _Hosted:
 class DocumentHost:
     """Holds the live documents of one terminal and routes every change to the store."""
 
-    def __init__(self, store: Store, *, terminal_id: str, replica_id: str, clock: Clock) -> None:
+    def __init__(self, store: Store, *, terminal_id: str, replica_id: str, clock: Clock,
+                 rng: random.Random | None = None) -> None:
+        """``rng``: where Yjs client ids come from (a simulation seeds it; ``None``: pycrdt's own)."""
         self.store = store
+        self.rng = rng
         self.terminal_id = terminal_id
         self.replica_id = replica_id
         self.clock = clock
@@ -113,7 +117,7 @@ class DocumentHost:
 
     async def _load(self, name: str) -> pycrdt.Doc:
         """A fresh doc (new random client id) holding exactly what the database holds for ``name``."""
-        doc = pycrdt.Doc()
+        doc = pycrdt.Doc(client_id=None if self.rng is None else self.rng.getrandbits(32))
         try:
             async for snapshot, updates in self.store.iter_doc(name):
                 with doc.transaction(origin="load"):

@@ -1,0 +1,510 @@
+"""Seeded network-partition simulation of a restaurant's terminals; prints a JSON report.
+
+    python simulations/partition.py [--scenario NAME] [--terminals N] [--seed S] [--sweep N]
+
+Real terminals - the product's documents, sync, TLS links, SQLite storage and cashier - run in
+this process on trio's virtual clock, joined by the in-memory network of ``peer/transport.py``:
+no wall-clock sleeps, no sockets, no threads, every random choice from the seed, so one seed
+is one run (``--seed S`` twice prints the same report).  A scenario script splits and heals
+the network, crashes and restarts terminals (the data directory survives, the process does
+not), adds latency; a restaurant workload runs meanwhile (orders through their lifecycle,
+kitchen statuses, table turns, stock moves, payments - provisional ones when a POS is cut off).
+After the final heal the checkers run (docs/simulations.md):
+
+* every document identical on every terminal;
+* no acknowledged write lost (orders, their stages, stock moves, payments);
+* every stock counter equals the initial count plus all acknowledged adjustments;
+* every order's status is the furthest stage it reached (the lifecycle rule);
+* cashier: one committed ledger per drawer on every terminal, no operation twice, every
+  acknowledged payment in it, every provisional payment committed or in review.
+
+Status (issue 6): this is the first slice - the simulator, five named scenarios, the checkers
+and ``--sweep``.  Not yet: ``--plot``, ``simulations/netns.py``, the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import trio
+import trio.testing
+
+import meshpos.clock
+from meshpos.cashier import ledger as cashier_ledger
+from meshpos.config import TerminalConfig
+from meshpos.documents.orders import ORDER_RANK, furthest
+from meshpos.errors import MeshposError
+from meshpos.terminal import Terminal
+from peer.identity import Authority, save_roster
+from peer.transport import MemoryNetwork
+from peer.wire import decode_state_vector
+
+MENU = {"burger": 1590, "fries": 690, "salad": 1290, "soda": 450}
+STOCK = 10_000  # counted at the start; the checker adds the acknowledged moves
+PORT = 7000
+LAN_LATENCY = 0.001  # virtual seconds per message on the simulated LAN
+SETTLE_SECONDS = 120.0  # virtual: how long the final heal may take before the run fails
+EPOCH = datetime(2026, 12, 2, 11, 0, tzinfo=UTC)  # the simulated service starts at 11:00 UTC
+
+
+def drawer_of(pos: str) -> str:
+    """Each POS has its own cash drawer (they vote on every drawer)."""
+    return f"drawer-{pos}"
+
+
+def kinds_for(n: int) -> list[tuple[str, str]]:
+    """A restaurant of ``n`` boxes: three POS (the cashier's voters; five from 12 boxes, one below
+    4), one KDS, the rest waiters' handhelds."""
+    pos = 1 if n < 4 else 3 if n < 12 else 5
+    out = [(f"pos-{k + 1}", "pos") for k in range(pos)]
+    if n > pos:
+        out.append(("kds-1", "kds"))
+    out += [(f"waiter-{k + 1}", "waiter") for k in range(n - len(out))]
+    return out
+
+
+@dataclass
+class Tally:
+    """What the workload was told (acknowledged) and refused - the checkers' ground truth."""
+
+    orders: dict[str, set[str]] = field(default_factory=dict)  # order id -> acknowledged stages
+    stock: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MENU, 0))
+    payments: dict[str, tuple[str, str]] = field(default_factory=dict)  # op id -> (drawer, status)
+    refused: dict[str, int] = field(default_factory=dict)  # error code -> count
+    done: dict[str, int] = field(default_factory=dict)  # operation kind -> count
+    provisional_why: dict[str, int] = field(default_factory=dict)  # why a payment went provisional
+
+    def ok(self, kind: str) -> None:
+        self.done[kind] = self.done.get(kind, 0) + 1
+
+    def no(self, exc: MeshposError) -> None:
+        self.refused[str(exc.code)] = self.refused.get(str(exc.code), 0) + 1
+
+
+class Simulation:
+    def __init__(self, root: Path, n: int, seed: int) -> None:
+        self.root, self.seed = root, seed
+        self.rng = random.Random(seed)
+        self.kinds = kinds_for(n)
+        self.net = MemoryNetwork(latency=LAN_LATENCY)
+        self.terminals: dict[str, Terminal] = {}
+        self._stops: dict[str, anyio.Event] = {}
+        self._stopped: dict[str, anyio.Event] = {}
+        self.tally = Tally()
+        self.timeline: list[dict[str, Any]] = []
+        self.skew: dict[str, float] = {}  # terminal id -> clock offset (seconds)
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._t0 = 0.0
+        self.drawers = [drawer_of(tid) for tid, kind in self.kinds if kind == "pos"]
+
+    # -- the world -------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return round(anyio.current_time() - self._t0, 3)
+
+    def host(self, tid: str) -> str:
+        return f"host-{tid}"
+
+    def mark(self, what: str, **data: Any) -> None:
+        self.timeline.append({"t": self.now(), "event": what, **data})
+
+    def clock_of(self, tid: str) -> Callable[[], datetime]:
+        return lambda: EPOCH + timedelta(seconds=anyio.current_time() - self._t0 + self.skew.get(tid, 0.0))
+
+    async def setup(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        self._t0 = anyio.current_time()
+        authority = Authority.init(self.root / "auth", "Simulated Cantina")
+        for tid, kind in self.kinds:
+            authority.enroll(tid, kind, self.root / tid)
+        for tid, _ in self.kinds:
+            save_roster(self.root / tid, authority.roster)
+        for tid, _ in self.kinds:
+            await self.start(tid)
+        await self.until(self.all_linked, "linked")
+
+    async def start(self, tid: str) -> None:
+        assert self._tg is not None
+        self._stops[tid], self._stopped[tid] = anyio.Event(), anyio.Event()
+        started = anyio.Event()
+        peers = [f"{self.host(other)}:{PORT}" for other, _ in self.kinds if other != tid]
+        config = TerminalConfig(data_dir=self.root / tid, terminal_id=tid, api_port=0, mdns=False, peers=peers)
+        terminal = Terminal(config, clock=self.clock_of(tid), transport=self.net.transport(self.host(tid), PORT),
+                            storage_threads=False, rng=random.Random(self.rng.getrandbits(64)))
+
+        async def life() -> None:
+            try:
+                async with terminal.running() as t:
+                    self.terminals[tid] = t
+                    started.set()
+                    await self._stops[tid].wait()
+            finally:
+                self.terminals.pop(tid, None)
+                self._stopped[tid].set()
+
+        self._tg.start_soon(life)
+        await started.wait()
+
+    async def crash(self, tid: str) -> None:
+        """Stop a terminal: its data directory stays, its memory (holds, links, leases) is gone."""
+        await self.stop(tid)
+        self.mark("crash", terminal=tid)
+
+    async def stop(self, tid: str) -> None:
+        self._stops[tid].set()
+        await self._stopped[tid].wait()
+
+    async def restart(self, tid: str) -> None:
+        await self.start(tid)
+        self.mark("restart", terminal=tid)
+
+    def split(self, *groups: list[str]) -> None:
+        """Cut the network into ``groups``; the terminals not named stay together (the rest)."""
+        named = {tid for g in groups for tid in g}
+        rest = [tid for tid, _ in self.kinds if tid not in named]
+        parts = [list(g) for g in groups] + ([rest] if rest else [])
+        self.net.split(*[{self.host(t) for t in g} for g in parts])
+        self.mark("split", groups=[sorted(g) for g in parts])
+
+    def heal(self) -> None:
+        self.net.heal()
+        self.mark("heal")
+
+    def all_linked(self) -> bool:
+        want = len(self.kinds) - 1
+        return len(self.terminals) == len(self.kinds) and all(len(t.mesh.links) == want  # type: ignore[union-attr]
+                                                              for t in self.terminals.values())
+
+    async def until(self, done: Callable[[], bool], what: str, within: float = SETTLE_SECONDS) -> None:
+        with anyio.fail_after(within):
+            while not done():  # noqa: ASYNC110 - virtual time: a poll costs nothing real
+                await anyio.sleep(0.05)
+        self.mark(what)
+
+    # -- the workload ----------------------------------------------------------------------------
+
+    async def workload(self, tid: str, kind: str, rate: float) -> None:
+        """One box's staff at work: ``rate`` operations per virtual second, while it runs."""
+        rng = random.Random(self.rng.getrandbits(64))
+        while True:
+            await anyio.sleep(rng.expovariate(rate))
+            t = self.terminals.get(tid)
+            if t is None:
+                continue
+            try:
+                await self._act(t, kind, rng)
+            except MeshposError as exc:
+                self.tally.no(exc)
+
+    async def _act(self, t: Terminal, kind: str, rng: random.Random) -> None:
+        open_orders = [o for o in await t.list_orders() if o["status"] not in ("paid", "closed", "cancelled")]
+        roll = rng.random()
+        if kind == "waiter" or (kind == "pos" and roll < 0.3) or not open_orders:
+            if kind == "kds":
+                return
+            skus = rng.sample(sorted(MENU), rng.randint(1, 3))
+            items = [{"sku": s, "name": s, "qty": 1, "unit_price_cents": MENU[s], "station": "grill"} for s in skus]
+            order = await t.create_order(table=f"T{rng.randint(1, 12)}", waiter=t.config.terminal_id, items=items)
+            self.tally.orders[order["id"]] = {"open"}
+            self.tally.ok("order")
+            for s in skus:
+                await t.adjust_stock(s, -1, "sale")
+                self.tally.stock[s] -= 1
+                self.tally.ok("stock")
+            await t.set_order_status(order["id"], "sent")
+            self.tally.orders[order["id"]].add("sent")
+            return
+        order = rng.choice(open_orders)
+        if kind == "kds":
+            for item in order["items"]:
+                if item["kitchen_status"] in ("queued", "preparing"):
+                    stage = "preparing" if item["kitchen_status"] == "queued" else "ready"
+                    await t.set_item_status(order["id"], item["id"], stage)
+                    self.tally.ok("kitchen")
+                    return
+            if ORDER_RANK[order["status"]] < ORDER_RANK["ready"]:
+                await self._stage(t, order, "ready")
+            return
+        if ORDER_RANK[order["status"]] < ORDER_RANK["served"]:
+            await self._stage(t, order, "served")
+        elif kind == "pos":
+            await self._pay(t, order, rng)
+
+    async def _stage(self, t: Terminal, order: dict[str, Any], stage: str) -> None:
+        await t.set_order_status(order["id"], stage)
+        self.tally.orders.setdefault(order["id"], set()).add(stage)
+        self.tally.ok("stage")
+
+    async def _pay(self, t: Terminal, order: dict[str, Any], rng: random.Random) -> None:
+        op_id = f"{order['id']}@{t.config.terminal_id}"
+        if op_id in self.tally.payments:
+            return  # taken here already (provisionally, the order is not marked paid yet)
+        result = await t.cashier.pay(drawer_of(t.config.terminal_id), order_id=order["id"],
+                                     amount_cents=order["total_cents"], method=rng.choice(("cash", "card", "pix")),
+                                     op_id=op_id, user=t.config.terminal_id, allow_provisional=True)
+        self.tally.payments[op_id] = (drawer_of(t.config.terminal_id), result["entry"]["status"])
+        if result["entry"]["status"] == "provisional":
+            why = result["entry"]["provisional"]["reason"].split(":")[0]
+            self.tally.provisional_why[why] = self.tally.provisional_why.get(why, 0) + 1
+        self.tally.ok("payment")
+
+    # -- after the run ---------------------------------------------------------------------------
+
+    def divergence(self) -> dict[str, int]:
+        """Per terminal: CRDT updates it lacks that some other terminal has (summed over docs)."""
+        vectors = {tid: {name: decode_state_vector(t.host.get(name).doc.get_state())  # type: ignore[union-attr]
+                         for name in t.host.names()} for tid, t in self.terminals.items()}
+        best: dict[str, dict[int, int]] = {}
+        for docs in vectors.values():
+            for name, sv in docs.items():
+                top = best.setdefault(name, {})
+                for client, clock in sv.items():
+                    top[client] = max(top.get(client, 0), clock)
+        return {tid: sum(clock - docs.get(name, {}).get(client, 0)
+                         for name, top in best.items() for client, clock in top.items())
+                for tid, docs in vectors.items()}
+
+    async def sample(self) -> None:
+        while True:
+            missing = self.divergence()
+            self.timeline.append({"t": self.now(), "event": "divergence", "missing": missing})
+            await anyio.sleep(1.0)
+
+    def settled(self) -> bool:
+        if not self.all_linked() or any(self.divergence().values()):
+            return False
+        for drawer in self.drawers:
+            lists = [t.cashier.states[drawer].committed if drawer in t.cashier.states else []
+                     for t in self.terminals.values()]
+            if not all(x == lists[0] for x in lists[1:]):
+                return False
+        return not any(t.cashier._pending(d) for t in self.terminals.values() for d in self.drawers)  # noqa: SLF001
+
+    async def check(self) -> dict[str, Any]:
+        ts = list(self.terminals.values())
+        checks: dict[str, Any] = {}
+        views = [await self._views(t) for t in ts]
+        checks["documents_identical"] = all(v == views[0] for v in views[1:])
+        orders = views[0]["orders"]
+        lost = [oid for oid, stages in self.tally.orders.items()
+                if oid not in orders or not stages <= set(orders[oid]["stages"])]
+        checks["no_acknowledged_write_lost"] = {"ok": not lost, "lost": lost[:10]}
+        stock = {sku: STOCK + delta for sku, delta in self.tally.stock.items()}
+        checks["stock_equals_acknowledged_moves"] = {"ok": views[0]["stock"] == stock,
+                                                     "expected": stock, "found": views[0]["stock"]}
+        wrong = [oid for oid, o in orders.items() if o["status"] != furthest(o["stages"], ORDER_RANK)]
+        checks["order_lifecycle_rule"] = {"ok": not wrong, "orders": wrong[:10]}
+        checks["cashier"] = {drawer: self._check_cashier(ts, drawer) for drawer in self.drawers}
+        checks["cashier"]["ok"] = all(c["ok"] for c in checks["cashier"].values())
+        checks["ok"] = all(c is True or (isinstance(c, dict) and c.get("ok")) for c in checks.values())
+        return checks
+
+    def _check_cashier(self, ts: list[Terminal], drawer: str) -> dict[str, Any]:
+        ledgers = [t.cashier.states[drawer].committed if drawer in t.cashier.states else [] for t in ts]
+        same = all(x == ledgers[0] for x in ledgers[1:])
+        final = ledgers[0]
+        ops = [e["op_id"] for e in final if e["kind"] != "noop"]
+        d = cashier_ledger.fold(drawer, final)
+        missing = [op for op, (paid_in, _) in self.tally.payments.items() if paid_in == drawer
+                   and op not in d.op_positions and f"{op}~{op.split('@')[-1]}" not in d.op_positions]
+        reviews = [p for p in d.reviewed if not (final[p].get("review") or {}).get("reason")]
+        pending = [op for t in ts for op, row in t.cashier.provisional.get(drawer, {}).items()
+                   if row["state"] not in ("committed", "in_review")]
+        return {"ok": same and len(ops) == len(set(ops)) and not missing and not reviews and not pending,
+                "ledgers_identical": same, "entries": len(final), "duplicates": len(ops) - len(set(ops)),
+                "acknowledged_payments_missing": missing[:10], "in_review": len(d.reviewed),
+                "provisional_unsettled": pending[:10]}
+
+    @staticmethod
+    async def _views(t: Terminal) -> dict[str, Any]:
+        orders = {}
+        for name in sorted(t.host.names()):
+            if name.startswith("orders/"):
+                model = t.host.get(name)
+                orders.update({o["id"]: o for o in model.list()})  # type: ignore[union-attr]
+        inv = t.inventory
+        return {"orders": orders, "tables": t.tables.list(),
+                "stock": {sku: inv.quantity(sku) for sku in sorted(inv.catalog.keys())}}
+
+
+# -- scenarios ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    about: str
+    script: Callable[[Simulation, list[str]], Awaitable[None]]
+    rate: float = 0.5  # operations per virtual second per box
+
+
+def _ids(sim: Simulation, kind: str) -> list[str]:
+    return [tid for tid, k in sim.kinds if k == kind]
+
+
+async def lunch_rush_kitchen_split(sim: Simulation, ids: list[str]) -> None:
+    await anyio.sleep(20)
+    sim.split([t for t in ids if t.startswith("kds")])  # the kitchen's Wi-Fi drops
+    await anyio.sleep(60)
+    sim.heal()
+
+
+async def cashier_isolated(sim: Simulation, ids: list[str]) -> None:
+    await anyio.sleep(15)
+    cashier = _ids(sim, "pos")[0]
+    sim.split([cashier])  # one POS alone: it takes payments provisionally
+    await anyio.sleep(60)
+    sim.heal()
+
+
+async def flapping_wifi(sim: Simulation, ids: list[str]) -> None:
+    front = [t for t in ids if t.startswith("waiter")]
+    for _ in range(8):
+        await anyio.sleep(6)
+        sim.split(front)
+        await anyio.sleep(4)
+        sim.heal()
+
+
+async def terminal_replaced_mid_service(sim: Simulation, ids: list[str]) -> None:
+    # A waiter's handheld dies; 30 s later a spare takes its place: same enrollment, an empty
+    # database - everything comes back from the peers.  (A POS is a voter: replacing one with an
+    # empty disk is a roster change, done with its drawers closed - docs/cashier.md.)
+    await anyio.sleep(20)
+    victim = (_ids(sim, "waiter") or _ids(sim, "kds"))[-1]
+    await sim.crash(victim)
+    for path in (sim.root / victim).glob("meshpos.db*"):
+        path.unlink()
+    sim.mark("replaced", terminal=victim)
+    await anyio.sleep(30)
+    await sim.restart(victim)
+    await anyio.sleep(20)  # the spare at work
+
+
+async def wan_down_all_day(sim: Simulation, ids: list[str]) -> None:
+    # The internet is gone all day; the LAN is fine: service runs without a break, one box's clock
+    # drifts two minutes (nothing may depend on it), and the kitchen reboots once.
+    sim.skew[ids[-1]] = 120.0
+    await anyio.sleep(40)
+    kds = _ids(sim, "kds")
+    if kds:
+        await sim.crash(kds[0])
+        await anyio.sleep(5)
+        await sim.restart(kds[0])
+    await anyio.sleep(40)
+
+
+SCENARIOS = {s.name: s for s in [
+    Scenario("lunch-rush-kitchen-split", "the KDS is cut off from the front for a minute of the rush",
+             lunch_rush_kitchen_split, rate=0.8),
+    Scenario("cashier-isolated", "one POS alone for a minute: provisional payments, reconciled after",
+             cashier_isolated),
+    Scenario("flapping-wifi", "the handhelds' Wi-Fi drops 4 s of every 10, eight times", flapping_wifi),
+    Scenario("terminal-replaced-mid-service", "a handheld dies; a spare with an empty disk replaces it 30 s later",
+             terminal_replaced_mid_service),
+    Scenario("wan-down-all-day", "no internet at all; one clock skewed 2 min; the kitchen reboots once",
+             wan_down_all_day),
+]}
+
+
+async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, Any]:
+    trio._core._run._r.seed(seed)  # trio's scheduling choices, from the seed  # noqa: SLF001
+    meshpos.clock._ids.seed(seed)  # order and item ids, from the seed  # noqa: SLF001
+    sim = Simulation(root, n, seed)
+    async with anyio.create_task_group() as tg:
+        await sim.setup(tg)
+        manager = sim.terminals[_ids(sim, "pos")[0]]
+        for sku, price in MENU.items():
+            await manager.put_product(sku, name=sku, price_cents=price, station="grill", category=None, active=True)
+            await manager.count_stock(sku, STOCK)
+        for pos in _ids(sim, "pos"):
+            opened = await sim.terminals[pos].cashier.open_drawer(drawer_of(pos), float_cents=10_000, operator=pos)
+            assert opened["entry"]["status"] == "committed"
+        await sim.until(lambda: not any(sim.divergence().values()), "opening synced")
+        ids = [tid for tid, _ in sim.kinds]
+        async with anyio.create_task_group() as work:
+            work.start_soon(sim.sample)
+            for tid, kind in sim.kinds:
+                work.start_soon(sim.workload, tid, kind, scenario.rate)
+            await scenario.script(sim, ids)
+            sim.mark("service over")
+            work.cancel_scope.cancel()
+        sim.heal()
+        for tid, _ in sim.kinds:
+            if tid not in sim.terminals:
+                await sim.restart(tid)
+        healed = sim.now()
+        await sim.until(sim.settled, "converged")
+        converged_after = round(sim.now() - healed, 3)
+        checks = await sim.check()
+        state = json.dumps(await sim._views(next(iter(sim.terminals.values()))), sort_keys=True, default=str)
+        for tid in list(sim.terminals):
+            await sim.stop(tid)
+        tg.cancel_scope.cancel()
+    marks = [e for e in sim.timeline if e["event"] != "divergence"]
+    peak = max((max(e["missing"].values(), default=0) for e in sim.timeline if e["event"] == "divergence"),
+               default=0)
+    return {
+        "scenario": scenario.name, "about": scenario.about, "seed": seed, "terminals": dict(sim.kinds),
+        "virtual_seconds": sim.now(), "operations": dict(sorted(sim.tally.done.items())),
+        "refused": dict(sorted(sim.tally.refused.items())),
+        "payments": {s: [st for _, st in sim.tally.payments.values()].count(s) for s in ("committed", "provisional")},
+        "provisional_because": dict(sorted(sim.tally.provisional_why.items())),
+        "peak_missing_updates": peak, "converged_after_heal_s": converged_after,
+        "state_sha256": hashlib.sha256(state.encode()).hexdigest(), "checks": checks, "events": marks,
+    }
+
+
+def run(scenario: str, n: int, seed: int) -> dict[str, Any]:
+    """One seeded run (its own temporary directory, its own trio run on a virtual clock)."""
+    with tempfile.TemporaryDirectory(prefix="meshpos-sim-") as tmp:
+        return trio.run(_trio_main, SCENARIOS[scenario], n, seed, Path(tmp),
+                        clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def _trio_main(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, Any]:
+    return await _run(scenario, n, seed, root)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="lunch-rush-kitchen-split")
+    parser.add_argument("--terminals", type=int, default=6, help="5 to 50 boxes (default 6)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sweep", type=int, metavar="N", help="run seeds seed..seed+N-1, report failures")
+    args = parser.parse_args()
+    if not 3 <= args.terminals <= 50:
+        parser.error("--terminals must be 3..50")
+    if args.sweep is None:
+        report = run(args.scenario, args.terminals, args.seed)
+        print(json.dumps(report, indent=1))
+        sys.exit(0 if report["checks"]["ok"] else 1)
+    failures = []
+    for k in range(args.sweep):
+        seed = args.seed + k
+        report = run(args.scenario, args.terminals, seed)
+        ok = report["checks"]["ok"]
+        if not ok:
+            failures.append({"seed": seed, "repro": f"python simulations/partition.py --scenario {args.scenario} "
+                                                    f"--terminals {args.terminals} --seed {seed}"})
+        bar = "#" * (k + 1) + "." * (args.sweep - k - 1)
+        print(f"\r[{bar}] {k + 1}/{args.sweep} failed {len(failures)}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    print(json.dumps({"scenario": args.scenario, "terminals": args.terminals, "seeds": args.sweep,
+                      "first_seed": args.seed, "failed": failures}, indent=1))
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
