@@ -5,7 +5,8 @@
 Real terminals - the product's documents, sync, TLS links, SQLite storage and cashier - run in
 this process on trio's virtual clock, joined by the in-memory network of ``peer/transport.py``:
 no wall-clock sleeps, no sockets, no threads, every random choice from the seed, so one seed
-is one run (``--seed S`` twice prints the same report).  A scenario script splits and heals
+is one run (``--seed S`` twice prints the same report; each run in its own process, as
+``--sweep`` does too).  A scenario script splits and heals
 the network, crashes and restarts terminals (the data directory survives, the process does
 not), adds latency; a restaurant workload runs meanwhile (orders through their lifecycle,
 kitchen statuses, table turns, stock moves, payments - provisional ones when a POS is cut off).
@@ -28,6 +29,7 @@ import argparse
 import hashlib
 import json
 import random
+import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -307,7 +309,7 @@ class Simulation:
         checks["order_lifecycle_rule"] = {"ok": not wrong, "orders": wrong[:10]}
         checks["cashier"] = {drawer: self._check_cashier(ts, drawer) for drawer in self.drawers}
         checks["cashier"]["ok"] = all(c["ok"] for c in checks["cashier"].values())
-        checks["ok"] = all(c is True or (isinstance(c, dict) and c.get("ok")) for c in checks.values())
+        checks["ok"] = all(_passed(c) for c in checks.values())
         return checks
 
     def _check_cashier(self, ts: list[Terminal], drawer: str) -> dict[str, Any]:
@@ -468,9 +470,10 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, A
 
 def run(scenario: str, n: int, seed: int) -> dict[str, Any]:
     """One seeded run (its own temporary directory, its own trio run on a virtual clock)."""
+    trio._core._run._r.seed(seed)  # trio's scheduling choices and the mock clock's offset  # noqa: SLF001
+    clock = trio.testing.MockClock(autojump_threshold=0)
     with tempfile.TemporaryDirectory(prefix="meshpos-sim-") as tmp:
-        return trio.run(_trio_main, SCENARIOS[scenario], n, seed, Path(tmp),
-                        clock=trio.testing.MockClock(autojump_threshold=0))
+        return trio.run(_trio_main, SCENARIOS[scenario], n, seed, Path(tmp), clock=clock)
 
 
 async def _trio_main(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, Any]:
@@ -493,17 +496,31 @@ def main() -> None:
     failures = []
     for k in range(args.sweep):
         seed = args.seed + k
-        report = run(args.scenario, args.terminals, seed)
-        ok = report["checks"]["ok"]
-        if not ok:
-            failures.append({"seed": seed, "repro": f"python simulations/partition.py --scenario {args.scenario} "
-                                                    f"--terminals {args.terminals} --seed {seed}"})
+        command = ["--scenario", args.scenario, "--terminals", str(args.terminals), "--seed", str(seed)]
+        # Each seed in a fresh process, exactly as its repro command runs it: within one process
+        # trio breaks ties between timers due at the same virtual instant by object address.
+        done = subprocess.run([sys.executable, __file__, *command], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            failures.append({"seed": seed, "repro": "python simulations/partition.py " + " ".join(command),
+                             "failed": _failed_checks(done.stdout) or done.stderr.strip().splitlines()[-1:]})
         bar = "#" * (k + 1) + "." * (args.sweep - k - 1)
         print(f"\r[{bar}] {k + 1}/{args.sweep} failed {len(failures)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     print(json.dumps({"scenario": args.scenario, "terminals": args.terminals, "seeds": args.sweep,
                       "first_seed": args.seed, "failed": failures}, indent=1))
     sys.exit(1 if failures else 0)
+
+
+def _failed_checks(stdout: str) -> list[str]:
+    try:
+        checks = json.loads(stdout)["checks"]
+    except (ValueError, KeyError):
+        return []
+    return [name for name, c in checks.items() if name != "ok" and not _passed(c)]
+
+
+def _passed(check: Any) -> bool:
+    return check is True or (isinstance(check, dict) and bool(check.get("ok")))
 
 
 if __name__ == "__main__":

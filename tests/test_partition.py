@@ -7,12 +7,15 @@ A short sweep for CI; the long one is in docs/simulations.md.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "simulations"))
+SIM = Path(__file__).resolve().parent.parent / "simulations" / "partition.py"
+sys.path.insert(0, str(SIM.parent))
 import partition  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -31,7 +34,23 @@ def test_scenario_holds_its_checks(scenario: str, seed: int) -> None:
         assert report["peak_missing_updates"] > 50
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SIM), *args], capture_output=True, text=True, check=False, timeout=600)
+
+
 def test_one_seed_is_one_run() -> None:
-    first = partition.run("flapping-wifi", 5, 11)
-    assert partition.run("flapping-wifi", 5, 11) == first
-    assert partition.run("flapping-wifi", 5, 12)["state_sha256"] != first["state_sha256"]
+    """The same command prints the same report, byte for byte (Python's hash seed aside)."""
+    args = ("--scenario", "flapping-wifi", "--terminals", "5", "--seed", "11")
+    first = _cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run([sys.executable, str(SIM), *args], capture_output=True, text=True, check=False,
+                           timeout=600, env={**os.environ, "PYTHONHASHSEED": "7"})
+    assert again.stdout == first.stdout
+    other = _cli("--scenario", "flapping-wifi", "--terminals", "5", "--seed", "12")
+    assert json.loads(other.stdout)["state_sha256"] != json.loads(first.stdout)["state_sha256"]
+
+
+def test_a_sweep_reports_failing_seeds_with_their_command() -> None:
+    done = _cli("--scenario", "wan-down-all-day", "--terminals", "4", "--seed", "5", "--sweep", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["failed"] == [] and "2/2" in done.stderr
