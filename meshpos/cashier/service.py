@@ -526,7 +526,7 @@ class Cashier:
                 if refusals == 1:  # an idle holder releases within LOCK_WAIT_SECONDS: try once more
                     # jittered: terminals refused together must not all come back together
                     await anyio.sleep(min(refused.until - anyio.current_time(),
-                                          LOCK_WAIT_SECONDS * self.rng.uniform(0.5, 1.0)))
+                                          LOCK_WAIT_SECONDS * self.rng.uniform(1.0, 1.5)))
                     deadline = anyio.current_time() + ACQUIRE_TIMEOUT
                     continue
                 until = iso(self.t.clock() + timedelta(seconds=max(0.0, refused.until - anyio.current_time())))
