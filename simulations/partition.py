@@ -19,8 +19,8 @@ After the final heal the checkers run (docs/simulations.md):
 * cashier: one committed ledger per drawer on every terminal, no operation twice, every
   acknowledged payment in it, every provisional payment committed or in review.
 
-Status (issue 6): this is the first slice - the simulator, five named scenarios, the checkers
-and ``--sweep``.  Not yet: ``--plot``, ``simulations/netns.py``, the benchmark.
+Status (issue 6): the simulator, five named scenarios, the checkers, ``--sweep`` and
+``--plot``.  Not yet: ``simulations/netns.py`` (real processes in network namespaces).
 """
 
 from __future__ import annotations
@@ -105,6 +105,7 @@ class Simulation:
         self._stopped: dict[str, anyio.Event] = {}
         self.tally = Tally()
         self.timeline: list[dict[str, Any]] = []
+        self.writes: list[tuple[float, str]] = []  # (virtual time, terminal) of acknowledged work
         self.skew: dict[str, float] = {}  # terminal id -> clock offset (seconds)
         self._tg: anyio.abc.TaskGroup | None = None
         self._t0 = 0.0
@@ -204,10 +205,13 @@ class Simulation:
             t = self.terminals.get(tid)
             if t is None:
                 continue
+            before = sum(self.tally.done.values())
             try:
                 await self._act(t, kind, rng)
             except MeshposError as exc:
                 self.tally.no(exc)
+            if sum(self.tally.done.values()) > before:
+                self.writes.append((self.now(), tid))
 
     async def _act(self, t: Terminal, kind: str, rng: random.Random) -> None:
         open_orders = [o for o in await t.list_orders() if o["status"] not in ("paid", "closed", "cancelled")]
@@ -435,8 +439,8 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, A
             assert opened["entry"]["status"] == "committed"
         await sim.until(lambda: not any(sim.divergence().values()), "opening synced")
         ids = [tid for tid, _ in sim.kinds]
+        tg.start_soon(sim.sample)  # until the end: the plot shows the catch-up too
         async with anyio.create_task_group() as work:
-            work.start_soon(sim.sample)
             for tid, kind in sim.kinds:
                 work.start_soon(sim.workload, tid, kind, scenario.rate)
             await scenario.script(sim, ids)
@@ -459,6 +463,8 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, A
                default=0)
     return {
         "scenario": scenario.name, "about": scenario.about, "seed": seed, "terminals": dict(sim.kinds),
+        "timeline": {"writes": sim.writes, "divergence": [(e["t"], e["missing"]) for e in sim.timeline
+                                                          if e["event"] == "divergence"]},
         "virtual_seconds": sim.now(), "operations": dict(sorted(sim.tally.done.items())),
         "refused": dict(sorted(sim.tally.refused.items())),
         "payments": {s: [st for _, st in sim.tally.payments.values()].count(s) for s in ("committed", "provisional")},
@@ -490,11 +496,14 @@ def main() -> None:
     parser.add_argument("--terminals", type=int, default=6, help="5 to 50 boxes (default 6)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sweep", type=int, metavar="N", help="run seeds seed..seed+N-1, report failures")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the run's timeline (needs matplotlib)")
     args = parser.parse_args()
     if not 3 <= args.terminals <= 50:
         parser.error("--terminals must be 3..50")
     if args.sweep is None:
         report = run(args.scenario, args.terminals, args.seed)
+        if args.plot is not None:
+            plot(report, args.plot)
         print(json.dumps(report, indent=1))
         sys.exit(0 if report["checks"]["ok"] else 1)
     failures = []
@@ -512,6 +521,49 @@ def main() -> None:
     print(json.dumps({"scenario": args.scenario, "terminals": args.terminals, "seeds": args.sweep,
                       "first_seed": args.seed, "failed": failures}, indent=1))
     sys.exit(1 if failures else 0)
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """The timeline: splits and heals shaded, each terminal's acknowledged work as ticks, the
+    CRDT updates each terminal lacked over time, and the moment everything converged."""
+    try:
+        import matplotlib  # noqa: PLC0415 - only for --plot
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        sys.exit("--plot needs matplotlib: pip install matplotlib")
+    terminals = list(report["terminals"])
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(11, 6.5), height_ratios=(1, 1.3))
+    events = report["events"]
+    cut_at = None
+    for e in events:
+        if e["event"] == "split" and cut_at is None:
+            cut_at = e["t"]
+        elif e["event"] == "heal" and cut_at is not None:
+            for ax in (top, bottom):
+                ax.axvspan(cut_at, e["t"], color="tab:red", alpha=0.12, lw=0)
+            cut_at = None
+        elif e["event"] in ("crash", "restart", "replaced"):
+            top.annotate(e["event"], (e["t"], terminals.index(e["terminal"])), fontsize=7, color="tab:purple")
+        elif e["event"] == "converged":
+            for ax in (top, bottom):
+                ax.axvline(e["t"], color="tab:green", lw=1.5)
+            bottom.annotate("converged", (e["t"], 0), fontsize=8, color="tab:green")
+    rows = {tid: k for k, tid in enumerate(terminals)}
+    top.scatter([t for t, _ in report["timeline"]["writes"]], [rows[tid] for _, tid in report["timeline"]["writes"]],
+                marker="|", s=60, color="tab:blue")
+    top.set_yticks(range(len(terminals)), terminals, fontsize=7)
+    top.set_title(f"{report['scenario']} - seed {report['seed']}: acknowledged work per terminal "
+                  "(shaded: network split)", fontsize=9)
+    samples = report["timeline"]["divergence"]
+    for tid in terminals:
+        bottom.plot([t for t, _ in samples], [m.get(tid, 0) for _, m in samples], lw=1, label=tid)
+    bottom.set_ylabel("CRDT updates missing")
+    bottom.set_xlabel("virtual seconds")
+    bottom.legend(fontsize=6, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _failed_checks(stdout: str) -> list[str]:

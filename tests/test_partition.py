@@ -54,3 +54,12 @@ def test_a_sweep_reports_failing_seeds_with_their_command() -> None:
     done = _cli("--scenario", "wan-down-all-day", "--terminals", "4", "--seed", "5", "--sweep", "2")
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["failed"] == [] and "2/2" in done.stderr
+
+
+def test_the_plot_draws_the_timeline(tmp_path: Path) -> None:
+    out = tmp_path / "run.png"
+    done = _cli("--scenario", "cashier-isolated", "--terminals", "4", "--seed", "3", "--plot", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    timeline = json.loads(done.stdout)["timeline"]
+    assert timeline["writes"] and timeline["divergence"]
