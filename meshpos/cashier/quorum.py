@@ -195,14 +195,11 @@ class Voter:
             return []
         return []
 
-    def learn(self, drawer: str, start: int, entries: list[Any] | tuple[Any, ...]) -> int:
-        """Append committed entries a peer relayed (catch-up after being away); returns how many
-        were new.  Committed entries are final whoever relays them, so no ballot is checked."""
-        return learn(self.state(drawer), start, entries)
-
 
 def learn(st: VoterState, start: int, entries: list[Any] | tuple[Any, ...]) -> int:
-    """Extend ``st.committed`` with the part of ``entries`` (starting at ``start``) it lacks."""
+    """Extend ``st.committed`` with the part of ``entries`` (starting at ``start``) it lacks - a
+    peer's relay or a holder's news.  Committed entries are final whoever relays them, so no
+    ballot is checked.  Returns how many were new."""
     added = 0
     for offset, entry in enumerate(entries):
         pos = start + offset

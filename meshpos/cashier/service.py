@@ -98,7 +98,6 @@ class _Hold:
     ready: anyio.Event = field(default_factory=anyio.Event)  # acquired or deposed
     deposed: Deposed | None = None
     waiting: dict[int, anyio.Event] = field(default_factory=dict)
-    committed: dict[int, Any] = field(default_factory=dict)
     stored: dict[int, Ticket | None] = field(default_factory=dict)  # this terminal's copy of each commit
     last_used: float = field(default_factory=anyio.current_time)
 
@@ -273,7 +272,9 @@ class Cashier:
             log.error("cashier: %s; %s is not answered", exc.message, sender)
 
     async def _deliver(self, sender: str, msg: Message) -> None:
-        _check_positions(msg, len(self.voter.state(msg.drawer).committed))
+        check_drawer_wire(msg.drawer)  # before anything is kept under that name
+        st = self.states.get(msg.drawer)
+        _check_positions(msg, 0 if st is None else len(st.committed))
         if isinstance(msg, Prepare | Accept | Commit | Release):
             await self._vote(sender, msg)
         else:
@@ -282,7 +283,6 @@ class Cashier:
     async def _vote(self, sender: str, msg: Message) -> None:
         if self.me not in self.voters():
             return
-        check_drawer_wire(msg.drawer)
         await self._fresh()
         st = self.voter.state(msg.drawer)
         if isinstance(msg, Prepare) and len(st.committed) - msg.known > PROMISE_MAX_ENTRIES and sender != self.me:
@@ -305,7 +305,6 @@ class Cashier:
             if isinstance(event, Acquired):
                 hold.ready.set()
             elif isinstance(event, Committed):
-                hold.committed[event.position] = event.entry
                 hold.stored[event.position] = self._learn(event.drawer, event.position, [event.entry])
                 self._relay(event.drawer, event.position, [event.entry])
                 waiter = hold.waiting.pop(event.position, None)
@@ -560,7 +559,7 @@ class Cashier:
         self._send(hold.holder.append(entry))
         with anyio.move_on_after(COMMIT_TIMEOUT):
             await done.wait()
-        if pos not in hold.committed:
+        if pos >= len(hold.holder.ledger):  # not committed: deposed, or no majority in time
             if self._holds.get(hold.holder.drawer) is hold:
                 del self._holds[hold.holder.drawer]  # take the drawer afresh next time
             raise InDoubt(f"op {entry['op_id']} at position {pos}")
