@@ -176,6 +176,8 @@ class Mesh:
         self._by_address: dict[str, PeerState] = {}
         self._address_ids: dict[str, str] = {}
         self._link_down: dict[str, anyio.Event] = {}
+        #: Set (and replaced) whenever a link opens: dial loops sleeping in backoff wake on it.
+        self._network_back = anyio.Event()
         self._fetches: dict[str, tuple[set[str], anyio.Event]] = {}
         #: Terminals discovery sees and where (``HOST:PORT``s); the ids whose dial loop runs.
         self._discovered: dict[str, list[str]] = {}
@@ -289,6 +291,7 @@ class Mesh:
                         found, PeerState(terminal_id=found, address=address))
                 else:
                     state = self._by_address.setdefault(address, PeerState(terminal_id=None, address=address))
+                network_back = self._network_back  # a link opening while this dial is under way counts too
                 try:
                     with anyio.fail_after(CONNECT_TIMEOUT):
                         stream = await self._connect(host, port)
@@ -300,7 +303,7 @@ class Mesh:
                         await anyio.sleep(AUTH_RETRY_SECONDS)
                         continue
                     attempt += 1
-                    await anyio.sleep(backoff_delay(attempt, self.rng))
+                    await self._backoff(attempt, network_back)
                     continue
                 closed, opened = await self._run_link(stream, address, client=True, expect=found)
                 if closed is not None and closed.code == WRONG_TERMINAL:
@@ -309,18 +312,39 @@ class Mesh:
                     if address in candidates and len(candidates) > 1:
                         candidates.remove(address)  # that address is somebody else's now
                     attempt += 1
-                    await anyio.sleep(backoff_delay(attempt, self.rng))
+                    await self._backoff(attempt)
                     continue
                 if closed is not None and closed.code in (INVALID_TERMINAL_ID, INVALID_TERMINAL_TYPE,
                                                           AUTHENTICATION_FAILED):
                     await anyio.sleep(AUTH_RETRY_SECONDS)
                     continue
                 attempt = 0 if opened else attempt + 1
-                await anyio.sleep(backoff_delay(attempt, self.rng))
+                await self._backoff(attempt)
         finally:
             if found is not None:
                 self._discovery_dials.discard(found)
                 self._found_states.pop(found, None)
+
+    async def _backoff(self, attempt: int, network_back: anyio.Event | None = None) -> None:
+        """Sleep :func:`backoff_delay` before the next dial, or less if a link opens meanwhile.
+
+        Any link opening (inbound or outbound, any peer) is evidence the network is back - a split
+        healed, Wi-Fi returned - so a peer that was unreachable probably is reachable again too;
+        without this wake-up every dial loop would wait out up to :data:`BACKOFF_CAP` on its own
+        after a heal.  ``network_back`` is the event captured before the failed dial (a link that
+        opened during it counts); by default the current one.  No storm: only a link opening wakes
+        the loops, each sleeping loop dials once per such event, and ``attempt`` is kept (the
+        caller's), so a peer that still fails backs off as far as before.  (Authentication
+        refusals wait :data:`AUTH_RETRY_SECONDS` regardless: the network cannot fix a certificate.)
+        """
+        event = self._network_back if network_back is None else network_back
+        with anyio.move_on_after(backoff_delay(attempt, self.rng)):
+            await event.wait()
+
+    def _link_opened(self) -> None:
+        """Wake the dial loops sleeping in backoff (:meth:`_backoff`): a link opened."""
+        self._network_back.set()
+        self._network_back = anyio.Event()
 
     async def _connect(self, host: str, port: int) -> TLSStream:
         raw = await self.transport.connect(host, port)
@@ -610,6 +634,7 @@ class Mesh:
             self.adopt_roster(hello["roster"].encode())
         self.links[peer_id] = link
         link.registered = True
+        self._link_opened()
         state = self.peers.setdefault(peer_id, PeerState(terminal_id=peer_id))
         now = self._now()
         state.type, state.address, state.online = link.peer_type, link.address, True

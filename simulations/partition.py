@@ -36,14 +36,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import trio
 import trio.testing
 
 import meshpos.clock
-from meshpos.cashier import ledger as cashier_ledger
 from meshpos.config import TerminalConfig
 from meshpos.documents.orders import ORDER_RANK, furthest
 from meshpos.errors import MeshposError
@@ -94,6 +93,213 @@ class Tally:
         self.refused[str(exc.code)] = self.refused.get(str(exc.code), 0) + 1
 
 
+class Box(Protocol):
+    """One terminal as the workload and the checkers use it: in this process (:class:`TerminalBox`)
+    or a real process through its local API (simulations/netns.py).  Refusals raise
+    :class:`MeshposError` with the code the API would answer."""
+
+    async def orders(self) -> list[dict[str, Any]]: ...
+    async def create_order(self, *, table: str, waiter: str, items: list[dict[str, Any]]) -> dict[str, Any]: ...
+    async def adjust_stock(self, sku: str, delta: int, reason: str) -> None: ...
+    async def set_order_status(self, order_id: str, status: str) -> None: ...
+    async def set_item_status(self, order_id: str, item_id: str, status: str) -> None: ...
+    async def pay(self, drawer: str, *, order_id: str, amount_cents: int, method: str, op_id: str,
+                  user: str) -> dict[str, Any]: ...
+    async def observe(self, drawers: list[str]) -> dict[str, Any]:
+        """Orders, tables, stock and each drawer's ledger as the local API shows them."""
+        ...
+
+
+class TerminalBox:
+    """A :class:`Box` on a terminal of this process: the calls the API handlers make."""
+
+    def __init__(self, t: Terminal) -> None:
+        self.t = t
+
+    async def orders(self) -> list[dict[str, Any]]:
+        return await self.t.list_orders()
+
+    async def create_order(self, *, table: str, waiter: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.t.create_order(table=table, waiter=waiter, items=items)
+
+    async def adjust_stock(self, sku: str, delta: int, reason: str) -> None:
+        await self.t.adjust_stock(sku, delta, reason)
+
+    async def set_order_status(self, order_id: str, status: str) -> None:
+        await self.t.set_order_status(order_id, status)
+
+    async def set_item_status(self, order_id: str, item_id: str, status: str) -> None:
+        await self.t.set_item_status(order_id, item_id, status)
+
+    async def pay(self, drawer: str, *, order_id: str, amount_cents: int, method: str, op_id: str,
+                  user: str) -> dict[str, Any]:
+        return await self.t.cashier.pay(drawer, order_id=order_id, amount_cents=amount_cents, method=method,
+                                        op_id=op_id, user=user, allow_provisional=True)
+
+    async def observe(self, drawers: list[str]) -> dict[str, Any]:
+        t = self.t
+        ledgers = {}
+        for drawer in drawers:
+            try:
+                d = t.cashier.drawer(drawer, from_position=0)
+            except MeshposError:
+                d = {"entries": [], "provisional": []}
+            ledgers[drawer] = {"entries": d["entries"], "provisional": d["provisional"]}
+        return {"orders": {o["id"]: o for o in await t.list_orders()}, "tables": t.tables.list(),
+                "stock": {v["sku"]: v["quantity"] for v in (t.inventory.view(s) for s in t.inventory.skus())},
+                "drawers": ledgers}
+
+
+class Workload:
+    """The staff of every box at work, and the tally of what they were told."""
+
+    def __init__(self, rng: random.Random, now: Callable[[], float]) -> None:
+        self.rng, self.now = rng, now
+        self.tally = Tally()
+        self.writes: list[tuple[float, str]] = []  # (time, terminal) of acknowledged work
+
+    async def run(self, tid: str, kind: str, rate: float, box_of: Callable[[str], Box | None]) -> None:
+        """One box's staff: ``rate`` operations per second while the box runs (``box_of`` gives
+        ``None`` while it is down)."""
+        rng = random.Random(self.rng.getrandbits(64))
+        while True:
+            await anyio.sleep(rng.expovariate(rate))
+            box = box_of(tid)
+            if box is None:
+                continue
+            before = sum(self.tally.done.values())
+            try:
+                await self._act(box, tid, kind, rng)
+            except MeshposError as exc:
+                self.tally.no(exc)
+            if sum(self.tally.done.values()) > before:
+                self.writes.append((self.now(), tid))
+
+    async def _act(self, box: Box, tid: str, kind: str, rng: random.Random) -> None:
+        open_orders = [o for o in await box.orders() if o["status"] not in ("paid", "closed", "cancelled")]
+        roll = rng.random()
+        if kind == "waiter" or (kind == "pos" and roll < 0.3) or not open_orders:
+            if kind == "kds":
+                return
+            skus = rng.sample(sorted(MENU), rng.randint(1, 3))
+            items = [{"sku": s, "name": s, "qty": 1, "unit_price_cents": MENU[s], "station": "grill"} for s in skus]
+            order = await box.create_order(table=f"T{rng.randint(1, 12)}", waiter=tid, items=items)
+            self.tally.orders[order["id"]] = {"open"}
+            self.tally.ok("order")
+            for s in skus:
+                await box.adjust_stock(s, -1, "sale")
+                self.tally.stock[s] -= 1
+                self.tally.ok("stock")
+            await box.set_order_status(order["id"], "sent")
+            self.tally.orders[order["id"]].add("sent")
+            return
+        order = rng.choice(open_orders)
+        if kind == "kds":
+            for item in order["items"]:
+                if item["kitchen_status"] in ("queued", "preparing"):
+                    stage = "preparing" if item["kitchen_status"] == "queued" else "ready"
+                    await box.set_item_status(order["id"], item["id"], stage)
+                    self.tally.ok("kitchen")
+                    return
+            if ORDER_RANK[order["status"]] < ORDER_RANK["ready"]:
+                await self._stage(box, order, "ready")
+            return
+        if ORDER_RANK[order["status"]] < ORDER_RANK["served"]:
+            await self._stage(box, order, "served")
+        elif kind == "pos":
+            await self._pay(box, tid, order, rng)
+
+    async def _stage(self, box: Box, order: dict[str, Any], stage: str) -> None:
+        await box.set_order_status(order["id"], stage)
+        self.tally.orders.setdefault(order["id"], set()).add(stage)
+        self.tally.ok("stage")
+
+    async def _pay(self, box: Box, tid: str, order: dict[str, Any], rng: random.Random) -> None:
+        op_id = f"{order['id']}@{tid}"
+        if op_id in self.tally.payments:
+            return  # taken here already (provisionally, the order is not marked paid yet)
+        result = await box.pay(drawer_of(tid), order_id=order["id"], amount_cents=order["total_cents"],
+                               method=rng.choice(("cash", "card", "pix")), op_id=op_id, user=tid)
+        self.tally.payments[op_id] = (drawer_of(tid), result["entry"]["status"])
+        if result["entry"]["status"] == "provisional":
+            why = result["entry"]["provisional"]["reason"].split(":")[0]
+            self.tally.provisional_why[why] = self.tally.provisional_why.get(why, 0) + 1
+        self.tally.ok("payment")
+
+    def summary(self) -> dict[str, Any]:
+        """The report's account of the work: done, refused, how payments went."""
+        t = self.tally
+        return {"operations": dict(sorted(t.done.items())), "refused": dict(sorted(t.refused.items())),
+                "payments": {s: [st for _, st in t.payments.values()].count(s) for s in ("committed", "provisional")},
+                "provisional_because": dict(sorted(t.provisional_why.items()))}
+
+
+def check(tally: Tally, observed: list[dict[str, Any]], drawers: list[str]) -> dict[str, Any]:
+    """The checkers, on every terminal's :meth:`Box.observe` after the final heal."""
+    checks: dict[str, Any] = {}
+    first = observed[0]
+    checks["documents_identical"] = all({k: o[k] for k in ("orders", "tables", "stock")}
+                                        == {k: first[k] for k in ("orders", "tables", "stock")} for o in observed)
+    orders = first["orders"]
+    lost = [oid for oid, stages in tally.orders.items()
+            if oid not in orders or not stages <= set(orders[oid]["stages"])]
+    checks["no_acknowledged_write_lost"] = {"ok": not lost, "lost": lost[:10]}
+    stock = {sku: STOCK + delta for sku, delta in tally.stock.items()}
+    checks["stock_equals_acknowledged_moves"] = {"ok": first["stock"] == stock,
+                                                 "expected": stock, "found": first["stock"]}
+    wrong = [oid for oid, o in orders.items() if o["status"] != furthest(o["stages"], ORDER_RANK)]
+    checks["order_lifecycle_rule"] = {"ok": not wrong, "orders": wrong[:10]}
+    checks["cashier"] = {drawer: _check_drawer(tally, [o["drawers"][drawer] for o in observed], drawer)
+                         for drawer in drawers}
+    checks["cashier"]["ok"] = all(c["ok"] for c in checks["cashier"].values())
+    checks["ok"] = all(_passed(c) for c in checks.values())
+    return checks
+
+
+def _check_drawer(tally: Tally, seen: list[dict[str, Any]], drawer: str) -> dict[str, Any]:
+    """One committed ledger everywhere, no operation twice, every acknowledged payment in it
+    (a provisional one under its own op id or the reconciler's ``op~terminal``), every entry
+    appended for review with its reason, no provisional entry left unsettled."""
+    ledgers = [s["entries"] for s in seen]
+    same = all(x == ledgers[0] for x in ledgers[1:])
+    final = ledgers[0]
+    ops = [e["op_id"] for e in final]
+    have = set(ops)
+    missing = [op for op, (paid_in, _) in tally.payments.items() if paid_in == drawer
+               and op not in have and f"{op}~{op.split('@')[-1]}" not in have]
+    in_review = [e for e in final if "review" in e]
+    unexplained = [e["position"] for e in in_review if not (e["review"] or {}).get("reason")]
+    pending = [p["op_id"] for s in seen for p in s["provisional"] if p["status"] not in ("committed", "in_review")]
+    return {"ok": same and len(ops) == len(have) and not missing and not unexplained and not pending,
+            "ledgers_identical": same, "entries": len(final), "duplicates": len(ops) - len(have),
+            "acknowledged_payments_missing": missing[:10], "in_review": len(in_review),
+            "provisional_unsettled": pending[:10]}
+
+
+def enroll(root: Path, kinds: list[tuple[str, str]]) -> None:
+    """A store authority in ``root/auth`` and every box enrolled under ``root/<id>``, each holding
+    the final roster (the first-enrolled would otherwise know only itself as a voter)."""
+    authority = Authority.init(root / "auth", "Simulated Cantina")
+    for tid, kind in kinds:
+        authority.enroll(tid, kind, root / tid)
+    for tid, _ in kinds:
+        save_roster(root / tid, authority.roster)
+
+
+def missing_updates(vectors: dict[str, dict[str, dict[Any, int]]]) -> dict[str, int]:
+    """Per terminal: CRDT updates it lacks that some other terminal has, summed over documents,
+    from every terminal's state vectors (``terminal -> document -> client -> clock``)."""
+    best: dict[str, dict[Any, int]] = {}
+    for docs in vectors.values():
+        for name, sv in docs.items():
+            top = best.setdefault(name, {})
+            for client, clock in sv.items():
+                top[client] = max(top.get(client, 0), clock)
+    return {tid: sum(clock - docs.get(name, {}).get(client, 0)
+                     for name, top in best.items() for client, clock in top.items())
+            for tid, docs in vectors.items()}
+
+
 class Simulation:
     def __init__(self, root: Path, n: int, seed: int) -> None:
         self.root, self.seed = root, seed
@@ -103,9 +309,8 @@ class Simulation:
         self.terminals: dict[str, Terminal] = {}
         self._stops: dict[str, anyio.Event] = {}
         self._stopped: dict[str, anyio.Event] = {}
-        self.tally = Tally()
         self.timeline: list[dict[str, Any]] = []
-        self.writes: list[tuple[float, str]] = []  # (virtual time, terminal) of acknowledged work
+        self.work = Workload(self.rng, self.now)
         self.skew: dict[str, float] = {}  # terminal id -> clock offset (seconds)
         self._tg: anyio.abc.TaskGroup | None = None
         self._t0 = 0.0
@@ -128,11 +333,7 @@ class Simulation:
     async def setup(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
         self._t0 = anyio.current_time()
-        authority = Authority.init(self.root / "auth", "Simulated Cantina")
-        for tid, kind in self.kinds:
-            authority.enroll(tid, kind, self.root / tid)
-        for tid, _ in self.kinds:
-            save_roster(self.root / tid, authority.roster)
+        enroll(self.root, self.kinds)
         for tid, _ in self.kinds:
             await self.start(tid)
         await self.until(self.all_linked, "linked")
@@ -184,6 +385,14 @@ class Simulation:
         self.net.heal()
         self.mark("heal")
 
+    async def sleep(self, seconds: float) -> None:
+        """Scenario time (virtual here; real, optionally scaled, in simulations/netns.py)."""
+        await anyio.sleep(seconds)
+
+    def box(self, tid: str) -> Box | None:
+        t = self.terminals.get(tid)
+        return None if t is None else TerminalBox(t)
+
     def all_linked(self) -> bool:
         want = len(self.kinds) - 1
         return len(self.terminals) == len(self.kinds) and all(len(t.mesh.links) == want  # type: ignore[union-attr]
@@ -195,91 +404,11 @@ class Simulation:
                 await anyio.sleep(0.05)
         self.mark(what)
 
-    # -- the workload ----------------------------------------------------------------------------
-
-    async def workload(self, tid: str, kind: str, rate: float) -> None:
-        """One box's staff at work: ``rate`` operations per virtual second, while it runs."""
-        rng = random.Random(self.rng.getrandbits(64))
-        while True:
-            await anyio.sleep(rng.expovariate(rate))
-            t = self.terminals.get(tid)
-            if t is None:
-                continue
-            before = sum(self.tally.done.values())
-            try:
-                await self._act(t, kind, rng)
-            except MeshposError as exc:
-                self.tally.no(exc)
-            if sum(self.tally.done.values()) > before:
-                self.writes.append((self.now(), tid))
-
-    async def _act(self, t: Terminal, kind: str, rng: random.Random) -> None:
-        open_orders = [o for o in await t.list_orders() if o["status"] not in ("paid", "closed", "cancelled")]
-        roll = rng.random()
-        if kind == "waiter" or (kind == "pos" and roll < 0.3) or not open_orders:
-            if kind == "kds":
-                return
-            skus = rng.sample(sorted(MENU), rng.randint(1, 3))
-            items = [{"sku": s, "name": s, "qty": 1, "unit_price_cents": MENU[s], "station": "grill"} for s in skus]
-            order = await t.create_order(table=f"T{rng.randint(1, 12)}", waiter=t.config.terminal_id, items=items)
-            self.tally.orders[order["id"]] = {"open"}
-            self.tally.ok("order")
-            for s in skus:
-                await t.adjust_stock(s, -1, "sale")
-                self.tally.stock[s] -= 1
-                self.tally.ok("stock")
-            await t.set_order_status(order["id"], "sent")
-            self.tally.orders[order["id"]].add("sent")
-            return
-        order = rng.choice(open_orders)
-        if kind == "kds":
-            for item in order["items"]:
-                if item["kitchen_status"] in ("queued", "preparing"):
-                    stage = "preparing" if item["kitchen_status"] == "queued" else "ready"
-                    await t.set_item_status(order["id"], item["id"], stage)
-                    self.tally.ok("kitchen")
-                    return
-            if ORDER_RANK[order["status"]] < ORDER_RANK["ready"]:
-                await self._stage(t, order, "ready")
-            return
-        if ORDER_RANK[order["status"]] < ORDER_RANK["served"]:
-            await self._stage(t, order, "served")
-        elif kind == "pos":
-            await self._pay(t, order, rng)
-
-    async def _stage(self, t: Terminal, order: dict[str, Any], stage: str) -> None:
-        await t.set_order_status(order["id"], stage)
-        self.tally.orders.setdefault(order["id"], set()).add(stage)
-        self.tally.ok("stage")
-
-    async def _pay(self, t: Terminal, order: dict[str, Any], rng: random.Random) -> None:
-        op_id = f"{order['id']}@{t.config.terminal_id}"
-        if op_id in self.tally.payments:
-            return  # taken here already (provisionally, the order is not marked paid yet)
-        result = await t.cashier.pay(drawer_of(t.config.terminal_id), order_id=order["id"],
-                                     amount_cents=order["total_cents"], method=rng.choice(("cash", "card", "pix")),
-                                     op_id=op_id, user=t.config.terminal_id, allow_provisional=True)
-        self.tally.payments[op_id] = (drawer_of(t.config.terminal_id), result["entry"]["status"])
-        if result["entry"]["status"] == "provisional":
-            why = result["entry"]["provisional"]["reason"].split(":")[0]
-            self.tally.provisional_why[why] = self.tally.provisional_why.get(why, 0) + 1
-        self.tally.ok("payment")
-
     # -- after the run ---------------------------------------------------------------------------
 
     def divergence(self) -> dict[str, int]:
-        """Per terminal: CRDT updates it lacks that some other terminal has (summed over docs)."""
-        vectors = {tid: {name: decode_state_vector(t.host.get(name).doc.get_state())  # type: ignore[union-attr]
-                         for name in t.host.names()} for tid, t in self.terminals.items()}
-        best: dict[str, dict[int, int]] = {}
-        for docs in vectors.values():
-            for name, sv in docs.items():
-                top = best.setdefault(name, {})
-                for client, clock in sv.items():
-                    top[client] = max(top.get(client, 0), clock)
-        return {tid: sum(clock - docs.get(name, {}).get(client, 0)
-                         for name, top in best.items() for client, clock in top.items())
-                for tid, docs in vectors.items()}
+        return missing_updates({tid: {name: decode_state_vector(t.host.get(name).doc.get_state())  # type: ignore[union-attr]
+                                      for name in t.host.names()} for tid, t in self.terminals.items()})
 
     async def sample(self) -> None:
         while True:
@@ -297,118 +426,86 @@ class Simulation:
                 return False
         return not any(t.cashier._pending(d) for t in self.terminals.values() for d in self.drawers)  # noqa: SLF001
 
-    async def check(self) -> dict[str, Any]:
-        ts = list(self.terminals.values())
-        checks: dict[str, Any] = {}
-        views = [await self._views(t) for t in ts]
-        checks["documents_identical"] = all(v == views[0] for v in views[1:])
-        orders = views[0]["orders"]
-        lost = [oid for oid, stages in self.tally.orders.items()
-                if oid not in orders or not stages <= set(orders[oid]["stages"])]
-        checks["no_acknowledged_write_lost"] = {"ok": not lost, "lost": lost[:10]}
-        stock = {sku: STOCK + delta for sku, delta in self.tally.stock.items()}
-        checks["stock_equals_acknowledged_moves"] = {"ok": views[0]["stock"] == stock,
-                                                     "expected": stock, "found": views[0]["stock"]}
-        wrong = [oid for oid, o in orders.items() if o["status"] != furthest(o["stages"], ORDER_RANK)]
-        checks["order_lifecycle_rule"] = {"ok": not wrong, "orders": wrong[:10]}
-        checks["cashier"] = {drawer: self._check_cashier(ts, drawer) for drawer in self.drawers}
-        checks["cashier"]["ok"] = all(c["ok"] for c in checks["cashier"].values())
-        checks["ok"] = all(_passed(c) for c in checks.values())
-        return checks
-
-    def _check_cashier(self, ts: list[Terminal], drawer: str) -> dict[str, Any]:
-        ledgers = [t.cashier.states[drawer].committed if drawer in t.cashier.states else [] for t in ts]
-        same = all(x == ledgers[0] for x in ledgers[1:])
-        final = ledgers[0]
-        ops = [e["op_id"] for e in final if e["kind"] != "noop"]
-        d = cashier_ledger.fold(drawer, final)
-        missing = [op for op, (paid_in, _) in self.tally.payments.items() if paid_in == drawer
-                   and op not in d.op_positions and f"{op}~{op.split('@')[-1]}" not in d.op_positions]
-        reviews = [p for p in d.reviewed if not (final[p].get("review") or {}).get("reason")]
-        pending = [op for t in ts for op, row in t.cashier.provisional.get(drawer, {}).items()
-                   if row["state"] not in ("committed", "in_review")]
-        return {"ok": same and len(ops) == len(set(ops)) and not missing and not reviews and not pending,
-                "ledgers_identical": same, "entries": len(final), "duplicates": len(ops) - len(set(ops)),
-                "acknowledged_payments_missing": missing[:10], "in_review": len(d.reviewed),
-                "provisional_unsettled": pending[:10]}
-
-    @staticmethod
-    async def _views(t: Terminal) -> dict[str, Any]:
-        orders = {}
-        for name in sorted(t.host.names()):
-            if name.startswith("orders/"):
-                model = t.host.get(name)
-                orders.update({o["id"]: o for o in model.list()})  # type: ignore[union-attr]
-        inv = t.inventory
-        return {"orders": orders, "tables": t.tables.list(),
-                "stock": {sku: inv.quantity(sku) for sku in sorted(inv.catalog.keys())}}
-
-
 # -- scenarios ---------------------------------------------------------------------------------------
+
+
+class World(Protocol):
+    """What a scenario script acts on: this simulator, or simulations/netns.py's real processes."""
+
+    root: Path
+    kinds: list[tuple[str, str]]
+    skew: dict[str, float]
+
+    async def sleep(self, seconds: float) -> None: ...
+    def split(self, *groups: list[str]) -> None: ...
+    def heal(self) -> None: ...
+    async def crash(self, tid: str) -> None: ...
+    async def restart(self, tid: str) -> None: ...
+    def mark(self, what: str, **data: Any) -> None: ...
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     about: str
-    script: Callable[[Simulation, list[str]], Awaitable[None]]
+    script: Callable[[World, list[str]], Awaitable[None]]
     rate: float = 0.5  # operations per virtual second per box
 
 
-def _ids(sim: Simulation, kind: str) -> list[str]:
+def _ids(sim: World, kind: str) -> list[str]:
     return [tid for tid, k in sim.kinds if k == kind]
 
 
-async def lunch_rush_kitchen_split(sim: Simulation, ids: list[str]) -> None:
-    await anyio.sleep(20)
+async def lunch_rush_kitchen_split(sim: World, ids: list[str]) -> None:
+    await sim.sleep(20)
     sim.split([t for t in ids if t.startswith("kds")])  # the kitchen's Wi-Fi drops
-    await anyio.sleep(60)
+    await sim.sleep(60)
     sim.heal()
 
 
-async def cashier_isolated(sim: Simulation, ids: list[str]) -> None:
-    await anyio.sleep(15)
+async def cashier_isolated(sim: World, ids: list[str]) -> None:
+    await sim.sleep(15)
     cashier = _ids(sim, "pos")[0]
     sim.split([cashier])  # one POS alone: it takes payments provisionally
-    await anyio.sleep(60)
+    await sim.sleep(60)
     sim.heal()
 
 
-async def flapping_wifi(sim: Simulation, ids: list[str]) -> None:
+async def flapping_wifi(sim: World, ids: list[str]) -> None:
     front = [t for t in ids if t.startswith("waiter")]
     for _ in range(8):
-        await anyio.sleep(6)
+        await sim.sleep(6)
         sim.split(front)
-        await anyio.sleep(4)
+        await sim.sleep(4)
         sim.heal()
 
 
-async def terminal_replaced_mid_service(sim: Simulation, ids: list[str]) -> None:
+async def terminal_replaced_mid_service(sim: World, ids: list[str]) -> None:
     # A waiter's handheld dies; 30 s later a spare takes its place: same enrollment, an empty
     # database - everything comes back from the peers.  (A POS is a voter: replacing one with an
     # empty disk is a roster change, done with its drawers closed - docs/cashier.md.)
-    await anyio.sleep(20)
+    await sim.sleep(20)
     victim = (_ids(sim, "waiter") or _ids(sim, "kds"))[-1]
     await sim.crash(victim)
     for path in (sim.root / victim).glob("meshpos.db*"):
         path.unlink()
     sim.mark("replaced", terminal=victim)
-    await anyio.sleep(30)
+    await sim.sleep(30)
     await sim.restart(victim)
-    await anyio.sleep(20)  # the spare at work
+    await sim.sleep(20)  # the spare at work
 
 
-async def wan_down_all_day(sim: Simulation, ids: list[str]) -> None:
+async def wan_down_all_day(sim: World, ids: list[str]) -> None:
     # The internet is gone all day; the LAN is fine: service runs without a break, one box's clock
     # drifts two minutes (nothing may depend on it), and the kitchen reboots once.
     sim.skew[ids[-1]] = 120.0
-    await anyio.sleep(40)
+    await sim.sleep(40)
     kds = _ids(sim, "kds")
     if kds:
         await sim.crash(kds[0])
-        await anyio.sleep(5)
+        await sim.sleep(5)
         await sim.restart(kds[0])
-    await anyio.sleep(40)
+    await sim.sleep(40)
 
 
 SCENARIOS = {s.name: s for s in [
@@ -442,7 +539,7 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, A
         tg.start_soon(sim.sample)  # until the end: the plot shows the catch-up too
         async with anyio.create_task_group() as work:
             for tid, kind in sim.kinds:
-                work.start_soon(sim.workload, tid, kind, scenario.rate)
+                work.start_soon(sim.work.run, tid, kind, scenario.rate, sim.box)
             await scenario.script(sim, ids)
             sim.mark("service over")
             work.cancel_scope.cancel()
@@ -453,8 +550,9 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, A
         healed = sim.now()
         await sim.until(sim.settled, "converged")
         converged_after = round(sim.now() - healed, 3)
-        checks = await sim.check()
-        state = json.dumps(await sim._views(next(iter(sim.terminals.values()))), sort_keys=True, default=str)
+        observed = [await TerminalBox(t).observe(sim.drawers) for t in sim.terminals.values()]
+        checks = check(sim.work.tally, observed, sim.drawers)
+        state = json.dumps(observed[0], sort_keys=True, default=str)
         for tid in list(sim.terminals):
             await sim.stop(tid)
         tg.cancel_scope.cancel()
@@ -463,12 +561,9 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, A
                default=0)
     return {
         "scenario": scenario.name, "about": scenario.about, "seed": seed, "terminals": dict(sim.kinds),
-        "timeline": {"writes": sim.writes, "divergence": [(e["t"], e["missing"]) for e in sim.timeline
-                                                          if e["event"] == "divergence"]},
-        "virtual_seconds": sim.now(), "operations": dict(sorted(sim.tally.done.items())),
-        "refused": dict(sorted(sim.tally.refused.items())),
-        "payments": {s: [st for _, st in sim.tally.payments.values()].count(s) for s in ("committed", "provisional")},
-        "provisional_because": dict(sorted(sim.tally.provisional_why.items())),
+        "timeline": {"writes": sim.work.writes, "divergence": [(e["t"], e["missing"]) for e in sim.timeline
+                                                               if e["event"] == "divergence"]},
+        "virtual_seconds": sim.now(), **sim.work.summary(),
         "peak_missing_updates": peak, "converged_after_heal_s": converged_after,
         "state_sha256": hashlib.sha256(state.encode()).hexdigest(), "checks": checks, "events": marks,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 
 from peer.identity import Authority
-from tests.netlab import Host, LabUnavailable, Lan
 from tests.test_process import BURGER, CLI, Proc, clean_env, run_args
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "simulations"))
+from netlab import Host, LabUnavailable, Lan  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,8 @@ partition simulator (issue 6).
 from __future__ import annotations
 
 import random
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import trio.testing
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
+from peer.mesh import BACKOFF_CAP
 from peer.transport import MemoryNetwork
 from tests.meshutil import ITEM, enroll, fingerprint
 
@@ -31,18 +33,14 @@ def anyio_backend() -> tuple[str, dict[str, Any]]:
     return "trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}
 
 
-async def _run(tmp: Path, seed: int, timeline: list[tuple[float, str]]) -> dict[str, Any]:
+@asynccontextmanager
+async def _terminals(tmp: Path, seed: int, net: MemoryNetwork) -> AsyncIterator[list[Terminal]]:
+    """The :data:`IDS` terminals on ``net`` as ``host-0``, ``host-1``, ..., each dialling all the others."""
     trio._core._run._r.seed(seed)  # trio's own scheduling choices, from the seed  # noqa: SLF001
     authority = Authority.init(tmp / "auth", "Cantina")
     dirs = enroll(authority, tmp, IDS, ["pos", "pos", "kds"])
     for d in dirs:
         save_roster(d, authority.roster)
-    net = MemoryNetwork(latency=0.002)
-    start = anyio.current_time()
-
-    def mark(what: str) -> None:
-        timeline.append((round(anyio.current_time() - start, 3), what))
-
     async with AsyncExitStack() as stack:
         ts = []
         for n, (tid, d) in enumerate(zip(IDS, dirs, strict=True)):
@@ -51,6 +49,17 @@ async def _run(tmp: Path, seed: int, timeline: list[tuple[float, str]]) -> dict[
             t = Terminal(config, transport=net.transport(f"host-{n}", 7000), storage_threads=False,
                          rng=random.Random(seed * 100 + n))
             ts.append(await stack.enter_async_context(t.running()))
+        yield ts
+
+
+async def _run(tmp: Path, seed: int, timeline: list[tuple[float, str]]) -> dict[str, Any]:
+    net = MemoryNetwork(latency=0.002)
+    start = anyio.current_time()
+
+    def mark(what: str) -> None:
+        timeline.append((round(anyio.current_time() - start, 3), what))
+
+    async with _terminals(tmp, seed, net) as ts:
 
         async def until(done: Any, what: str) -> None:
             with anyio.fail_after(60):
@@ -92,3 +101,37 @@ async def test_a_split_heals_into_one_state_on_virtual_time(tmp_path: Path) -> N
     again: list[tuple[float, str]] = []
     assert await _run(tmp_path / "b", 7, again) == result
     assert again == timeline, (again, timeline)
+
+
+async def _heal_after_long_split(tmp: Path, seed: int) -> tuple[float, float]:
+    """Cut ``host-2`` off for a minute (every dial loop's backoff reaches its cap), heal; return
+    when its first link came back and when its last did, in virtual seconds after the heal."""
+    net = MemoryNetwork(latency=0.002)
+    async with _terminals(tmp, seed, net) as ts:
+        isolated = ts[2].mesh
+        assert isolated is not None
+        with anyio.fail_after(60):
+            while not all(len(t.mesh.links) == 2 for t in ts):  # noqa: ASYNC110 - virtual time
+                await anyio.sleep(0.01)
+        net.split({"host-0", "host-1"}, {"host-2"})
+        await anyio.sleep(60)
+        assert not isolated.links
+        net.heal()
+        healed = anyio.current_time()
+        first = None
+        with anyio.fail_after(30):
+            while len(isolated.links) < 2:  # noqa: ASYNC110 - virtual time: polling costs nothing real
+                if first is None and isolated.links:
+                    first = anyio.current_time() - healed
+                await anyio.sleep(0.001)
+        last = anyio.current_time() - healed
+    return (last if first is None else first), last
+
+
+@pytest.mark.anyio
+async def test_the_first_link_after_a_heal_wakes_the_other_dial_loops(tmp_path: Path) -> None:
+    # Backoffs are capped at 5 s with full jitter, so each of host-2's links would come back at its
+    # own random moment within 5 s of the heal; the first link opening wakes the loops instead.
+    first, last = await _heal_after_long_split(tmp_path, 7)
+    assert first <= BACKOFF_CAP + 0.5
+    assert last - first <= 0.5, (first, last)

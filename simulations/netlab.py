@@ -1,0 +1,225 @@
+"""Separate hosts on one machine: network namespaces on a bridge, for real multicast between them.
+
+A *switch* namespace holds a bridge; each host is a namespace whose ``eth0`` is a veth pair
+plugged into that bridge, with an address from 10.211.0.0/24 (a range that exists only inside
+these namespaces).  Cutting a host's switch port is a Wi-Fi split the host itself does not
+notice; :meth:`Lan.split` cuts the LAN into groups the same way.  A host's local API
+(127.0.0.1 inside its namespace) is reached from inside its namespace - curl for one request,
+an :class:`Agent` (this file run as ``python netlab.py agent PORT`` there) for many - so nothing
+outside the namespaces gets an address.
+
+Namespaces are named ``mplab-<pid>-…``; :meth:`Lan.close` removes them, and a new lab removes
+those a killed run left behind.  Shared by tests/test_discovery_netns.py and simulations/netns.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import anyio
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+SUBNET = "10.211.0"
+PREFIX = "mplab-"
+
+
+class LabUnavailable(Exception):
+    """This machine cannot host the lab (not root, no ``ip``, namespaces refused): skip, saying why."""
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=20)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
+    return done
+
+
+def sweep_leftovers() -> list[str]:
+    """Remove namespaces of lab runs whose process is gone (a killed run leaves them); their names."""
+    listed = ip("netns", "list", check=False).stdout
+    removed = []
+    for full, pid in re.findall(rf"^({PREFIX}(\d+)-\S+)", listed, re.M):
+        if not os.path.exists(f"/proc/{pid}"):
+            ip("netns", "del", full, check=False)
+            removed.append(full)
+    return removed
+
+
+class Host:
+    def __init__(self, lab: Lan, name: str, n: int) -> None:
+        self.lab, self.name, self.n = lab, name, n
+        self.ns = f"{lab.prefix}{name}"
+        self.port = f"p{n}"  # its plug on the switch
+        self.address = f"{SUBNET}.{10 + n}"
+
+    def exec_args(self, *args: str) -> list[str]:
+        """``args`` run inside this host's namespace."""
+        return ["ip", "netns", "exec", self.ns, *args]
+
+    def cut(self) -> None:
+        """Unplug the host from the switch (it keeps its address and thinks its link is fine)."""
+        ip("-n", self.lab.switch, "link", "set", self.port, "down")
+
+    def plug(self) -> None:
+        ip("-n", self.lab.switch, "link", "set", self.port, "up")
+
+    def readdress(self, last_octet: int) -> None:
+        """Move the host to another address (DHCP gave the box a new lease)."""
+        ip("-n", self.ns, "addr", "flush", "dev", "eth0")
+        self.address = f"{SUBNET}.{last_octet}"
+        ip("-n", self.ns, "addr", "add", f"{self.address}/24", "dev", "eth0")
+
+    async def agent(self, port: int) -> Agent:
+        """A persistent HTTP client inside this host's namespace, for its ``127.0.0.1:port``."""
+        agent = Agent(self)
+        agent.proc = await anyio.open_process(self.exec_args(sys.executable, "-u", __file__, "agent", str(port)),
+                                              stderr=subprocess.DEVNULL)
+        agent.reader = BufferedByteReceiveStream(agent.proc.stdout)  # type: ignore[arg-type]
+        return agent
+
+    def http(self, method: str, url: str, body: Any = None) -> tuple[int, Any]:
+        """One JSON request from inside the namespace (to its 127.0.0.1 API)."""
+        args = ["curl", "-sS", "-m", "10", "-X", method, "-w", "\n%{http_code}", url]
+        if body is not None:
+            args += ["-H", "content-type: application/json", "--data-binary", json.dumps(body)]
+        done = subprocess.run(self.exec_args(*args), capture_output=True, text=True, check=False, timeout=20)
+        if done.returncode != 0:
+            raise ConnectionError(f"{self.name}: curl {method} {url}: {done.stderr.strip()}")
+        text, _, code = done.stdout.rpartition("\n")
+        return int(code), json.loads(text) if text else None
+
+
+class Lan:
+    def __init__(self) -> None:
+        if os.geteuid() != 0:
+            raise LabUnavailable("network namespaces need root")
+        for tool in ("ip", "curl"):
+            if shutil.which(tool) is None:
+                raise LabUnavailable(f"{tool!r} is not installed")
+        sweep_leftovers()
+        self.prefix = f"{PREFIX}{os.getpid()}-"
+        self.switch = f"{self.prefix}switch"
+        self.hosts: list[Host] = []
+        try:
+            ip("netns", "add", self.switch)
+        except RuntimeError as exc:
+            raise LabUnavailable(f"cannot create network namespaces: {exc}") from None
+        ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.switch, "link", "set", "br0", "up")
+        self.bridges = 1
+
+    def add_host(self, name: str) -> Host:
+        host = Host(self, name, len(self.hosts) + 1)
+        ip("netns", "add", host.ns)
+        self.hosts.append(host)
+        ip("-n", host.ns, "link", "add", "eth0", "type", "veth", "peer", "name", host.port, "netns", self.switch)
+        ip("-n", self.switch, "link", "set", host.port, "master", "br0", "up")
+        ip("-n", host.ns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        ip("-n", host.ns, "link", "set", "eth0", "up")
+        ip("-n", host.ns, "link", "set", "lo", "up")
+        return host
+
+    def split(self, groups: list[list[Host]]) -> None:
+        """Cut the LAN into ``groups`` (the hosts not named stay together on the main switch): a
+        lone host's port goes down; a larger group's ports move to a switch of their own, so its
+        hosts still reach each other (and see each other's mDNS) but nobody else."""
+        self.heal()
+        for k, group in enumerate(groups, start=1):
+            if len(group) == 1:
+                group[0].cut()
+                continue
+            while self.bridges <= k:
+                ip("-n", self.switch, "link", "add", f"br{self.bridges}", "type", "bridge")
+                ip("-n", self.switch, "link", "set", f"br{self.bridges}", "up")
+                self.bridges += 1
+            for host in group:
+                ip("-n", self.switch, "link", "set", host.port, "master", f"br{k}")
+
+    def heal(self) -> None:
+        """Every host back on the main switch, every port up."""
+        for host in self.hosts:
+            ip("-n", self.switch, "link", "set", host.port, "master", "br0")
+            host.plug()
+
+    def close(self) -> None:
+        for ns in [h.ns for h in self.hosts] + [self.switch]:
+            with contextlib.suppress(Exception):
+                ip("netns", "del", ns, check=False)
+        self.hosts = []
+
+
+class Agent:
+    """Requests to one host's local API over one kept-alive connection, from inside its namespace
+    (spawning curl per request costs ~10 ms; a workload makes thousands)."""
+
+    proc: Process
+    reader: BufferedByteReceiveStream
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._lock = anyio.Lock()
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """``(status, JSON body)``; status 0 when the terminal did not answer (down, restarting)."""
+        # Shielded: a caller cancelled between the request and its answer would leave the answer
+        # to be read as the next caller's.  The agent answers within its 60 s HTTP timeout.
+        async with self._lock:
+            with anyio.CancelScope(shield=True):
+                assert self.proc.stdin is not None
+                await self.proc.stdin.send((json.dumps([method, path, body]) + "\n").encode())
+                line = await self.reader.receive_until(b"\n", 1 << 30)
+        status, answer = json.loads(line)
+        return status, answer
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            self.proc.kill()
+        await self.proc.aclose()
+
+
+def _serve_agent(port: int) -> None:
+    """The agent's side: JSON lines ``[method, path, body]`` in, ``[status, body]`` out."""
+    import http.client  # noqa: PLC0415 - only the agent process needs it
+
+    conn: http.client.HTTPConnection | None = None
+    for line in sys.stdin:
+        method, path, body = json.loads(line)
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"content-type": "application/json"} if data is not None else {}
+        answer: list[Any] = [0, {"code": 0, "message": "no answer"}]
+        for reused in (True, False):
+            fresh = conn is None
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                answer = [resp.status, json.loads(raw) if raw else None]
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                answer = [0, {"code": 0, "message": f"{type(exc).__name__}: {exc}"}]
+                # A kept-alive connection the server closed while idle fails before the request
+                # is read: retry that once on a new one.  A fresh connection's failure is the answer.
+                stale = not fresh and isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError
+                                                 | ConnectionResetError)
+                if not (reused and stale):
+                    break
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["agent"]:
+        _serve_agent(int(sys.argv[2]))
