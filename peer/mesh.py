@@ -62,6 +62,10 @@ AUTO_FETCH_DAYS = 7
 FETCH_TIMEOUT = 3.0
 #: How often linked peers re-compare state vectors (covers peers that cannot reach each other).
 ANTI_ENTROPY_SECONDS = 10.0
+#: Woken by a link opening, the dialler whose link would lose the tie-break waits this long first.
+KICK_YIELD = 0.3
+#: How long a new link's step 1 for a document waits for another link's catch-up of it.
+CATCH_UP_WAIT = 3.0
 INTERNAL_ERROR = 1011
 #: What reading or writing a TLS stream raises when the other side is gone or misbehaves.
 TRANSPORT_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError)
@@ -178,6 +182,8 @@ class Mesh:
         self._link_down: dict[str, anyio.Event] = {}
         #: Set (and replaced) whenever a link opens: dial loops sleeping in backoff wake on it.
         self._network_back = anyio.Event()
+        #: Document -> the link whose step 1 for it is unanswered, the event set when it is, since when.
+        self._catching_up: dict[str, tuple[Link, anyio.Event, float]] = {}
         self._fetches: dict[str, tuple[set[str], anyio.Event]] = {}
         #: Terminals discovery sees and where (``HOST:PORT``s); the ids whose dial loop runs.
         self._discovered: dict[str, list[str]] = {}
@@ -303,7 +309,8 @@ class Mesh:
                         await anyio.sleep(AUTH_RETRY_SECONDS)
                         continue
                     attempt += 1
-                    await self._backoff(attempt, network_back)
+                    log.debug("dial %s (%s) failed: %d %s", address, known or "unknown", code, reason)
+                    await self._backoff(attempt, known, network_back)
                     continue
                 closed, opened = await self._run_link(stream, address, client=True, expect=found)
                 if closed is not None and closed.code == WRONG_TERMINAL:
@@ -312,20 +319,20 @@ class Mesh:
                     if address in candidates and len(candidates) > 1:
                         candidates.remove(address)  # that address is somebody else's now
                     attempt += 1
-                    await self._backoff(attempt)
+                    await self._backoff(attempt, known)
                     continue
                 if closed is not None and closed.code in (INVALID_TERMINAL_ID, INVALID_TERMINAL_TYPE,
                                                           AUTHENTICATION_FAILED):
                     await anyio.sleep(AUTH_RETRY_SECONDS)
                     continue
                 attempt = 0 if opened else attempt + 1
-                await self._backoff(attempt)
+                await self._backoff(attempt, known)
         finally:
             if found is not None:
                 self._discovery_dials.discard(found)
                 self._found_states.pop(found, None)
 
-    async def _backoff(self, attempt: int, network_back: anyio.Event | None = None) -> None:
+    async def _backoff(self, attempt: int, peer_id: str | None, network_back: anyio.Event | None = None) -> None:
         """Sleep :func:`backoff_delay` before the next dial, or less if a link opens meanwhile.
 
         Any link opening (inbound or outbound, any peer) is evidence the network is back - a split
@@ -336,10 +343,18 @@ class Mesh:
         the loops, each sleeping loop dials once per such event, and ``attempt`` is kept (the
         caller's), so a peer that still fails backs off as far as before.  (Authentication
         refusals wait :data:`AUTH_RETRY_SECONDS` regardless: the network cannot fix a certificate.)
+
+        Woken so, the side whose link would lose the tie-break (the higher terminal id) gives the
+        other side's dial :data:`KICK_YIELD` to land first: the peer is woken by the same heal,
+        and two simultaneous dials cost two TLS handshakes and two catch-ups for one link.
         """
         event = self._network_back if network_back is None else network_back
-        with anyio.move_on_after(backoff_delay(attempt, self.rng)):
+        delay = backoff_delay(attempt, self.rng)
+        started = anyio.current_time()
+        with anyio.move_on_after(delay):
             await event.wait()
+        if peer_id is not None and peer_id < self.me:
+            await anyio.sleep(max(0.0, min(KICK_YIELD, delay - (anyio.current_time() - started))))
 
     def _link_opened(self) -> None:
         """Wake the dial loops sleeping in backoff (:meth:`_backoff`): a link opened."""
@@ -463,6 +478,7 @@ class Mesh:
         if link.closed is not None:
             return
         link.closed = closed
+        self._caught_up(link)  # its step 2s will not come: the other links ask now
         if not link.registered and closed.code != GOING_AWAY:
             self._refused(link.peer_id or link.cert_id, link.address, closed.code,
                           ("by peer: " if closed.by_peer else "") + closed.reason, inbound=not link.client)
@@ -536,6 +552,7 @@ class Mesh:
             with anyio.move_on_after(1.0), contextlib.suppress(Exception):
                 await link.stream.send(b"".join(link.out))
         await anyio.aclose_forcefully(link.stream)
+        self._caught_up(link)
         if link.closed is None:
             link.closed = Closed(ABNORMAL, "link ended", by_peer=False)
         if link.registered and self.links.get(link.peer_id or "") is link:
@@ -650,11 +667,46 @@ class Mesh:
         self.terminal.cashier.link_up(peer_id)
 
     def _start_sync(self, link: Link) -> None:
+        """Ask the new peer for what this terminal lacks (step 1 per document) - one catch-up per
+        document at a time.
+
+        After a heal, links to every peer of the other side open within moments; each answered
+        step 1 would carry the same thousands of updates, decoded and stored once per peer.  So a
+        document another link is already catching up on is asked for once that catch-up is applied
+        (or after :data:`CATCH_UP_WAIT`): by then this terminal's state vector covers it and the
+        new peer sends only what the first one lacked.
+        """
         host = self.terminal.host
+        now = anyio.current_time()
+        later: list[tuple[str, anyio.Event]] = []
         for name in host.names():
+            busy = self._catching_up.get(name)
+            if busy is not None and busy[0] is not link and now - busy[2] < CATCH_UP_WAIT:
+                later.append((name, busy[1]))
+                continue
+            self._catching_up[name] = (link, anyio.Event(), now)
             link.session.queue_step1(name, host.state_vector(name))
+        if later:
+            self._tg.start_soon(self._step1_after_catch_up, link, later)  # type: ignore[union-attr]
         self._tg.start_soon(self._send_archived, link)  # type: ignore[union-attr]
         link.wake.set()
+
+    async def _step1_after_catch_up(self, link: Link, later: list[tuple[str, anyio.Event]]) -> None:
+        with anyio.move_on_after(CATCH_UP_WAIT):
+            for _, done in later:
+                await done.wait()
+        if link.closed is None and link.core.state == "open":
+            host = self.terminal.host
+            for name, _ in later:
+                link.session.queue_step1(name, host.state_vector(name))
+            link.wake.set()
+
+    def _caught_up(self, link: Link, doc: str | None = None) -> None:
+        """``link``'s catch-up of ``doc`` (of every document: the link ended) is over."""
+        for name, (holder, done, _) in list(self._catching_up.items()):
+            if holder is link and doc in (None, name):
+                del self._catching_up[name]
+                done.set()
 
     async def _send_archived(self, link: Link) -> None:
         vectors = await self.terminal.archived_state_vectors()
@@ -729,6 +781,8 @@ class Mesh:
                 with contextlib.suppress(StoreError):
                     await ticket.wait()
         for a in applies:
+            if a.step2:
+                self._caught_up(link, a.doc)
             if a.step2 and a.doc in self._fetches:
                 pending, done = self._fetches[a.doc]
                 pending.discard(link.peer_id)  # type: ignore[arg-type]

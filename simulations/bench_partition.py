@@ -5,7 +5,7 @@
 Each size runs in its own process (so its peak memory is its own): real seconds, virtual
 seconds, the workload's operations (orders, stock moves, kitchen and order stages, payments),
 operations per real second, virtual seconds per real second, peak RSS.  The heal-to-converged
-figure with real processes belongs to the network-namespace runner (not built yet).
+figure with real processes is simulations/bench_heal.py's.
 """
 
 from __future__ import annotations

@@ -131,8 +131,8 @@ class Restaurant:
     Also what simulations/bench_heal.py builds on.  Use :func:`restaurant`, which tears it down.
     """
 
-    def __init__(self, lan: Lan, root: Path, kinds: list[tuple[str, str]]) -> None:
-        self.lan, self.root, self.kinds = lan, root, kinds
+    def __init__(self, lan: Lan, root: Path, kinds: list[tuple[str, str]], log_level: str = "INFO") -> None:
+        self.lan, self.root, self.kinds, self.log_level = lan, root, kinds, log_level
         self.hosts = {tid: lan.add_host(tid) for tid, _ in kinds}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.agents: dict[str, Agent] = {}
@@ -152,7 +152,7 @@ class Restaurant:
         """Start ``tid``'s terminal and wait until its API answers."""
         log = (self.root / f"{tid}.log").open("ab")
         args = [sys.executable, "-m", "meshpos.cli", "run", "--data-dir", str(self.root / tid),
-                "--api-port", str(API_PORT), "--peer-port", str(PEER_PORT)]
+                "--api-port", str(API_PORT), "--peer-port", str(PEER_PORT), "--log-level", self.log_level]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESHPOS_")}
         self.procs[tid] = subprocess.Popen(  # noqa: ASYNC220 - fork and exec; readiness is polled below
             self.hosts[tid].exec_args(*args), stdout=log, stderr=log,
@@ -207,14 +207,15 @@ class Restaurant:
 
 
 @contextlib.asynccontextmanager
-async def restaurant(kinds: list[tuple[str, str]], root: Path | None = None) -> AsyncIterator[Restaurant]:
+async def restaurant(kinds: list[tuple[str, str]], root: Path | None = None,
+                     log_level: str = "INFO") -> AsyncIterator[Restaurant]:
     """A running :class:`Restaurant`; processes, agents and namespaces are gone when it exits."""
     lan = Lan()
     try:
         with contextlib.ExitStack() as stack:
             if root is None:
                 root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshpos-netns-")))
-            r = Restaurant(lan, root, kinds)
+            r = Restaurant(lan, root, kinds, log_level)
             try:
                 await r.open()
                 yield r

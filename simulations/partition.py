@@ -19,8 +19,8 @@ After the final heal the checkers run (docs/simulations.md):
 * cashier: one committed ledger per drawer on every terminal, no operation twice, every
   acknowledged payment in it, every provisional payment committed or in review.
 
-Status (issue 6): the simulator, five named scenarios, the checkers, ``--sweep`` and
-``--plot``.  Not yet: ``simulations/netns.py`` (real processes in network namespaces).
+The same scenarios, workload and checkers run with real ``meshpos run`` processes in network
+namespaces in simulations/netns.py (docs/simulations.md).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -591,10 +592,13 @@ def main() -> None:
     parser.add_argument("--terminals", type=int, default=6, help="5 to 50 boxes (default 6)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sweep", type=int, metavar="N", help="run seeds seed..seed+N-1, report failures")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds run at once in a sweep (default 1)")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the run's timeline (needs matplotlib)")
     args = parser.parse_args()
     if not 3 <= args.terminals <= 50:
         parser.error("--terminals must be 3..50")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     if args.sweep is None:
         report = run(args.scenario, args.terminals, args.seed)
         if args.plot is not None:
@@ -602,16 +606,24 @@ def main() -> None:
         print(json.dumps(report, indent=1))
         sys.exit(0 if report["checks"]["ok"] else 1)
     failures = []
-    for k in range(args.sweep):
-        seed = args.seed + k
+    finished = 0
+
+    def one(seed: int) -> dict[str, Any] | None:
         command = ["--scenario", args.scenario, "--terminals", str(args.terminals), "--seed", str(seed)]
         # Each seed in a fresh process, exactly as its repro command runs it (nothing carried over).
         done = subprocess.run([sys.executable, __file__, *command], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            failures.append({"seed": seed, "repro": "python simulations/partition.py " + " ".join(command),
-                             "failed": _failed_checks(done.stdout) or done.stderr.strip().splitlines()[-1:]})
-        bar = "#" * (k + 1) + "." * (args.sweep - k - 1)
-        print(f"\r[{bar}] {k + 1}/{args.sweep} failed {len(failures)}", end="", file=sys.stderr, flush=True)
+        if done.returncode == 0:
+            return None
+        return {"seed": seed, "repro": "python simulations/partition.py " + " ".join(command),
+                "failed": _failed_checks(done.stdout) or done.stderr.strip().splitlines()[-1:]}
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for failure in pool.map(one, range(args.seed, args.seed + args.sweep)):
+            finished += 1
+            if failure is not None:
+                failures.append(failure)
+            bar = "#" * finished + "." * (args.sweep - finished)
+            print(f"\r[{bar}] {finished}/{args.sweep} failed {len(failures)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     print(json.dumps({"scenario": args.scenario, "terminals": args.terminals, "seeds": args.sweep,
                       "first_seed": args.seed, "failed": failures}, indent=1))

@@ -75,8 +75,24 @@ async def wait_for(predicate: Callable[[], bool], within: float = 15.0) -> None:
 
 
 async def wait_linked(terminals: list[Terminal], within: float = 15.0) -> None:
+    """Every pair linked over one connection both ends agree on (the dialler of one is the acceptor
+    of the other): when both dialled at once each side may briefly hold a different one until the
+    tie-break closes one, with whatever was sent on it.  (A dial still under way can replace an
+    agreed link later; a test sending on a link must allow for that - see the cashier tests.)"""
     ids = {t.config.terminal_id for t in terminals}
-    await wait_for(lambda: all(linked(t) == ids - {t.config.terminal_id} for t in terminals), within)
+    by_id = {t.config.terminal_id: t for t in terminals}
+
+    def settled() -> bool:
+        if not all(linked(t) == ids - {t.config.terminal_id} for t in terminals):
+            return False
+        for t in terminals:
+            for peer_id, link in t.mesh.links.items():  # type: ignore[union-attr]
+                theirs = by_id[peer_id].mesh.links.get(t.config.terminal_id)  # type: ignore[union-attr]
+                if theirs is None or theirs.client == link.client:
+                    return False
+        return True
+
+    await wait_for(settled, within)
 
 
 def fingerprint(terminal: Terminal) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 
+import peer.mesh as mesh_module
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
@@ -90,7 +91,10 @@ async def _run(tmp: Path, seed: int, timeline: list[tuple[float, str]]) -> dict[
 
 
 @pytest.mark.anyio
-async def test_a_split_heals_into_one_state_on_virtual_time(tmp_path: Path) -> None:
+async def test_a_split_heals_into_one_state_on_virtual_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tasks woken at the same virtual instant run in an order drawn from the seed, not in the
+    # order their timers tie in (object addresses) - as simulations/partition.py runs trio.
+    monkeypatch.setattr(trio._core._run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: SLF001
     timeline: list[tuple[float, str]] = []
     result = await _run(tmp_path / "a", 7, timeline)
     assert result == {"orders": [3, 3, 3], "stock": [-2, -2, -2]}
@@ -135,3 +139,45 @@ async def test_the_first_link_after_a_heal_wakes_the_other_dial_loops(tmp_path: 
     first, last = await _heal_after_long_split(tmp_path, 7)
     assert first <= BACKOFF_CAP + 0.5
     assert last - first <= 0.5, (first, last)
+
+
+async def _catch_up_bytes(tmp: Path, seed: int) -> list[int]:
+    """``kds-1`` starts with an empty disk after the other two took 60 orders: it dials both at
+    once; the bytes it received from each of them (largest first)."""
+    trio._core._run._r.seed(seed)  # noqa: SLF001
+    net = MemoryNetwork(latency=0.002)
+    authority = Authority.init(tmp / "auth", "Cantina")
+    dirs = enroll(authority, tmp, IDS, ["pos", "pos", "kds"])
+    for d in dirs:
+        save_roster(d, authority.roster)
+
+    def terminal(n: int) -> Terminal:
+        config = TerminalConfig(data_dir=dirs[n], terminal_id=IDS[n], api_port=0, mdns=False,
+                                peers=[f"host-{k}:7000" for k in range(len(IDS)) if k != n])
+        return Terminal(config, transport=net.transport(f"host-{n}", 7000), storage_threads=False,
+                        rng=random.Random(seed * 100 + n))
+
+    async with terminal(0).running() as a, terminal(1).running() as b:
+        with anyio.fail_after(60):
+            while not (a.mesh.links and b.mesh.links):  # noqa: ASYNC110 - virtual time
+                await anyio.sleep(0.01)
+        for k in range(60):
+            await (a, b)[k % 2].create_order(table=None, waiter="ana", items=[ITEM])
+        async with terminal(2).running() as kitchen:
+            with anyio.fail_after(60):
+                while len(await kitchen.list_orders()) < 60 or len(kitchen.mesh.links) < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            await anyio.sleep(5)  # anything still under way lands
+            return sorted((p["bytes_in"] for p in kitchen.peers()["peers"]), reverse=True)
+
+
+@pytest.mark.anyio
+async def test_a_new_terminal_catches_up_once_not_once_per_peer(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both peers hold the 60 orders; the newcomer asks one of them first and the other only for
+    what the first did not bring - so the orders cross the network once, not once per peer."""
+    once = await _catch_up_bytes(tmp_path / "once", 3)
+    assert once[1] < once[0] / 4, once
+    monkeypatch.setattr(mesh_module, "CATCH_UP_WAIT", 0.0)  # every link asks at once, as before
+    twice = await _catch_up_bytes(tmp_path / "twice", 3)
+    assert twice[1] > twice[0] / 2, twice  # the control: without it both peers send everything
