@@ -155,8 +155,8 @@ class Restaurant:
                 "--api-port", str(API_PORT), "--peer-port", str(PEER_PORT), "--log-level", self.log_level]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESHPOS_")}
         self.procs[tid] = subprocess.Popen(  # noqa: ASYNC220 - fork and exec; readiness is polled below
-            self.hosts[tid].exec_args(*args), stdout=log, stderr=log,
-                                           stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)
+            self.hosts[tid].exec_args(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+            preexec_fn=_die_with_parent)
         log.close()
         deadline = time.monotonic() + READY_SECONDS
         while (await self.agents[tid].request("GET", "/api/v1/status"))[0] != 200:
