@@ -698,7 +698,8 @@ class Mesh:
         if link.closed is None and link.core.state == "open":
             host = self.terminal.host
             for name, _ in later:
-                link.session.queue_step1(name, host.state_vector(name))
+                if host.get(name) is not None:  # not closed meanwhile (a day archived at rollover)
+                    link.session.queue_step1(name, host.state_vector(name))
             link.wake.set()
 
     def _caught_up(self, link: Link, doc: str | None = None) -> None:
