@@ -452,7 +452,7 @@ class Terminal:
 
     def _encoded_size(self, name: str, state: bytes) -> int:
         """``name``'s encoded size, for status.  Encoding costs O(document) (~20 ms for a day of
-        5,000 orders) and monitors poll status: a document over :data:`SIZE_EXACT_BYTES` is
+        a few thousand orders) and monitors poll status: a document over :data:`SIZE_EXACT_BYTES` is
         re-measured at most once a second (exact whenever it has not changed since)."""
         cached = self._sizes.get(name)
         now = time.monotonic()

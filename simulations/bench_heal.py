@@ -31,7 +31,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from netns import ApiBox, Restaurant, restaurant, until  # noqa: E402
-from partition import MENU, STOCK, kinds_for, missing_updates  # noqa: E402
+from partition import MENU, STOCK, kinds_for, missing_updates, union_state  # noqa: E402
 
 TARGET_SECONDS = 1.0
 
@@ -94,12 +94,7 @@ async def one(n: int, updates: int, poll: float, keep: Path | None = None) -> di
         apart = missing_updates(vectors)
 
         cpu_before = _cpu_seconds(r)
-        target = {"target": {}}  # every document's union state: what each terminal must reach
-        for docs in vectors.values():
-            for name, sv in docs.items():
-                top = target["target"].setdefault(name, {})
-                for client, clock in sv.items():
-                    top[client] = max(top.get(client, 0), clock)
+        target = {"target": union_state(vectors)}  # what each terminal must reach
         reached: dict[str, float] = {}
 
         async def watch(tid: str) -> None:

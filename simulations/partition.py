@@ -287,15 +287,22 @@ def enroll(root: Path, kinds: list[tuple[str, str]]) -> None:
         save_roster(root / tid, authority.roster)
 
 
-def missing_updates(vectors: dict[str, dict[str, dict[Any, int]]]) -> dict[str, int]:
-    """Per terminal: CRDT updates it lacks that some other terminal has, summed over documents,
-    from every terminal's state vectors (``terminal -> document -> client -> clock``)."""
+def union_state(vectors: dict[str, dict[str, dict[Any, int]]]) -> dict[str, dict[Any, int]]:
+    """Per document, the state vector holding everything any terminal has
+    (``terminal -> document -> client -> clock`` in)."""
     best: dict[str, dict[Any, int]] = {}
     for docs in vectors.values():
         for name, sv in docs.items():
             top = best.setdefault(name, {})
             for client, clock in sv.items():
                 top[client] = max(top.get(client, 0), clock)
+    return best
+
+
+def missing_updates(vectors: dict[str, dict[str, dict[Any, int]]]) -> dict[str, int]:
+    """Per terminal: CRDT updates it lacks that some other terminal has, summed over documents,
+    from every terminal's state vectors (``terminal -> document -> client -> clock``)."""
+    best = union_state(vectors)
     return {tid: sum(clock - docs.get(name, {}).get(client, 0)
                      for name, top in best.items() for client, clock in top.items())
             for tid, docs in vectors.items()}
