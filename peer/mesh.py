@@ -52,6 +52,14 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.1
 BACKOFF_CAP = 5.0
+#: A peer linked less than RECENT_LOSS_SECONDS ago is redialled with this cap instead (see
+#: :func:`backoff_cap`): short outages - a Wi-Fi flap, a split during a rush, a reboot -
+#: are the common case, and the seeds ask reconnection < 2 s.
+EAGER_CAP = 1.0
+RECENT_LOSS_SECONDS = 300.0
+#: The eager cap grows by this per recently lost peer: a terminal's eager redials stay at about
+#: 2 / EAGER_SPACING per second however many peers a split took away.
+EAGER_SPACING = 0.1
 #: After an authentication refusal (4001-4003) a dialer waits this long: retrying fast cannot
 #: fix a certificate, while a roster update (which may) reaches the terminal through others.
 AUTH_RETRY_SECONDS = 60.0
@@ -74,9 +82,28 @@ GOING_AWAY = 1001
 WRONG_TERMINAL = -1
 
 
-def backoff_delay(attempt: int, rng: random.Random) -> float:
+def backoff_cap(lost_at: dict[str, float], peer_id: str | None, now: float) -> float:
+    """:data:`EAGER_CAP` for a peer lost less than :data:`RECENT_LOSS_SECONDS` ago, else
+    :data:`BACKOFF_CAP`; ``lost_at``: peer id -> when its link dropped (expired entries are pruned).
+
+    Nothing tells a terminal that a split healed or a rebooted box is up again but its next dial,
+    so how soon the first link opens after the network comes back is the backoff cap.  A peer
+    linked minutes ago is probably a short outage: retry about every 0.5 s.  The cap grows with
+    the number of recently lost peers (:data:`EAGER_SPACING` each), so a 50-terminal store split
+    in two does not dial 25 peers twice a second from every box; a peer gone longer than the
+    window falls back to the 5 s cap - a box unplugged for the night costs one attempt per 2.5 s
+    per dialler.
+    """
+    for old in [p for p, at in lost_at.items() if now - at > RECENT_LOSS_SECONDS]:
+        del lost_at[old]
+    if peer_id not in lost_at:
+        return BACKOFF_CAP
+    return min(BACKOFF_CAP, max(EAGER_CAP, EAGER_SPACING * len(lost_at)))
+
+
+def backoff_delay(attempt: int, rng: random.Random, cap: float = BACKOFF_CAP) -> float:
     """Exponential backoff with full jitter, capped: uniform in [0, min(cap, base * 2^attempt)]."""
-    return rng.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+    return rng.uniform(0.0, min(cap, BACKOFF_BASE * 2 ** min(attempt, 16)))
 
 
 def failure_of(exc: BaseException) -> tuple[int, str]:
@@ -180,6 +207,8 @@ class Mesh:
         self._by_address: dict[str, PeerState] = {}
         self._address_ids: dict[str, str] = {}
         self._link_down: dict[str, anyio.Event] = {}
+        #: Peer id -> when (``anyio.current_time()``) its link last dropped, while it is not linked.
+        self._lost_at: dict[str, float] = {}
         #: Set (and replaced) whenever a link opens: dial loops sleeping in backoff wake on it.
         self._network_back = anyio.Event()
         #: Document -> the link whose step 1 for it is unanswered, the event set when it is, since when.
@@ -337,7 +366,7 @@ class Mesh:
 
         Any link opening (inbound or outbound, any peer) is evidence the network is back - a split
         healed, Wi-Fi returned - so a peer that was unreachable probably is reachable again too;
-        without this wake-up every dial loop would wait out up to :data:`BACKOFF_CAP` on its own
+        without this wake-up every dial loop would wait out its own backoff (up to its cap)
         after a heal.  ``network_back`` is the event captured before the failed dial (a link that
         opened during it counts); by default the current one.  No storm: only a link opening wakes
         the loops, each sleeping loop dials once per such event, and ``attempt`` is kept (the
@@ -349,7 +378,7 @@ class Mesh:
         and two simultaneous dials cost two TLS handshakes and two catch-ups for one link.
         """
         event = self._network_back if network_back is None else network_back
-        delay = backoff_delay(attempt, self.rng)
+        delay = backoff_delay(attempt, self.rng, backoff_cap(self._lost_at, peer_id, anyio.current_time()))
         started = anyio.current_time()
         with anyio.move_on_after(delay):
             await event.wait()
@@ -558,6 +587,7 @@ class Mesh:
         if link.registered and self.links.get(link.peer_id or "") is link:
             del self.links[link.peer_id]  # type: ignore[arg-type]
             self._link_down.pop(link.peer_id, anyio.Event()).set()  # type: ignore[arg-type]
+            self._lost_at[link.peer_id] = anyio.current_time()  # type: ignore[index]
             state = self.peers[link.peer_id]  # type: ignore[index]
             self._count(state, link)
             state.online = False
@@ -651,6 +681,7 @@ class Mesh:
             self.adopt_roster(hello["roster"].encode())
         self.links[peer_id] = link
         link.registered = True
+        self._lost_at.pop(peer_id, None)
         self._link_opened()
         state = self.peers.setdefault(peer_id, PeerState(terminal_id=peer_id))
         now = self._now()

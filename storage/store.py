@@ -20,7 +20,6 @@ thread calls are never abandoned on cancellation, so a COMMIT in flight always f
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -30,10 +29,21 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 
 from storage.database import open_database
 
 log = logging.getLogger(__name__)
+#: Event payloads and audit rows are compact JSON text.  msgspec, not the stdlib: a catch-up of
+#: 2,500 orders stores 2,500 order views, and ``json.dumps`` of them cost ~7x the time.
+_JSON_ENCODE = msgspec.json.Encoder().encode
+_JSON_DECODE = msgspec.json.Decoder().decode
+
+
+def _json(value: Any) -> str:
+    return _JSON_ENCODE(value).decode()
+
+
 #: Key prefix, in the ``meta`` table, of archived documents' state vectors.
 _SV = "state_vector:"
 
@@ -242,7 +252,7 @@ class Store:
             stored = []
             for etype, payload in rec.events:
                 stored.append(StoredEvent(next_cursor, etype, rec.at, payload))
-                event_rows.append((next_cursor, etype, rec.at, json.dumps(payload, separators=(",", ":"))))
+                event_rows.append((next_cursor, etype, rec.at, _json(payload)))
                 next_cursor += 1
             per_record_events.append(stored)
             statements.extend(rec.sql)
@@ -250,8 +260,8 @@ class Store:
                 a = rec.audit
                 audit_rows.append((
                     a.op_id, a.entity, a.entity_id, a.operation, a.terminal_id, a.user_id, a.at,
-                    None if a.before is None else json.dumps(a.before, separators=(",", ":")),
-                    None if a.after is None else json.dumps(a.after, separators=(",", ":")),
+                    None if a.before is None else _json(a.before),
+                    None if a.after is None else _json(a.after),
                 ))
         def commit() -> None:
             db = self._conn
@@ -406,7 +416,7 @@ class Store:
         rows = await self._read(
             "SELECT cursor, type, at, payload FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?", (cursor, limit)
         )
-        return [StoredEvent(c, t, a, json.loads(p)) for c, t, a, p in rows]
+        return [StoredEvent(c, t, a, _JSON_DECODE(p)) for c, t, a, p in rows]
 
     async def oldest_event_cursor(self) -> int | None:
         return (await self._read("SELECT MIN(cursor) FROM events"))[0][0]
@@ -435,8 +445,8 @@ class Store:
             out.append({
                 "seq": seq, "op_id": op_id, "entity": ent, "entity_id": ent_id, "operation": op,
                 "terminal_id": term, "user_id": user, "at": at,
-                "before": None if before is None else json.loads(before),
-                "after": None if after is None else json.loads(after),
+                "before": None if before is None else _JSON_DECODE(before),
+                "after": None if after is None else _JSON_DECODE(after),
             })
         return out
 
@@ -448,12 +458,13 @@ class Store:
         return await self._write(prune)
 
     async def size(self) -> dict[str, int]:
-        out = {}
-        for table in ("updates", "snapshots", "events", "audit"):
-            out[table] = (await self._read(f"SELECT COUNT(*) FROM {table}"))[0][0]
-        pages = (await self._read("PRAGMA page_count"))[0][0]
-        out["bytes"] = pages * (await self._read("PRAGMA page_size"))[0][0]
-        return out
+        """Row counts and database bytes - in one query (one thread hop: status is polled)."""
+        (row,) = await self._read(
+            "SELECT (SELECT COUNT(*) FROM updates), (SELECT COUNT(*) FROM snapshots),"
+            " (SELECT COUNT(*) FROM events), (SELECT COUNT(*) FROM audit),"
+            " (SELECT page_count FROM pragma_page_count()) * (SELECT page_size FROM pragma_page_size())"
+        )
+        return dict(zip(("updates", "snapshots", "events", "audit", "bytes"), row, strict=True))
 
     async def backup(self, dest: Path) -> None:
         """A consistent copy of the live database, taken while the terminal keeps writing.

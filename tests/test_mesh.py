@@ -25,7 +25,7 @@ from meshpos.errors import (
 from meshpos.terminal import Terminal
 from peer.identity import STORE_CA_CERT, TERMINAL_CERT, TERMINAL_KEY, Authority
 from peer.link import Limits
-from peer.mesh import BACKOFF_CAP, backoff_delay
+from peer.mesh import BACKOFF_CAP, EAGER_CAP, EAGER_SPACING, RECENT_LOSS_SECONDS, backoff_cap, backoff_delay
 from peer.wire import UPDATE, encode_sync
 from tests.meshutil import (
     ITEM,
@@ -403,6 +403,24 @@ def test_backoff_is_full_jitter_and_capped() -> None:
     # a peer down for an hour costs about one attempt per 2.5 s, not a storm
     assert 3600 / (sum(delays[20:]) / len(delays[20:])) < 2000
     assert len({round(d, 3) for d in delays}) > 1500  # jittered: dialers do not retry in lock-step
+
+
+def test_recently_lost_peers_are_redialled_eagerly_within_a_budget() -> None:
+    lost = {"pos-2": 100.0}
+    assert backoff_cap(lost, "pos-2", 160.0) == EAGER_CAP  # lost a minute ago: a flap, a reboot
+    assert backoff_cap(lost, "pos-3", 160.0) == BACKOFF_CAP  # never linked (or linked now)
+    assert backoff_cap(lost, None, 160.0) == BACKOFF_CAP  # a static address not linked yet
+    # a split that took 30 peers away: the cap grows so this box's eager dials stay ~2/EAGER_SPACING per s
+    many = {f"t{k}": 100.0 for k in range(30)}
+    assert backoff_cap(many, "t1", 101.0) == pytest.approx(30 * EAGER_SPACING)
+    assert 30 * EAGER_SPACING < BACKOFF_CAP
+    rng = random.Random(3)
+    per_second = sum(1 / (sum(backoff_delay(20, rng, backoff_cap(many, f"t{k}", 101.0)) for _ in range(200)) / 200)
+                     for k in range(30))
+    assert per_second < 2.5 / EAGER_SPACING
+    # gone longer than the window: back to the 5 s cap, and the entry is forgotten
+    assert backoff_cap(lost, "pos-2", 100.0 + RECENT_LOSS_SECONDS + 1) == BACKOFF_CAP
+    assert lost == {}
 
 
 async def test_half_broken_mesh_still_converges_through_state_vectors(

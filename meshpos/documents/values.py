@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
+
+import msgspec
 
 from meshpos.errors import InvalidInput
 
@@ -45,16 +46,22 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
+#: Records are decoded on every view (a catch-up builds thousands): msgspec is ~3x faster than
+#: the stdlib, and writes the same compact UTF-8 JSON.  Its DecodeError is a ValueError, as json's is.
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
 def dump(record: dict[str, Any] | list[dict[str, Any]]) -> str:
     """An immutable record as compact JSON text (one CRDT item; see orders.py for why)."""
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    return _encode(record).decode()
 
 
 def load(text: Any) -> dict[str, Any]:
     """Inverse of :func:`dump`; a value that is not JSON text of an object is a malformed record."""
     if not isinstance(text, str):
         raise TypeError(f"expected a JSON text record, got {type(text).__name__}")
-    value = json.loads(text)
+    value = _decode(text)
     if not isinstance(value, dict):
         raise TypeError("expected a JSON object record")
     return value
@@ -64,7 +71,7 @@ def load_list(text: Any) -> list[dict[str, Any]]:
     """A JSON text array of object records (a batch of order items)."""
     if not isinstance(text, str):
         raise TypeError(f"expected a JSON text record list, got {type(text).__name__}")
-    value = json.loads(text)
+    value = _decode(text)
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise TypeError("expected a JSON array of object records")
     return value
