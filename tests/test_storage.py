@@ -61,6 +61,38 @@ async def test_concurrent_writes_share_commits_and_all_survive_restart(make_conf
             assert same_state(t.host.get(name).doc.get_update(), update), name
 
 
+async def _counted(path: Path) -> dict[str, int]:
+    """Row counts straight from the file (a second connection, as a backup tool would read it)."""
+    conn = sqlite3.connect(path)
+    try:
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("updates", "snapshots", "events", "audit")}
+    finally:
+        conn.close()
+
+
+async def test_size_row_counts_stay_exact_through_compaction_pruning_and_restart(make_config) -> None:  # noqa: ANN001
+    config = make_config()
+    db = config.data_dir / "meshpos.db"
+    async with Terminal(config).running() as t:
+        await t.put_product("soda", name="Soda", price_cents=450, station=None, category=None, active=True)
+        for _ in range(30):
+            await t.adjust_stock("soda", -1, "sale")
+        await t.create_order(table=None, waiter="ana", items=[ITEM])
+        await t.host.compact("inventory").wait()
+        await t.adjust_stock("soda", 2, "delivery")
+        assert await t.store.prune_events(5) > 0
+        size = await t.store.size()
+        rows = {k: size[k] for k in ("updates", "snapshots", "events", "audit")}
+        assert rows == await _counted(db)
+        assert rows["snapshots"] == 1 and rows["events"] == 5 and rows["audit"] == 33
+        assert rows["updates"] < 33  # the inventory's 31 rows before the snapshot were folded into it
+        assert size["bytes"] > 0
+    async with Terminal(config).running() as t:
+        size = await t.store.size()
+        assert {k: size[k] for k in rows} == rows
+
+
 async def test_compaction_folds_the_log_while_writes_continue(make_config, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setattr(host_module, "COMPACT_EVERY", 100)
     config = make_config()
