@@ -33,14 +33,13 @@ def _id_bytes(n: int) -> bytes:
     return _ids.randbytes(n)
 
 
+#: Byte -> base32 digit (256 is a multiple of 32: every digit equally likely).
+_B32_OF_BYTE = bytes(ord(_B32[b % 32]) for b in range(256))
+
+
 def random_id(length: int = 10, rand: Callable[[int], bytes] = _id_bytes) -> str:
     """Crockford-style base32 id: unique enough across terminals without coordination."""
-    raw = int.from_bytes(rand((length * 5 + 7) // 8), "big")
-    out = []
-    for _ in range(length):
-        raw, rem = divmod(raw, 32)
-        out.append(_B32[rem])
-    return "".join(out)
+    return rand(length).translate(_B32_OF_BYTE).decode()
 
 
 def time_id(now: datetime, rand: Callable[[int], bytes] = _id_bytes) -> str:
