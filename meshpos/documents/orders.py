@@ -134,10 +134,12 @@ class OrdersDoc(Model):
         known = known or {}
         out = []
         for oid in sorted(touched):
-            if oid not in self.orders:
-                continue
             fresh = created.get(oid)
-            order = known.get(oid) or self.view(oid, fresh if isinstance(fresh, pycrdt.Map) else None)
+            if not isinstance(fresh, pycrdt.Map):  # not added just now: is it still there?
+                fresh = None
+                if oid not in self.orders:
+                    continue
+            order = known.get(oid) or self.view(oid, fresh)
             if oid in created:
                 out.append(("order:created", {"order_id": oid, "order": order}))
             elif order["status"] == "cancelled":
@@ -205,7 +207,7 @@ class OrdersDoc(Model):
         facts = self._facts(self._get(order_id) if order is None else order)
         record, kitchen, voids, fields = facts["record"], facts["kitchen"], facts["void"], facts["fields"]
         stages = {"open": {"at": record["created_at"], "by": record["created_by"]}, **facts["stages"]}
-        status = furthest(stages, ORDER_RANK)
+        status = furthest(stages, ORDER_RANK) if len(stages) > 1 else "open"
         items = []
         total = 0
         for item_id, item in sorted(facts["items"].items(), key=_added):
