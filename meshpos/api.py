@@ -35,6 +35,7 @@ from meshpos.documents.orders import KITCHEN_STAGES, ORDER_STAGES
 from meshpos.documents.tables import TABLE_STATUSES
 from meshpos.events import Lagged, Reset
 from meshpos.terminal import Terminal
+from storage.codec import encode_json, encode_json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ def _cashier(result: dict[str, Any], status: int = 200) -> Answer:
 
 
 def _json(payload: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(payload), status_code=status, media_type="application/json")
+    return Response(encode_json_bytes(payload), status_code=status, media_type="application/json")
 
 
 def _error(status: int, code: int, message: str) -> Response:
@@ -610,7 +611,7 @@ def create_app(terminal: Terminal) -> ASGIApp:
                 tg.start_soon(until_disconnect, tg.cancel_scope)
                 async for item in stream:
                     frame = {"type": "reset", "cursor": item.cursor} if isinstance(item, Reset) else item.to_json()
-                    await ws.send_text(msgspec.json.encode(frame).decode())
+                    await ws.send_text(encode_json(frame))
         except* Lagged as group:
             await ws.close(code=errors.RATE_LIMIT, reason=str(group.exceptions[0])[:120])
         except* (WebSocketDisconnect, OSError):

@@ -275,6 +275,7 @@ class Mesh:
         """Stop dialling a terminal discovery no longer sees (it said goodbye, or it was revoked);
         a link that is up stays until it ends by itself (a stale advert never cuts a working link)."""
         self._discovered.pop(terminal_id, None)
+        self._lost_at.pop(terminal_id, None)  # gone for good, not an outage: no eager redials
 
     def why_not_linked(self, terminal_id: str, addresses: list[str]) -> str:
         """The newest reason a known terminal is not linked, for ``meshpos peers``: its latest
@@ -587,12 +588,13 @@ class Mesh:
         if link.registered and self.links.get(link.peer_id or "") is link:
             del self.links[link.peer_id]  # type: ignore[arg-type]
             self._link_down.pop(link.peer_id, anyio.Event()).set()  # type: ignore[arg-type]
-            self._lost_at[link.peer_id] = anyio.current_time()  # type: ignore[index]
             state = self.peers[link.peer_id]  # type: ignore[index]
             self._count(state, link)
             state.online = False
             state.last_error = {"code": link.closed.code, "reason": link.closed.reason, "at": self._now()}
             refused = 4000 <= link.closed.code < 5000 and link.closed.code != ALREADY_CONNECTED
+            if not refused:  # an outage (a revoked or refused peer is not redialled eagerly)
+                self._lost_at[link.peer_id] = anyio.current_time()  # type: ignore[index]
             log.log(logging.WARNING if refused else logging.INFO, "link to %s closed: %d %s",
                     link.peer_id, link.closed.code, link.closed.reason)
             self._event("terminal:offline", {"terminal_id": link.peer_id, "code": link.closed.code,

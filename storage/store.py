@@ -29,21 +29,11 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import msgspec
 
+from storage.codec import decode_json, encode_json
 from storage.database import open_database
 
 log = logging.getLogger(__name__)
-#: Event payloads and audit rows are compact JSON text.  msgspec, not the stdlib: a catch-up of
-#: 2,500 orders stores 2,500 order views, and ``json.dumps`` of them cost ~7x the time.
-_JSON_ENCODE = msgspec.json.Encoder().encode
-_JSON_DECODE = msgspec.json.Decoder().decode
-
-
-def _json(value: Any) -> str:
-    return _JSON_ENCODE(value).decode()
-
-
 #: Key prefix, in the ``meta`` table, of archived documents' state vectors.
 _SV = "state_vector:"
 
@@ -257,7 +247,7 @@ class Store:
             stored = []
             for etype, payload in rec.events:
                 stored.append(StoredEvent(next_cursor, etype, rec.at, payload))
-                event_rows.append((next_cursor, etype, rec.at, _json(payload)))
+                event_rows.append((next_cursor, etype, rec.at, encode_json(payload)))
                 next_cursor += 1
             per_record_events.append(stored)
             statements.extend(rec.sql)
@@ -265,8 +255,8 @@ class Store:
                 a = rec.audit
                 audit_rows.append((
                     a.op_id, a.entity, a.entity_id, a.operation, a.terminal_id, a.user_id, a.at,
-                    None if a.before is None else _json(a.before),
-                    None if a.after is None else _json(a.after),
+                    None if a.before is None else encode_json(a.before),
+                    None if a.after is None else encode_json(a.after),
                 ))
         folded = [0, 0]  # update rows a snapshot replaced, snapshots that are new
 
@@ -428,7 +418,7 @@ class Store:
         rows = await self._read(
             "SELECT cursor, type, at, payload FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?", (cursor, limit)
         )
-        return [StoredEvent(c, t, a, _JSON_DECODE(p)) for c, t, a, p in rows]
+        return [StoredEvent(c, t, a, decode_json(p)) for c, t, a, p in rows]
 
     async def oldest_event_cursor(self) -> int | None:
         return (await self._read("SELECT MIN(cursor) FROM events"))[0][0]
@@ -457,8 +447,8 @@ class Store:
             out.append({
                 "seq": seq, "op_id": op_id, "entity": ent, "entity_id": ent_id, "operation": op,
                 "terminal_id": term, "user_id": user, "at": at,
-                "before": None if before is None else _JSON_DECODE(before),
-                "after": None if after is None else _JSON_DECODE(after),
+                "before": None if before is None else decode_json(before),
+                "after": None if after is None else decode_json(after),
             })
         return out
 

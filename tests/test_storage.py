@@ -61,6 +61,31 @@ async def test_concurrent_writes_share_commits_and_all_survive_restart(make_conf
             assert same_state(t.host.get(name).doc.get_update(), update), name
 
 
+async def test_a_lone_surrogate_escape_from_a_js_writer_is_read_stored_and_served(make_config) -> None:  # noqa: ANN001
+    """JavaScript's JSON.stringify writes a string cut inside an emoji as a lone ``\\ud83d``
+    escape; the terminal must read such a record, store its events and serve them."""
+    from storage.codec import decode_json, encode_json_bytes
+
+    async with Terminal(make_config()).running() as t:
+        order = await t.create_order(table=None, waiter="ana", items=[ITEM])
+        name = f"orders/{order['business_day']}"
+        peer = pycrdt.Doc()
+        peer.apply_update(t.host.diff(name))
+        before = peer.get_state()
+        with peer.transaction():
+            peer.get("orders", type=pycrdt.Map)[order["id"]]["stage:cancelled"] = (
+                '{"at":"2026-12-02T10:00:00.000Z","by":"js-1","reason":"guest left \\ud83d"}')
+        ticket = t.host.apply_remote(name, [peer.get_update(before)], "peer:js-1")
+        (event,) = await ticket.wait()
+        assert event.type == "order:cancelled"
+        assert event.payload["order"]["cancellation"]["reason"] == "guest left \ud83d"
+        replayed = [e for e in await t.store.events_after(0, 100) if e.cursor == event.cursor]
+        assert replayed[0].payload == event.payload  # stored as the same escape, read back
+        view = await t.get_order(order["id"])
+        assert decode_json(encode_json_bytes(view)) == view  # what the API sends
+    assert decode_json('"\\ud83d"') == "\ud83d"
+
+
 async def _counted(path: Path) -> dict[str, int]:
     """Row counts straight from the file (a second connection, as a backup tool would read it)."""
     conn = sqlite3.connect(path)

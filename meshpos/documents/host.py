@@ -238,8 +238,9 @@ class DocumentHost:
                 known: dict[str, dict[str, Any]] | None = None) -> Ticket | None:
         updates, hosted.updates = hosted.updates, []
         try:
-            # One read transaction for all the views: each pycrdt read outside one opens and
-            # commits its own, which cost more than building a catch-up's 2,500 views.
+            # One transaction for all the views (reads only: committing it changes nothing):
+            # each pycrdt read outside one opens and commits its own, which cost more than
+            # building a catch-up's 2,500 views.
             with hosted.model.doc.transaction():
                 events = hosted.model.drain_events(known)
         except Exception:  # a malformed entity (e.g. from a buggy peer) must not stop durability

@@ -170,6 +170,8 @@ class OrdersDoc(Model):
         fields: dict[str, Any] = {}
         facts: dict[str, Any] = {"stages": stages, "items": items, "kitchen": kitchen, "void": void,
                                  "fields": fields}
+        if not isinstance(order, pycrdt.Map):  # a peer wrote something else under an order id
+            raise TypeError(f"expected an order map, got {type(order).__name__}")
         for key, value in load(str(order)).items():
             kind, _, rest = key.partition(":")
             if kind == "order":

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import msgspec
-
 from meshpos.errors import InvalidInput
+from storage.codec import decode_json, encode_json
 
 #: Ids of skus, tables and terminals: safe in composite keys ("sku/replica") and URLs.
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -46,22 +45,16 @@ def check_id(kind: str, value: str) -> str:
     return value
 
 
-#: Records are decoded on every view (a catch-up builds thousands): msgspec is ~3x faster than
-#: the stdlib, and writes the same compact UTF-8 JSON.  Its DecodeError is a ValueError, as json's is.
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
-
-
 def dump(record: dict[str, Any] | list[dict[str, Any]]) -> str:
     """An immutable record as compact JSON text (one CRDT item; see orders.py for why)."""
-    return _encode(record).decode()
+    return encode_json(record)
 
 
 def load(text: Any) -> dict[str, Any]:
     """Inverse of :func:`dump`; a value that is not JSON text of an object is a malformed record."""
     if not isinstance(text, str):
         raise TypeError(f"expected a JSON text record, got {type(text).__name__}")
-    value = _decode(text)
+    value = decode_json(text)
     if not isinstance(value, dict):
         raise TypeError("expected a JSON object record")
     return value
@@ -71,7 +64,7 @@ def load_list(text: Any) -> list[dict[str, Any]]:
     """A JSON text array of object records (a batch of order items)."""
     if not isinstance(text, str):
         raise TypeError(f"expected a JSON text record list, got {type(text).__name__}")
-    value = _decode(text)
+    value = decode_json(text)
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise TypeError("expected a JSON array of object records")
     return value
