@@ -282,3 +282,16 @@ def test_setting_a_field_to_its_value_writes_nothing() -> None:
     assert a.outbox == []
     assert a.write(lambda m: m.update_fields(box["id"], waiter="bea"))
     assert len(a.outbox) == 1 and a.model.view(box["id"])["waiter"] == "bea"
+
+
+def test_a_peer_value_that_is_not_an_order_map_is_refused_not_read() -> None:
+    """A buggy peer writing JSON text (or anything but a Y.Map) under an order id must not be read
+    as an order: its JSON would otherwise look like one."""
+    r = Replica(OrdersDoc, "pos-1")
+    with r.model.doc.transaction():
+        r.model.orders["20261123-bogus"] = '{"order": "{}"}'
+    with pytest.raises(TypeError, match="expected an order map"):
+        r.model.view("20261123-bogus")
+    # deriving its event fails the same way; DocumentHost._finish logs it and stores the update
+    with pytest.raises(TypeError, match="expected an order map"):
+        r.model.drain_events()

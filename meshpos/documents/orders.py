@@ -163,6 +163,8 @@ class OrdersDoc(Model):
     def _facts(order: pycrdt.Map) -> dict[str, Any]:
         """The order map's entries grouped by kind, from one JSON read of the map (``str`` of a
         pycrdt map is its JSON: one call, where reading it entry by entry cost a call per key)."""
+        if not isinstance(order, pycrdt.Map):  # a peer wrote something else under an order id
+            raise TypeError(f"expected an order map, got {type(order).__name__}")
         items: dict[str, Any] = {}
         stages: dict[str, Any] = {}
         kitchen: dict[str, dict[str, Any]] = {}
@@ -170,8 +172,6 @@ class OrdersDoc(Model):
         fields: dict[str, Any] = {}
         facts: dict[str, Any] = {"stages": stages, "items": items, "kitchen": kitchen, "void": void,
                                  "fields": fields}
-        if not isinstance(order, pycrdt.Map):  # a peer wrote something else under an order id
-            raise TypeError(f"expected an order map, got {type(order).__name__}")
         for key, value in load(str(order)).items():
             kind, _, rest = key.partition(":")
             if kind == "order":
