@@ -4,14 +4,16 @@ The mesh speaks TLS and WebSocket over whatever byte stream a transport hands it
 only listens and connects.  :class:`TcpTransport` is the product's (a bound socket).
 :class:`MemoryNetwork` joins terminals running in one process - the same TLS, framing, sync and
 cashier code - with links that can be cut and healed (a Wi-Fi split: bytes vanish, nobody is
-told, heartbeats notice) and a per-message delay.  It makes no system calls, so under a virtual
-clock a run depends only on its seed (the partition simulator's network).
+told, heartbeats notice), a Wi-Fi access point's client isolation, and per-message latency,
+jitter and loss.  It makes no system calls, so under a virtual clock a run depends only on its
+seed (the partition simulator's network).
 """
 
 from __future__ import annotations
 
 import errno
 import math
+import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -69,26 +71,45 @@ def _remote(stream: anyio.abc.SocketStream) -> str:
 # -- in memory -------------------------------------------------------------------------------------
 
 
-class _Pipe(ByteStream):
-    """One side of an in-memory connection between two hosts of a :class:`MemoryNetwork`."""
+#: Linux's minimum TCP retransmission timeout: what a lost segment costs before it is sent again.
+RTO_SECONDS = 0.2
 
-    def __init__(self, network: MemoryNetwork, me: str, peer: str, send: MemoryObjectSendStream[bytes],
-                 receive: MemoryObjectReceiveStream[bytes]) -> None:
+
+class _Pipe(ByteStream):
+    """One side of an in-memory connection between two hosts of a :class:`MemoryNetwork`.
+
+    A message is stamped with the time it arrives and the receiver waits for that time, so the
+    sender never waits (messages are in flight together, as on a wire) and the stream stays in
+    order (a message never arrives before the one sent ahead of it, as TCP delivers).
+    """
+
+    def __init__(self, network: MemoryNetwork, me: str, peer: str,
+                 send: MemoryObjectSendStream[tuple[float, bytes]],
+                 receive: MemoryObjectReceiveStream[tuple[float, bytes]]) -> None:
         self._network, self._me, self._peer = network, me, peer
         self._send, self._receive = send, receive
+        self._last_arrival = 0.0
+        self._next: tuple[float, bytes] | None = None  # taken off the stream, not yet arrived
 
     async def send(self, item: bytes) -> None:
-        if self._network.latency:
-            await anyio.sleep(self._network.latency)
+        await anyio.lowlevel.checkpoint()
         if not self._network.connected(self._me, self._peer):
             return  # cut: the bytes vanish without an error, as on a dead Wi-Fi link
+        now = anyio.current_time()
+        self._last_arrival = max(self._last_arrival, now + self._network.delay(self._me, self._peer))
         try:
-            self._send.send_nowait(bytes(item))
+            self._send.send_nowait((self._last_arrival, bytes(item)))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             raise anyio.BrokenResourceError from None
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self._receive.receive()  # EndOfStream once the peer closed its side
+        if self._next is None:
+            self._next = await self._receive.receive()  # EndOfStream once the peer closed its side
+        arrives, data = self._next
+        if arrives > anyio.current_time():
+            await anyio.sleep_until(arrives)  # a reader cancelled here finds the message on its next call
+        self._next = None
+        return data
 
     async def send_eof(self) -> None:
         self._send.close()
@@ -99,25 +120,67 @@ class _Pipe(ByteStream):
 
 
 @dataclass
+class Radio:
+    """How a host's link to the network behaves: extra delay in ``[0, jitter)`` seconds per
+    message, and the chance a segment is lost (TCP sends it again after :data:`RTO_SECONDS`,
+    doubling while the copies are lost too; what follows it waits - head-of-line blocking)."""
+
+    jitter: float = 0.0
+    loss: float = 0.0
+
+
+@dataclass
 class MemoryNetwork:
-    """Hosts (by address) joined in memory; ``groups`` says who reaches whom (``None``: everyone)."""
+    """Hosts (by address) joined in memory.
+
+    ``groups`` says who reaches whom (``None``: everyone); hosts in ``isolated`` reach only hosts
+    outside it, as Wi-Fi clients behind an access point with client isolation on reach the wired
+    boxes but not each other.  Each message takes ``latency`` plus what the two ends' radios add;
+    the random draws come from ``rng`` (seed it for a repeatable run).
+    """
 
     listeners: dict[tuple[str, int], tuple[str, Handler]] = field(default_factory=dict)
     groups: list[set[str]] | None = None
+    isolated: set[str] = field(default_factory=set)
     latency: float = 0.0  # seconds each message takes (virtual time under a mock clock)
+    radios: dict[str, Radio] = field(default_factory=dict)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
 
     def transport(self, host: str, port: int) -> MemoryTransport:
         return MemoryTransport(self, host, port)
 
     def connected(self, a: str, b: str) -> bool:
+        if a in self.isolated and b in self.isolated:
+            return False
         return self.groups is None or any(a in g and b in g for g in self.groups)
 
     def split(self, *groups: set[str]) -> None:
         """Partition the hosts (every host not named is alone); ``heal()`` joins them again."""
         self.groups = [set(g) for g in groups]
 
+    def isolate(self, hosts: set[str]) -> None:
+        """Client isolation for ``hosts``: they stop reaching each other (``heal()`` ends it)."""
+        self.isolated = set(hosts)
+
     def heal(self) -> None:
+        """Everyone reaches everyone again (radios keep their quality: see :attr:`radios`)."""
         self.groups = None
+        self.isolated = set()
+
+    def delay(self, a: str, b: str) -> float:
+        """One message's time from ``a`` to ``b``: the latency, both radios' jitter, and the
+        retransmission timeouts of its lost copies."""
+        delay = self.latency
+        rto = RTO_SECONDS
+        for radio in (self.radios.get(a), self.radios.get(b)):
+            if radio is None:
+                continue
+            if radio.jitter:
+                delay += self.rng.uniform(0.0, radio.jitter)
+            while radio.loss and self.rng.random() < radio.loss and rto <= 60.0:
+                delay += rto
+                rto *= 2
+        return delay
 
 
 class MemoryTransport:
@@ -140,8 +203,8 @@ class MemoryTransport:
             raise OSError(errno.ECONNREFUSED if target is None else errno.EHOSTUNREACH,
                           f"{host}:{port} does not answer")
         there, accept = target
-        up_send, up_receive = anyio.create_memory_object_stream[bytes](math.inf)
-        down_send, down_receive = anyio.create_memory_object_stream[bytes](math.inf)
+        up_send, up_receive = anyio.create_memory_object_stream[tuple[float, bytes]](math.inf)
+        down_send, down_receive = anyio.create_memory_object_stream[tuple[float, bytes]](math.inf)
         self._connections += 1
         mine = _Pipe(self.network, self.host, there, up_send, down_receive)
         theirs = _Pipe(self.network, there, self.host, down_send, up_receive)

@@ -42,6 +42,14 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def bridge(*args: str, netns: str) -> None:
+    """iproute2's ``bridge`` inside namespace ``netns``."""
+    done = subprocess.run(["ip", "netns", "exec", netns, "bridge", *args], capture_output=True, text=True,
+                          check=False, timeout=20)
+    if done.returncode != 0:
+        raise RuntimeError(f"bridge {' '.join(args)}: {done.stderr.strip()}")
+
+
 def sweep_leftovers() -> list[str]:
     """Remove namespaces of lab runs whose process is gone (a killed run leaves them); their names."""
     listed = ip("netns", "list", check=False).stdout
@@ -101,7 +109,7 @@ class Lan:
     def __init__(self) -> None:
         if os.geteuid() != 0:
             raise LabUnavailable("network namespaces need root")
-        for tool in ("ip", "curl"):
+        for tool in ("ip", "bridge", "curl"):
             if shutil.which(tool) is None:
                 raise LabUnavailable(f"{tool!r} is not installed")
         sweep_leftovers()
@@ -143,10 +151,18 @@ class Lan:
             for host in group:
                 ip("-n", self.switch, "link", "set", host.port, "master", f"br{k}")
 
+    def isolate(self, hosts: list[Host]) -> None:
+        """Client isolation (what a Wi-Fi access point does for its guests): ``hosts``' switch
+        ports become isolated bridge ports, which forward only to and from ports that are not
+        (``bridge link set ... isolated on``; multicast included, so no mDNS between them)."""
+        for host in hosts:
+            bridge("link", "set", "dev", host.port, "isolated", "on", netns=self.switch)
+
     def heal(self) -> None:
-        """Every host back on the main switch, every port up."""
+        """Every host back on the main switch, every port up, none isolated."""
         for host in self.hosts:
             ip("-n", self.switch, "link", "set", host.port, "master", "br0")
+            bridge("link", "set", "dev", host.port, "isolated", "off", netns=self.switch)
             host.plug()
 
     def close(self) -> None:

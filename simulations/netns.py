@@ -13,8 +13,9 @@ After the final heal it waits until the terminals agree (every one linked to eve
 same state vectors, the same drawer ledgers, nothing provisional pending), then runs the
 simulator's checkers on what each API shows and prints the same JSON report (wall-clock
 seconds; a seed fixes the workload's choices and the scenario, not the timing of real
-processes).  Differences from the simulator: clocks are the machine's (a scenario's clock skew
-is listed under ``not_simulated``); ``--speed 2`` runs the scenario script twice as fast.
+processes).  Differences from the simulator: clocks are the machine's and radios are perfect (a
+scenario's clock skew, jitter and loss are listed under ``not_simulated``); ``--speed 2`` runs
+the scenario script twice as fast.  Client isolation is the bridge's own port isolation.
 
 It needs root (namespaces) and removes its namespaces and processes when it ends, fails or is
 interrupted (Ctrl-C, SIGTERM); a run killed with SIGKILL takes its terminals with it (they die
@@ -244,6 +245,7 @@ class NetnsRun:
     def __init__(self, r: Restaurant, seed: int, speed: float) -> None:
         self.r, self.root, self.kinds, self.speed = r, r.root, r.kinds, speed
         self.skew: dict[str, float] = {}
+        self.radios: dict[str, dict[str, float]] = {}
         self._t0 = time.monotonic()
         self.timeline: list[dict[str, Any]] = []
         self.work = Workload(random.Random(seed), self.now)
@@ -264,6 +266,17 @@ class NetnsRun:
         rest = [tid for tid, _ in self.kinds if tid not in named]
         self.r.lan.split([[self.r.hosts[tid] for tid in g] for g in groups])
         self.mark("split", groups=[sorted(g) for g in [*groups, rest] if g])
+
+    def isolate(self, tids: list[str]) -> None:
+        self.r.lan.isolate([self.r.hosts[tid] for tid in tids])
+        self.mark("isolate", terminals=sorted(tids))
+
+    def radio(self, tids: list[str], *, jitter: float, loss: float) -> None:
+        """Not applied: real jitter and loss need the kernel's netem, which not every kernel has
+        (this project's CI machine does not); the report lists it under ``not_simulated``."""
+        for tid in tids:
+            self.radios[tid] = {"jitter": jitter, "loss": loss}
+        self.mark("radio", terminals=sorted(tids), jitter=jitter, loss=loss, applied=False)
 
     def heal(self) -> None:
         self.r.lan.heal()
@@ -343,7 +356,7 @@ async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: P
         "seconds": world.now(), **world.work.summary(),
         "peak_missing_updates": max((max(m.values(), default=0) for _, m in samples), default=0),
         "converged_after_heal_s": converged_after,
-        "not_simulated": {"clock_skew": world.skew} if world.skew else {},
+        "not_simulated": {k: v for k, v in (("clock_skew", world.skew), ("radio", world.radios)) if v},
         "checks": checks, "events": marks,
     }
 

@@ -1,14 +1,15 @@
 """Seeded network-partition simulation of a restaurant's terminals; prints a JSON report.
 
-    python simulations/partition.py [--scenario NAME] [--terminals N] [--seed S] [--sweep N]
+    python simulations/partition.py [--scenario NAME] [--terminals N] [--seed S] [--sweep N] [--shrink]
 
 Real terminals - the product's documents, sync, TLS links, SQLite storage and cashier - run in
 this process on trio's virtual clock, joined by the in-memory network of ``peer/transport.py``:
 no wall-clock sleeps, no sockets, no threads, every random choice from the seed, so one seed
 is one run (``--seed S`` twice prints the same report; each run in its own process, as
 ``--sweep`` does too).  A scenario script splits and heals
-the network, crashes and restarts terminals (the data directory survives, the process does
-not), adds latency; a restaurant workload runs meanwhile (orders through their lifecycle,
+the network, turns on a Wi-Fi access point's client isolation, gives boxes a poor radio (jitter,
+lost segments), crashes and restarts terminals (the data directory survives, the process does
+not), skews a clock; a restaurant workload runs meanwhile (orders through their lifecycle,
 kitchen statuses, table turns, stock moves, payments - provisional ones when a POS is cut off).
 After the final heal the checkers run (docs/simulations.md):
 
@@ -18,6 +19,9 @@ After the final heal the checkers run (docs/simulations.md):
 * every order's status is the furthest stage it reached (the lifecycle rule);
 * cashier: one committed ledger per drawer on every terminal, no operation twice, every
   acknowledged payment in it, every provisional payment committed or in review.
+
+``--inject NAME`` plants a bug the checkers must catch (:data:`FAULTS`); ``--shrink`` turns a
+failing run into the fewest terminals and staff actions (``--ops``) that still fail.
 
 The same scenarios, workload and checkers run with real ``meshpos run`` processes in network
 namespaces in simulations/netns.py (docs/simulations.md).
@@ -49,7 +53,7 @@ from meshpos.documents.orders import ORDER_RANK, furthest
 from meshpos.errors import MeshposError
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
-from peer.transport import MemoryNetwork
+from peer.transport import MemoryNetwork, Radio
 from peer.wire import decode_state_vector
 
 MENU = {"burger": 1590, "fries": 690, "salad": 1290, "soda": 450}
@@ -92,6 +96,31 @@ class Tally:
 
     def no(self, exc: MeshposError) -> None:
         self.refused[str(exc.code)] = self.refused.get(str(exc.code), 0) + 1
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A bug planted on purpose (``--inject NAME``): the ``nth`` call of a terminal's ``method``,
+    counted over the whole run, is acknowledged and not done - the write the checkers exist to
+    catch.  tests/test_partition.py proves each checker catches its fault, and ``--shrink`` finds
+    the shortest run that still shows it."""
+
+    name: str
+    about: str
+    method: str  # a Terminal method, or "pay" (its cashier's)
+    nth: int
+    catches: str  # the check that must fail
+    only: str | None = None  # count only the calls with this argument
+
+
+FAULTS = {f.name: f for f in [
+    Fault("lose-stock-move", "the 25th stock move is acknowledged and not written", "adjust_stock", 25,
+          "stock_equals_acknowledged_moves"),
+    # "sent": no later step of the workload sends the order again, which would write the stage after all
+    Fault("lose-order-stage", "the 10th order sent to the kitchen is acknowledged and not written",
+          "set_order_status", 10, "no_acknowledged_write_lost", only="sent"),
+    Fault("lose-payment", "the 3rd payment is acknowledged as committed and not recorded", "pay", 3, "cashier"),
+]}
 
 
 class Box(Protocol):
@@ -154,10 +183,12 @@ class TerminalBox:
 class Workload:
     """The staff of every box at work, and the tally of what they were told."""
 
-    def __init__(self, rng: random.Random, now: Callable[[], float]) -> None:
+    def __init__(self, rng: random.Random, now: Callable[[], float], max_actions: int | None = None) -> None:
         self.rng, self.now = rng, now
         self.tally = Tally()
         self.writes: list[tuple[float, str]] = []  # (time, terminal) of acknowledged work
+        self.actions = 0  # staff actions begun, every box together
+        self.max_actions = max_actions  # then the staff stop: a run's prefix (what --ops shrinks)
 
     async def run(self, tid: str, kind: str, rate: float, box_of: Callable[[str], Box | None]) -> None:
         """One box's staff: ``rate`` operations per second while the box runs (``box_of`` gives
@@ -168,6 +199,9 @@ class Workload:
             box = box_of(tid)
             if box is None:
                 continue
+            if self.max_actions is not None and self.actions >= self.max_actions:
+                return
+            self.actions += 1
             before = sum(self.tally.done.values())
             try:
                 await self._act(box, tid, kind, rng)
@@ -230,7 +264,8 @@ class Workload:
     def summary(self) -> dict[str, Any]:
         """The report's account of the work: done, refused, how payments went."""
         t = self.tally
-        return {"operations": dict(sorted(t.done.items())), "refused": dict(sorted(t.refused.items())),
+        return {"actions": self.actions, "operations": dict(sorted(t.done.items())),
+                "refused": dict(sorted(t.refused.items())),
                 "payments": {s: [st for _, st in t.payments.values()].count(s) for s in ("committed", "provisional")},
                 "provisional_because": dict(sorted(t.provisional_why.items()))}
 
@@ -309,16 +344,18 @@ def missing_updates(vectors: dict[str, dict[str, dict[Any, int]]]) -> dict[str, 
 
 
 class Simulation:
-    def __init__(self, root: Path, n: int, seed: int) -> None:
-        self.root, self.seed = root, seed
+    def __init__(self, root: Path, n: int, seed: int, fault: Fault | None = None,
+                 max_actions: int | None = None) -> None:
+        self.root, self.seed, self.fault = root, seed, fault
+        self._fault_calls = 0
         self.rng = random.Random(seed)
         self.kinds = kinds_for(n)
-        self.net = MemoryNetwork(latency=LAN_LATENCY)
+        self.net = MemoryNetwork(latency=LAN_LATENCY, rng=random.Random(self.rng.getrandbits(64)))
         self.terminals: dict[str, Terminal] = {}
         self._stops: dict[str, anyio.Event] = {}
         self._stopped: dict[str, anyio.Event] = {}
         self.timeline: list[dict[str, Any]] = []
-        self.work = Workload(self.rng, self.now)
+        self.work = Workload(self.rng, self.now, max_actions)
         self.skew: dict[str, float] = {}  # terminal id -> clock offset (seconds)
         self._tg: anyio.abc.TaskGroup | None = None
         self._t0 = 0.0
@@ -359,6 +396,7 @@ class Simulation:
             try:
                 async with terminal.running() as t:
                     self.terminals[tid] = t
+                    self._plant(t)
                     started.set()
                     await self._stops[tid].wait()
             finally:
@@ -367,6 +405,25 @@ class Simulation:
 
         self._tg.start_soon(life)
         await started.wait()
+
+    def _plant(self, t: Terminal) -> None:
+        """Arm :attr:`fault` on ``t``: its ``nth`` call in the run answers as if done, does nothing."""
+        fault = self.fault
+        if fault is None:
+            return
+        owner: Any = t.cashier if fault.method == "pay" else t
+        real = getattr(owner, fault.method)
+
+        async def faulty(*args: Any, **kwargs: Any) -> Any:
+            if fault.only is not None and fault.only not in args:
+                return await real(*args, **kwargs)
+            self._fault_calls += 1
+            if self._fault_calls != fault.nth:
+                return await real(*args, **kwargs)
+            self.mark("fault", fault=fault.name, terminal=t.config.terminal_id)
+            return {"entry": {"status": "committed", "op_id": kwargs.get("op_id")}}
+
+        setattr(owner, fault.method, faulty)
 
     async def crash(self, tid: str) -> None:
         """Stop a terminal: its data directory stays, its memory (holds, links, leases) is gone."""
@@ -388,6 +445,18 @@ class Simulation:
         parts = [list(g) for g in groups] + ([rest] if rest else [])
         self.net.split(*[{self.host(t) for t in g} for g in parts])
         self.mark("split", groups=[sorted(g) for g in parts])
+
+    def isolate(self, tids: list[str]) -> None:
+        """Client isolation on the access point: ``tids`` reach the others but not each other."""
+        self.net.isolate({self.host(t) for t in tids})
+        self.mark("isolate", terminals=sorted(tids))
+
+    def radio(self, tids: list[str], *, jitter: float, loss: float) -> None:
+        """A poor radio for ``tids``: up to ``jitter`` seconds more per message, ``loss`` of the
+        segments lost (and sent again by TCP after its retransmission timeout)."""
+        for t in tids:
+            self.net.radios[self.host(t)] = Radio(jitter=jitter, loss=loss)
+        self.mark("radio", terminals=sorted(tids), jitter=jitter, loss=loss)
 
     def heal(self) -> None:
         self.net.heal()
@@ -446,6 +515,8 @@ class World(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
     def split(self, *groups: list[str]) -> None: ...
+    def isolate(self, tids: list[str]) -> None: ...
+    def radio(self, tids: list[str], *, jitter: float, loss: float) -> None: ...
     def heal(self) -> None: ...
     async def crash(self, tid: str) -> None: ...
     async def restart(self, tid: str) -> None: ...
@@ -481,11 +552,22 @@ async def cashier_isolated(sim: World, ids: list[str]) -> None:
 
 async def flapping_wifi(sim: World, ids: list[str]) -> None:
     front = [t for t in ids if t.startswith("waiter")]
+    sim.radio(front, jitter=0.03, loss=0.02)  # a poor signal all along: delay varies, segments are lost
     for _ in range(8):
         await sim.sleep(6)
         sim.split(front)
         await sim.sleep(4)
         sim.heal()
+
+
+async def wifi_client_isolation(sim: World, ids: list[str]) -> None:
+    # Someone applies the guest network's settings to the staff SSID: the access point's client
+    # isolation. The handhelds still reach the wired boxes (POS, KDS) but no longer each other;
+    # what one handheld writes reaches the others through the wired boxes' state-vector exchange.
+    await sim.sleep(15)
+    sim.isolate(_ids(sim, "waiter"))
+    await sim.sleep(60)
+    sim.heal()
 
 
 async def terminal_replaced_mid_service(sim: World, ids: list[str]) -> None:
@@ -521,7 +603,10 @@ SCENARIOS = {s.name: s for s in [
              lunch_rush_kitchen_split, rate=0.8),
     Scenario("cashier-isolated", "one POS alone for a minute: provisional payments, reconciled after",
              cashier_isolated),
-    Scenario("flapping-wifi", "the handhelds' Wi-Fi drops 4 s of every 10, eight times", flapping_wifi),
+    Scenario("flapping-wifi", "the handhelds' Wi-Fi drops 4 s of every 10, eight times, and loses 2% of segments",
+             flapping_wifi),
+    Scenario("wifi-client-isolation", "for a minute the handhelds reach the wired boxes but not each other",
+             wifi_client_isolation),
     Scenario("terminal-replaced-mid-service", "a handheld dies; a spare with an empty disk replaces it 30 s later",
              terminal_replaced_mid_service),
     Scenario("wan-down-all-day", "no internet at all; one clock skewed 2 min; the kitchen reboots once",
@@ -529,10 +614,11 @@ SCENARIOS = {s.name: s for s in [
 ]}
 
 
-async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, Any]:
+async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault | None,
+               max_actions: int | None) -> dict[str, Any]:
     trio._core._run._r.seed(seed)  # trio's scheduling choices, from the seed  # noqa: SLF001
     meshpos.clock._ids.seed(seed)  # order and item ids, from the seed  # noqa: SLF001
-    sim = Simulation(root, n, seed)
+    sim = Simulation(root, n, seed, fault, max_actions)
     async with anyio.create_task_group() as tg:
         await sim.setup(tg)
         manager = sim.terminals[_ids(sim, "pos")[0]]
@@ -569,6 +655,7 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, A
                default=0)
     return {
         "scenario": scenario.name, "about": scenario.about, "seed": seed, "terminals": dict(sim.kinds),
+        **({"injected": fault.name} if fault else {}), **({"ops": max_actions} if max_actions is not None else {}),
         "timeline": {"writes": sim.work.writes, "divergence": [(e["t"], e["missing"]) for e in sim.timeline
                                                                if e["event"] == "divergence"]},
         "virtual_seconds": sim.now(), **sim.work.summary(),
@@ -577,8 +664,9 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, A
     }
 
 
-def run(scenario: str, n: int, seed: int) -> dict[str, Any]:
-    """One seeded run (its own temporary directory, its own trio run on a virtual clock)."""
+def run(scenario: str, n: int, seed: int, fault: str | None = None, ops: int | None = None) -> dict[str, Any]:
+    """One seeded run (its own temporary directory, its own trio run on a virtual clock), with
+    the :data:`FAULTS` entry ``fault`` planted, the staff stopping after ``ops`` actions."""
     # Trio's scheduler, made a function of the seed alone: tasks woken together run in an order
     # shuffled from the seed (trio's own mode for Hypothesis), not in the order their timers
     # happened to be tied in (by object address); the mock clock's offset comes from the seed too.
@@ -586,43 +674,45 @@ def run(scenario: str, n: int, seed: int) -> dict[str, Any]:
     trio._core._run._r.seed(seed)  # noqa: SLF001
     clock = trio.testing.MockClock(autojump_threshold=0)
     with tempfile.TemporaryDirectory(prefix="meshpos-sim-") as tmp:
-        return trio.run(_trio_main, SCENARIOS[scenario], n, seed, Path(tmp), clock=clock)
-
-
-async def _trio_main(scenario: Scenario, n: int, seed: int, root: Path) -> dict[str, Any]:
-    return await _run(scenario, n, seed, root)
+        return trio.run(_run, SCENARIOS[scenario], n, seed, Path(tmp), FAULTS.get(fault or ""), ops, clock=clock)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="lunch-rush-kitchen-split")
-    parser.add_argument("--terminals", type=int, default=6, help="5 to 50 boxes (default 6)")
+    parser.add_argument("--terminals", type=int, default=6, help="3 to 50 boxes (default 6)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sweep", type=int, metavar="N", help="run seeds seed..seed+N-1, report failures")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once in a sweep (default 1)")
+    parser.add_argument("--shrink", action="store_true",
+                        help="shrink a failing run to the fewest terminals and staff actions that still fail")
+    parser.add_argument("--ops", type=int, metavar="K", help="the staff stop after K actions (a run's prefix)")
+    parser.add_argument("--inject", choices=sorted(FAULTS), help="plant a bug the checks must catch")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="draw the run's timeline (needs matplotlib)")
     args = parser.parse_args()
     if not 3 <= args.terminals <= 50:
         parser.error("--terminals must be 3..50")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
+    if args.ops is not None and args.ops < 0:
+        parser.error("--ops must be 0 or more")
     if args.sweep is None:
-        report = run(args.scenario, args.terminals, args.seed)
+        report = run(args.scenario, args.terminals, args.seed, args.inject, args.ops)
         if args.plot is not None:
             plot(report, args.plot)
+        if args.shrink and not report["checks"]["ok"]:
+            report["shrunk"] = shrink(Attempt(args.scenario, args.terminals, args.seed, args.inject, args.ops),
+                                      _failed(report["checks"]), report["actions"])
         print(json.dumps(report, indent=1))
         sys.exit(0 if report["checks"]["ok"] else 1)
     failures = []
     finished = 0
 
     def one(seed: int) -> dict[str, Any] | None:
-        command = ["--scenario", args.scenario, "--terminals", str(args.terminals), "--seed", str(seed)]
-        # Each seed in a fresh process, exactly as its repro command runs it (nothing carried over).
-        done = subprocess.run([sys.executable, __file__, *command], capture_output=True, text=True, check=False)
-        if done.returncode == 0:
-            return None
-        return {"seed": seed, "repro": "python simulations/partition.py " + " ".join(command),
-                "failed": _failed_checks(done.stdout) or done.stderr.strip().splitlines()[-1:]}
+        attempt = Attempt(args.scenario, args.terminals, seed, args.inject, args.ops)
+        failed, actions = attempt.run()
+        return None if failed is None else {"seed": seed, "repro": attempt.command(), "failed": failed,
+                                            "actions": actions}
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for failure in pool.map(one, range(args.seed, args.seed + args.sweep)):
@@ -632,9 +722,82 @@ def main() -> None:
             bar = "#" * finished + "." * (args.sweep - finished)
             print(f"\r[{bar}] {finished}/{args.sweep} failed {len(failures)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
+    if args.shrink:
+        for failure in failures:
+            attempt = Attempt(args.scenario, args.terminals, failure["seed"], args.inject, args.ops)
+            failure["shrunk"] = shrink(attempt, failure["failed"], failure["actions"] or None)
     print(json.dumps({"scenario": args.scenario, "terminals": args.terminals, "seeds": args.sweep,
-                      "first_seed": args.seed, "failed": failures}, indent=1))
+                      "first_seed": args.seed, **({"injected": args.inject} if args.inject else {}),
+                      "failed": failures}, indent=1))
     sys.exit(1 if failures else 0)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One run as its own command (a fresh process, exactly as its repro command runs it)."""
+
+    scenario: str
+    terminals: int
+    seed: int
+    inject: str | None = None
+    ops: int | None = None
+
+    def command(self) -> str:
+        return "python simulations/partition.py " + " ".join(self._args())
+
+    def _args(self) -> list[str]:
+        args = ["--scenario", self.scenario, "--terminals", str(self.terminals), "--seed", str(self.seed)]
+        if self.inject:
+            args += ["--inject", self.inject]
+        if self.ops is not None:
+            args += ["--ops", str(self.ops)]
+        return args
+
+    def run(self) -> tuple[list[str] | None, int]:
+        """``(failed checks, staff actions)``: ``None`` when it passed; a crash's last stderr line
+        stands for its failed checks."""
+        done = subprocess.run([sys.executable, __file__, *self._args()], capture_output=True, text=True,
+                              check=False)
+        try:
+            report = json.loads(done.stdout)
+        except ValueError:
+            return done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"], 0
+        return (None if done.returncode == 0 else _failed(report["checks"])), report["actions"]
+
+
+def shrink(failing: Attempt, failed: list[str], actions: int | None = None) -> dict[str, Any]:
+    """The smallest run that fails the same way (a check among ``failed`` fails again): the
+    fewest terminals, tried from 3 up with the same seed; then the shortest prefix of its staff's
+    actions, bisected with ``--ops``.  Each try is its own process; the answer is a repro command."""
+    tries = 0
+
+    def fails(attempt: Attempt) -> tuple[bool, int]:
+        nonlocal tries
+        tries += 1
+        print(f"\rshrinking seed {attempt.seed}: {attempt.terminals} terminals, ops {attempt.ops} ...",
+              end=" " * 10, file=sys.stderr, flush=True)
+        got, done = attempt.run()
+        return got is not None and bool(set(got) & set(failed)), done
+
+    best = failing
+    for n in range(3, failing.terminals):
+        candidate = Attempt(failing.scenario, n, failing.seed, failing.inject, failing.ops)
+        failed_too, done = fails(candidate)
+        if failed_too:
+            best, actions = candidate, done
+            break
+    if actions is None:
+        _, actions = fails(best)
+    low, high = 0, actions if best.ops is None else min(actions, best.ops)  # high fails, low is not known to
+    while high - low > 1:
+        middle = (low + high) // 2
+        if fails(Attempt(best.scenario, best.terminals, best.seed, best.inject, middle))[0]:
+            high = middle
+        else:
+            low = middle
+    best = Attempt(best.scenario, best.terminals, best.seed, best.inject, high)
+    print(file=sys.stderr)
+    return {"terminals": best.terminals, "ops": high, "tries": tries, "repro": best.command()}
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -680,11 +843,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _failed_checks(stdout: str) -> list[str]:
-    try:
-        checks = json.loads(stdout)["checks"]
-    except (ValueError, KeyError):
-        return []
+def _failed(checks: dict[str, Any]) -> list[str]:
     return [name for name, c in checks.items() if name != "ok" and not _passed(c)]
 
 

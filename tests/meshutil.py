@@ -184,3 +184,17 @@ async def _send(stream: Any, actions: list[Any]) -> None:
     for action in actions:
         if isinstance(action, Send):
             await stream.send(action.data)
+
+
+def handhelds_kept_up_through_the_wired_boxes(report: dict[str, Any]) -> None:
+    """In a ``wifi-client-isolation`` report (simulations/partition.py or netns.py): while
+    isolated, every handheld fell behind the others' writes and caught up on them more than once
+    - through the POS terminals' and the KDS's state-vector exchange, the only way the other
+    handhelds' writes could reach it - instead of only at the final heal."""
+    at = {e["event"]: e["t"] for e in report["events"] if e["event"] in ("isolate", "heal")}
+    during = [m for t, m in report["timeline"]["divergence"] if at["isolate"] + 1 < t < at["heal"]]
+    for tid in (tid for tid, kind in report["terminals"].items() if kind == "waiter"):
+        missing = [m[tid] for m in during if tid in m]
+        caught_up = sum(1 for before, now in zip(missing, missing[1:], strict=False)
+                        if before >= 5 and now <= before / 2)
+        assert caught_up >= 2, (tid, missing)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.meshutil import handhelds_kept_up_through_the_wired_boxes
+
 SIM = Path(__file__).resolve().parent.parent / "simulations" / "partition.py"
 sys.path.insert(0, str(SIM.parent))
 import partition  # noqa: E402
@@ -31,6 +33,10 @@ def test_scenario_holds_its_checks(scenario: str) -> None:
         assert report["payments"]["provisional"] > 0, report["payments"]
     if scenario == "lunch-rush-kitchen-split":  # the kitchen really fell behind, then caught up
         assert report["peak_missing_updates"] > 50
+    if scenario == "wifi-client-isolation":
+        handhelds_kept_up_through_the_wired_boxes(report)
+    if scenario == "flapping-wifi":  # the lossy radio was on: the report says so
+        assert any(e["event"] == "radio" and e["loss"] > 0 for e in report["events"])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,3 +70,32 @@ def test_the_plot_draws_the_timeline(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
     timeline = json.loads(done.stdout)["timeline"]
     assert timeline["writes"] and timeline["divergence"]
+
+
+@pytest.mark.parametrize("fault", sorted(partition.FAULTS))
+def test_each_planted_bug_is_caught_by_its_check(fault: str) -> None:
+    """An acknowledged write that was not done - stock move, order stage, payment - fails the
+    check that watches for it, and only that one: the checkers can fail, and say where."""
+    report = partition.run("cashier-isolated", 5, 2, fault)
+    checks = report["checks"]
+    assert not checks["ok"]
+    assert [name for name, c in checks.items() if name != "ok" and not partition._passed(c)] == [
+        partition.FAULTS[fault].catches], json.dumps(checks, indent=1)
+    assert [e["fault"] for e in report["events"] if e["event"] == "fault"] == [fault]
+
+
+def test_a_failing_run_shrinks_to_the_shortest_that_still_fails() -> None:
+    """A sweep with ``--shrink`` turns a failing seed into the fewest terminals and staff
+    actions that still fail the same check; one action fewer passes."""
+    done = _cli("--scenario", "cashier-isolated", "--terminals", "5", "--seed", "2", "--sweep", "1",
+                "--inject", "lose-stock-move", "--shrink")
+    assert done.returncode == 1, done.stderr[-2000:]
+    [failure] = json.loads(done.stdout)["failed"]
+    assert failure["failed"] == ["stock_equals_acknowledged_moves"]
+    shrunk = failure["shrunk"]
+    assert shrunk["terminals"] < 5 and 0 < shrunk["ops"] < failure["actions"], failure
+    again = _cli(*shrunk["repro"].split()[2:])
+    assert again.returncode == 1
+    assert partition._failed(json.loads(again.stdout)["checks"]) == ["stock_equals_acknowledged_moves"]
+    one_fewer = shrunk["repro"].replace(f"--ops {shrunk['ops']}", f"--ops {shrunk['ops'] - 1}")
+    assert _cli(*one_fewer.split()[2:]).returncode == 0

@@ -23,7 +23,7 @@ from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
 from peer.mesh import EAGER_CAP
-from peer.transport import MemoryNetwork
+from peer.transport import RTO_SECONDS, MemoryNetwork, Radio
 from tests.meshutil import ITEM, enroll, fingerprint
 
 IDS = ["pos-1", "pos-2", "kds-1"]
@@ -54,7 +54,7 @@ async def _terminals(tmp: Path, seed: int, net: MemoryNetwork) -> AsyncIterator[
 
 
 async def _run(tmp: Path, seed: int, timeline: list[tuple[float, str]]) -> dict[str, Any]:
-    net = MemoryNetwork(latency=0.002)
+    net = MemoryNetwork(latency=2**-9)  # binary fractions: the second run, later on the clock, adds up exactly alike
     start = anyio.current_time()
 
     def mark(what: str) -> None:
@@ -65,7 +65,7 @@ async def _run(tmp: Path, seed: int, timeline: list[tuple[float, str]]) -> dict[
         async def until(done: Any, what: str) -> None:
             with anyio.fail_after(60):
                 while not done():  # noqa: ASYNC110 - virtual time: polling costs nothing real
-                    await anyio.sleep(0.01)
+                    await anyio.sleep(2**-7)
             mark(what)
 
         def same() -> bool:
@@ -184,3 +184,125 @@ async def test_a_new_terminal_catches_up_once_not_once_per_peer(tmp_path: Path,
     monkeypatch.setattr(mesh_module, "CATCH_UP_WAIT", 0.0)  # every link asks at once, as before
     twice = await _catch_up_bytes(tmp_path / "twice", 3)
     assert twice[1] > twice[0] / 2, twice  # the control: without it both peers send everything
+
+
+# -- the network itself ------------------------------------------------------------------------------
+
+
+async def _pair(net: MemoryNetwork, a: str, b: str) -> tuple[Any, Any]:
+    """A connection from ``a`` to ``b``: (a's end, b's end)."""
+    accepted: list[Any] = []
+
+    async def handler(stream: Any, remote: str) -> None:
+        accepted.append(stream)
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(net.transport(b, 7000).serve, handler)
+        await anyio.lowlevel.checkpoint()
+        mine = await net.transport(a, 7000).connect(b, 7000)
+        await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()
+    return mine, accepted[0]
+
+
+async def _arrivals(net: MemoryNetwork, count: int, spacing: float = 0.0) -> list[tuple[float, bytes]]:
+    """Send ``count`` messages from ``wifi`` to ``wired``, ``spacing`` seconds apart; how long
+    each took (from its sending to its arrival) and what arrived, in order."""
+    mine, theirs = await _pair(net, "wifi", "wired")
+    start = anyio.current_time()
+
+    async def send() -> None:
+        for k in range(count):
+            if spacing:
+                await anyio.sleep_until(start + k * spacing)
+            await mine.send(b"%d" % k)
+        if not spacing:
+            assert anyio.current_time() - start < 0.001  # the sender does not wait for the wire
+
+    got = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send)
+        for k in range(count):
+            message = await theirs.receive()
+            got.append((round(anyio.current_time() - start - k * spacing, 9), message))  # clock-offset noise off
+    return got
+
+
+@pytest.mark.anyio
+async def test_messages_are_in_flight_together_and_arrive_in_order() -> None:
+    got = await _arrivals(MemoryNetwork(latency=0.01), 50)
+    assert [m for _, m in got] == [b"%d" % k for k in range(50)]
+    assert all(abs(t - 0.01) < 1e-6 for t, _ in got), got[:3]  # 50 messages, one latency
+
+
+@pytest.mark.anyio
+async def test_a_lossy_radio_delays_what_follows_a_lost_segment_and_keeps_the_order() -> None:
+    def lossy(seed: int) -> MemoryNetwork:
+        return MemoryNetwork(latency=0.001, radios={"wifi": Radio(jitter=0.02, loss=0.05)}, rng=random.Random(seed))
+
+    got = await _arrivals(lossy(5), 200, spacing=0.05)
+    assert [m for _, m in got] == [b"%d" % k for k in range(200)]  # TCP delivers in order
+    took = [t for t, _ in got]
+    assert max(took) >= 0.001 + RTO_SECONDS  # some segment was lost and sent again ...
+    arrived = [t + k * 0.05 for k, t in enumerate(took)]
+    late = [k for k, t in enumerate(took) if t > 0.021]  # later than latency + jitter
+    held = [k for k in late if took[k] < RTO_SECONDS]  # not lost itself: stuck behind a lost one
+    assert held and all(abs(arrived[k] - arrived[k - 1]) < 1e-9 for k in held)
+    assert len(late) < len(took) / 2, late
+    assert len({round(t, 4) for t in took if t <= 0.021}) > 50  # jitter: each its own delay
+    assert await _arrivals(lossy(5), 200, spacing=0.05) == got  # the same seed, the same arrivals
+    assert await _arrivals(lossy(6), 200, spacing=0.05) != got
+
+
+@pytest.mark.anyio
+async def test_a_receiver_cancelled_while_a_message_is_in_flight_gets_it_on_its_next_call() -> None:
+    mine, theirs = await _pair(MemoryNetwork(latency=1.0), "a", "b")
+    await mine.send(b"first")
+    await mine.send(b"second")
+    with anyio.move_on_after(0.5):
+        await theirs.receive()
+        pytest.fail("arrived before its latency")
+    assert await theirs.receive() == b"first"
+    assert await theirs.receive() == b"second"
+
+
+@pytest.mark.anyio
+async def test_client_isolation_cuts_isolated_hosts_from_each_other_only() -> None:
+    net = MemoryNetwork()
+    net.isolate({"w1", "w2"})
+    assert not net.connected("w1", "w2") and net.connected("w1", "pos") and net.connected("pos", "w2")
+
+    async def serve(stream: Any, remote: str) -> None:
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(net.transport("w2", 7000).serve, serve)
+        await anyio.lowlevel.checkpoint()
+        with pytest.raises(OSError, match="does not answer"):
+            await net.transport("w1", 7000).connect("w2", 7000)
+        await net.transport("pos", 7000).connect("w2", 7000)
+        net.heal()
+        await net.transport("w1", 7000).connect("w2", 7000)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_isolated_handhelds_get_each_others_writes_through_a_wired_terminal(tmp_path: Path) -> None:
+    """host-1 and host-2 cannot reach each other, both reach host-0: what host-1 writes reaches
+    host-2 through host-0's state-vector exchange (not forwarded as it happens: within one
+    anti-entropy round), without a link between the two."""
+    net = MemoryNetwork(latency=0.002)
+    net.isolate({"host-1", "host-2"})
+    async with _terminals(tmp_path, 4, net) as ts:
+        with anyio.fail_after(60):
+            while not (len(ts[0].mesh.links) == 2 and ts[1].mesh.links and ts[2].mesh.links):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        order = await ts[1].create_order(table=None, waiter="ana", items=[ITEM])
+        written = anyio.current_time()
+        with anyio.fail_after(mesh_module.ANTI_ENTROPY_SECONDS * 1.2 + 1):
+            while not any(o["id"] == order["id"] for o in await ts[2].list_orders()):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        took = anyio.current_time() - written
+        assert took > 0.1  # not directly: host-2 learnt it at host-0's next exchange
+        assert len(ts[1].mesh.links) == len(ts[2].mesh.links) == 1
