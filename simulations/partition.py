@@ -788,7 +788,10 @@ def shrink(failing: Attempt, failed: list[str], actions: int | None = None) -> d
             break
     if actions is None:
         _, actions = fails(best)
-    low, high = 0, actions if best.ops is None else min(actions, best.ops)  # high fails, low is not known to
+    if not actions:  # it crashed before reporting: no action count to bisect
+        print(file=sys.stderr)
+        return {"terminals": best.terminals, "ops": best.ops, "tries": tries, "repro": best.command()}
+    low, high = 0, actions if best.ops is None else min(actions, best.ops)  # high fails; low is taken to pass
     while high - low > 1:
         middle = (low + high) // 2
         if fails(Attempt(best.scenario, best.terminals, best.seed, best.inject, middle))[0]:
