@@ -3,7 +3,7 @@
 The mesh speaks TLS and WebSocket over whatever byte stream a transport hands it; the transport
 only listens and connects.  :class:`TcpTransport` is the product's (a bound socket).
 :class:`MemoryNetwork` joins terminals running in one process - the same TLS, framing, sync and
-cashier code - with links that can be cut and healed (a Wi-Fi split: bytes vanish, nobody is
+cashier code - with links that can be cut and healed (a Wi-Fi split: nothing crosses, nobody is
 told, heartbeats notice), a Wi-Fi access point's client isolation, and per-message latency,
 jitter and loss.  It makes no system calls, so under a virtual clock a run depends only on its
 seed (the partition simulator's network).
@@ -80,7 +80,10 @@ class _Pipe(ByteStream):
 
     A message is stamped with the time it arrives and the receiver waits for that time, so the
     sender never waits (messages are in flight together, as on a wire) and the stream stays in
-    order (a message never arrives before the one sent ahead of it, as TCP delivers).
+    order (a message never arrives before the one sent ahead of it, as TCP delivers).  Nothing
+    crosses a cut, not even the close of a connection: it arrives once the two hosts reach each
+    other again, as TCP's retransmissions would bring it - unless a side gave up on the
+    connection meanwhile (the links' heartbeats do, after 3.5 s of silence).
     """
 
     def __init__(self, network: MemoryNetwork, me: str, peer: str,
@@ -93,23 +96,34 @@ class _Pipe(ByteStream):
 
     async def send(self, item: bytes) -> None:
         await anyio.lowlevel.checkpoint()
-        if not self._network.connected(self._me, self._peer):
-            return  # cut: the bytes vanish without an error, as on a dead Wi-Fi link
         now = anyio.current_time()
         self._last_arrival = max(self._last_arrival, now + self._network.delay(self._me, self._peer))
         try:
             self._send.send_nowait((self._last_arrival, bytes(item)))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            raise anyio.BrokenResourceError from None
+            if self._network.connected(self._me, self._peer):
+                raise anyio.BrokenResourceError from None
+            # The peer closed, but across a cut no reset reaches this side: like a box on a dead
+            # Wi-Fi link, it learns from its own heartbeats.
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if self._next is None:
-            self._next = await self._receive.receive()  # EndOfStream once the peer closed its side
+            try:
+                self._next = await self._receive.receive()
+            except anyio.EndOfStream:
+                await self._until_connected()  # the peer's close crosses a cut no sooner than its data
+                raise
         arrives, data = self._next
         if arrives > anyio.current_time():
             await anyio.sleep_until(arrives)  # a reader cancelled here finds the message on its next call
+        await self._until_connected()
         self._next = None
         return data
+
+    async def _until_connected(self) -> None:
+        # A poll on purpose: TCP retries on its timer, it is not told of the heal.
+        while not self._network.connected(self._peer, self._me):  # noqa: ASYNC110
+            await anyio.sleep(RTO_SECONDS)
 
     async def send_eof(self) -> None:
         self._send.close()
@@ -171,12 +185,12 @@ class MemoryNetwork:
         """One message's time from ``a`` to ``b``: the latency, both radios' jitter, and the
         retransmission timeouts of its lost copies."""
         delay = self.latency
-        rto = RTO_SECONDS
         for radio in (self.radios.get(a), self.radios.get(b)):
             if radio is None:
                 continue
             if radio.jitter:
                 delay += self.rng.uniform(0.0, radio.jitter)
+            rto = RTO_SECONDS
             while radio.loss and self.rng.random() < radio.loss and rto <= 60.0:
                 delay += rto
                 rto *= 2

@@ -42,14 +42,6 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def bridge(*args: str, netns: str) -> None:
-    """iproute2's ``bridge`` inside namespace ``netns``."""
-    done = subprocess.run(["ip", "netns", "exec", netns, "bridge", *args], capture_output=True, text=True,
-                          check=False, timeout=20)
-    if done.returncode != 0:
-        raise RuntimeError(f"bridge {' '.join(args)}: {done.stderr.strip()}")
-
-
 def sweep_leftovers() -> list[str]:
     """Remove namespaces of lab runs whose process is gone (a killed run leaves them); their names."""
     listed = ip("netns", "list", check=False).stdout
@@ -109,7 +101,7 @@ class Lan:
     def __init__(self) -> None:
         if os.geteuid() != 0:
             raise LabUnavailable("network namespaces need root")
-        for tool in ("ip", "bridge", "curl"):
+        for tool in ("ip", "curl"):
             if shutil.which(tool) is None:
                 raise LabUnavailable(f"{tool!r} is not installed")
         sweep_leftovers()
@@ -154,15 +146,15 @@ class Lan:
     def isolate(self, hosts: list[Host]) -> None:
         """Client isolation (what a Wi-Fi access point does for its guests): ``hosts``' switch
         ports become isolated bridge ports, which forward only to and from ports that are not
-        (``bridge link set ... isolated on``; multicast included, so no mDNS between them)."""
+        (the bridge port's ``isolated`` flag; multicast included, so no mDNS between them)."""
         for host in hosts:
-            bridge("link", "set", "dev", host.port, "isolated", "on", netns=self.switch)
+            ip("-n", self.switch, "link", "set", "dev", host.port, "type", "bridge_slave", "isolated", "on")
 
     def heal(self) -> None:
         """Every host back on the main switch, every port up, none isolated."""
         for host in self.hosts:
             ip("-n", self.switch, "link", "set", host.port, "master", "br0")
-            bridge("link", "set", "dev", host.port, "isolated", "off", netns=self.switch)
+            ip("-n", self.switch, "link", "set", "dev", host.port, "type", "bridge_slave", "isolated", "off")
             host.plug()
 
     def close(self) -> None:

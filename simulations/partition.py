@@ -725,7 +725,7 @@ def main() -> None:
     if args.shrink:
         for failure in failures:
             attempt = Attempt(args.scenario, args.terminals, failure["seed"], args.inject, args.ops)
-            failure["shrunk"] = shrink(attempt, failure["failed"], failure["actions"] or None)
+            failure["shrunk"] = shrink(attempt, failure["failed"], failure["actions"])
     print(json.dumps({"scenario": args.scenario, "terminals": args.terminals, "seeds": args.sweep,
                       "first_seed": args.seed, **({"injected": args.inject} if args.inject else {}),
                       "failed": failures}, indent=1))
@@ -791,7 +791,7 @@ def shrink(failing: Attempt, failed: list[str], actions: int | None = None) -> d
     if not actions:  # it crashed before reporting: no action count to bisect
         print(file=sys.stderr)
         return {"terminals": best.terminals, "ops": best.ops, "tries": tries, "repro": best.command()}
-    low, high = 0, actions if best.ops is None else min(actions, best.ops)  # high fails; low is taken to pass
+    low, high = -1, actions if best.ops is None else min(actions, best.ops)  # high fails; low = -1 stands for "passes"
     while high - low > 1:
         middle = (low + high) // 2
         if fails(Attempt(best.scenario, best.terminals, best.seed, best.inject, middle))[0]:

@@ -57,7 +57,7 @@ def test_one_seed_is_one_run() -> None:
 
 @pytest.mark.parametrize("scenario", sorted(partition.SCENARIOS))
 def test_short_sweep_of_eight_terminals(scenario: str) -> None:
-    """CI's sweep: 4 seeds x 8 terminals per scenario (20 runs), two at a time."""
+    """CI's sweep: 4 seeds x 8 terminals per scenario (24 runs), two at a time."""
     done = _cli("--scenario", scenario, "--terminals", "8", "--seed", "100", "--sweep", "4", "--jobs", "2")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert json.loads(done.stdout)["failed"] == [] and "4/4 failed 0" in done.stderr
