@@ -342,12 +342,18 @@ async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: P
                 if tid not in r.up:
                     await world.restart(tid)
             healed = world.now()
-            await until(world.settled, "converged after the final heal", SETTLE_SECONDS)
-            world.mark("converged")
-            converged_after = round(world.now() - healed, 3)
+            converged_after: float | None = None
+            try:
+                await until(world.settled, "converged after the final heal", SETTLE_SECONDS)
+                world.mark("converged")
+                converged_after = round(world.now() - healed, 3)
+            except TimeoutError:
+                world.mark("not converged", within_s=SETTLE_SECONDS)
             tg.cancel_scope.cancel()
         observed = [await r.boxes[tid].observe(world.drawers) for tid in ids]
-        checks = check(world.work.tally, observed, world.drawers)
+        missing = missing_updates(await r.each(lambda b: b.state_vectors()))
+        checks = check(world.work.tally, observed, world.drawers, converged=converged_after is not None,
+                       missing=missing)
     marks = [e for e in world.timeline if e["event"] != "divergence"]
     samples = [(e["t"], e["missing"]) for e in world.timeline if e["event"] == "divergence"]
     return {

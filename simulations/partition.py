@@ -13,6 +13,7 @@ not), skews a clock; a restaurant workload runs meanwhile (orders through their 
 kitchen statuses, table turns, stock moves, payments - provisional ones when a POS is cut off).
 After the final heal the checkers run (docs/simulations.md):
 
+* converged within SETTLE_SECONDS (else the other checks run anyway, on what is there);
 * every document identical on every terminal;
 * no acknowledged write lost (orders, their stages, stock moves, payments);
 * every stock counter equals the initial count plus all acknowledged adjustments;
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import random
 import subprocess
@@ -100,26 +102,35 @@ class Tally:
 
 @dataclass(frozen=True)
 class Fault:
-    """A bug planted on purpose (``--inject NAME``): the ``nth`` call of a terminal's ``method``,
-    counted over the whole run, is acknowledged and not done - the write the checkers exist to
-    catch.  tests/test_partition.py proves each checker catches its fault, and ``--shrink`` finds
-    the shortest run that still shows it."""
+    """A bug planted on purpose (``--inject NAME``): the ``nth`` call of a terminal's ``method``
+    (a dotted path from the :class:`Terminal`), counted over the whole run, is answered as if
+    done and not done - or, ``lasting``, that call and every one after it.  These are the
+    failures the checkers exist to catch: tests/test_partition.py proves each is caught by the
+    checks it names, and ``--shrink`` finds the shortest run that still shows it."""
 
     name: str
     about: str
-    method: str  # a Terminal method, or "pay" (its cashier's)
+    method: str
     nth: int
-    catches: str  # the check that must fail
+    catches: tuple[str, ...]  # the checks that must fail, and only they
     only: str | None = None  # count only the calls with this argument
+    on: str | None = None  # only on terminals of this type
+    lasting: bool = False
+    answer: Any = None  # what the call that was not done returns
 
+
+_COMMITTED = {"entry": {"status": "committed"}}  # what a payment that was not recorded answers
 
 FAULTS = {f.name: f for f in [
     Fault("lose-stock-move", "the 25th stock move is acknowledged and not written", "adjust_stock", 25,
-          "stock_equals_acknowledged_moves"),
+          ("stock_equals_acknowledged_moves",), answer={}),
     # "sent": no later step of the workload sends the order again, which would write the stage after all
     Fault("lose-order-stage", "the 10th order sent to the kitchen is acknowledged and not written",
-          "set_order_status", 10, "no_acknowledged_write_lost", only="sent"),
-    Fault("lose-payment", "the 3rd payment is acknowledged as committed and not recorded", "pay", 3, "cashier"),
+          "set_order_status", 10, ("no_acknowledged_write_lost",), only="sent", answer={}),
+    Fault("lose-payment", "the 3rd payment is acknowledged as committed and not recorded", "cashier.pay", 3,
+          ("cashier",), answer=_COMMITTED),
+    Fault("deaf-kitchen", "from its 100th batch on, the KDS drops what its peers send it (a sync bug)",
+          "host.apply_remote", 100, ("converged", "documents_identical"), on="kds", lasting=True),
 ]}
 
 
@@ -270,9 +281,14 @@ class Workload:
                 "provisional_because": dict(sorted(t.provisional_why.items()))}
 
 
-def check(tally: Tally, observed: list[dict[str, Any]], drawers: list[str]) -> dict[str, Any]:
-    """The checkers, on every terminal's :meth:`Box.observe` after the final heal."""
-    checks: dict[str, Any] = {}
+def check(tally: Tally, observed: list[dict[str, Any]], drawers: list[str], *, converged: bool,
+          missing: dict[str, int]) -> dict[str, Any]:
+    """The checkers, on every terminal's :meth:`Box.observe` after the final heal - or after
+    :data:`SETTLE_SECONDS` without convergence (``converged`` false; ``missing``: the CRDT
+    updates each terminal still lacks), so such a run reports what is wrong instead of only
+    timing out."""
+    lacking = {tid: m for tid, m in missing.items() if m}
+    checks: dict[str, Any] = {"converged": {"ok": converged, "missing_updates": lacking}}
     first = observed[0]
     checks["documents_identical"] = all({k: o[k] for k in ("orders", "tables", "stock")}
                                         == {k: first[k] for k in ("orders", "tables", "stock")} for o in observed)
@@ -388,7 +404,8 @@ class Simulation:
         self._stops[tid], self._stopped[tid] = anyio.Event(), anyio.Event()
         started = anyio.Event()
         peers = [f"{self.host(other)}:{PORT}" for other, _ in self.kinds if other != tid]
-        config = TerminalConfig(data_dir=self.root / tid, terminal_id=tid, api_port=0, mdns=False, peers=peers)
+        config = TerminalConfig(data_dir=self.root / tid, terminal_id=tid, type=dict(self.kinds)[tid], api_port=0,
+                                mdns=False, peers=peers)
         terminal = Terminal(config, clock=self.clock_of(tid), transport=self.net.transport(self.host(tid), PORT),
                             storage_threads=False, rng=random.Random(self.rng.getrandbits(64)))
 
@@ -407,23 +424,32 @@ class Simulation:
         await started.wait()
 
     def _plant(self, t: Terminal) -> None:
-        """Arm :attr:`fault` on ``t``: its ``nth`` call in the run answers as if done, does nothing."""
+        """Arm :attr:`fault` on ``t`` (again after a restart: the count goes on)."""
         fault = self.fault
-        if fault is None:
+        if fault is None or (fault.on is not None and t.config.type != fault.on):
             return
-        owner: Any = t.cashier if fault.method == "pay" else t
-        real = getattr(owner, fault.method)
+        *path, name = fault.method.split(".")
+        owner: Any = t
+        for step in path:
+            owner = getattr(owner, step)
+        real = getattr(owner, name)
 
-        async def faulty(*args: Any, **kwargs: Any) -> Any:
+        def hit(args: tuple[Any, ...]) -> bool:
             if fault.only is not None and fault.only not in args:
-                return await real(*args, **kwargs)
+                return False
             self._fault_calls += 1
-            if self._fault_calls != fault.nth:
-                return await real(*args, **kwargs)
-            self.mark("fault", fault=fault.name, terminal=t.config.terminal_id)
-            return {"entry": {"status": "committed", "op_id": kwargs.get("op_id")}}
+            if self._fault_calls == fault.nth:
+                self.mark("fault", fault=fault.name, terminal=t.config.terminal_id)
+            return self._fault_calls == fault.nth or (fault.lasting and self._fault_calls > fault.nth)
 
-        setattr(owner, fault.method, faulty)
+        if inspect.iscoroutinefunction(real):
+            async def faulty(*args: Any, **kwargs: Any) -> Any:
+                return fault.answer if hit(args) else await real(*args, **kwargs)
+        else:
+            def faulty(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+                return fault.answer if hit(args) else real(*args, **kwargs)
+
+        setattr(owner, name, faulty)
 
     async def crash(self, tid: str) -> None:
         """Stop a terminal: its data directory stays, its memory (holds, links, leases) is gone."""
@@ -642,10 +668,15 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault |
             if tid not in sim.terminals:
                 await sim.restart(tid)
         healed = sim.now()
-        await sim.until(sim.settled, "converged")
-        converged_after = round(sim.now() - healed, 3)
+        converged_after: float | None = None
+        try:
+            await sim.until(sim.settled, "converged")
+            converged_after = round(sim.now() - healed, 3)
+        except TimeoutError:
+            sim.mark("not converged", within_s=SETTLE_SECONDS)
         observed = [await TerminalBox(t).observe(sim.drawers) for t in sim.terminals.values()]
-        checks = check(sim.work.tally, observed, sim.drawers)
+        checks = check(sim.work.tally, observed, sim.drawers, converged=converged_after is not None,
+                       missing=sim.divergence())
         state = json.dumps(observed[0], sort_keys=True, default=str)
         for tid in list(sim.terminals):
             await sim.stop(tid)
