@@ -472,6 +472,7 @@ class Terminal:
                 "pending_updates": self.store.pending_per_doc.get(name, 0),
                 "read_only": model.read_only,
                 "state_vector": {str(k): v for k, v in sorted(decode_state_vector(state).items())},
+                "last_peer_update_at": self.host.last_peer_update_at.get(name),
             }
         return {
             "terminal_id": self.config.terminal_id, "type": self.config.type,

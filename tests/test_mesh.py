@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import peer.mesh
+from meshpos.clock import iso
 from meshpos.errors import (
     ALREADY_CONNECTED,
     AUTHENTICATION_FAILED,
@@ -99,6 +100,21 @@ async def test_remote_updates_are_durable_and_emit_the_same_events(authority: Au
         assert remote[-1][1]["item"]["quantity"] == 10
         rows = await b.store._read("SELECT origin FROM updates WHERE doc = 'inventory'")
         assert ("peer:pos-1",) in rows  # stored through the same durable path, marked with its source
+
+
+async def test_status_says_when_a_peer_last_changed_each_document(authority: Authority, tmp_path: Path) -> None:
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2"])) as (a, b):
+        before = iso(b.clock())
+        assert (await b.status())["documents"]["inventory"]["last_peer_update_at"] is None
+        await a.put_product("burger", **PRODUCT)
+        await converged([a, b])
+        heard = (await b.status())["documents"]["inventory"]["last_peer_update_at"]
+        assert heard is not None and before <= heard <= iso(b.clock())
+        assert (await a.status())["documents"]["inventory"]["last_peer_update_at"] is None  # its own write
+        await b.adjust_stock("burger", 1, "delivery")  # b's own write does not move it
+        await converged([a, b])
+        assert (await b.status())["documents"]["inventory"]["last_peer_update_at"] == heard
+        assert (await a.status())["documents"]["inventory"]["last_peer_update_at"] is not None
 
 
 async def test_concurrent_stock_adjustments_on_every_terminal_sum_exactly(authority: Authority, tmp_path: Path) -> None:

@@ -107,3 +107,5 @@ def test_heal_benchmark_reports_convergence(tmp_path: Path) -> None:
     assert all(m > 0 for m in result["missing_per_terminal_before_heal"].values())  # really apart
     assert 0 < result["first_link_back_s"] <= result["all_links_back_s"]
     assert result["converged_after_heal_s"] > 0
+    # each terminal's own record of its last peer update comes before the poll that found it converged
+    assert all(0 < t <= result["seen_by_poll_s"] + 0.01 for t in result["converged_per_terminal_s"].values())

@@ -101,6 +101,9 @@ class DocumentHost:
         self._update_listeners: list[Callable[[str, bytes, str, Ticket], None]] = []
         #: The newest storage ticket per document: :meth:`settled` waits for it.
         self._last_ticket: dict[str, Ticket] = {}
+        #: When a peer's update last changed each document (UTC ISO-8601): a monitor's "last
+        #: heard from the mesh", and how a benchmark times convergence without polling hard.
+        self.last_peer_update_at: dict[str, str] = {}
         self._reload_lock = anyio.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -230,6 +233,8 @@ class DocumentHost:
                     error = exc
                     break
         ticket = self._finish(hosted, origin, None)
+        if ticket is not None:
+            self.last_peer_update_at[name] = iso(self.clock())
         if error is not None:
             raise error
         return ticket
