@@ -21,7 +21,7 @@ import anyio
 
 from meshpos.cashier.service import Cashier
 from meshpos.clock import BusinessCalendar, Clock, iso, random_id, system_clock
-from meshpos.config import TerminalConfig
+from meshpos.config import ConfigError, TerminalConfig
 from meshpos.documents import DocumentHost, InventoryDoc, OrdersDoc, TablesDoc
 from meshpos.documents import inventory as inventory_doc
 from meshpos.documents import orders as orders_doc
@@ -80,6 +80,7 @@ class Terminal:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Terminal]:
+        self._check_enrollment()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_data_dir(self.config.data_dir)
         try:
@@ -125,6 +126,20 @@ class Terminal:
                     await self.store.close()
                 finally:
                     lock.close()
+
+    def _check_enrollment(self) -> None:
+        """An enrolled data directory names its terminal: a config that contradicts the
+        certificate is refused before anything is written (``meshpos run`` refuses it too, in
+        :func:`meshpos.config.load_config`; this covers terminals built in code)."""
+        from peer.identity import has_identity, load_identity
+
+        if not has_identity(self.config.data_dir):
+            return
+        identity = load_identity(self.config.data_dir)
+        for name, enrolled in (("terminal_id", identity.terminal_id), ("type", identity.type)):
+            if getattr(self.config, name) != enrolled:
+                raise ConfigError(f"{name} {getattr(self.config, name)!r} contradicts the certificate in "
+                                  f"{self.config.data_dir} ({name} {enrolled!r})")
 
     def _make_mesh(self) -> Mesh | None:
         """The peer links of an enrolled data directory (the socket is bound here, so a port in use

@@ -32,6 +32,8 @@ def enroll(authority: Authority, tmp: Path, ids: list[str], kinds: list[str] | N
 
 
 def config_for(data_dir: Path, terminal_id: str, **kw: Any) -> TerminalConfig:
+    if (data_dir / "terminal.crt").exists():
+        kw.setdefault("type", load_identity(data_dir).type)  # what the terminal was enrolled as
     kw.setdefault("api_port", 0)
     kw.setdefault("mdns", False)  # these meshes are wired by hand; tests/test_discovery.py covers mDNS
     return TerminalConfig(data_dir=data_dir, terminal_id=terminal_id, peer_host="127.0.0.1", peer_port=0, **kw)

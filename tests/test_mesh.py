@@ -16,6 +16,7 @@ from cryptography.x509.oid import NameOID
 
 import peer.mesh
 from meshpos.clock import iso
+from meshpos.config import ConfigError
 from meshpos.errors import (
     ALREADY_CONNECTED,
     AUTHENTICATION_FAILED,
@@ -100,6 +101,18 @@ async def test_remote_updates_are_durable_and_emit_the_same_events(authority: Au
         assert remote[-1][1]["item"]["quantity"] == 10
         rows = await b.store._read("SELECT origin FROM updates WHERE doc = 'inventory'")
         assert ("peer:pos-1",) in rows  # stored through the same durable path, marked with its source
+
+
+@pytest.mark.parametrize("contradiction", [{"type": "kds"}, {"terminal_id": "pos-9"}])
+async def test_a_terminal_built_in_code_that_contradicts_its_certificate_is_refused(
+        authority: Authority, tmp_path: Path, contradiction: dict[str, str]) -> None:
+    [data_dir] = enroll(authority, tmp_path, ["pos-1"])
+    config = config_for(data_dir, contradiction.get("terminal_id", "pos-1"), type=contradiction.get("type", "pos"))
+    name = next(iter(contradiction))
+    with pytest.raises(ConfigError, match=f"{name} .* contradicts the certificate"):
+        async with Terminal(config).running():
+            pytest.fail("started")
+    assert not (data_dir / "meshpos.db").exists()  # refused before anything was written
 
 
 async def test_status_says_when_a_peer_last_changed_each_document(authority: Authority, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from peer.transport import RTO_SECONDS, MemoryNetwork, Radio
 from tests.meshutil import ITEM, enroll, fingerprint, wait_for
 
 IDS = ["pos-1", "pos-2", "kds-1"]
+KINDS = ["pos", "pos", "kds"]
 
 
 @pytest.fixture
@@ -39,13 +40,13 @@ async def _terminals(tmp: Path, seed: int, net: MemoryNetwork) -> AsyncIterator[
     """The :data:`IDS` terminals on ``net`` as ``host-0``, ``host-1``, ..., each dialling all the others."""
     trio._core._run._r.seed(seed)  # trio's own scheduling choices, from the seed  # noqa: SLF001
     authority = Authority.init(tmp / "auth", "Cantina")
-    dirs = enroll(authority, tmp, IDS, ["pos", "pos", "kds"])
+    dirs = enroll(authority, tmp, IDS, KINDS)
     for d in dirs:
         save_roster(d, authority.roster)
     async with AsyncExitStack() as stack:
         ts = []
         for n, (tid, d) in enumerate(zip(IDS, dirs, strict=True)):
-            config = TerminalConfig(data_dir=d, terminal_id=tid, api_port=0, mdns=False,
+            config = TerminalConfig(data_dir=d, terminal_id=tid, type=KINDS[n], api_port=0, mdns=False,
                                     peers=[f"host-{k}:7000" for k in range(len(IDS)) if k != n])
             t = Terminal(config, transport=net.transport(f"host-{n}", 7000), storage_threads=False,
                          rng=random.Random(seed * 100 + n))
@@ -150,12 +151,12 @@ async def _catch_up_bytes(tmp: Path, seed: int) -> list[int]:
     trio._core._run._r.seed(seed)  # noqa: SLF001
     net = MemoryNetwork(latency=0.002)
     authority = Authority.init(tmp / "auth", "Cantina")
-    dirs = enroll(authority, tmp, IDS, ["pos", "pos", "kds"])
+    dirs = enroll(authority, tmp, IDS, KINDS)
     for d in dirs:
         save_roster(d, authority.roster)
 
     def terminal(n: int) -> Terminal:
-        config = TerminalConfig(data_dir=dirs[n], terminal_id=IDS[n], api_port=0, mdns=False,
+        config = TerminalConfig(data_dir=dirs[n], terminal_id=IDS[n], type=KINDS[n], api_port=0, mdns=False,
                                 peers=[f"host-{k}:7000" for k in range(len(IDS)) if k != n])
         return Terminal(config, transport=net.transport(f"host-{n}", 7000), storage_threads=False,
                         rng=random.Random(seed * 100 + n))
