@@ -148,6 +148,13 @@ def _identity_from_certificate(data_dir: Path, values: dict[str, Any], sources: 
         identity = load_identity(data_dir)
     except IdentityError as exc:
         raise ConfigError(f"{data_dir}: {exc}") from None
+    match_certificate(identity, data_dir, values, sources)
+
+
+def match_certificate(identity: Any, data_dir: Path, values: dict[str, Any], sources: dict[str, str]) -> None:
+    """``terminal_id`` and ``type`` from the certificate of ``identity`` (a loaded
+    :class:`peer.identity.TerminalIdentity`): a given value that differs is an error naming its
+    source, a missing one is filled in."""
     for name, enrolled in (("terminal_id", identity.terminal_id), ("type", identity.type)):
         given = values.get(name)
         if given is not None and given != enrolled:

@@ -21,7 +21,7 @@ import anyio
 
 from meshpos.cashier.service import Cashier
 from meshpos.clock import BusinessCalendar, Clock, iso, random_id, system_clock
-from meshpos.config import ConfigError, TerminalConfig
+from meshpos.config import TerminalConfig, match_certificate
 from meshpos.documents import DocumentHost, InventoryDoc, OrdersDoc, TablesDoc
 from meshpos.documents import inventory as inventory_doc
 from meshpos.documents import orders as orders_doc
@@ -35,6 +35,7 @@ from storage.store import Store, StoreError
 
 if TYPE_CHECKING:
     from discovery.mdns import Discovery
+    from peer.identity import TerminalIdentity
     from peer.mesh import Mesh
     from peer.transport import Transport
 
@@ -80,7 +81,7 @@ class Terminal:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Terminal]:
-        self._check_enrollment()
+        identity = self._enrollment()
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_data_dir(self.config.data_dir)
         try:
@@ -102,7 +103,7 @@ class Terminal:
             await self._open_live_days()
             self.cashier = Cashier(self)
             await self.cashier.load()
-            self.mesh, self.discovery = self._make_mesh(), None
+            self.mesh, self.discovery = self._make_mesh(identity), None
             if self.mesh is not None and self.config.mdns:
                 self.discovery = self._make_discovery(self.mesh)
             async with anyio.create_task_group() as tg:
@@ -127,32 +128,31 @@ class Terminal:
                 finally:
                     lock.close()
 
-    def _check_enrollment(self) -> None:
-        """An enrolled data directory names its terminal: a config that contradicts the
-        certificate is refused before anything is written (``meshpos run`` refuses it too, in
-        :func:`meshpos.config.load_config`; this covers terminals built in code)."""
+    def _enrollment(self) -> TerminalIdentity | None:
+        """The data directory's enrollment, ``None`` if it has none.  It names the terminal: a
+        config that contradicts the certificate is refused before anything is written, as
+        ``meshpos run`` refuses it (:func:`meshpos.config.load_config`) - this covers terminals
+        built in code."""
         from peer.identity import has_identity, load_identity
-
-        if not has_identity(self.config.data_dir):
-            return
-        identity = load_identity(self.config.data_dir)
-        for name, enrolled in (("terminal_id", identity.terminal_id), ("type", identity.type)):
-            if getattr(self.config, name) != enrolled:
-                raise ConfigError(f"{name} {getattr(self.config, name)!r} contradicts the certificate in "
-                                  f"{self.config.data_dir} ({name} {enrolled!r})")
-
-    def _make_mesh(self) -> Mesh | None:
-        """The peer links of an enrolled data directory (the socket is bound here, so a port in use
-        stops the start with a clear error)."""
-        from meshpos.server import bind_socket
-        from peer.identity import has_identity, load_identity
-        from peer.link import Limits
-        from peer.mesh import Mesh
-        from peer.transport import TcpTransport
 
         if not has_identity(self.config.data_dir):
             return None
         identity = load_identity(self.config.data_dir)
+        match_certificate(identity, self.config.data_dir,
+                          {"terminal_id": self.config.terminal_id, "type": self.config.type},
+                          {"terminal_id": "TerminalConfig.terminal_id", "type": "TerminalConfig.type"})
+        return identity
+
+    def _make_mesh(self, identity: TerminalIdentity | None) -> Mesh | None:
+        """The peer links of an enrolled data directory (the socket is bound here, so a port in use
+        stops the start with a clear error)."""
+        from meshpos.server import bind_socket
+        from peer.link import Limits
+        from peer.mesh import Mesh
+        from peer.transport import TcpTransport
+
+        if identity is None:
+            return None
         transport = self._transport
         if transport is None:
             try:
