@@ -164,6 +164,8 @@ class Link:
     ended: anyio.Event = field(default_factory=anyio.Event)
     writer_done: anyio.Event = field(default_factory=anyio.Event)
     drained: anyio.Event = field(default_factory=anyio.Event)
+    #: What the last read applied, not yet known durable: (its storage tickets, its frames).
+    unsettled: tuple[list[Any], list[Apply]] | None = None
 
     def push(self, actions: list[Any]) -> list[Any]:
         """Queue the bytes among ``actions`` for the writer; return the rest."""
@@ -792,7 +794,14 @@ class Mesh:
         link.wake.set()
 
     async def _apply(self, link: Link, applies: list[Apply]) -> None:
-        """Apply what one read brought, one transaction (one storage record) per document, durably."""
+        """Apply what one read brought, one transaction (one storage record) per document.
+
+        The records of one read of live updates may still be committing while the next read is
+        applied (they join the same group commit); the read after that waits for them.  So a
+        link has at most two reads' worth in flight, and the frames of many small reads share
+        one fsync.  A read with a step 2 is waited for at once: the catch-up or fetch it ends is
+        over only once it is durable.
+        """
         if not applies:
             return
         by_doc: dict[str, list[Apply]] = {}
@@ -810,10 +819,24 @@ class Mesh:
             except StoreError as exc:
                 error = Closed(INTERNAL_ERROR, f"storage is failing ({exc}); resync later", by_peer=False)
                 break
+        previous, link.unsettled = link.unsettled, ([t for t in tickets if t is not None], applies)
+        if previous is not None:
+            await self._settle(link, *previous)
+        if error is not None or any(a.step2 for a in applies):
+            await self._settle_all(link)  # a catch-up or a fetch is over only once it is durable
+        if error is not None:
+            self._close(link, error.code, error.reason)
+
+    async def _settle_all(self, link: Link) -> None:
+        """Wait until everything ``link`` applied is durable (or refused)."""
+        if link.unsettled is not None:
+            unsettled, link.unsettled = link.unsettled, None
+            await self._settle(link, *unsettled)
+
+    async def _settle(self, link: Link, tickets: list[Any], applies: list[Apply]) -> None:
         for ticket in tickets:
-            if ticket is not None:
-                with contextlib.suppress(StoreError):
-                    await ticket.wait()
+            with contextlib.suppress(StoreError):
+                await ticket.wait()
         for a in applies:
             if a.step2:
                 self._caught_up(link, a.doc)
@@ -822,8 +845,6 @@ class Mesh:
                 pending.discard(link.peer_id)  # type: ignore[arg-type]
                 if not pending:
                     done.set()
-        if error is not None:
-            self._close(link, error.code, error.reason)
 
     async def _control(self, link: Link, message: dict[str, Any]) -> None:
         kind = message["type"]

@@ -211,6 +211,7 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
             elif command == "throughput":
                 updates, expect = arg
                 cpu, began = time.process_time(), time.perf_counter()
+                frames = sum(link.session.updates_in for link in t.mesh.links.values())
 
                 async def writer(count: int) -> None:
                     for _ in range(count):
@@ -222,7 +223,9 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
                 written = time.perf_counter()
                 with anyio.fail_after(600):
                     await seen(expect)
-                conn.send(("throughput", began, written, time.perf_counter(), time.process_time() - cpu))
+                done = time.perf_counter()
+                frames = sum(link.session.updates_in for link in t.mesh.links.values()) - frames
+                conn.send(("throughput", began, written, done, time.process_time() - cpu, frames))
             elif command == "stop":
                 tg.cancel_scope.cancel()
                 return
@@ -269,7 +272,9 @@ def run_mesh_processes(n: int, *, latency_samples: int, interval: float, updates
                        "seconds": round(seconds, 3),
                        "writes_done_after_s": round(max(d[1] for d in done) - min(d[0] for d in done), 3),
                        "cpu_s": round(cpu, 3), "cpu_ms_per_terminal_per_update": round(per_update * 1000, 3),
-                       "updates_per_s_per_terminal_on_one_core": round(1 / per_update)},
+                       "updates_per_s_per_terminal_on_one_core": round(1 / per_update),
+                       # how many of a peer's updates one received frame carried, on average
+                       "updates_per_frame_received": round(written * (n - 1) * n / max(1, sum(d[4] for d in done)), 1)},
     }
 
 
