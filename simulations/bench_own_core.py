@@ -8,20 +8,25 @@ separate boxes, each with its own CPU.  This benchmark gives one real terminal a
 and stands in for its N - 1 peers with *replay peers* on the other core: real enrolled
 identities on real TLS links, speaking the real link protocol, that send orders recorded
 beforehand by real terminals and only drain what the terminal sends them.  A replay peer costs
-a fraction of a terminal, so the terminal under test is the only thing that can fall behind.
+a fraction of a terminal, and runs under ``SCHED_IDLE`` (only when its core has nothing else to
+do), so the terminal under test is the only thing that can fall behind.
 
-* **throughput**: the terminal writes ``--updates`` orders (16 concurrent writers, as in
-  bench_mesh) while each of its N - 1 peers sends as many orders, recorded by a real terminal
+* **throughput**: the terminal writes ``--updates`` orders (rounded down to a multiple of the
+  16 concurrent writers, as in bench_mesh) while each of its N - 1 peers sends as many orders, recorded by a real terminal
   and sent ``--frame-updates`` creates merged per frame (what a terminal's link writer ships
   after a group commit of 16 writers; ``--frame-updates 1`` is the worst case, one frame per
   order).  Updates/s per terminal = ``--updates`` / time until the terminal has all
   N x ``--updates`` orders durable with their events.  In a symmetric mesh every terminal does
   this same work at the same time on its own box, so that is the mesh's rate per terminal.
-* **latency**: a writer terminal (core 0) creates one order every ``--interval`` s; its links
+* **latency**: a writer terminal (first core) creates one order every ``--interval`` s; its links
   are to N - 2 replay peers and, dialled last so its frame leaves last, one receiver terminal
-  (core 1) - the "last other terminal" of a mesh of N.  A sample is the time from the write
+  (second core) - the "last other terminal" of a mesh of N.  A sample is the time from the write
   acknowledged (durable on the writer) to its ``order:created`` event on the receiver (durable
   there too), the quantity bench_mesh measures.
+* **star**, arranged the same way (``--no-star`` skips it; needs the ``[bench]`` extra): the
+  writer client on the first core, the receiver client and n - 2 draining WebSocket clients
+  (``SCHED_IDLE``) on the second; pycrdt-websocket's relay next to the writer, then next to the
+  receiver - both placements are reported.
 
 Needs at least two CPUs (``os.sched_setaffinity``).
 """
