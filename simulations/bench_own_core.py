@@ -11,13 +11,14 @@ beforehand by real terminals and only drain what the terminal sends them.  A rep
 a fraction of a terminal, and runs under ``SCHED_IDLE`` (only when its core has nothing else to
 do), so the terminal under test is the only thing that can fall behind.
 
-* **throughput**: the terminal writes ``--updates`` orders (rounded down to a multiple of the
-  16 concurrent writers, as in bench_mesh) while each of its N - 1 peers sends as many orders, recorded by a real terminal
-  and sent ``--frame-updates`` creates merged per frame (what a terminal's link writer ships
-  after a group commit of 16 writers; ``--frame-updates 1`` is the worst case, one frame per
-  order).  Updates/s per terminal = ``--updates`` / time until the terminal has all
-  N x ``--updates`` orders durable with their events.  In a symmetric mesh every terminal does
-  this same work at the same time on its own box, so that is the mesh's rate per terminal.
+* **throughput**: the terminal writes ``--updates`` orders (rounded down to a multiple of its
+  16 concurrent writers, as in bench_mesh) while each of its N - 1 peers sends as many orders,
+  recorded by a real terminal and sent ``--frame-updates`` creates merged per frame (what a
+  terminal's link writer ships after a group commit of 16 writers; ``--frame-updates 1`` is the
+  worst case, one frame per order).  Updates/s per terminal = orders written / time until the
+  terminal has all N x that many orders durable with their events.  In a symmetric mesh every
+  terminal does this same work at the same time on its own box, so that is the mesh's rate per
+  terminal.
 * **latency**: a writer terminal (first core) creates one order every ``--interval`` s; its links
   are to N - 2 replay peers and, dialled last so its frame leaves last, one receiver terminal
   (second core) - the "last other terminal" of a mesh of N.  A sample is the time from the write
