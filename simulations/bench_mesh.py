@@ -13,9 +13,11 @@ which is closer to real boxes: their CPU is no longer one interpreter's.
   (in-process each write waits for the previous one to arrive everywhere; ``--processes``
   follows an open-loop schedule, like the star); a
   sample is the time from the write being acknowledged (durable on the writer) to its
-  ``order:created`` event on the *last* other terminal (durable there too).  The star's sample
-  is the time from the local transaction to the update observed on the last other client (its
-  relay stores nothing, so the star does less work per update than the mesh).
+  ``order:created`` event on the *last* other terminal (durable there too).  The star runs
+  twice: with bare pycrdt clients, whose sample is the time from the local transaction to the
+  update observed on the last other client (nothing is stored anywhere, so it does less work
+  per update than the mesh); and with the same terminals as the mesh's as its clients
+  (``star_relay.TerminalRelayClient``), whose sample is the mesh's - only the topology differs.
 * **throughput**: every terminal creates ``--updates`` orders as fast as it can (16 concurrent
   writers each); the time until every terminal has every order's event gives updates/s per
   terminal.
@@ -44,6 +46,8 @@ from benchutil import Children, enrolled_store, link_up, percentile, run_child
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
 
+#: The topology of a result whose terminals are the star relay's clients (see run_mesh).
+DURABLE_STAR = "star, meshpos terminals as clients"
 ITEM = {"sku": "burger", "name": "Burger", "qty": 1, "unit_price_cents": 1590, "station": "grill"}
 WRITERS_PER_TERMINAL = 16
 
@@ -75,7 +79,10 @@ class Observer:
         return self.seen[oid]
 
 
-async def run_mesh(n: int, *, latency_samples: int, interval: float, updates: int) -> dict[str, Any]:
+async def run_mesh(n: int, *, latency_samples: int, interval: float, updates: int,
+                   relay_port: int | None = None) -> dict[str, Any]:
+    """``relay_port``: the durable star instead - the same terminals, each synced through the
+    relay at that port (``star_relay.TerminalRelayClient``) rather than linked to the others."""
     with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
         root = Path(tmp)
         ids = enrolled_store(root, n)
@@ -85,19 +92,30 @@ async def run_mesh(n: int, *, latency_samples: int, interval: float, updates: in
                 config = TerminalConfig(data_dir=root / tid, terminal_id=tid, api_port=0,
                                         peer_host="127.0.0.1", peer_port=0, mdns=False)
                 terminals.append(await stack.enter_async_context(Terminal(config).running()))
-            for i, a in enumerate(terminals):
-                for b in terminals[i + 1:]:
-                    a.mesh.dial(f"127.0.0.1:{b.mesh.port}")
-            with anyio.fail_after(30):
-                while not all(len(t.mesh.links) == n - 1 for t in terminals):  # noqa: ASYNC110
-                    await anyio.sleep(0.05)
+            relays = await stack.enter_async_context(anyio.create_task_group())
+            if relay_port is None:
+                for i, a in enumerate(terminals):
+                    for b in terminals[i + 1:]:
+                        a.mesh.dial(f"127.0.0.1:{b.mesh.port}")
+                with anyio.fail_after(30):
+                    while not all(len(t.mesh.links) == n - 1 for t in terminals):  # noqa: ASYNC110
+                        await anyio.sleep(0.05)
+            else:
+                from star_relay import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
+
+                for t in terminals:  # one at a time (see bench_own_core.star_latency)
+                    await relays.start(TerminalRelayClient(t, relay_port).run)
+                stack.callback(relays.cancel_scope.cancel)
             await terminals[0].put_product("burger", name="Burger", price_cents=1590, station="grill",
                                            category=None, active=True)
+            with anyio.fail_after(30):
+                while not all("burger" in t.inventory.skus() for t in terminals):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
             observer = Observer(terminals)
             async with anyio.create_task_group() as tg:
                 for t in terminals:
                     await tg.start(observer.watch, t)
-                result = {"topology": "mesh", "terminals": n,
+                result = {"topology": "mesh" if relay_port is None else DURABLE_STAR, "terminals": n,
                           "latency_ms": await latency(terminals, observer, latency_samples, interval),
                           "throughput": await throughput(terminals, observer, updates)}
                 tg.cancel_scope.cancel()
@@ -190,6 +208,10 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
             if command == "dial":
                 await link_up(t, arg[0], arg[1])
                 conn.send(("linked",))
+            elif command == "relay":  # the durable star: synced through the relay at this port
+                from star_relay import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
+
+                conn.send(("relayed", await tg.start(TerminalRelayClient(t, arg[0]).run)))
             elif command == "product":
                 if arg[0]:
                     await t.put_product("burger", name="Burger", price_cents=1590, station="grill",
@@ -232,16 +254,22 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
 
 
 def run_mesh_processes(n: int, *, latency_samples: int, interval: float, updates: int,
-                       backend: str) -> dict[str, Any]:
+                       backend: str, relay_port: int | None = None) -> dict[str, Any]:
+    """``relay_port``: the durable star instead (as in :func:`run_mesh`)."""
     with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
         root = Path(tmp)
         ids = enrolled_store(root, n)
         children = Children(_terminal_process, [(str(root / tid), tid, backend) for tid in ids])
         try:
             ports = [port for (port,) in children.all("port")]
-            for i in range(n):
-                children.send(i, "dial", [f"127.0.0.1:{ports[j]}" for j in range(i + 1, n)], n - 1)
-            children.all("linked")
+            if relay_port is None:
+                for i in range(n):
+                    children.send(i, "dial", [f"127.0.0.1:{ports[j]}" for j in range(i + 1, n)], n - 1)
+                children.all("linked")
+            else:
+                for i in range(n):  # one at a time (see bench_own_core.star_latency)
+                    children.send(i, "relay", relay_port)
+                    children.recv(i, "relayed", 60)
             for i in range(n):
                 children.send(i, "product", i == 0)
             children.all("ready")
@@ -265,7 +293,7 @@ def run_mesh_processes(n: int, *, latency_samples: int, interval: float, updates
     cpu = sum(d[3] for d in done)
     per_update = cpu / (written * n)
     return {
-        "topology": "mesh", "processes": n, "terminals": n,
+        "topology": "mesh" if relay_port is None else DURABLE_STAR, "processes": n, "terminals": n,
         "latency_ms": {"p50": round(statistics.median(delays), 3), "p99": round(percentile(delays, 99), 3),
                        "max": round(max(delays), 3), "samples": len(delays)},
         "throughput": {"updates_per_s_per_terminal": round(written / seconds, 1), "total_updates": written * n,
@@ -273,8 +301,9 @@ def run_mesh_processes(n: int, *, latency_samples: int, interval: float, updates
                        "writes_done_after_s": round(max(d[1] for d in done) - min(d[0] for d in done), 3),
                        "cpu_s": round(cpu, 3), "cpu_ms_per_terminal_per_update": round(per_update * 1000, 3),
                        "updates_per_s_per_terminal_on_one_core": round(1 / per_update),
-                       # how many of a peer's updates one received frame carried, on average
-                       "updates_per_frame_received": round(written * (n - 1) * n / max(1, sum(d[4] for d in done)), 1)},
+                       # how many of a peer's updates one received mesh frame carried, on average
+                       "updates_per_frame_received": None if relay_port is not None
+                       else round(written * (n - 1) * n / max(1, sum(d[4] for d in done)), 1)},
     }
 
 
@@ -289,10 +318,18 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             results.append(await run_mesh(n, latency_samples=args.samples, interval=args.interval,
                                           updates=args.updates))
         if not args.no_star:
-            from star_relay import run_star  # noqa: PLC0415 - needs the [bench] extra
+            from star_relay import _relay_process, run_star  # noqa: PLC0415 - needs the [bench] extra
 
             results.append(await run_star(n, latency_samples=args.samples, interval=args.interval,
                                           throughput_updates=args.updates))
+            async with _relay_process() as relay:
+                if args.processes:
+                    results.append(await anyio.to_thread.run_sync(functools.partial(
+                        run_mesh_processes, n, latency_samples=args.samples, interval=args.interval,
+                        updates=args.updates, backend=args.backend, relay_port=relay.port)))
+                else:
+                    results.append(await run_mesh(n, latency_samples=args.samples, interval=args.interval,
+                                                  updates=args.updates, relay_port=relay.port))
     return results
 
 

@@ -27,7 +27,10 @@ do), so the terminal under test is the only thing that can fall behind.
 * **star**, arranged the same way (``--no-star`` skips it; needs the ``[bench]`` extra): the
   writer client on the first core, the receiver client and n - 2 draining WebSocket clients
   (``SCHED_IDLE``) on the second; pycrdt-websocket's relay next to the writer, then next to the
-  receiver - both placements are reported.
+  receiver - both placements are reported.  Twice: with bare pycrdt clients that store nothing
+  (``star_latency_ms_*``), and with real terminals as the relay's clients (``durable_star_*``,
+  ``star_relay.TerminalRelayClient``: the same write, storage and event as the mesh's sample,
+  only the topology differs).
 
 Needs at least two CPUs (``os.sched_setaffinity``).
 """
@@ -272,12 +275,15 @@ def latency(n: int, samples: int, interval: float, backend: str, cores: tuple[in
 # -- the star baseline, arranged the same way -----------------------------------------------------
 
 
-def pinned_star_client(conn: Connection, core: int, port: int, role: str, index: int, payload_bytes: int) -> None:
+def pinned_star_client(conn: Connection, core: int, port: int, role: str, index: int, payload_bytes: int,
+                       rooms: list[str] | None = None) -> None:
     """Child: one pycrdt client of the star relay (``writer`` or ``receiver``), or ``drains``
-    stand-ins (``index`` of them) that read what the relay sends and apply nothing."""
-    main = _star_drains if role == "drains" else _star_client
-    _pinned(core, run_child, conn, f"star {role}", "asyncio", main, port, role, index, payload_bytes,
-            idle=role == "drains")
+    stand-ins (``index`` of them in each of ``rooms``) that read what the relay sends and apply
+    nothing."""
+    if role == "drains":
+        _pinned(core, run_child, conn, "star drains", "asyncio", _star_drains, port, index, rooms, idle=True)
+    else:
+        _pinned(core, run_child, conn, f"star {role}", "asyncio", _star_client, port, role, index, payload_bytes)
 
 
 async def _star_client(conn: Connection, port: int, role: str, index: int, payload_bytes: int) -> None:
@@ -321,7 +327,7 @@ async def _star_client(conn: Connection, port: int, role: str, index: int, paylo
             channel.closing = True
 
 
-async def _star_drains(conn: Connection, port: int, role: str, count: int, payload_bytes: int) -> None:
+async def _star_drains(conn: Connection, port: int, count: int, rooms: list[str] | None) -> None:
     from httpx_ws import aconnect_ws  # noqa: PLC0415
     from star_relay import ROOM  # noqa: PLC0415
 
@@ -331,7 +337,8 @@ async def _star_drains(conn: Connection, port: int, role: str, count: int, paylo
 
     async with AsyncExitStack() as stack:
         sockets = [await stack.enter_async_context(
-            aconnect_ws(f"http://127.0.0.1:{port}{ROOM}", keepalive_ping_interval_seconds=None)) for _ in range(count)]
+            aconnect_ws(f"http://127.0.0.1:{port}{room}", keepalive_ping_interval_seconds=None))
+            for _ in range(count) for room in rooms or [ROOM]]
         async with anyio.create_task_group() as tg:
             for ws in sockets:
                 tg.start_soon(drain, ws)
@@ -374,13 +381,60 @@ async def star_latency(n: int, samples: int, interval: float, payload_bytes: int
         return await anyio.to_thread.run_sync(run)
 
 
+async def durable_star_latency(n: int, samples: int, interval: float, backend: str, cores: tuple[int, int],
+                               relay_core: int) -> dict[str, Any]:
+    """The star with real terminals as its clients (``star_relay.TerminalRelayClient``): the
+    writer terminal on the first core, the receiver terminal and n - 2 drains (in every room) on
+    the second, the relay on ``relay_core``; the sample is the mesh's (write acknowledged on the
+    writer to ``order:created`` on the receiver, both durable)."""
+    from star_relay import _relay_process  # noqa: PLC0415
+
+    async with _relay_process() as relay:
+        _pin_process(relay.process.pid, relay_core)
+
+        def run() -> dict[str, Any]:
+            with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
+                root = Path(tmp)
+                writer_id, receiver_id = enrolled_store(root, 2)
+                terms = Children(pinned_terminal, [(cores[0], str(root / writer_id), writer_id, backend),
+                                                   (cores[1], str(root / receiver_id), receiver_id, backend)])
+                drains = None
+                try:
+                    terms.all("port")
+                    rooms: list[str] = []
+                    for i in range(2):  # one at a time (see star_latency)
+                        terms.send(i, "relay", relay.port)
+                        (rooms,) = terms.recv(i, "relayed", 60)
+                    if n > 2:
+                        drains = Children(pinned_star_client, [(cores[1], relay.port, "drains", n - 2, 0,
+                                                                [f"/{room}" for room in rooms])])
+                        drains.recv(0, "ready", 60)
+                    for i in range(2):
+                        terms.send(i, "product", i == 0)
+                    terms.all("ready")
+                    warm = 20
+                    total = warm + samples
+                    start = time.perf_counter() + 0.5
+                    terms.send(0, "latency", start, interval, list(range(total)), total)
+                    terms.send(1, "latency", start, interval, [], total)
+                    (acked, _), (_, seen) = terms.all("latency")
+                finally:
+                    if drains is not None:
+                        drains.close()
+                    terms.close()
+            order = sorted(acked, key=acked.get)[warm:]
+            return summary([(seen[oid] - acked[oid]) * 1000 for oid in order])
+
+        return await anyio.to_thread.run_sync(run)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--terminals", type=int, nargs="+", default=[3, 5, 10])
     parser.add_argument("--updates", type=int, default=1000, help="orders each terminal writes (throughput)")
     parser.add_argument("--frame-updates", type=int, default=WRITERS_PER_TERMINAL,
                         help="orders merged per frame a replay peer sends (1: one frame per order)")
-    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--interval", type=float, default=0.005)
     parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
     parser.add_argument("--no-star", action="store_true", help="skip the star-relay baseline")
@@ -402,6 +456,9 @@ def main() -> None:
             for name, core in (("writer", first), ("receiver", second)):
                 results[-1][f"star_latency_ms_relay_with_{name}"] = anyio.run(
                     star_latency, n, args.samples, args.interval, args.payload_bytes, (first, second), core)
+            for name, core in (("writer", first), ("receiver", second)):
+                results[-1][f"durable_star_latency_ms_relay_with_{name}"] = anyio.run(
+                    durable_star_latency, n, args.samples, args.interval, args.backend, (first, second), core)
     print(json.dumps({"results": results, "backend": args.backend, "seconds": round(time.perf_counter() - started, 1)},
                      indent=1))
 

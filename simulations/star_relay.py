@@ -41,6 +41,10 @@ terminals the echoes cost about a third of the throughput and nearly double the 
 in our runs (84 vs 122 updates/s per terminal; 11.5 vs 6.3 relay CPU seconds), more when the
 machine is busy.  ``stock_provider=True`` (``--stock-provider``) measures the stack as shipped.
 
+Terminals as clients: ``TerminalRelayClient`` puts a real meshpos ``Terminal`` (SQLite with
+fsync, events) on the relay instead of a bare ``Doc``, so the star can be measured doing exactly
+what the mesh does; bench_mesh.py and bench_own_core.py report both.
+
 Backend: the relay process runs on asyncio (hypercorn's asyncio worker, the path pycrdt-websocket
 documents; the library itself is written against AnyIO).  The command-line entry point runs the
 benchmark side on asyncio too; ``run_star`` itself only uses AnyIO APIs, pycrdt's ``Provider`` and
@@ -87,8 +91,12 @@ from pycrdt import (
     MapEvent,
     Provider,
     TransactionEvent,
+    YMessageType,
+    YSyncMessageType,
     create_sync_message,
     create_update_message,
+    read_message,
+    write_message,
 )
 
 THIS_FILE = Path(__file__).resolve()
@@ -701,6 +709,86 @@ def _version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "?"
+
+
+# --------------------------------------------------------------------------------------------
+# meshpos terminals as the relay's clients (the durable star)
+# --------------------------------------------------------------------------------------------
+
+
+class TerminalRelayClient:
+    """A real meshpos ``Terminal`` synchronised through the relay instead of the mesh.
+
+    Why: the clients above store nothing, so a latency comparison with them also compares "durable
+    on both ends" with "durable nowhere".  This client keeps everything a terminal does and
+    changes only the topology: one WebSocket per document (pycrdt-websocket names rooms by path,
+    so ``/orders/2026-12-03``), the terminal's own updates sent once durable (the mesh's rule,
+    ``DocumentHost.on_update``), and updates from the relay applied through the terminal's durable
+    path (``apply_remote``: stored, then ``order:created`` and the rest as events) - what a mesh
+    link does, with the relay in the middle.  Sync is y-protocols' (step 1 / step 2 / update),
+    which is what the relay speaks.  Updates the relay echoes back to their writer are applied as
+    no-ops, as pycrdt-websocket's ``YRoom`` sends them.
+    """
+
+    def __init__(self, terminal: Any, port: int) -> None:
+        self.terminal = terminal
+        self.port = port
+        self._outboxes: dict[str, Any] = {}
+        self._synced: dict[str, anyio.Event] = {}
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Join a room per open document; ``started`` with their names once every one is synced."""
+        host = self.terminal.host
+        names = host.names()
+        async with AsyncExitStack() as stack:
+            channels = {}
+            for name in names:  # opened before our task group: httpx-ws's own must close after it
+                ws = await stack.enter_async_context(
+                    aconnect_ws(f"http://127.0.0.1:{self.port}/{name}", keepalive_ping_interval_seconds=None))
+                channels[name] = _WsChannel(ws, f"/{name}")
+            host.on_update(self._on_update)  # a change before its room's outbox exists: in the step 2
+            async with anyio.create_task_group() as tg:
+                for name, channel in channels.items():
+                    send, receive = anyio.create_memory_object_stream[tuple[bytes, Any]](math.inf)
+                    self._outboxes[name], self._synced[name] = send, anyio.Event()
+                    tg.start_soon(self._read, name, channel)
+                    tg.start_soon(self._write, channel, receive)
+                    await channel.send(_sync_message(YSyncMessageType.SYNC_STEP1, host.state_vector(name)))
+                with _deadline("joining the relay's rooms", CONNECT_TIMEOUT):
+                    for event in self._synced.values():
+                        await event.wait()
+                task_status.started(names)
+
+    def _on_update(self, name: str, update: bytes, origin: str, ticket: Any) -> None:
+        if not origin.startswith("peer:") and name in self._outboxes:
+            self._outboxes[name].send_nowait((create_update_message(update), ticket))
+
+    async def _write(self, channel: _WsChannel, outbox: Any) -> None:
+        async with outbox:
+            async for message, ticket in outbox:
+                await ticket.done.wait()
+                if ticket.error is None:  # never durable here: never sent (the mesh's rule)
+                    await channel.send(message)
+
+    async def _read(self, name: str, channel: _WsChannel) -> None:
+        host = self.terminal.host
+        async for message in channel:
+            if message[0] != YMessageType.SYNC:
+                continue  # awareness: terminals publish none
+            kind, payload = message[1], read_message(message[2:])
+            if kind == YSyncMessageType.SYNC_STEP1:
+                await host.settled(name)
+                await channel.send(_sync_message(YSyncMessageType.SYNC_STEP2, host.diff(name, payload)))
+                continue
+            if payload != b"\x00\x00":
+                host.apply_remote(name, [payload], "peer:relay")  # its events come out once durable
+            if kind == YSyncMessageType.SYNC_STEP2:
+                self._synced[name].set()
+
+
+def _sync_message(kind: int, payload: bytes) -> bytes:
+    """A y-protocols sync message (pycrdt exports the step 1 / step 2 builders only privately)."""
+    return bytes([YMessageType.SYNC, kind]) + write_message(payload)
 
 
 # --------------------------------------------------------------------------------------------
