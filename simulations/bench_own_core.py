@@ -256,18 +256,24 @@ def latency(n: int, samples: int, interval: float, backend: str, cores: tuple[in
             terms.send(1, "dial", [f"127.0.0.1:{port}"], 1)  # last: its frame leaves last
             terms.recv(1, "linked")
             _wait_links(terms, 0, len(standins) + 1)
-            for i in range(2):
-                terms.send(i, "product", i == 0)
-            terms.all("ready")
-            warm = 20
-            total = warm + samples
-            start = time.perf_counter() + 0.5
-            terms.send(0, "latency", start, interval, list(range(total)), total)
-            terms.send(1, "latency", start, interval, [], total)
-            (acked, _), (_, seen) = terms.all("latency")
+            return _writer_to_receiver(terms, samples, interval)
         finally:
             peers.close()
             terms.close()
+
+
+def _writer_to_receiver(terms: Children, samples: int, interval: float) -> dict[str, Any]:
+    """Terminal 0 creates an order every ``interval`` s; each sample is its acknowledgement to
+    the ``order:created`` event on terminal 1 (after 20 unmeasured warm-up writes)."""
+    for i in range(2):
+        terms.send(i, "product", i == 0)
+    terms.all("ready")
+    warm = 20
+    total = warm + samples
+    start = time.perf_counter() + 0.5
+    terms.send(0, "latency", start, interval, list(range(total)), total)
+    terms.send(1, "latency", start, interval, [], total)
+    (acked, _), (_, seen) = terms.all("latency")
     order = sorted(acked, key=acked.get)[warm:]
     return summary([(seen[oid] - acked[oid]) * 1000 for oid in order])
 
@@ -409,21 +415,11 @@ async def durable_star_latency(n: int, samples: int, interval: float, backend: s
                         drains = Children(pinned_star_client, [(cores[1], relay.port, "drains", n - 2, 0,
                                                                 [f"/{room}" for room in rooms])])
                         drains.recv(0, "ready", 60)
-                    for i in range(2):
-                        terms.send(i, "product", i == 0)
-                    terms.all("ready")
-                    warm = 20
-                    total = warm + samples
-                    start = time.perf_counter() + 0.5
-                    terms.send(0, "latency", start, interval, list(range(total)), total)
-                    terms.send(1, "latency", start, interval, [], total)
-                    (acked, _), (_, seen) = terms.all("latency")
+                    return _writer_to_receiver(terms, samples, interval)
                 finally:
                     if drains is not None:
                         drains.close()
                     terms.close()
-            order = sorted(acked, key=acked.get)[warm:]
-            return summary([(seen[oid] - acked[oid]) * 1000 for oid in order])
 
         return await anyio.to_thread.run_sync(run)
 

@@ -53,3 +53,17 @@ def test_mesh_benchmark_runs_the_star_with_bare_and_with_terminal_clients() -> N
         assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
     assert durable["throughput"]["total_updates"] == mesh["throughput"]["total_updates"] == 3 * 32
     assert durable["throughput"]["updates_per_s_per_terminal"] > 0
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="bench_own_core.py pins to two CPUs; this has one")
+def test_own_core_benchmark_measures_both_stars_at_both_relay_placements() -> None:
+    pytest.importorskip("pycrdt.websocket", reason="the star baseline needs the [bench] extra (pycrdt-websocket)")
+    done = subprocess.run([sys.executable, str(SIMULATIONS / "bench_own_core.py"), "--terminals", "3",
+                           "--updates", "32", "--samples", "10"],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json.loads(done.stdout)["results"]
+    keys = [f"{star}_latency_ms_relay_with_{side}"
+            for star in ("star", "durable_star") for side in ("writer", "receiver")]
+    for key in ["latency_ms", *keys]:
+        assert result[key]["samples"] == 10 and 0 < result[key]["p50"] <= result[key]["max"], key
