@@ -57,9 +57,10 @@ class EventBus:
         """Events after ``cursor`` (``None``: only new ones), then live ones, in cursor order."""
         send, receive = anyio.create_memory_object_stream[StoredEvent](SUBSCRIBER_BUFFER)
         self._subscribers.add(send)  # before reading history, so nothing falls between the two
+        now = self.store.last_cursor  # "new" means after subscribing, not after the first read
 
         async def iterate() -> AsyncIterator[StoredEvent | Reset]:
-            last = self.store.last_cursor if cursor is None else cursor
+            last = now if cursor is None else cursor
             if cursor is not None and cursor > self.store.last_cursor:
                 # a cursor from the future: this database was replaced (restore, new box)
                 last = self.store.last_cursor

@@ -37,13 +37,14 @@ def test_own_core_benchmark_refuses_a_one_terminal_mesh() -> None:
     assert "at least 2" in done.stderr or "two CPUs" in done.stderr
 
 
-def test_mesh_benchmark_runs_the_star_with_bare_and_with_terminal_clients() -> None:
+@pytest.mark.parametrize("mode", [[], ["--processes"]], ids=["one process", "a process each"])
+def test_mesh_benchmark_runs_the_star_with_bare_and_with_terminal_clients(mode: list[str]) -> None:
     """bench_mesh's baselines: the relay with bare pycrdt clients, and with real terminals as its
-    clients, every order's event arriving on every terminal through the relay (the run waits for
-    all of them, and fails if the relay reports an error or drops a connection)."""
+    clients (tests/test_star_relay.py checks what those do).  The run waits for every order's
+    event on every terminal, and fails if the relay reports an error or drops a connection."""
     pytest.importorskip("pycrdt.websocket", reason="the star baseline needs the [bench] extra (pycrdt-websocket)")
     done = subprocess.run([sys.executable, str(SIMULATIONS / "bench_mesh.py"), "--terminals", "3",
-                           "--samples", "10", "--updates", "32"],
+                           "--samples", "10", "--updates", "32", *mode],
                           capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     mesh, star, durable = json.loads(done.stdout)["results"]
@@ -51,8 +52,6 @@ def test_mesh_benchmark_runs_the_star_with_bare_and_with_terminal_clients() -> N
     for result in (mesh, star, durable):
         assert result["latency_ms"]["samples"] == 10
         assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
-    assert durable["throughput"]["total_updates"] == mesh["throughput"]["total_updates"] == 3 * 32
-    assert durable["throughput"]["updates_per_s_per_terminal"] > 0
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="bench_own_core.py pins to two CPUs; this has one")

@@ -192,6 +192,16 @@ async def test_event_subscribers_resume_by_cursor_and_get_reset_after_pruning(ma
         assert isinstance(first, Reset) and first.cursor == 5
 
 
+async def test_a_new_subscriber_gets_what_was_published_before_it_first_reads(make_config) -> None:  # noqa: ANN001
+    async with Terminal(make_config()).running() as t:
+        await t.put_table("T0", name="T0", seats=2, area=None)
+        async with t.events.subscribe() as stream:
+            await t.put_table("T1", name="T1", seats=2, area=None)  # before the first read
+            with anyio.fail_after(5):
+                first = await stream.__anext__()
+        assert first.type == "table:updated" and first.payload["table_id"] == "T1"
+
+
 async def test_business_day_rollover_archives_old_days(make_config) -> None:  # noqa: ANN001
     now = [datetime(2026, 11, 20, 13, tzinfo=UTC)]
     t = Terminal(make_config(), clock=lambda: now[0])

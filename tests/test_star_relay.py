@@ -1,0 +1,68 @@
+"""The benchmarks' terminal-client star (``simulations/star_relay.py``): real terminals on the
+pycrdt-websocket relay must do what the mesh does, or the comparison in performance.md is void."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+from meshpos.terminal import Terminal
+from peer.identity import Authority
+from tests.meshutil import ITEM, PRODUCT, config_for, enroll, wait_for
+
+pytest.importorskip("pycrdt.websocket", reason="the star baseline needs the [bench] extra (pycrdt-websocket)")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "simulations"))
+from star_relay import TerminalRelayClient, _relay_process  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_terminals_on_the_relay_store_what_they_receive_and_emit_its_events(tmp_path: Path) -> None:
+    a_dir, b_dir = enroll(Authority.init(tmp_path / "auth", "bench"), tmp_path, ["pos-a", "pos-b"])
+    async with (_relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a,
+                Terminal(config_for(b_dir, "pos-b")).running() as b, anyio.create_task_group() as tg):
+        clients = [TerminalRelayClient(t, relay.port) for t in (a, b)]
+        for client in clients:
+            rooms = await tg.start(client.run)
+        assert any(room.startswith("orders/") for room in rooms) and "inventory" in rooms
+        await a.put_product("burger", **PRODUCT)
+        await wait_for(lambda: "burger" in b.inventory.skus())
+        async with b.events.subscribe() as events:
+            joined_b = clients[1].sent
+            orders = [await a.create_order(table=None, waiter="w", items=[ITEM]) for _ in range(5)]
+            with anyio.fail_after(10):
+                created = [e.payload["order_id"] async for e in _until(events, "order:created", 5)]
+        assert created == [o["id"] for o in orders]
+        # on b, through the durable path: stored as the relay's, before the events came out
+        stored = await b.store.query("SELECT origin, COUNT(*) FROM updates WHERE doc LIKE 'orders/%' GROUP BY origin")
+        assert [origin for origin, _ in stored] == ["peer:relay"] and stored[0][1] >= 1
+        # b relays nothing back (peers' updates are not sent on) and a stores no echo of its own
+        assert clients[1].sent == joined_b
+        echoes = await a.store.query("SELECT COUNT(*) FROM updates WHERE origin = 'peer:relay' AND doc LIKE 'orders/%'")
+        assert echoes == [(0,)]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_document_opened_after_joining_fails_the_client(tmp_path: Path) -> None:
+    (a_dir,) = enroll(Authority.init(tmp_path / "auth", "bench"), tmp_path, ["pos-a"])
+    async with _relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a:
+        client = TerminalRelayClient(a, relay.port)
+        with pytest.raises(BaseExceptionGroup) as caught:
+            async with anyio.create_task_group() as tg:
+                await tg.start(client.run)
+                # what the host tells its update listeners when tomorrow's document takes a write
+                client._on_update("orders/2001-01-02", b"\x00\x00", "local", None)
+                await anyio.sleep(5)
+        assert caught.group_contains(RuntimeError, match="orders/2001-01-02 was opened after this terminal joined")
+
+
+async def _until(events, kind: str, count: int):  # noqa: ANN001, ANN202
+    async for event in events:
+        if getattr(event, "type", None) == kind:
+            yield event
+            count -= 1
+            if count == 0:
+                return
