@@ -744,7 +744,7 @@ class TerminalRelayClient:
         self._rooms: set[str] = set()
         self._outboxes: dict[str, Any] = {}
         self._synced: dict[str, anyio.Event] = {}
-        self._unjoined: list[str] = []
+        self._unjoined: str | None = None  # a document that took a write but has no room
         self._trouble = anyio.Event()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -765,14 +765,14 @@ class TerminalRelayClient:
                         send, receive = anyio.create_memory_object_stream[tuple[bytes, Any]](math.inf)
                         self._outboxes[name], self._synced[name] = send, anyio.Event()
                         tg.start_soon(self._read, name, channel)
-                        tg.start_soon(self._write, name, channel, receive)
+                        tg.start_soon(self._write, channel, receive)
                         await self._send(channel, YSyncMessageType.SYNC_STEP1, host.state_vector(name))
                     with _deadline("joining the relay's rooms", CONNECT_TIMEOUT):
                         for event in self._synced.values():
                             await event.wait()
                     task_status.started(names)
                     await self._trouble.wait()
-                    raise RuntimeError(f"{self._unjoined[0]} was opened after this terminal joined the relay: "
+                    raise RuntimeError(f"{self._unjoined} was opened after this terminal joined the relay: "
                                        f"only {names} are synced")
             finally:
                 for outbox in self._outboxes.values():
@@ -782,7 +782,7 @@ class TerminalRelayClient:
         if origin.startswith("peer:"):
             return
         if name not in self._rooms:
-            self._unjoined.append(name)
+            self._unjoined = self._unjoined or name
             self._trouble.set()
             return
         outbox = self._outboxes.get(name)
@@ -791,7 +791,7 @@ class TerminalRelayClient:
         with contextlib.suppress(anyio.ClosedResourceError):  # the client has stopped
             outbox.send_nowait((update, ticket))
 
-    async def _write(self, name: str, channel: _WsChannel, outbox: Any) -> None:
+    async def _write(self, channel: _WsChannel, outbox: Any) -> None:
         async with outbox:
             async for update, ticket in outbox:
                 batch = [(update, ticket)]
