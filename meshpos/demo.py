@@ -199,7 +199,7 @@ async def run_demo(api_port: int = 0, keep_running: bool = False) -> None:
             _say("\n-- what happened (every terminal holds the same documents)")
             for t in terminals:
                 orders = await t.list_orders()
-                inv = {i: t.inventory.view(i) for i in t.inventory.skus()}
+                inv = {v["sku"]: v for v in t.inventory.list()}
                 st = await t.status()
                 ledger = t.cashier.drawer("main", from_position=0)["entries"]
                 _say(f"   {t.config.terminal_id}: {len(orders)} orders, revenue "
