@@ -19,7 +19,7 @@ SERVICE_TYPE = "_meshpos._tcp.local."
 #: TXT keys (short: every terminal repeats them in every answer).
 TXT_STORE, TXT_ID, TXT_TYPE, TXT_PROTOCOL, TXT_FINGERPRINT = "store", "id", "type", "proto", "fp"
 _LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9-]+")
-_HEX = re.compile(r"^[0-9a-f]+$")
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 def instance_name(terminal_id: str, store_id: str) -> str:
@@ -81,9 +81,9 @@ def parse_advert(name: str, properties: dict[bytes, bytes | None], addresses: li
     missing = [k for k in (TXT_STORE, TXT_ID, TXT_TYPE, TXT_PROTOCOL, TXT_FINGERPRINT) if not txt.get(k)]
     if missing:
         raise BadAdvert(f"{name}: TXT record lacks {', '.join(missing)}")
-    if not txt[TXT_PROTOCOL].isdigit():
+    if not (txt[TXT_PROTOCOL].isascii() and txt[TXT_PROTOCOL].isdigit()):
         raise BadAdvert(f"{name}: protocol {txt[TXT_PROTOCOL]!r} is not a number")
-    if not _HEX.match(txt[TXT_STORE]) or not _HEX.match(txt[TXT_FINGERPRINT]):
+    if not _HEX.fullmatch(txt[TXT_STORE]) or not _HEX.fullmatch(txt[TXT_FINGERPRINT]):
         raise BadAdvert(f"{name}: store id and fingerprint must be lowercase hex")
     if not 0 < port < 65536:
         raise BadAdvert(f"{name}: port {port} is out of range")

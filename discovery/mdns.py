@@ -26,6 +26,7 @@ import ifaddr
 from anyio.from_thread import BlockingPortal
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
+from core.ratelog import RateLimitedLog
 from discovery.advert import (
     SERVICE_TYPE,
     BadAdvert,
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from peer.mesh import Mesh
 
 log = logging.getLogger(__name__)
+#: Whatever a stranger advertises is logged at most a few times a second, all adverts together.
+_advert_log = RateLimitedLog(log)
 
 #: How long one resolution of a seen service may take (its records usually came with the browse
 #: answer and resolve from the cache at once).
@@ -241,8 +244,9 @@ class Discovery:
         """One browser report; whatever a stranger advertises must never stop the terminal."""
         try:
             await self._handle(zc, name, change)
-        except Exception:  # noqa: BLE001
-            log.exception("mDNS: could not handle %s of %s", change.name, name)
+        except Exception as exc:  # noqa: BLE001
+            _advert_log.log("mdns", logging.ERROR, "mDNS: could not handle %s of %s", change.name, name[:200],
+                            exc_info=exc)
 
     async def _handle(self, zc: Zeroconf, name: str, change: ServiceStateChange) -> None:
         if name == self._own_name():
@@ -264,7 +268,7 @@ class Discovery:
             sighting = parse_advert(name, info.properties, info.parsed_addresses(IPVersion.V4Only),
                                     info.port or 0, at=now)
         except BadAdvert as exc:
-            log.warning("mDNS: ignoring %s", exc)
+            _advert_log.log("mdns", logging.WARNING, "mDNS: ignoring %s", str(exc)[:300])
             self.bad_adverts = [*self.bad_adverts[-19:], str(exc)]
             return
         previous = self.sightings.get(name)

@@ -33,6 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshpos.config import TERMINAL_TYPES
 from meshpos.documents.values import ID_PATTERN
+from storage.codec import decode_json
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
@@ -135,13 +136,25 @@ def sign_roster(ca_key: ec.EllipticCurvePrivateKey, body: dict[str, Any]) -> byt
     return json.dumps({"body": text, "signature": base64.b64encode(signature).decode()}, indent=1).encode()
 
 
+#: Largest roster accepted (a file, an API body or a peer's relay); a few hundred terminals fit.
+MAX_ROSTER_BYTES = 512 * 1024
+
+
 def verify_roster(signed: bytes, ca_cert: x509.Certificate) -> Roster:
-    """Parse and check a roster file against the store authority; raises :class:`IdentityError`."""
+    """Parse and check a roster file against the store authority; raises :class:`IdentityError`.
+
+    The signature is checked over the body's exact text *before* the body is parsed: nothing a
+    stranger wrote is parsed beyond the small outer object, and that is depth-bounded.
+    """
+    if len(signed) > MAX_ROSTER_BYTES:
+        raise IdentityError(f"roster is larger than {MAX_ROSTER_BYTES} bytes")
     try:
-        outer = json.loads(signed)
+        outer = decode_json(signed, max_depth=1)
+        if not isinstance(outer, dict) or not isinstance(outer.get("body"), str) \
+                or not isinstance(outer.get("signature"), str):
+            raise ValueError("needs a body and a signature, both strings")
         text, signature = outer["body"], base64.b64decode(outer["signature"], validate=True)
-        body = json.loads(text)
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:  # binascii.Error is one too
         raise IdentityError(f"roster is malformed: {exc}") from None
     public_key = ca_cert.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
@@ -149,14 +162,31 @@ def verify_roster(signed: bytes, ca_cert: x509.Certificate) -> Roster:
         public_key.verify(signature, text.encode(), ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         raise IdentityError("roster signature does not verify against the store authority") from None
+    try:
+        body = decode_json(text)
+    except ValueError as exc:
+        raise IdentityError(f"roster body is malformed: {exc}") from None
+    if not isinstance(body, dict):
+        raise IdentityError("roster body is not an object")
     if body.get("store_id") != store_id_of(ca_cert):
         raise IdentityError(f"roster is for store {body.get('store_id')!r}, not {store_id_of(ca_cert)!r}")
     version = body.get("version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise IdentityError(f"roster version {version!r} is invalid")
-    return Roster(store_id=body["store_id"], store_name=body.get("store_name", ""), version=version,
-                  issued_at=body.get("issued_at", ""), terminals=dict(body.get("terminals", {})),
-                  revoked=dict(body.get("revoked", {})), signed=bytes(signed))
+    terminals, revoked = body.get("terminals", {}), body.get("revoked", {})
+    if not _entries_of(terminals, ("type", "fingerprint")) or not _entries_of(revoked, ("fingerprint",)):
+        raise IdentityError("roster terminals and revoked must map terminal ids to entries with "
+                            "string type and fingerprint")
+    return Roster(store_id=body["store_id"], store_name=str(body.get("store_name", "")), version=version,
+                  issued_at=str(body.get("issued_at", "")), terminals=dict(terminals),
+                  revoked=dict(revoked), signed=bytes(signed))
+
+
+def _entries_of(value: Any, fields: tuple[str, ...]) -> bool:
+    """``value`` maps string ids to objects whose ``fields`` are strings."""
+    return isinstance(value, dict) and all(
+        isinstance(tid, str) and isinstance(entry, dict) and all(isinstance(entry.get(f), str) for f in fields)
+        for tid, entry in value.items())
 
 
 def newer_roster(current: Roster, candidate_signed: bytes, ca_cert: x509.Certificate) -> Roster | None:

@@ -110,11 +110,16 @@ Action = Send | Opened | Binary | Control | Heartbeat | Closed
 
 
 class LinkCore:
-    """One side of one link.  ``authorize(peer_hello)`` raises :class:`Refused` to refuse it."""
+    """One side of one link.  ``authorize(peer_hello)`` raises :class:`Refused` to refuse it.
+
+    ``refuse``: the peer is refused already (its certificate is revoked): the link closes with
+    that code as soon as the WebSocket is up, and nothing the peer sends is ever parsed.
+    """
 
     def __init__(self, *, client: bool, hello: dict[str, Any], authorize: Callable[[dict[str, Any]], None],
-                 now: float, limits: Limits = Limits(), host: str = "meshpos") -> None:
+                 now: float, limits: Limits = Limits(), host: str = "meshpos", refuse: Refused | None = None) -> None:
         self.client = client
+        self._refuse = refuse
         self.limits = limits
         self._hello = hello
         self._authorize = authorize
@@ -224,10 +229,15 @@ class LinkCore:
                 out = self._out(RejectConnection(status_code=400, has_body=False))
                 self.state = "closed"
                 return [out, Closed(INVALID_MESSAGE, f"not a meshpos link request ({event.target})", by_peer=False)]
-            return [self._out(AcceptConnection(subprotocol=SUBPROTOCOL)), *self._send_hello()]
+            accepted = self._out(AcceptConnection(subprotocol=SUBPROTOCOL))
+            if self._refuse is not None:
+                return [accepted, *self.close(self._refuse.code, self._refuse.reason)]
+            return [accepted, *self._send_hello()]
         if isinstance(event, AcceptConnection):
             if event.subprotocol != SUBPROTOCOL:
                 return self.close(INVALID_MESSAGE, f"peer accepted subprotocol {event.subprotocol!r}")
+            if self._refuse is not None:
+                return self.close(self._refuse.code, self._refuse.reason)
             return self._send_hello()
         if isinstance(event, RejectConnection):
             self.state = "closed"

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import logging
 import random
 import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from anyio.abc import ByteStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography import x509
 
+from core.ratelog import RateLimitedLog
 from meshpos.cashier.quorum import BadMessage
 from meshpos.clock import iso, random_id
 from meshpos.config import parse_address
@@ -36,6 +39,7 @@ from meshpos.errors import (
     INVALID_MESSAGE,
     INVALID_TERMINAL_ID,
     INVALID_TERMINAL_TYPE,
+    RATE_LIMIT,
 )
 from peer.identity import IdentityError, Roster, TerminalIdentity, fingerprint, save_roster, subject_of, verify_roster
 from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
@@ -80,6 +84,23 @@ TRANSPORT_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedRe
 GOING_AWAY = 1001
 #: Local-only: a discovered address answered as another terminal (never sent on the wire).
 WRONG_TERMINAL = -1
+#: Connections accepted but not yet authenticated (TLS, upgrade and hello under way), in all and
+#: per remote host.  Beyond these a new connection is closed at once: the peer port listens on
+#: every interface, and anyone on the LAN can open connections without a certificate.  A real
+#: peer needs one connection at a time; a store of 30 terminals all rebooting needs 29.
+MAX_UNAUTHENTICATED = 64
+MAX_UNAUTHENTICATED_PER_HOST = 8
+#: Longest ``boot_id`` a hello may carry (ours are 12 characters).
+MAX_BOOT_ID = 64
+#: Most document names one ``resync`` or ``docs`` message may list.
+MAX_DOCS_PER_MESSAGE = 1000
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def backoff_cap(lost_at: dict[str, float], peer_id: str | None, now: float) -> float:
@@ -106,14 +127,21 @@ def backoff_delay(attempt: int, rng: random.Random, cap: float = BACKOFF_CAP) ->
     return rng.uniform(0.0, min(cap, BACKOFF_BASE * 2 ** min(attempt, 16)))
 
 
-def failure_of(exc: BaseException) -> tuple[int, str]:
-    """The close code and reason a transport failure is reported with (TLS refusals are 4003)."""
+def failure_of(exc: BaseException, *, dialling: bool = False) -> tuple[int, str]:
+    """The close code and reason a transport failure is reported with (TLS refusals are 4003).
+
+    ``dialling``: a connection closed during the TLS handshake is then no refusal of this
+    terminal's certificate (that comes as an alert) - a peer at its cap of connections waiting
+    to authenticate hangs up before any TLS byte - and is retried with the usual backoff, not
+    after the 60 s an authentication refusal waits."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     cause = exc.__cause__ or exc.__context__
     for e in (exc, cause):
         if isinstance(e, ssl.SSLCertVerificationError):
             return AUTHENTICATION_FAILED, f"TLS handshake failed: {e.verify_message or e.reason}"
+        if dialling and isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            return ABNORMAL, "connection closed during the TLS handshake"
         if isinstance(e, ssl.SSLError):
             return AUTHENTICATION_FAILED, f"TLS handshake failed: {e.reason or e}"
     if isinstance(exc, TimeoutError):
@@ -164,6 +192,8 @@ class Link:
     ended: anyio.Event = field(default_factory=anyio.Event)
     writer_done: anyio.Event = field(default_factory=anyio.Event)
     drained: anyio.Event = field(default_factory=anyio.Event)
+    #: Called once its hello is authorized (an inbound link's admission slot is given back).
+    authenticated: Callable[[], None] | None = None
     #: What the last read applied, not yet known durable: (its storage tickets, its frames).
     unsettled: tuple[list[Any], list[Apply]] | None = None
 
@@ -224,6 +254,9 @@ class Mesh:
         self._found_states: dict[str, PeerState] = {}
         #: Recent refusals (either side), newest last: why a terminal that tried is not linked.
         self.refusals: deque[dict[str, Any]] = deque(maxlen=50)
+        #: Remote host -> connections from it not authenticated yet (see MAX_UNAUTHENTICATED).
+        self._unauthenticated: dict[str, int] = {}
+        self._refusal_log = RateLimitedLog(log)
         self._tg: anyio.abc.TaskGroup | None = None
         terminal.host.on_update(self._on_local_update)
 
@@ -296,16 +329,45 @@ class Mesh:
     # -- accepting and dialling ----------------------------------------------------------------
 
     async def _accept(self, raw: ByteStream, address: str) -> None:
-        try:
-            with anyio.fail_after(self.limits.hello_timeout):
-                stream = await TLSStream.wrap(raw, server_side=True, ssl_context=self._server_ctx,
-                                              standard_compatible=False)
-        except Exception as exc:  # noqa: BLE001 - any handshake failure is one refused peer
-            code, reason = failure_of(exc)
-            self._refused(None, address, code, reason, inbound=True)
+        """One inbound connection: TLS, upgrade and hello must all be done within
+        ``limits.hello_timeout`` of the accept, and only so many may be under way at once."""
+        host = address.rpartition(":")[0] or address
+        pending = sum(self._unauthenticated.values())
+        per_host = self._unauthenticated.get(host, 0)
+        # Loopback is exempt from the per-host cap: several terminals on one machine (the demo,
+        # a test bench) all dial from 127.0.0.1; nothing on the LAN can come from there.
+        if pending >= MAX_UNAUTHENTICATED or (per_host >= MAX_UNAUTHENTICATED_PER_HOST and not _loopback(host)):
+            self._refused(None, address, RATE_LIMIT, f"too many connections waiting to authenticate "
+                          f"({pending} in all, {per_host} from {host})", inbound=True)
             await anyio.aclose_forcefully(raw)
             return
-        await self._run_link(stream, address, client=False)
+        self._unauthenticated[host] = self._unauthenticated.get(host, 0) + 1
+        accepted_at = anyio.current_time()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                left = self._unauthenticated[host] - 1
+                if left:
+                    self._unauthenticated[host] = left
+                else:
+                    del self._unauthenticated[host]
+
+        try:
+            try:
+                with anyio.fail_after(self.limits.hello_timeout):
+                    stream = await TLSStream.wrap(raw, server_side=True, ssl_context=self._server_ctx,
+                                                  standard_compatible=False)
+            except Exception as exc:  # noqa: BLE001 - any handshake failure is one refused peer
+                code, reason = failure_of(exc)
+                self._refused(None, address, code, reason, inbound=True)
+                await anyio.aclose_forcefully(raw)
+                return
+            await self._run_link(stream, address, client=False, started=accepted_at, authenticated=release)
+        finally:
+            release()
 
     async def _dial_loop(self, static: str | None, found: str | None = None) -> None:
         """Dial a static address for good, or the terminal ``found`` by discovery while discovery
@@ -334,7 +396,7 @@ class Mesh:
                     with anyio.fail_after(CONNECT_TIMEOUT):
                         stream = await self._connect(host, port)
                 except Exception as exc:  # noqa: BLE001 - unreachable, refused, TLS: all mean "retry later"
-                    code, reason = failure_of(exc)
+                    code, reason = failure_of(exc, dialling=True)
                     state.last_error = {"code": code, "reason": reason, "at": self._now()}
                     if code == AUTHENTICATION_FAILED:
                         self._refused(known, address, code, reason, inbound=False)
@@ -404,13 +466,16 @@ class Mesh:
 
     # -- one link ------------------------------------------------------------------------------
 
-    async def _run_link(self, stream: ByteStream, address: str, *, client: bool,
-                        expect: str | None = None) -> tuple[Closed | None, bool]:
+    async def _run_link(self, stream: ByteStream, address: str, *, client: bool, expect: str | None = None,
+                        started: float | None = None,
+                        authenticated: Callable[[], None] | None = None) -> tuple[Closed | None, bool]:
         """Drive one TLS stream until the link closes; returns (how it closed, whether it opened).
 
         ``expect``: the terminal discovery placed at ``address``.  Another terminal of the store
         answering there (the address changed hands) is hung up on before the hello, reported as
-        :data:`WRONG_TERMINAL`: not a refusal, just a stale address.
+        :data:`WRONG_TERMINAL`: not a refusal, just a stale address.  ``started``: when the
+        connection was accepted (the hello deadline runs from there); ``authenticated()`` is
+        called once the peer's hello is authorized.
         """
         try:
             cert = peer_certificate(stream.extra(TLSAttribute.peer_certificate_binary))
@@ -429,11 +494,15 @@ class Mesh:
             "terminal_type": self.identity.type, "store_id": self.identity.store_id, "boot_id": self.boot_id,
             "roster": self.roster.signed.decode(),
         }
-        core = LinkCore(client=client, hello=hello, now=anyio.current_time(), limits=self.limits,
-                        authorize=lambda peer_hello: self.authorize(peer_hello, cert))
-        link = Link(core=core, stream=stream, address=address, client=client)
+        cert_id = None
         with contextlib.suppress(IdentityError):
-            link.cert_id = subject_of(cert)[0]
+            cert_id = subject_of(cert)[0]
+        core = LinkCore(client=client, hello=hello, limits=self.limits,
+                        now=anyio.current_time() if started is None else started,
+                        authorize=lambda peer_hello: self.authorize(peer_hello, cert),
+                        refuse=self._revoked(cert, cert_id))
+        link = Link(core=core, stream=stream, address=address, client=client, authenticated=authenticated)
+        link.cert_id = cert_id
         if self.max_queue_bytes is not None:
             link.session.max_queue_bytes = self.max_queue_bytes
         try:
@@ -456,7 +525,10 @@ class Mesh:
                         if data is None:
                             break
                         continue
-                    await self._act(link, link.push(core.receive(data, anyio.current_time())))
+                    try:
+                        await self._act(link, link.push(core.receive(data, anyio.current_time())))
+                    except Exception as exc:  # noqa: BLE001 - one peer's input never stops the terminal
+                        self._internal_error(link, exc)
                 link.drained.set()
                 await anyio.sleep_forever()  # the closer ends the link once the writer flushed
         finally:
@@ -500,6 +572,14 @@ class Mesh:
                 self._mark_closed(link, action)
         if link.closed is None:
             await self._apply(link, applies)
+
+    def _internal_error(self, link: Link, exc: Exception) -> None:
+        """Something this terminal did not foresee went wrong handling ``link``'s input: close that
+        link (1011) and go on serving everyone else - never let it end the terminal."""
+        self._refusal_log.log(f"internal:{link.peer_id or link.address}", logging.ERROR,
+                              "link %s (%s): closing after an internal error handling its input",
+                              link.address, link.peer_id or link.cert_id or "?", exc_info=exc)
+        self._close(link, INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
 
     def _close(self, link: Link, code: int, reason: str) -> None:
         for action in link.push(link.core.close(code, reason)):
@@ -572,7 +652,10 @@ class Mesh:
     async def _ticker(self, link: Link) -> None:
         while True:
             await anyio.sleep(max(0.0, link.core.next_deadline() - anyio.current_time()) + 0.001)
-            await self._act(link, link.push(link.core.tick(anyio.current_time())))
+            try:
+                await self._act(link, link.push(link.core.tick(anyio.current_time())))
+            except Exception as exc:  # noqa: BLE001 - as in the reader: this link ends, not the terminal
+                self._internal_error(link, exc)
             if link.closed is not None:
                 return
 
@@ -613,7 +696,8 @@ class Mesh:
         if value_of(hello, "protocol", int) != PROTOCOL_VERSION:
             raise Refused(INVALID_MESSAGE, f"protocol {hello['protocol']} is not {PROTOCOL_VERSION}")
         claimed, claimed_type = value_of(hello, "terminal_id", str), value_of(hello, "terminal_type", str)
-        value_of(hello, "boot_id", str)
+        if not 1 <= len(value_of(hello, "boot_id", str)) <= MAX_BOOT_ID:
+            raise Refused(INVALID_MESSAGE, f"boot_id must be 1-{MAX_BOOT_ID} characters")
         try:
             cert_id, cert_type, cert_store = subject_of(cert)
         except IdentityError as exc:
@@ -634,6 +718,17 @@ class Mesh:
                           f"{cert_id}'s certificate is not the one enrolled in roster v{roster.version}")
         if cert_id == self.me:
             raise Refused(ALREADY_CONNECTED, "that is this terminal (a copied data directory?)")
+
+    def _revoked(self, cert: x509.Certificate, cert_id: str | None) -> Refused | None:
+        """A refusal for a certificate this terminal's roster revoked - decided before the peer's
+        first message is parsed.  Revocation is final (a newer roster never lifts it), so the
+        peer's own roster cannot change the answer."""
+        fp = fingerprint(cert)
+        if (cert_id is not None and self.roster.is_revoked(cert_id)) \
+                or any(entry["fingerprint"] == fp for entry in self.roster.revoked.values()):
+            return Refused(AUTHENTICATION_FAILED, f"{cert_id or 'the certificate'} is revoked "
+                                                  f"(roster v{self.roster.version})")
+        return None
 
     def _newest(self, signed: bytes) -> Roster:
         try:
@@ -667,6 +762,8 @@ class Mesh:
     # -- link life -----------------------------------------------------------------------------
 
     def _opened(self, link: Link, hello: dict[str, Any]) -> None:
+        if link.authenticated is not None:
+            link.authenticated()  # no longer counts against the unauthenticated connections
         peer_id = hello["terminal_id"]
         link.peer_id, link.peer_type, link.peer_boot = peer_id, hello["terminal_type"], hello["boot_id"]
         if link.client:
@@ -813,8 +910,8 @@ class Mesh:
             try:
                 await self.terminal.ensure_doc(doc)
                 tickets.append(self.terminal.host.apply_remote(doc, [a.update for a in items], f"peer:{link.peer_id}"))
-            except ValueError as exc:
-                error = Closed(INVALID_MESSAGE, f"update for {doc} does not decode ({exc})", by_peer=False)
+            except ValueError as exc:  # refused by its shape (core/yupdate.py) or by pycrdt
+                error = Closed(INVALID_MESSAGE, f"update for {doc} refused: {exc}", by_peer=False)
                 break
             except StoreError as exc:
                 error = Closed(INTERNAL_ERROR, f"storage is failing ({exc}); resync later", by_peer=False)
@@ -854,13 +951,20 @@ class Mesh:
             except IdentityError as exc:
                 self._close(link, INVALID_MESSAGE, f"relayed roster: {exc}")
         elif kind == "resync":
-            for name in value_of(message, "docs", list):
+            names = value_of(message, "docs", list)
+            if len(names) > MAX_DOCS_PER_MESSAGE:
+                raise WireError(f"resync lists more than {MAX_DOCS_PER_MESSAGE} documents")
+            for name in names:
                 name = check_doc_name(name) if isinstance(name, str) else check_doc_name(repr(name))
-                await self.terminal.ensure_doc(name)
+                if self.terminal.host.get(name) is None:
+                    continue  # not open here: the peer asks after a document this terminal never sent
                 link.session.queue_step1(name, self.terminal.host.state_vector(name))
             link.wake.set()
         elif kind == "docs":
-            await self._on_archived(link, value_of(message, "archived", dict))
+            archived = value_of(message, "archived", dict)
+            if len(archived) > MAX_DOCS_PER_MESSAGE:
+                raise WireError(f"docs lists more than {MAX_DOCS_PER_MESSAGE} archived days")
+            await self._on_archived(link, archived)
         elif kind == "cashier":
             try:
                 await self.terminal.cashier.receive(link.peer_id, message)  # type: ignore[arg-type]
@@ -887,7 +991,10 @@ class Mesh:
             day = orders_day(check_doc_name(name))
             if day is None or self.terminal.host.get(name) is not None:
                 continue  # live here: the step 1 at link-up covers it
-            theirs = base64.b64decode(encoded) if isinstance(encoded, str) else None
+            try:
+                theirs = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
+            except ValueError:
+                raise WireError(f"docs: the state vector of {name} is not base64") from None
             if name in ours:
                 if theirs is not None and decode_state_vector(ours[name]) == decode_state_vector(theirs):
                     continue
@@ -928,8 +1035,9 @@ class Mesh:
         entry = {"terminal_id": peer_id, "address": address, "code": code, "reason": reason,
                  "direction": "inbound" if inbound else "outbound", "at": self._now()}
         self.refusals.append(entry)
-        log.log(logging.INFO if code == ALREADY_CONNECTED else logging.WARNING, "link %s %s refused: %d %s",
-                "from" if inbound else "to", address, code, reason)
+        self._refusal_log.log(address.rpartition(":")[0] or address,
+                              logging.INFO if code == ALREADY_CONNECTED else logging.WARNING,
+                              "link %s %s refused: %d %s", "from" if inbound else "to", address, code, reason)
 
     @staticmethod
     def _count(state: PeerState, link: Link) -> None:

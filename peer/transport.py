@@ -12,6 +12,7 @@ seed (the partition simulator's network).
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import random
 import socket
@@ -23,7 +24,11 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from core.ratelog import RateLimitedLog
+
 Handler = Callable[[ByteStream, str], Awaitable[None]]
+log = logging.getLogger(__name__)
+_accept_log = RateLimitedLog(log)
 
 
 class Transport(Protocol):
@@ -40,15 +45,43 @@ class Transport(Protocol):
         """Give the listening address back (a transport whose ``serve`` never ran)."""
 
 
+#: ``accept()`` failed for want of descriptors or memory: the listener is fine, the process is
+#: full - wait (doubling up to 1 s) and accept again; the connections being served free some.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: The connection died between the SYN and our accept(): nothing to do but take the next one.
+TRANSIENT_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN,
+                              errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ETIMEDOUT})
+ACCEPT_BACKOFF_MAX = 1.0
+
+
 class TcpTransport:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.host, self.port = sock.getsockname()[:2]
 
     async def serve(self, handler: Handler) -> None:
+        """Accept for good.  Not anyio's ``Listener.serve``: it ends on the first failed
+        ``accept()``, so a peer holding a few hundred connections open (``EMFILE``) would stop
+        the terminal.  Here such failures back off and serving goes on."""
         listener = await anyio.abc.SocketListener.from_socket(self._sock)
+        backoff = 0.0
         try:
-            await listener.serve(lambda raw: handler(raw, _remote(raw)))
+            async with anyio.create_task_group() as tg:
+                while True:
+                    try:
+                        raw = await listener.accept()
+                    except OSError as exc:
+                        if exc.errno in TRANSIENT_ERRNOS:
+                            continue
+                        if exc.errno not in RESOURCE_ERRNOS:
+                            raise
+                        backoff = min(ACCEPT_BACKOFF_MAX, max(0.01, backoff * 2))
+                        _accept_log.log("accept", logging.ERROR, "peer port %s:%s cannot accept (%s); "
+                                        "retrying in %.2f s", self.host, self.port, exc.strerror, backoff)
+                        await anyio.sleep(backoff)
+                        continue
+                    backoff = 0.0
+                    tg.start_soon(handler, raw, _remote(raw))
         finally:
             with anyio.CancelScope(shield=True):
                 await listener.aclose()

@@ -21,7 +21,9 @@ from typing import Any
 
 from pycrdt import Decoder, Encoder, YMessageType, YSyncMessageType
 
+from core.yupdate import UpdateRefused, check_state_vector
 from meshpos.errors import INVALID_MESSAGE
+from storage.codec import decode_json
 
 PROTOCOL_VERSION = 1
 #: WebSocket subprotocol a meshpos peer offers and accepts; the request path of a link.
@@ -30,7 +32,7 @@ LINK_PATH = "/meshpos/v1/link"
 
 STEP1, STEP2, UPDATE = int(YSyncMessageType.SYNC_STEP1), int(YSyncMessageType.SYNC_STEP2), \
     int(YSyncMessageType.SYNC_UPDATE)
-_ORDERS = re.compile(r"^orders/(\d{4}-\d{2}-\d{2})$")
+_ORDERS = re.compile(r"orders/([0-9]{4}-[0-9]{2}-[0-9]{2})")
 CONTROL_TYPES = frozenset({"hello", "docs", "resync", "roster", "cashier"})
 
 
@@ -44,7 +46,7 @@ class WireError(Exception):
 
 def orders_day(name: str) -> date | None:
     """The business day of an ``orders/YYYY-MM-DD`` document name (``None`` for other names)."""
-    m = _ORDERS.match(name)
+    m = _ORDERS.fullmatch(name)
     if m is None:
         return None
     try:
@@ -93,6 +95,11 @@ def decode_sync(data: bytes) -> SyncFrame:
         raise WireError(f"unsupported y-protocols message {message_type}/{kind}")
     if size != len(payload):
         raise WireError(f"sync frame payload is {len(payload)} bytes, header says {size}")
+    if kind == STEP1:
+        try:
+            check_state_vector(payload)  # Yrs decodes it next: only well-formed ones reach it
+        except UpdateRefused as exc:
+            raise WireError(f"sync step 1: {exc}") from None
     return SyncFrame(check_doc_name(name), kind, payload)
 
 
@@ -111,7 +118,7 @@ def encode_control(message: dict[str, Any]) -> str:
 
 def decode_control(text: str) -> dict[str, Any]:
     try:
-        message = json.loads(text)
+        message = decode_json(text)  # depth-bounded before the parser sees it
     except ValueError as exc:
         raise WireError(f"control message is not JSON ({exc})") from None
     if not isinstance(message, dict) or message.get("type") not in CONTROL_TYPES:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import anyio
 import pycrdt
 
+from core.yupdate import Shape, check_update
 from meshpos.clock import Clock, iso, random_id
 from peer.wire import decode_state_vector
 from storage.store import AuditRecord, Store, StoredEvent, StoreError, Ticket
@@ -39,14 +40,22 @@ class Model:
     """Base of the typed document models.  Subclasses declare roots and derive events."""
 
     kind: str = ""
+    #: The roots a peer's update may touch and what they may hold (checked before pycrdt sees it).
+    shape: Shape = Shape(frozenset())
 
     def __init__(self, doc: pycrdt.Doc, *, terminal_id: str, replica_id: str, clock: Clock) -> None:
         self.doc = doc
+        #: The document's name (the host names what it opens, :meth:`named`); ``kind`` until then.
+        self.name = self.kind
         self.terminal_id = terminal_id
         self.replica_id = replica_id
         self.clock = clock
         self.read_only = False
         self.attach()
+
+    def named(self, name: str) -> None:
+        """The name the host stores and syncs this document under."""
+        self.name = name
 
     def attach(self) -> None:
         """Create/bind root types and subscribe the observers that note touched entities."""
@@ -114,6 +123,7 @@ class DocumentHost:
             return self._docs[name].model
         doc = await self._load(name)
         model = model_cls(doc, terminal_id=self.terminal_id, replica_id=self.replica_id, clock=self.clock)
+        model.named(name)
         model.read_only = read_only
         self._docs[name] = _Hosted(name, model)
         return model
@@ -218,12 +228,16 @@ class DocumentHost:
     def apply_remote(self, name: str, updates: list[bytes], origin: str) -> Ticket | None:
         """Apply updates from a peer in one transaction (one storage record); ``None``: nothing new.
 
-        An update that does not decode raises ``ValueError`` after the ones before it were
-        applied and queued (they were valid); it and everything after it are not applied.
+        Every update is checked against the document's shape first (:func:`check_update`), so a
+        refused one (:class:`UpdateRefused`, a ``ValueError``) leaves nothing applied; one that
+        passes but does not decode raises ``ValueError`` after the ones before it were applied
+        and queued (they were valid); it and everything after it are not applied.
         """
         hosted = self._docs[name]
         if name in self.store.stale_docs:
             raise StoreError(f"document {name} is being reloaded after a failed commit")
+        for update in updates:
+            check_update(update, hosted.model.shape)
         error: ValueError | None = None
         with hosted.model.doc.transaction(origin=origin):
             for update in updates:

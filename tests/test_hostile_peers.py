@@ -1,0 +1,261 @@
+"""Peers that try to stop a terminal: deep JSON, deep Yjs values and types, a revoked terminal,
+connection floods and descriptor exhaustion.  Each gets a close code (or is hung up on) and the
+terminal keeps serving its API and its other peers - in process on both backends, and as real
+``meshpos run`` processes where the failure used to be the process dying (SIGSEGV, EMFILE)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pycrdt
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
+
+from core.yupdate import UpdateRefused, check_update
+from meshpos.documents.inventory import InventoryDoc
+from meshpos.documents.orders import OrdersDoc
+from meshpos.errors import AUTHENTICATION_FAILED, INVALID_MESSAGE
+from meshpos.terminal import Terminal
+from peer.identity import Authority
+from peer.wire import LINK_PATH, SUBPROTOCOL, UPDATE, encode_control, encode_sync
+from simulations.hostile import deep_json, deep_value_update, map_chain_update
+from tests.meshutil import address, config_for, converged, enroll, hello_of, linked, running_mesh, tls_context
+from tests.test_mesh_process import Store, start, wait
+from tests.test_process import Proc, clean_env, ok, run_args
+
+PRODUCT = {"name": "Burger", "price_cents": 1590, "station": "grill", "category": "mains", "active": True}
+
+
+def ctx_of(data_dir: Path) -> ssl.SSLContext:
+    return tls_context(data_dir / "terminal.crt", data_dir / "terminal.key", data_dir / "store-ca.crt")
+
+
+async def raw_link(target: str, ctx: ssl.SSLContext, messages: list[Any], *, hello: dict[str, Any] | None = None,
+                   within: float = 15.0) -> tuple[int | None, str]:
+    """Dial ``target`` with WebSocket frames built by hand: the upgrade, ``hello`` (if given) as
+    our first text message, then ``messages`` exactly as they are.  Returns the close code and
+    reason the target sent (``None``: it hung up without one)."""
+    host, port = target.rsplit(":", 1)
+    ws = WSConnection(ConnectionType.CLIENT)
+    with anyio.fail_after(within):
+        async with await anyio.connect_tcp(host, int(port), ssl_context=ctx, tls_standard_compatible=False) as s:
+            await s.send(ws.send(Request(host="meshpos", target=LINK_PATH, subprotocols=[SUBPROTOCOL])))
+            sent = False
+            while True:
+                try:
+                    data = await s.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, ssl.SSLError, OSError):
+                    return None, "hung up"
+                ws.receive_data(data)
+                for event in ws.events():
+                    if isinstance(event, AcceptConnection) and not sent:
+                        sent = True
+                        out = [TextMessage(data=encode_control(hello))] if hello is not None else []
+                        try:
+                            for message in [*out, *messages]:
+                                await s.send(ws.send(message))
+                        except (anyio.BrokenResourceError, OSError):
+                            pass  # hung up mid-way: its close frame may still be readable
+                    elif isinstance(event, CloseConnection):
+                        return event.code, event.reason
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    return Authority.init(tmp_path / "auth", "Cantina Centro")
+
+
+@pytest.fixture
+async def target(authority: Authority, tmp_path: Path):  # noqa: ANN201
+    """Two linked terminals with the default message limit, and an enrolled identity ``pos-9``."""
+    cfgs = [config_for(d, t) for d, t in zip(enroll(authority, tmp_path, ["pos-1", "pos-2"]), ["pos-1", "pos-2"],
+                                             strict=True)]
+    enroll(authority, tmp_path, ["pos-9"])
+    async with running_mesh(cfgs) as terminals:
+        yield terminals
+
+
+async def still_serving(a: Terminal, b: Terminal) -> None:
+    await a.put_product("burger", **PRODUCT)
+    await converged([a, b])
+    assert linked(a) == {"pos-2"}
+
+
+# -- the checks themselves -------------------------------------------------------------------------
+
+
+def test_the_shape_check_refuses_what_kills_pycrdt_and_passes_what_terminals_write() -> None:
+    with pytest.raises(UpdateRefused, match="nested deeper than 8"):
+        check_update(deep_value_update(100_000), InventoryDoc.shape)
+    with pytest.raises(UpdateRefused, match="only directly under a root"):
+        check_update(map_chain_update(1000), OrdersDoc.shape)
+    with pytest.raises(UpdateRefused, match="not one of this document's"):
+        check_update(deep_value_update(1, root="secrets"), InventoryDoc.shape)
+    check_update(deep_value_update(7), InventoryDoc.shape)  # shallow plain values are fine
+    check_update(map_chain_update(1), OrdersDoc.shape)  # one order map under the root
+    doc = pycrdt.Doc()
+    orders = doc.get("orders", type=pycrdt.Map)
+    orders["o1"] = pycrdt.Map({"order": '{"id":"o1"}'})
+    orders["o1"]["stage:sent"] = '{"at":"now"}'
+    del orders["o1"]["stage:sent"]
+    check_update(doc.get_update(), OrdersDoc.shape)
+    for cut in range(1, 12):  # truncated anywhere: refused, never a crash
+        with pytest.raises(UpdateRefused):
+            check_update(doc.get_update()[:-cut], OrdersDoc.shape)
+
+
+# -- in process, both backends ---------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("where", ["hello", "control"])
+async def test_deep_json_closes_the_link_with_4006(target, tmp_path: Path, where: str, caplog) -> None:  # noqa: ANN001
+    caplog.set_level(logging.INFO)
+    a, b = target
+    deep = TextMessage(data=deep_json(200_000))
+    if where == "hello":
+        code, reason = await raw_link(address(a), ctx_of(tmp_path / "pos-9"), [deep])
+    else:
+        deep_control = TextMessage(data=deep_json(200_000, '{{"type":"docs","archived":{}}}'))
+        code, reason = await raw_link(address(a), ctx_of(tmp_path / "pos-9"), [deep_control],
+                                      hello=hello_of(tmp_path / "pos-9"))
+    assert code == INVALID_MESSAGE and "nested deeper" in reason, (code, reason)
+    await still_serving(a, b)
+
+
+@pytest.mark.anyio
+async def test_a_revoked_terminal_is_refused_before_anything_it_sends_is_parsed(target, authority: Authority,  # noqa: ANN001
+                                                                                tmp_path: Path) -> None:
+    a, b = target
+    await a.adopt_roster(authority.revoke("pos-9").signed)
+    code, reason = await raw_link(address(a), ctx_of(tmp_path / "pos-9"), [TextMessage(data=deep_json(200_000))])
+    assert code == AUTHENTICATION_FAILED and "revoked" in reason, (code, reason)  # not 4006: never parsed
+    await still_serving(a, b)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("update", ["deep value", "map chain"])
+async def test_deep_yjs_updates_close_the_link_with_4006_and_apply_nothing(target, tmp_path: Path,  # noqa: ANN001
+                                                                          update: str) -> None:
+    a, b = target
+    frame = (encode_sync("inventory", UPDATE, deep_value_update(100_000)) if update == "deep value"
+             else encode_sync(f"orders/{a.today().isoformat()}", UPDATE, map_chain_update(30_000)))
+    code, reason = await raw_link(address(a), ctx_of(tmp_path / "pos-9"), [BytesMessage(data=frame)],
+                                  hello=hello_of(tmp_path / "pos-9"))
+    assert code == INVALID_MESSAGE and "refused" in reason, (code, reason)
+    assert "evil" not in a.inventory.catalog and not a.host.get(f"orders/{a.today().isoformat()}").ids()
+    await still_serving(a, b)
+
+
+@pytest.mark.anyio
+async def test_a_connection_flood_is_capped_and_the_terminal_serves_on(target, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                                       caplog) -> None:
+    import peer.mesh
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setattr(peer.mesh, "MAX_UNAUTHENTICATED", 8)
+    a, b = target
+    host, port = address(a).rsplit(":", 1)
+    held = [await anyio.connect_tcp(host, int(port)) for _ in range(40)]  # no TLS: they just sit there
+    try:
+        await anyio.sleep(0.5)
+        assert sum(a.mesh._unauthenticated.values()) == 8
+        refusals = [r for r in a.mesh.refusals if "waiting to authenticate" in r["reason"]]
+        assert len(refusals) >= 30
+        logged = [r for r in caplog.records if "waiting to authenticate" in r.getMessage()]
+        assert len(logged) <= 6, "refusals must be logged a few per second per address, not each"
+        await still_serving(a, b)
+    finally:
+        for stream in held:
+            await stream.aclose()
+
+
+# -- real processes --------------------------------------------------------------------------------
+
+
+def _peer_store(tmp_path: Path) -> Store:
+    store = Store(tmp_path, ["pos-1", "pos-2"], ["pos", "pos"])
+    store.authority.enroll("pos-9", "pos", tmp_path / "pos-9")
+    return store
+
+
+def _attack(target: str, ctx: ssl.SSLContext, messages: list[Any], hello: dict[str, Any] | None) -> tuple:
+    return anyio.run(lambda: raw_link(target, ctx, messages, hello=hello, within=30))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ["deep json hello", "deep yjs value", "map chain"])
+def test_a_real_terminal_survives_what_used_to_kill_it(launch, tmp_path: Path, attack: str) -> None:  # noqa: ANN001
+    store = _peer_store(tmp_path)
+    procs = {tid: start(launch, store, tid, "asyncio") for tid in ("pos-1", "pos-2")}
+    with procs["pos-1"].client() as c1, procs["pos-2"].client() as c2:
+        wait(lambda: any(p["online"] for p in ok(c1.get("/api/v1/peers"))["peers"]), what="pos-1 linked")
+        ctx, hello = ctx_of(tmp_path / "pos-9"), hello_of(tmp_path / "pos-9")
+        target = f"127.0.0.1:{store.ports['pos-1']}"
+        if attack == "deep json hello":
+            code, reason = _attack(target, ctx, [TextMessage(data=deep_json(200_000))], None)
+        elif attack == "deep yjs value":
+            frame = encode_sync("inventory", UPDATE, deep_value_update(100_000))
+            code, reason = _attack(target, ctx, [BytesMessage(data=frame)], hello)
+        else:
+            day = ok(c1.get("/api/v1/status"))["business_day"]
+            frame = encode_sync(f"orders/{day}", UPDATE, map_chain_update(100_000))
+            code, reason = _attack(target, ctx, [BytesMessage(data=frame)], hello)
+        assert code == INVALID_MESSAGE, (code, reason)
+        assert procs["pos-1"].popen.poll() is None, procs["pos-1"].stderr()
+        ok(c1.put("/api/v1/catalog/burger", json=PRODUCT))  # still serving its API, and its peer
+        wait(lambda: any(p["sku"] == "burger" for p in ok(c2.get("/api/v1/catalog"))), what="pos-2 synced")
+        assert ok(c1.get("/api/v1/orders")) == []  # nothing of the attack was applied
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nofile", [256, 60])
+def test_descriptor_exhaustion_does_not_end_the_terminal(tmp_path: Path, nofile: int) -> None:
+    """``ulimit -n 256`` and 300 plain TCP connections held for 5 s: the cap on connections not
+    yet authenticated closes most at once.  With 60 descriptors even those the cap admits run the
+    process out of descriptors: accept() fails with EMFILE, backs off and goes on.  Either way the
+    terminal keeps serving, and links once they are gone."""
+    store = _peer_store(tmp_path)
+    args = ["prlimit", f"--nofile={nofile}:{nofile}", *run_args(store.tmp / "pos-1", terminal_id=None, type=None,
+                                                                 extra=store.args("pos-1"))]
+    proc = Proc(args, tmp_path / "stderr-limited.log", clean_env(), tmp_path).wait_ready()
+    held: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            s = socket.socket()
+            s.connect(("127.0.0.1", store.ports["pos-1"]))
+            held.append(s)
+        with proc.client() as c:
+            ok(c.get("/api/v1/status"))
+            time.sleep(5)
+            assert proc.popen.poll() is None, proc.stderr()
+            ok(c.put("/api/v1/catalog/burger", json=PRODUCT))
+        if nofile < 100:
+            assert "cannot accept" in proc.stderr(), "the descriptor limit was never reached"
+        for s in held:
+            s.close()
+        held.clear()
+        other = Proc(run_args(store.tmp / "pos-2", terminal_id=None, type=None, extra=store.args("pos-2")),
+                     tmp_path / "stderr-other.log", clean_env(), tmp_path).wait_ready()
+        try:
+            with other.client() as c2:
+                wait(lambda: any(p["sku"] == "burger" for p in ok(c2.get("/api/v1/catalog"))), what="linked")
+        finally:
+            other.stop()
+        assert proc.popen.poll() is None, proc.stderr()
+    finally:
+        for s in held:
+            s.close()
+        code = proc.stop(signal.SIGTERM)
+    assert code == 0, proc.stderr()  # a clean stop, after all that
+    if nofile > 100:  # (asyncio itself logs each EMFILE of the API's listener with a traceback)
+        assert "Traceback" not in proc.stderr()
+
