@@ -75,6 +75,15 @@ class NoQuorum(MeshposError):
     http_status = 503
 
 
+class MalformedEntity(MeshposError):
+    """An entity whose value in a document breaks docs/documents.md.  409: the request is fine,
+    the document is not; 4010 (conflict resolution failed): the merged state cannot be resolved
+    into a valid entity.  Nothing is written until a valid value replaces it."""
+
+    code = CONFLICT_RESOLUTION_FAILED
+    http_status = 409
+
+
 class Conflict(MeshposError):
     """An operation id reused for a different operation, or a review item resolved otherwise."""
 

@@ -187,7 +187,7 @@ class TerminalBox:
                 d = {"entries": [], "provisional": []}
             ledgers[drawer] = {"entries": d["entries"], "provisional": d["provisional"]}
         return {"orders": {o["id"]: o for o in await t.list_orders()}, "tables": t.tables.list(),
-                "stock": {v["sku"]: v["quantity"] for v in (t.inventory.view(s) for s in t.inventory.skus())},
+                "stock": {v["sku"]: v["quantity"] for v in t.inventory.list()},
                 "drawers": ledgers}
 
 

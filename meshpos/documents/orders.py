@@ -16,20 +16,48 @@ Ranks: open < sent < preparing < ready < served < cancelled < paid < closed.
 - Concurrent cancel vs paid: ``paid`` outranks ``cancelled`` - money was taken, so the order is
   paid and the cancellation stays visible (``cancellation.overridden_by``) for a refund.
 - Concurrent cancel vs served/ready/...: ``cancelled`` wins - the deliberate act with a reason.
+
+Untrusted values: peers and JS clients write these documents directly, so any value may break
+docs/documents.md (a record stored as a ``Y.Map``, a fractional ``qty``, a total no JS number holds
+exactly).  Every read checks what it serves; one malformed order is refused on its own
+(:class:`MalformedEntity`) and never takes a listing or another order's events with it
+(meshpos/documents/reading.py holds the machinery the three models share).
+
+Bounds (why these): every number the terminal serves or sums must stay an exact JS number (at
+most 2^53 - 1, about 9.007e15).  A write may not take an order past :data:`MAX_ORDER_TOTAL_CENTS`
+(10^11 cents, a billion in the currency) or :data:`MAX_ORDER_ITEMS` items - no restaurant order
+comes near, and a day of 5,000 orders at the bound still sums to 5e14.  Readers accept
+:data:`READ_SLACK` times those bounds, because terminals adding items to the same order at the
+same time each check only their own view and the merge may pass the bound legitimately; an order
+beyond even that was not written by these rules and is malformed.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import date
 from typing import Any
 
 import pycrdt
 
+from core.yupdate import Shape
 from meshpos.clock import random_id, time_id
-from meshpos.documents.host import Model
-from meshpos.documents.values import as_int, check_id, dump, load, load_list
-from meshpos.errors import InvalidInput, InvalidTransition, NotFound, PermissionDenied
+from meshpos.documents.reading import (
+    ID_CHARS,
+    CheckedModel,
+    Flaw,
+    clip,
+    describe,
+    need_id,
+    need_int,
+    need_list,
+    need_object,
+    need_str,
+    need_text,
+)
+from meshpos.documents.values import ID_PATTERN, check_id, dump, load, load_list
+from meshpos.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound, PermissionDenied
 
 ORDER_STAGES = ("open", "sent", "preparing", "ready", "served", "cancelled", "paid", "closed")
 ORDER_RANK = {stage: rank for rank, stage in enumerate(ORDER_STAGES)}
@@ -38,6 +66,17 @@ KITCHEN_RANK = {stage: rank for rank, stage in enumerate(KITCHEN_STAGES)}
 _FIELDS = ("table", "waiter", "notes")
 MAX_QTY = 10_000
 MAX_PRICE_CENTS = 100_000_000
+MAX_MODIFIERS = 50
+#: The order bounds a write may not pass, and the factor readers allow on top (module docstring).
+MAX_ORDER_TOTAL_CENTS = 100_000_000_000
+MAX_ORDER_ITEMS = 1_000
+READ_SLACK = 10
+#: An order id: the business day, then a time id (docs/documents.md, "Ids").  Ids are matched
+#: with ``fullmatch``: ``$`` alone would let a trailing newline through.
+ORDER_ID = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})-[0-9a-hjkmnp-tv-z]{19}")
+ITEM_ID = re.compile(r"[0-9a-hjkmnp-tv-z]{8}")
+
+# -- orders ----------------------------------------------------------------------------------------
 
 
 def doc_name(day: date) -> str:
@@ -64,9 +103,22 @@ def check_transition(current: str, target: str) -> None:
         )
 
 
-def _added(entry: tuple[str, dict[str, Any]]) -> tuple[str, str]:
-    """Items in the order they were added (id breaks ties): the same list on every replica."""
-    return entry[1]["added_at"], entry[0]
+def line_total(qty: int, unit_price_cents: int, modifiers: list[dict[str, Any]]) -> int:
+    return qty * (unit_price_cents + sum(m["price_cents"] for m in modifiers))
+
+
+def check_order_bounds(items: list[dict[str, Any]], total: int = 0, count: int = 0) -> None:
+    """Refuse new ``items`` that would take an order holding ``count`` items worth ``total`` past
+    the order bounds - before anything is written, so the order stays as it was.  Items too many
+    or too dear on their own are bad input (422); ones that pass only with what the order holds
+    already are refused by its state (409, like the lifecycle rules)."""
+    added = sum(line_total(i["qty"], i["unit_price_cents"], i["modifiers"]) for i in items)
+    for error, n, cents in ((InvalidInput, len(items), added), (InvalidTransition, count + len(items), total + added)):
+        if n > MAX_ORDER_ITEMS:
+            raise error(f"an order holds at most {MAX_ORDER_ITEMS} items; with these it would hold {n}")
+        if cents > MAX_ORDER_TOTAL_CENTS:
+            raise error(f"an order's total may not exceed {MAX_ORDER_TOTAL_CENTS} cents; with these items it "
+                        f"would be {cents} cents")
 
 
 def validate_item(raw: dict[str, Any]) -> dict[str, Any]:
@@ -86,14 +138,17 @@ def validate_item(raw: dict[str, Any]) -> dict[str, Any]:
         return value
 
     modifiers = []
-    for m in raw.get("modifiers") or []:
+    raw_modifiers = raw.get("modifiers") or []
+    if not isinstance(raw_modifiers, list) or len(raw_modifiers) > MAX_MODIFIERS:
+        raise InvalidInput(f"item.modifiers is a list of at most {MAX_MODIFIERS} entries")
+    for m in raw_modifiers:
         if isinstance(m, str):
             m = {"name": m, "price_cents": 0}
         if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"]:
             raise InvalidInput("item.modifiers entries are strings or {name, price_cents}")
         price = m.get("price_cents", 0)
         if isinstance(price, bool) or not isinstance(price, int) or not 0 <= price <= MAX_PRICE_CENTS:
-            raise InvalidInput("item.modifiers[].price_cents must be a non-negative integer")
+            raise InvalidInput(f"item.modifiers[].price_cents must be an integer in 0..{MAX_PRICE_CENTS}")
         modifiers.append({"name": m["name"], "price_cents": price})
     return {
         "sku": check_id("sku", raw.get("sku")),
@@ -106,8 +161,86 @@ def validate_item(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class OrdersDoc(Model):
+def _entry(value: Any, what: str) -> dict[str, Any]:
+    """A stage or void entry (``{"at", "by"[, "reason"]}``) with only the fields it serves: what
+    else a writer put in it is not passed on."""
+    entry = need_text(value, what, load)
+    reason, at, by = entry.get("reason"), entry.get("at"), entry.get("by")
+    if type(at) is str and (by is None or type(by) is str) and (reason is None or type(reason) is str):
+        return {"reason": reason, "at": at, "by": by}  # the usual entry, checked inline (hot)
+    try:
+        return {"reason": need_str(entry.get("reason"), "reason", null=True), "at": need_str(entry.get("at"), "at"),
+                "by": need_str(entry.get("by"), "by", null=True)}
+    except Flaw as exc:
+        raise Flaw(f"{what}: {exc}") from None
+
+
+def _modifier(value: Any) -> dict[str, Any]:
+    """A modifier with only its two fields (what else a writer put in it is not passed on)."""
+    if type(value) is dict:  # the common case checked inline: hot, once per modifier of every view
+        name, price = value.get("name"), value.get("price_cents")
+        if type(name) is str and type(price) is int and 0 <= price <= MAX_PRICE_CENTS:
+            return {"name": name, "price_cents": price}
+    value = need_object(value, "a modifier")
+    return {"name": need_str(value.get("name"), "modifier name"),
+            "price_cents": need_int(value.get("price_cents"), 0, MAX_PRICE_CENTS, "modifier price_cents")}
+
+
+def _item_fields(item: dict[str, Any]) -> tuple[Any, ...]:
+    """An item's served fields as docs/documents.md defines them, or a flaw naming the first that
+    is not (the slow path of :func:`_item_view`; it also accepts a JSON ``2.0`` for an integer)."""
+    return (need_int(item.get("qty"), 1, MAX_QTY, "qty"),
+            need_int(item.get("unit_price_cents"), 0, MAX_PRICE_CENTS, "unit_price_cents"),
+            need_id(item.get("sku"), "sku"), need_str(item.get("name"), "name"),
+            need_str(item.get("notes"), "notes", null=True), need_str(item.get("station"), "station", null=True),
+            need_str(item.get("added_at"), "added_at"), need_str(item.get("added_by"), "added_by", null=True),
+            need_list(item.get("modifiers"), "modifiers", MAX_MODIFIERS))
+
+
+def _item_view(item_id: str, item: dict[str, Any], reached: dict[str, Any] | None, void: Any) -> dict[str, Any]:
+    """One item of the view, every served field checked.  Hot (once per item of every view): the
+    usual item is checked inline, and only one that fails that goes through the ``need_*`` readers."""
+    get = item.get
+    qty, unit, sku, name, notes = get("qty"), get("unit_price_cents"), get("sku"), get("name"), get("notes")
+    station, added_at, added_by, mods = get("station"), get("added_at"), get("added_by"), get("modifiers")
+    try:
+        if not (type(qty) is int and 1 <= qty <= MAX_QTY and type(unit) is int and 0 <= unit <= MAX_PRICE_CENTS
+                and type(sku) is str and ID_PATTERN.fullmatch(sku) and type(name) is str and type(added_at) is str
+                and (notes is None or type(notes) is str) and (station is None or type(station) is str)
+                and (added_by is None or type(added_by) is str) and type(mods) is list
+                and len(mods) <= MAX_MODIFIERS):
+            qty, unit, sku, name, notes, station, added_at, added_by, mods = _item_fields(item)
+        modifiers = [_modifier(m) for m in mods]
+        voided = None if void is None else _entry(void, f"void:{item_id}")
+    except Flaw as exc:
+        raise Flaw(f"item {clip(repr(item_id), ID_CHARS)}: {exc}") from None
+    return {
+        "id": item_id, "sku": sku, "name": name, "qty": qty, "unit_price_cents": unit, "modifiers": modifiers,
+        "notes": notes or "", "station": station or "",
+        "kitchen_status": furthest({"queued": None, **reached}, KITCHEN_RANK) if reached else "queued",
+        "voided": voided is not None, "void": voided, "added_at": added_at, "added_by": added_by,
+        "total_cents": 0 if voided is not None else line_total(qty, unit, modifiers),
+    }
+
+
+def _added(item: dict[str, Any]) -> tuple[str, str]:
+    """Items in the order they were added (id breaks ties): the same list on every replica."""
+    return item["added_at"], item["id"]
+
+
+class OrdersDoc(CheckedModel):
     kind = "orders"
+    entity = "order"
+    #: What a peer's update may hold (core/yupdate.py): one Y.Map per order directly under the
+    #: root map, plain values inside it.
+    shape = Shape(frozenset({"orders"}), map_roots=frozenset({"orders"}))
+    #: The document's business day once the host names it: an order of another day is then
+    #: malformed here - the API finds an order's document by its id's day.
+    day: date | None = None
+
+    def named(self, name: str) -> None:
+        super().named(name)
+        self.day = date.fromisoformat(name.removeprefix("orders/"))
 
     def attach(self) -> None:
         self.orders = self.doc.get("orders", type=pycrdt.Map)
@@ -138,8 +271,12 @@ class OrdersDoc(Model):
             if not isinstance(fresh, pycrdt.Map):  # not added just now: is it still there?
                 fresh = None
                 if oid not in self.orders:
+                    self._forget(oid)
                     continue
-            order = known.get(oid) or self.view(oid, fresh)
+            try:
+                order = known.get(oid) or self.view(oid, fresh)
+            except MalformedEntity:
+                continue  # counted and logged by the view; the other orders' events stand
             if oid in created:
                 out.append(("order:created", {"order_id": oid, "order": order}))
             elif order["status"] == "cancelled":
@@ -153,104 +290,120 @@ class OrdersDoc(Model):
     def ids(self) -> list[str]:
         return sorted(self.orders.keys())
 
-    def _get(self, order_id: str) -> pycrdt.Map:
+    def _get(self, order_id: str) -> Any:
         try:
             return self.orders[order_id]
         except KeyError:
             raise NotFound(f"order {order_id!r} not found") from None
 
+    def _check_id(self, order_id: str) -> str:
+        """The business day ``order_id`` names, as ``YYYY-MM-DD``."""
+        match = ORDER_ID.fullmatch(order_id)
+        if match is None:
+            raise Flaw(f"the order id must match {ORDER_ID.pattern}")
+        day = f"{match[1]}-{match[2]}-{match[3]}"
+        if self.day is None:
+            try:
+                date.fromisoformat(day)
+            except ValueError:
+                raise Flaw(f"the order id names no date ({day})") from None
+        elif day != self.day.isoformat():
+            raise Flaw(f"the order id names business day {day}; this document holds {self.day.isoformat()}")
+        return day
+
     @staticmethod
-    def _facts(order: pycrdt.Map) -> dict[str, Any]:
+    def _facts(order: Any) -> dict[str, Any]:
         """The order map's entries grouped by kind, from one JSON read of the map (``str`` of a
         pycrdt map is its JSON: one call, where reading it entry by entry cost a call per key)."""
         if not isinstance(order, pycrdt.Map):  # a peer wrote something else under an order id
-            raise TypeError(f"expected an order map, got {type(order).__name__}")
+            raise Flaw(f"expected an order map (a Y.Map), got {describe(order)}")
         items: dict[str, Any] = {}
         stages: dict[str, Any] = {}
         kitchen: dict[str, dict[str, Any]] = {}
         void: dict[str, Any] = {}
         fields: dict[str, Any] = {}
         facts: dict[str, Any] = {"stages": stages, "items": items, "kitchen": kitchen, "void": void,
-                                 "fields": fields}
-        for key, value in load(str(order)).items():
+                                 "fields": fields, "record": None}
+
+        def add(batch: Iterable[Any], where: str) -> None:
+            for item in batch:
+                item_id = item.get("id") if isinstance(item, dict) else None
+                if not isinstance(item_id, str) or not ITEM_ID.fullmatch(item_id):
+                    need_object(item, f"an item of {where}")
+                    need_id(item_id, f"an item id in {where}", pattern=ITEM_ID)
+                if item_id in items:
+                    raise Flaw(f"item id {item_id!r} appears twice")
+                items[item_id] = item
+            if len(items) > MAX_ORDER_ITEMS * READ_SLACK:
+                raise Flaw(f"the order holds more than {MAX_ORDER_ITEMS * READ_SLACK} items")
+
+        for key, value in need_text(str(order), "the order map", load).items():
             kind, _, rest = key.partition(":")
             if kind == "order":
-                facts["record"] = record = load(value)
-                for item in record.get("items", ()):
-                    items[item["id"]] = item
+                facts["record"] = record = need_text(value, "order", load)
+                add(need_list(record.get("items", []), "order.items", MAX_ORDER_ITEMS * READ_SLACK), "order")
             elif kind == "items":
-                for item in load_list(value):
-                    items[item["id"]] = item
+                add(need_text(value, key, load_list), key)
             elif kind == "stage":
-                stages[rest] = load(value)
+                stages[rest] = _entry(value, key)
             elif kind == "kitchen":
                 item_id, _, stage = rest.rpartition(":")
                 kitchen.setdefault(item_id, {})[stage] = value
             elif kind == "void":
-                void[rest] = load(value)
+                void[rest] = value  # decoded with its item: a void of an unknown item is ignored
             elif kind in _FIELDS:
                 fields[kind] = value
+        if facts["record"] is None:
+            raise Flaw("the order map has no 'order' record")
         return facts
-
-    def _item_ids(self, order: pycrdt.Map) -> set[str]:
-        return set(self._facts(order)["items"])
-
-    def _status(self, order: pycrdt.Map) -> str:
-        """Furthest stage, without decoding anything but the keys (the write paths' check)."""
-        stages = ["open"] + [k[6:] for k in order.keys() if k.startswith("stage:")]
-        return furthest(stages, ORDER_RANK)
 
     def view(self, order_id: str, order: pycrdt.Map | None = None) -> dict[str, Any]:
         """``order``: the order's map when the caller holds it already (else looked up by id).
 
-        Hot: a catch-up builds one view per order it brings (2,500 for a busy half-day) for the
-        events, so this is written for speed over brevity.
+        Raises :class:`MalformedEntity` when any value it would serve breaks docs/documents.md.
         """
-        facts = self._facts(self._get(order_id) if order is None else order)
+        if order is None:
+            order = self._get(order_id)
+        return self._read(order_id, lambda: self._build(order_id, order))
+
+    def _build(self, order_id: str, order: Any) -> dict[str, Any]:
+        """Hot: a catch-up builds one view per order it brings (2,500 for a busy half-day) for the
+        events, so this is written for speed over brevity."""
+        facts = self._facts(order)
+        day = self._check_id(order_id)
         record, kitchen, voids, fields = facts["record"], facts["kitchen"], facts["void"], facts["fields"]
-        stages = {"open": {"at": record["created_at"], "by": record["created_by"]}, **facts["stages"]}
+        business_day = need_str(record.get("business_day"), "order.business_day")
+        if business_day != day:
+            raise Flaw(f"order.business_day {clip(repr(business_day), 40)} is not the day of the order id ({day})")
+        created_at = need_str(record.get("created_at"), "order.created_at")
+        created_by = need_str(record.get("created_by"), "order.created_by")
+        stages = {"open": {"reason": None, "at": created_at, "by": created_by}, **facts["stages"]}
         status = furthest(stages, ORDER_RANK) if len(stages) > 1 else "open"
-        items = []
-        total = 0
-        for item_id, item in sorted(facts["items"].items(), key=_added):
-            reached = kitchen.get(item_id)
-            void = voids.get(item_id)
-            modifiers = [{"name": m["name"], "price_cents": as_int(m["price_cents"])} for m in item["modifiers"]]
-            qty, unit = as_int(item["qty"]), as_int(item["unit_price_cents"])
-            line = 0 if void is not None else qty * (unit + sum(m["price_cents"] for m in modifiers))
-            total += line
-            items.append({
-                "id": item_id, "sku": item["sku"], "name": item["name"], "qty": qty,
-                "unit_price_cents": unit, "modifiers": modifiers,
-                "notes": item.get("notes", ""), "station": item.get("station", ""),
-                "kitchen_status": furthest({"queued": None, **reached}, KITCHEN_RANK) if reached else "queued",
-                "voided": void is not None, "void": void,
-                "added_at": item["added_at"], "added_by": item.get("added_by"), "total_cents": line,
-            })
+        items = [_item_view(item_id, item, kitchen.get(item_id), voids.get(item_id))
+                 for item_id, item in facts["items"].items()]
+        items.sort(key=_added)
+        total = sum(i["total_cents"] for i in items)
+        if total > MAX_ORDER_TOTAL_CENTS * READ_SLACK:
+            raise Flaw(f"the order's total of {total} cents is over {MAX_ORDER_TOTAL_CENTS * READ_SLACK}")
         cancellation = stages.get("cancelled")
         if cancellation is not None and status != "cancelled":
             cancellation = {**cancellation, "overridden_by": status}
-        field = fields.get
+        table = need_id(fields["table"] if "table" in fields else record.get("table"), "table", null=True)
+        waiter = need_str(fields["waiter"] if "waiter" in fields else record.get("waiter"), "waiter", null=True)
+        notes = need_str(fields["notes"] if "notes" in fields else record.get("notes"), "notes", null=True)
         return {
-            "id": order_id, "business_day": record["business_day"], "table": field("table", record.get("table")),
-            "waiter": field("waiter", record.get("waiter")), "notes": field("notes", record.get("notes")) or "",
+            "id": order_id, "business_day": business_day, "table": table, "waiter": waiter, "notes": notes or "",
             "status": status, "stages": {s: v["at"] for s, v in stages.items()}, "cancellation": cancellation,
-            "items": items, "total_cents": total,
-            "created_at": record["created_at"], "created_by": record["created_by"],
+            "items": items, "total_cents": total, "created_at": created_at, "created_by": created_by,
         }
 
     def list(self, *, status: str | None = None, table: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for oid in self.ids():
-            order = self.view(oid)
-            if status is not None and order["status"] != status:
-                continue
-            if table is not None and order["table"] != table:
-                continue
-            out.append(order)
-        return out
+        """Every order that reads, filtered; a malformed one is counted, logged once and skipped."""
+        return [o for o in self._listed(self.ids(), self.view)
+                if (status is None or o["status"] == status) and (table is None or o["table"] == table)]
 
     # -- writes (each runs inside the host's transaction) -----------------------------------------
+    # Each reads the order's view first: a malformed order is refused before anything is written.
 
     def _writable(self) -> None:
         if self.read_only:
@@ -276,6 +429,7 @@ class OrdersDoc(Model):
         if table is not None:
             check_id("table", table)
         clean = [validate_item(i) for i in items]
+        check_order_bounds(clean)
         order_id = f"{day.strftime('%Y%m%d')}-{time_id(self.clock())}"
         record = {
             "id": order_id, "business_day": day.isoformat(), "table": table, "waiter": waiter,
@@ -285,80 +439,76 @@ class OrdersDoc(Model):
         self.orders[order_id] = pycrdt.Map({"order": dump(record)})
         return order_id
 
-    def _open_for_items(self, order_id: str) -> pycrdt.Map:
+    def _open_for_items(self, order_id: str) -> tuple[pycrdt.Map, dict[str, Any]]:
+        """The order's map and view, if its items, table, waiter and notes may still change."""
         self._writable()
-        order = self._get(order_id)
-        status = self._status(order)
-        if ORDER_RANK[status] >= ORDER_RANK["cancelled"]:
-            raise InvalidTransition(f"order is {status}; it can no longer change")
-        return order
+        current = self.view(order_id)
+        if ORDER_RANK[current["status"]] >= ORDER_RANK["cancelled"]:
+            raise InvalidTransition(f"order is {current['status']}; it can no longer change")
+        return self.orders[order_id], current
 
     def add_items(self, order_id: str, items: list[dict[str, Any]]) -> list[str]:
-        order = self._open_for_items(order_id)
+        order, current = self._open_for_items(order_id)
         clean = [validate_item(i) for i in items]
-        taken = self._item_ids(order)
-        records = self._item_records(taken, clean)
+        check_order_bounds(clean, current["total_cents"], len(current["items"]))
+        records = self._item_records({i["id"] for i in current["items"]}, clean)
         batch = random_id(8)
         while f"items:{batch}" in order:
             batch = random_id(8)
         order[f"items:{batch}"] = dump(records)
         return [r["id"] for r in records]
 
-    def _item(self, order: pycrdt.Map, item_id: str) -> None:
-        if not isinstance(item_id, str) or item_id not in self._item_ids(order):
-            raise NotFound(f"item {item_id!r} not found in order {load(order['order'])['id']!r}")
+    @staticmethod
+    def _item(current: dict[str, Any], item_id: str) -> dict[str, Any]:
+        for item in current["items"]:
+            if item["id"] == item_id:
+                return item
+        raise NotFound(f"item {item_id!r} not found in order {current['id']!r}")
 
     def void_item(self, order_id: str, item_id: str, reason: str) -> None:
-        order = self._open_for_items(order_id)
-        self._item(order, item_id)
-        if f"void:{item_id}" in order:
+        order, current = self._open_for_items(order_id)
+        if self._item(current, item_id)["voided"]:
             raise InvalidTransition(f"item {item_id!r} is already voided")
         if not reason:
             raise InvalidInput("a void needs a reason")
         order[f"void:{item_id}"] = dump({"reason": reason, "at": self.now(), "by": self.terminal_id})
 
     def set_kitchen_status(self, order_id: str, item_id: str, stage: str) -> None:
-        order = self._open_for_items(order_id)
-        self._item(order, item_id)
+        order, current = self._open_for_items(order_id)
+        item = self._item(current, item_id)
         if stage not in KITCHEN_RANK:
             raise InvalidInput(f"unknown kitchen status {stage!r}; one of {', '.join(KITCHEN_STAGES)}")
-        if f"void:{item_id}" in order:
+        if item["voided"]:
             raise InvalidTransition(f"item {item_id!r} is voided")
-        prefix = f"kitchen:{item_id}:"
-        current = furthest(["queued"] + [k[len(prefix):] for k in order.keys() if k.startswith(prefix)],
-                           KITCHEN_RANK)
-        if KITCHEN_RANK[stage] <= KITCHEN_RANK[current]:
-            raise InvalidTransition(f"item is {current}; kitchen status moves forward only, not to {stage}")
-        order[prefix + stage] = self.now()
+        if KITCHEN_RANK[stage] <= KITCHEN_RANK[item["kitchen_status"]]:
+            raise InvalidTransition(
+                f"item is {item['kitchen_status']}; kitchen status moves forward only, not to {stage}")
+        order[f"kitchen:{item_id}:{stage}"] = self.now()
 
     def set_status(self, order_id: str, status: str, *, reason: str | None = None) -> None:
         self._writable()
-        order = self._get(order_id)
-        check_transition(self._status(order), status)
+        check_transition(self.view(order_id)["status"], status)
         entry: dict[str, Any] = {"at": self.now(), "by": self.terminal_id}
         if status == "cancelled":
             if not reason:
                 raise InvalidInput("cancelling an order needs a reason")
             entry["reason"] = reason
-        order[f"stage:{status}"] = dump(entry)
-
-    def _field(self, order: pycrdt.Map, name: str) -> Any:
-        return order[name] if name in order else load(order["order"]).get(name)
+        self.orders[order_id][f"stage:{status}"] = dump(entry)
 
     def transfer(self, order_id: str, table: str) -> None:
         self._writable()
         check_id("table", table)
-        order = self._get(order_id)
-        status = self._status(order)
-        if ORDER_RANK[status] >= ORDER_RANK["cancelled"]:
-            raise InvalidTransition(f"order is {status}; it cannot move to another table")
-        if self._field(order, "table") == table:
+        current = self.view(order_id)
+        if ORDER_RANK[current["status"]] >= ORDER_RANK["cancelled"]:
+            raise InvalidTransition(f"order is {current['status']}; it cannot move to another table")
+        if current["table"] == table:
             raise InvalidTransition(f"order is already on table {table!r}")
-        order["table"] = table
+        self.orders[order_id]["table"] = table
 
     def update_fields(self, order_id: str, *, waiter: str | None = None, notes: str | None = None) -> None:
-        order = self._open_for_items(order_id)
-        if waiter is not None and self._field(order, "waiter") != waiter:
+        order, current = self._open_for_items(order_id)
+        if waiter is not None and current["waiter"] != waiter:
             order["waiter"] = waiter
-        if notes is not None and self._field(order, "notes") != notes:
+        if notes is not None and current["notes"] != notes:
             order["notes"] = notes
+

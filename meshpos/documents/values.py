@@ -8,8 +8,10 @@ from typing import Any
 from meshpos.errors import InvalidInput
 from storage.codec import decode_json, encode_json
 
-#: Ids of skus, tables and terminals: safe in composite keys ("sku/replica") and URLs.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+#: Ids of skus, tables and terminals: safe in composite keys ("sku/replica") and URLs.  Ends in
+#: ``\Z``, not ``$``: ``$`` also matches before a final newline, so every ``ID_PATTERN.match``
+#: caller took ``"T1\n"`` for an id.
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 
 
 def as_int(value: Any) -> int:
