@@ -185,3 +185,23 @@ async def test_partition_provisional_review_over_http_and_cli(tmp_path: Path) ->
 async def test_review_cli_reports_an_api_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["review", "list", "--api", "http://127.0.0.1:9"])
     assert result.exit_code != 0 and "no terminal answering" in result.output
+
+
+async def test_an_op_id_names_one_operation_in_the_whole_store(served: Any) -> None:
+    """The same op_id sent to a second drawer is a different operation under a used id: 409, and
+    only the first payment exists (it used to take two)."""
+    async with served(type="pos") as (_, c):
+        order = (await c.post("/api/v1/orders", json={"items": [BURGER]})).json()
+        for drawer in ("main", "bar"):
+            opened = await c.post(f"/api/v1/cashier/drawers/{drawer}/open",
+                                  json={"float_cents": 0, "operator": "carla"})
+            assert opened.status_code == 201, opened.text
+        pay = {"order_id": order["id"], "amount_cents": 1000, "method": "cash", "op_id": "till-1-0001"}
+        first = await c.post(f"{MAIN}/payments", json=pay)
+        assert first.status_code == 201, first.text
+        assert (await c.post(f"{MAIN}/payments", json=pay)).json() == first.json()  # a retry: the first result
+        message = refused(await c.post("/api/v1/cashier/drawers/bar/payments", json=pay), 409,
+                          CONFLICT_RESOLUTION_FAILED)
+        assert "drawer main" in message
+        bar = (await c.get("/api/v1/cashier/drawers/bar", params={"from_position": 0})).json()["entries"]
+        assert [e["kind"] for e in bar] == ["drawer_opened"]

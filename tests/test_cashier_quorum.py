@@ -23,6 +23,7 @@ from meshpos.cashier.ledger import check_entry
 from meshpos.cashier.quorum import (
     LEASE_SECONDS,
     NOOP,
+    RECOVERY_QUARANTINE,
     Accept,
     Accepted,
     Acquired,
@@ -33,12 +34,15 @@ from meshpos.cashier.quorum import (
     Holder,
     Prepare,
     Promise,
+    Recovery,
     Reject,
     Release,
     Send,
     Voter,
     VoterState,
     from_wire,
+    learn,
+    report,
     to_wire,
 )
 from meshpos.errors import MeshposError
@@ -64,6 +68,15 @@ class Sim:
         self.acknowledged: dict[int, Any] = {}
         self.counter = 0
         self.eagerness = 0.02  # chance per step that an idle terminal tries to take the drawer
+        #: Disk losses: the victim runs the recovery protocol (quorum.Recovery) before it votes
+        #: or holds again, as the shell does after ``meshpos recover``.
+        self.amnesia = False
+        self.recovering: dict[str, Recovery] = {}
+        self.losses, self.last_loss = 0, float("-inf")
+        #: A holder that has not gathered its majority this long gives up (the shell's
+        #: ACQUIRE_TIMEOUT); ``None``: it keeps preparing.  Recovery's quarantine relies on it.
+        self.prepare_timeout: float | None = None
+        self.prepared_at: dict[str, float] = {}
 
     def connected(self, a: str, b: str) -> bool:
         return a not in self.down and b not in self.down and any(a in g and b in g for g in self.groups)
@@ -82,6 +95,17 @@ class Sim:
         for _, sender, to, msg in due:
             if not self.connected(sender, to):
                 continue
+            if isinstance(msg, tuple):  # recovery: ("query",) or ("report", its state, its ledger)
+                if msg[0] == "query" and to not in self.recovering:
+                    st = self.voters[to].state(DRAWER)
+                    self.wire.append((self.now + self.rng.uniform(0.0, self.delay), to, sender,
+                                      ("report", report(self.voters[to].states), list(st.committed))))
+                elif msg[0] == "report" and to in self.recovering:
+                    learn(self.voters[to].state(DRAWER), 0, msg[2])  # the shell relays the ledger first
+                    self.recovering[to].take(sender, msg[1])
+                continue
+            if to in self.recovering and isinstance(msg, Prepare | Accept):
+                continue  # neither votes until it has rebuilt what it forgot
             if isinstance(msg, Prepare | Accept) or type(msg).__name__ == "Commit":
                 self.post(to, self.voters[to].handle(sender, msg, self.now))
             else:
@@ -118,13 +142,38 @@ class Sim:
             self.voters[victim] = Voter(victim, copy.deepcopy(self.voters[victim].states), lease=self.lease)
             self.holders[victim] = None
             self.down[victim] = self.now + self.rng.uniform(0.5, 5.0)  # back after a restart
+        elif r < 0.014 and self.amnesia and not self.recovering and self.now > self.last_loss + 20.0:
+            # One box's disk is lost (one at a time: if a majority forgot at once, no one could
+            # say what they had promised - recovery then waits for an operator, as it must).
+            victim = self.rng.choice(self.ids)
+            self.last_loss = self.now
+            self.losses += 1
+            self.voters[victim] = Voter(victim, lease=self.lease)
+            self.holders[victim] = None
+            self.max_round[victim] = 0  # its cashier_rounds went with the disk
+            back_at = self.down[victim] = self.now + self.rng.uniform(0.5, 5.0)
+            self.recovering[victim] = Recovery(victim, started=back_at)
         for tid, back_at in list(self.down.items()):
             if back_at <= self.now:
                 del self.down[tid]
 
+    def recover(self) -> None:
+        """The recovering terminals ask the voters they reach, and adopt once enough reported."""
+        for tid, rec in list(self.recovering.items()):
+            if tid in self.down:
+                continue
+            reachable = {v for v in self.ids if self.connected(tid, v)}
+            for v in rec.ask(self.now, self.ids, reachable):
+                self.wire.append((self.now + self.rng.uniform(0.0, self.delay), tid, v, ("query",)))
+            if rec.complete(self.now, self.ids, self.voters[tid].states):
+                rounds = {DRAWER: self.max_round[tid]}
+                rec.adopt(self.voters[tid].states, rounds, self.ids)
+                self.max_round[tid] = rounds[DRAWER]
+                del self.recovering[tid]
+
     def work(self) -> None:
         tid = self.rng.choice(self.ids)
-        if tid in self.down:
+        if tid in self.down or tid in self.recovering:
             return
         holder = self.holders[tid]
         if holder is None:
@@ -141,17 +190,23 @@ class Sim:
             holder = Holder(tid, DRAWER, self.ids, round_above=self.max_round[tid], ledger=list(known))
             self.max_round[tid] = holder.ballot[0]
             self.holders[tid] = holder
+            self.prepared_at[tid] = self.now
             self.post(tid, holder.acquire())
 
     def tick(self) -> None:
         for tid, holder in self.holders.items():
             if holder is not None and tid not in self.down:
+                if self.prepare_timeout is not None and holder.phase == "preparing" \
+                        and self.now - self.prepared_at[tid] > self.prepare_timeout:
+                    self.holders[tid] = None  # gave up (the shell releases the attempt)
+                    continue
                 self.post(tid, holder.tick(self.now))
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
             self.now += STEP
             self.chaos()
+            self.recover()
             self.work()
             self.tick()
             self.deliver_due()
@@ -165,9 +220,11 @@ class Sim:
             holder = Holder(tid, DRAWER, self.ids, round_above=max(self.max_round.values()) + 10)
             self.holders = dict.fromkeys(self.ids)
             self.holders[tid] = holder
+            self.prepared_at[tid] = self.now
             self.post(tid, holder.acquire())
             for _ in range(200):
                 self.now += STEP
+                self.recover()
                 self.tick()
                 self.deliver_due()
             if holder.phase == "holding":
@@ -199,6 +256,107 @@ def test_randomized_schedules_keep_the_ledger_safe(seed: int, voters: int, duel:
     final = sim.settle()
     sim.check(final)
     assert sim.acknowledged, "the schedule committed nothing: it tests nothing"
+
+
+@pytest.mark.parametrize("voters", [3, 5])
+@pytest.mark.parametrize("seed", range(12))
+def test_a_voter_that_lost_its_disk_rebuilds_before_it_votes(seed: int, voters: int) -> None:
+    """Voters lose their whole cashier state (disk gone, ``meshpos recover``) during duelling
+    schedules; with the recovery protocol no two entries are ever committed at one position."""
+    sim = Sim(seed, voters, lease=0.05, delay=0.3)
+    sim.loss, sim.dup, sim.eagerness = 0.05, 0.05, 0.05
+    sim.amnesia, sim.prepare_timeout = True, 2.0
+    sim.run(12000)
+    final = sim.settle()
+    sim.check(final)
+    assert sim.acknowledged and sim.losses, "the schedule tests nothing"
+
+
+def _exchange(voters: dict[str, Voter], holder: Holder, now: float = 0.0) -> None:
+    """Deliver ``holder``'s messages to the voters in ``voters`` and their answers back, until quiet."""
+    pending = holder.acquire() if holder.phase == "idle" else []
+    while pending:
+        out: list[Send] = []
+        for send in pending:
+            if send.to in voters and isinstance(send.message, Prepare | Accept | Commit):
+                for answer in voters[send.to].handle(holder.me, send.message, now):
+                    more, _ = holder.handle(send.to, answer.message)
+                    out += more
+        pending = out
+
+
+@pytest.mark.parametrize("recover", [False, True], ids=["naive", "recovered"])
+def test_a_forgotten_accept_is_rebuilt_before_the_voter_counts_again(recover: bool) -> None:
+    """pos-1 and pos-2 commit ``v`` at position 0 under pos-2's ballot; pos-1 loses its disk.
+    Voting at once, it and pos-3 (which never heard of ``v``) form a majority that does not know
+    ``v``, and pos-1's next holder commits something else there.  Recovered first, it cannot."""
+    ids = ["pos-1", "pos-2", "pos-3"]
+    voters = {v: Voter(v) for v in ids}
+    first = Holder("pos-2", DRAWER, ids)
+    _exchange({v: voters[v] for v in ("pos-1", "pos-2")}, first)
+    assert first.phase == "holding"
+    sends = first.append({"op": "v"})
+    for send in sends:
+        if send.to in ("pos-1", "pos-2"):
+            for answer in voters[send.to].handle("pos-2", send.message, 0.0):
+                first.handle(send.to, answer.message)
+    assert first.ledger == [{"op": "v"}]  # committed: on the disks of pos-1 and pos-2
+
+    voters["pos-1"] = Voter("pos-1")  # pos-1's disk is gone; so are its rounds
+    rounds = {DRAWER: 0}
+    if recover:
+        rec = Recovery("pos-1", started=0.0)
+        asked = rec.ask(RECOVERY_QUARANTINE, ids, {"pos-2", "pos-3"})
+        assert asked == ["pos-2", "pos-3"]
+        for v in asked:
+            learn(voters["pos-1"].state(DRAWER), 0, voters[v].state(DRAWER).committed)  # the relay
+            rec.take(v, report(voters[v].states))
+        assert rec.complete(RECOVERY_QUARANTINE, ids, voters["pos-1"].states)
+        rec.adopt(voters["pos-1"].states, rounds, ids)
+    second = Holder("pos-1", DRAWER, ids, round_above=rounds[DRAWER])
+    _exchange({v: voters[v] for v in ("pos-1", "pos-3")}, second)  # pos-2 is unplugged now
+    if second.phase == "holding":
+        _exchange({v: voters[v] for v in ("pos-1", "pos-3")}, second)
+        second_sends = second.append({"op": "w"})
+        for send in second_sends:
+            if send.to in ("pos-1", "pos-3"):
+                for answer in voters[send.to].handle("pos-1", send.message, 0.0):
+                    second.handle(send.to, answer.message)
+    if recover:
+        assert second.ledger[0] == {"op": "v"}, "the committed entry was lost"
+    else:
+        assert second.ledger[0] != {"op": "v"}, "the control should show the forgotten entry overwritten"
+
+
+def test_recovery_needs_enough_voters_and_the_quarantine() -> None:
+    rec = Recovery("pos-1", started=100.0)
+    voters = ["pos-1", "pos-2", "pos-3", "pos-4", "pos-5"]
+    assert [Recovery.needed(v, "pos-1") for v in (["pos-1"], voters[:2], voters[:3], voters[:4], voters)] == \
+        [0, 1, 2, 2, 3]
+    assert Recovery.needed(["pos-1", "pos-2", "pos-3"], "kds-1") == 2  # a holder that does not vote
+    assert rec.ask(105.0, voters, set(voters)) == []  # quarantine
+    assert rec.ask(110.0, voters, {"pos-2", "pos-3"}) == ["pos-2", "pos-3"]
+    assert rec.ask(110.5, voters, {"pos-2", "pos-3"}) == []  # asked a moment ago
+    rec.take("pos-4", {})  # never asked: an answer from before the quarantine could be stale
+    promised = (7, "pos-9")
+    rec.take("pos-2", {DRAWER: report({DRAWER: VoterState(promised=promised,
+                                                            accepted={3: ((6, "pos-9"), "old"), 4: ((7, "pos-9"), "x")},
+                                                            committed=["a", "b", "c"])})[DRAWER]})
+    assert not rec.complete(111.0, voters, {DRAWER: VoterState(committed=["a", "b", "c"])})
+    assert rec.ask(111.0, voters, {"pos-2", "pos-3", "pos-4"}) == ["pos-3", "pos-4"]
+    rec.take("pos-3", {DRAWER: report({DRAWER: VoterState(promised=(5, "pos-1"), accepted={3: ((5, "pos-1"), "mine")},
+                                                            committed=["a", "b", "c"])})[DRAWER]})
+    rec.take("pos-4", {})
+    states: dict[str, VoterState] = {}
+    assert not rec.complete(111.0, voters, states)  # its ledger is shorter than theirs (3 entries)
+    states[DRAWER] = VoterState(committed=["a", "b", "c"])
+    assert rec.complete(111.0, voters, states)
+    rounds: dict[str, int] = {}
+    assert rec.adopt(states, rounds, voters) == [DRAWER]
+    st = states[DRAWER]
+    assert st.promised == promised  # the highest promise any of them made
+    assert st.accepted == {3: ((6, "pos-9"), "old"), 4: ((7, "pos-9"), "x")}  # highest ballot per position
+    assert rounds[DRAWER] == 7  # its next ballot (8, pos-1) is above all it may have used
 
 
 # -- money on top: real ledger entries, validation, provisional entries, reconciliation -----------

@@ -42,16 +42,21 @@ from meshpos.cashier.quorum import (
     Holder,
     Message,
     Prepare,
+    Recovery,
     Release,
     Send,
     Voter,
     VoterState,
     from_wire,
     learn,
+    report,
+    report_from_wire,
+    report_to_wire,
     to_wire,
 )
 from meshpos.clock import iso, random_id
 from meshpos.errors import Conflict, InvalidInput, MeshposError, NoQuorum, NotEnrolled, NotFound, Unavailable
+from storage.codec import decode_json
 from storage.store import StoreError, Ticket
 
 if TYPE_CHECKING:
@@ -127,6 +132,11 @@ class Cashier:
         self.epoch = 0
         self._to_mark: set[tuple[str, str | None]] = set()  # (order id, user) to mark paid, retried
         self.stats = {"commits": 0, "acquisitions": 0, "provisional": 0, "reviews": 0}
+        #: Set while this terminal rebuilds the cashier state it lost (``meshpos recover``): it
+        #: neither votes nor holds a drawer until the voters' reports bound what it forgot
+        #: (quorum.Recovery; docs/cashier.md).  Reports arrive in parts: sender -> parts so far.
+        self.recovery: Recovery | None = None
+        self._report_parts: dict[str, dict[str, Any]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -143,7 +153,7 @@ class Cashier:
             states.setdefault(drawer, VoterState()).promised = (rnd, holder)
         for drawer, pos, rnd, holder, entry in await q(
                 "SELECT drawer, position, round, holder, entry FROM cashier_accepted"):
-            states.setdefault(drawer, VoterState()).accepted[pos] = ((rnd, holder), json.loads(entry))
+            states.setdefault(drawer, VoterState()).accepted[pos] = ((rnd, holder), decode_json(entry))
         gaps: set[str] = set()
         for drawer, pos, entry in await q("SELECT drawer, position, entry FROM cashier_ledger "
                                           "ORDER BY drawer, position"):
@@ -154,17 +164,22 @@ class Cashier:
                 # committed, so it is reported as accepted under the promised ballot - the value
                 # chosen there - and the next holder commits it again; peers relay the rest.
                 gaps.add(drawer)
-                st.accepted.setdefault(pos, (st.promised, json.loads(entry)))
+                st.accepted.setdefault(pos, (st.promised, decode_json(entry)))
                 continue
-            st.committed.append(json.loads(entry))
+            st.committed.append(decode_json(entry))
         provisional: dict[str, dict[str, dict[str, Any]]] = {}
         seq = 0
         for drawer, op_id, row_seq, entry, state, pos, created in await q(
                 "SELECT drawer, op_id, seq, entry, state, position, created_at FROM cashier_provisional ORDER BY seq"):
             provisional.setdefault(drawer, {})[op_id] = {
-                "entry": json.loads(entry), "state": state, "position": pos, "seq": row_seq, "created_at": created}
+                "entry": decode_json(entry), "state": state, "position": pos, "seq": row_seq, "created_at": created}
             seq = max(seq, row_seq)
+        recovering = bool(await q("SELECT 1 FROM meta WHERE key = 'cashier_recovery'"))
         # -- install (no await from here on) --
+        if recovering and self.recovery is None:
+            self.recovery = Recovery(self.me, anyio.current_time())
+            log.warning("cashier: this terminal's cashier state was rebuilt by 'meshpos recover'; it neither votes "
+                        "nor holds a drawer until the other voters have reported what it may have promised")
         for drawer in sorted(gaps):
             log.warning("drawer %s: stored ledger has a gap at position %d; completing it from the voters",
                         drawer, len(states[drawer].committed))
@@ -266,6 +281,10 @@ class Cashier:
                 self._on_heads(sender, data)
             elif kind == "ledger":
                 await self._on_relay(sender, data)
+            elif kind == "recovery_query":
+                self._on_recovery_query(sender, data)
+            elif kind == "recovery_report":
+                await self._on_recovery_report(sender, data)
             else:
                 await self._deliver(sender, from_wire(data, anyio.current_time(), ledger.check_entry))
         except Unavailable as exc:
@@ -283,6 +302,8 @@ class Cashier:
     async def _vote(self, sender: str, msg: Message) -> None:
         if self.me not in self.voters():
             return
+        if self.recovery is not None and isinstance(msg, Prepare | Accept):
+            return  # it may have promised more than it remembers: unanswered, like an unplugged voter
         await self._fresh()
         st = self.voter.state(msg.drawer)
         if isinstance(msg, Prepare) and len(st.committed) - msg.known > PROMISE_MAX_ENTRIES and sender != self.me:
@@ -324,6 +345,8 @@ class Cashier:
         while True:
             await anyio.sleep(RETRY_SECONDS)
             now = anyio.current_time()
+            if self.recovery is not None:
+                await self._drive_recovery(now)
             for drawer, hold in list(self._holds.items()):
                 idle = now - hold.last_used > IDLE_RELEASE_SECONDS and not hold.waiting
                 if idle and hold.holder.phase == "holding" and not self._lock(drawer).locked():
@@ -455,6 +478,83 @@ class Cashier:
         except StoreError:
             log.warning("could not record %s %s", kind, payload)
 
+    # -- rebuilding a lost cashier state (meshpos recover) ----------------------------------------
+
+    def recovery_status(self) -> dict[str, Any] | None:
+        """Where the rebuilding stands (``None``: this terminal's cashier state is whole)."""
+        rec = self.recovery
+        if rec is None:
+            return None
+        voters = self.voters()
+        got = sorted(v for v in rec.reports if v in voters)
+        needed = Recovery.needed(voters, self.me)
+        wait = max(0.0, rec.started + rec.quarantine - anyio.current_time())
+        return {"reports": got, "needed": needed, "quarantine_left_s": round(wait, 1),
+                "message": (f"this terminal is rebuilding the cashier state it lost ('meshpos recover'): it takes "
+                            f"no drawer before {needed} other POS voter(s) have reported (so far "
+                            f"{len(got)}: {', '.join(got) or 'none'})" + (f", in {wait:.0f} s at the earliest"
+                                                                          if wait else ""))}
+
+    async def _drive_recovery(self, now: float) -> None:
+        rec = self.recovery
+        assert rec is not None
+        voters = self.voters()
+        links = set(self.t.mesh.links) if self.t.mesh is not None else set()
+        for voter in rec.ask(now, voters, links):
+            known = {drawer: len(st.committed) for drawer, st in self.states.items()}
+            self.t.mesh.send_control(voter, {"type": "cashier", "m": "recovery_query",  # type: ignore[union-attr]
+                                             "known": known})
+        if not rec.complete(now, voters, self.states):
+            return
+        rounds = dict(self._rounds)
+        changed = rec.adopt(self.states, rounds, voters)
+        sql: list[tuple[str, tuple[Any, ...]]] = [("DELETE FROM meta WHERE key = 'cashier_recovery'", ())]
+        for drawer in changed:
+            st = self.states[drawer]
+            sql.append(("INSERT OR REPLACE INTO cashier_votes (drawer, round, holder) VALUES (?,?,?)",
+                        (drawer, st.promised[0], st.promised[1])))
+            sql.append(("INSERT OR REPLACE INTO cashier_rounds (drawer, round) VALUES (?,?)", (drawer, rounds[drawer])))
+            sql.extend(("INSERT OR REPLACE INTO cashier_accepted (drawer, position, round, holder, entry) "
+                        "VALUES (?,?,?,?,?)", (drawer, pos, b[0], b[1], _dump(e)))
+                       for pos, (b, e) in st.accepted.items())
+        await self._durable(self.t.store.enqueue(
+            doc=None, update=None, origin="cashier", at=iso(self.t.clock()), sql=sql,
+            events=[("cashier:recovered", {"reports_from": sorted(v for v in rec.reports if v in voters),
+                                           "drawers": changed})]))
+        self._rounds.update(rounds)
+        self.recovery = None
+        self._report_parts.clear()
+        log.warning("cashier: rebuilt from the reports of %s; voting and holding drawers again",
+                    ", ".join(sorted(rec.reports)) or "nobody (this terminal is the store's only POS voter)")
+        self._reconcile_now.set()
+
+    def _on_recovery_query(self, sender: str, data: dict[str, Any]) -> None:
+        """A terminal that lost its cashier state asks: the committed entries it lacks first (it
+        must know them before it counts again), then this voter's promises and accepts."""
+        known = data.get("known")
+        if set(data) != {"type", "m", "known"} or not isinstance(known, dict) \
+                or not all(type(v) is int and v >= 0 for v in known.values()):
+            raise BadMessage("recovery_query: needs known (drawer -> ledger length)")
+        if self.recovery is not None or self.me not in self.voters() or self.t.mesh is None:
+            return  # it knows no more than the asker: silence, so it is not counted
+        for drawer in self.states:
+            self._send_ledger(sender, drawer, min(known.get(drawer, 0), len(self.states[drawer].committed)))
+        drawers = sorted(report(self.states).items())
+        for at in range(0, max(1, len(drawers)), RELAY_CHUNK):
+            part = dict(drawers[at:at + RELAY_CHUNK])
+            self.t.mesh.send_control(sender, report_to_wire(part, last=at + RELAY_CHUNK >= len(drawers)))
+
+    async def _on_recovery_report(self, sender: str, data: dict[str, Any]) -> None:
+        drawers, last = report_from_wire(data, ledger.check_entry)
+        for drawer in drawers:
+            check_drawer_wire(drawer)
+        if self.recovery is None:
+            return
+        parts = self._report_parts.setdefault(sender, {})
+        parts.update(drawers)
+        if last:
+            self.recovery.take(sender, self._report_parts.pop(sender))
+
     # -- holding a drawer ----------------------------------------------------------------------
 
     def _lock(self, drawer: str) -> anyio.Lock:
@@ -472,6 +572,8 @@ class Cashier:
     async def _hold(self, drawer: str, *, patient: bool = True) -> _Hold:
         """Hold ``drawer`` (taking it if needed).  ``patient=False`` (the reconciler, which simply
         tries again later): no waiting out another holder, no ``lock_failed`` events."""
+        if self.recovery is not None:
+            raise NoQuorum(self.recovery_status()["message"])
         why = self._no_majority(drawer)
         if why is not None:  # even while holding: an append could not commit, so fail fast
             self._holds.pop(drawer, None)
@@ -605,6 +707,7 @@ class Cashier:
         d = self.drawers.get(drawer)
         pos = d.op_positions.get(entry["op_id"]) if d is not None else None
         if pos is None:
+            self._check_other_drawers(drawer, entry)
             return None
         first = d.entries[pos]  # type: ignore[union-attr]
         if ledger.content(first) == ledger.content(entry):
@@ -614,6 +717,22 @@ class Cashier:
                            f"{first['operator']} at {first['at']})")
         raise Conflict(f"op_id {entry['op_id']} was already used for another operation "
                        f"(position {pos} of drawer {drawer})")
+
+    def _check_other_drawers(self, drawer: str, entry: dict[str, Any]) -> None:
+        """An ``op_id`` names one operation in the whole store: a retry sent to another drawer is
+        a different operation under a used id (409), never a second payment.  (Review entries'
+        ids are the drawer's own, ``resolve:<position>``.)"""
+        if entry["kind"] == "review_resolution":
+            return
+        op_id = entry["op_id"]
+        for name, other in self.drawers.items():
+            if name != drawer and op_id in other.op_positions:
+                raise Conflict(f"op_id {op_id} was already used in drawer {name} (position "
+                               f"{other.op_positions[op_id]}); an op_id names one operation in the store")
+        for name, rows in self.provisional.items():
+            if name != drawer and op_id in rows:
+                raise Conflict(f"op_id {op_id} was already used for a provisional entry of drawer {name}; an "
+                               "op_id names one operation in the store")
 
     async def _order(self, entry: dict[str, Any]) -> dict[str, Any] | None:
         """The paid order's view, with what the *other* drawers took for it (payments only)."""
