@@ -50,6 +50,17 @@ EMPTY_STATE_VECTOR = b"\x00"
 SIZE_EXACT_BYTES = 64 * 1024
 
 
+def raise_descriptor_limit() -> None:
+    """Soft descriptor limit up to the hard one: every peer link, API client and event socket
+    holds one, and the soft default (1,024 under systemd) is far below what the box allows."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 class Terminal:
     def __init__(self, config: TerminalConfig, *, clock: Clock = system_clock, transport: Transport | None = None,
                  storage_threads: bool = True, rng: random.Random | None = None) -> None:
@@ -82,7 +93,9 @@ class Terminal:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Terminal]:
         identity = self._enrollment()
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.config.data_dir.chmod(0o700)  # the ledger and the keys: this user's only
+        raise_descriptor_limit()
         lock = lock_data_dir(self.config.data_dir)
         try:
             self.store = await Store.open(self.config.data_dir / "meshpos.db", threads=self._storage_threads)
@@ -345,6 +358,7 @@ class Terminal:
     async def list_orders(
         self, *, day: date | None = None, status: str | None = None, table: str | None = None
     ) -> list[dict[str, Any]]:
+        """Orders that read; a malformed one is skipped (counted in :meth:`status`, logged once)."""
         days = [day] if day is not None else self.live_days()
         out: list[dict[str, Any]] = []
         tables = None
@@ -488,6 +502,7 @@ class Terminal:
                 "read_only": model.read_only,
                 "state_vector": {str(k): v for k, v in sorted(decode_state_vector(state).items())},
                 "last_peer_update_at": self.host.last_peer_update_at.get(name),
+                "malformed": model.malformed_summary(),  # type: ignore[attr-defined]
             }
         return {
             "terminal_id": self.config.terminal_id, "type": self.config.type,

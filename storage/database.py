@@ -8,7 +8,10 @@ database of a schema we know, and pass SQLite's own integrity check, before we t
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -99,6 +102,20 @@ class DatabaseError(Exception):
     """The database file cannot be used; the message says why and what to do."""
 
 
+class DatabaseMissing(DatabaseError):
+    """The data directory held a database with acknowledged writes, and it is gone or empty."""
+
+
+class DatabaseRolledBack(DatabaseError):
+    """The database lost commits it had acknowledged (a damaged or truncated WAL, an old copy)."""
+
+
+#: What to do when a database cannot be trusted (docs/operations.md, "Recovery").
+RECOVER_HINT = ("Nothing was changed. If the damage is understood, run 'meshpos recover --data-dir {dir}': "
+                "it keeps this file aside, starts a fresh database from what is readable, and lets the "
+                "terminal rebuild the rest from its peers (docs/operations.md, Recovery).")
+
+
 def _check_header(path: Path) -> None:
     size = path.stat().st_size
     if size == 0:
@@ -112,22 +129,45 @@ def _check_header(path: Path) -> None:
         )
 
 
-def open_database(path: Path) -> sqlite3.Connection:
+def open_database(path: Path, check: Callable[[sqlite3.Connection], None] | None = None) -> sqlite3.Connection:
     """Open (or create) the database at ``path`` with durable settings.  Blocking: run in a thread.
 
-    Raises :class:`DatabaseError` for a corrupt, foreign or newer-schema file.
+    Raises :class:`DatabaseError` for a corrupt, foreign or newer-schema file, or whatever
+    ``check(connection)`` raises.  An existing file is judged through a *read-only* connection
+    first: closing a read-write one checkpoints the WAL into the file and deletes it, which would
+    rewrite the very evidence a refusal is about.  The file and its
+    ``-wal`` and ``-shm`` are readable by this user only (the ledger is money): a new file is
+    created 0600 before SQLite opens it (SQLite gives the WAL and shm files the database's
+    mode), and an older, wider one is narrowed.
     """
     existed = path.exists() and path.stat().st_size > 0
     if path.exists():
         _check_header(path)
+    else:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    if existed:
+        # Read-only, and with no -wal beside it immutable: a read-only connection to a WAL
+        # database would create the -wal and -shm files, and a refusal must leave the directory
+        # as it found it (with a -wal present, what it holds must be read: mode=ro).
+        wal = path.with_name(path.name + "-wal").exists()
+        try:
+            probe = sqlite3.connect(f"file:{path}?{'mode=ro' if wal else 'immutable=1'}", uri=True)
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"cannot open {path}: {exc}") from exc
+        try:
+            _verify_existing(probe, path)
+            if check is not None:
+                check(probe)
+        finally:
+            probe.close()
+    for suffix in ("", "-wal", "-shm"):
+        private(path.with_name(path.name + suffix))
     try:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) in the store.
         conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise DatabaseError(f"cannot open {path}: {exc}") from exc
     try:
-        if existed:
-            _verify_existing(conn, path)
         # WAL + FULL: a COMMIT returns only once the WAL frame is fsynced, so an acknowledged
         # write survives power loss; readers never block the writer.
         conn.execute("PRAGMA journal_mode=WAL")
@@ -141,10 +181,30 @@ def open_database(path: Path) -> sqlite3.Connection:
             conn.execute("COMMIT")
         else:
             _migrate(conn)
+        for key, value in (("db_id", os.urandom(8).hex()), ("commit_seq", "0")):
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def private(path: Path) -> None:
+    """Narrow ``path`` to 0600 if it exists with more."""
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except FileNotFoundError:
+        pass
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already (it does by itself on a full
+    disk or an I/O error): a ROLLBACK then would fail with "no transaction is active" and hide
+    the error that matters."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -167,7 +227,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute(f"PRAGMA user_version={target}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
 
 
@@ -215,10 +275,9 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     kernel drops the lock when the process dies (even on SIGKILL), so it never goes stale.
     """
     import fcntl
-    import os
 
     lock_path = data_dir / "meshpos.lock"
-    handle = open(lock_path, "a+")  # noqa: SIM115 - held open for the terminal's life
+    handle = open(os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600), "a+")  # noqa: SIM115 - held for life
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -234,3 +293,29 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+def backup_database(path: Path, dest: Path) -> None:
+    """A consistent copy of the live database at ``path`` in ``dest``, marked as a backup.
+
+    ``VACUUM INTO`` reads one committed snapshot (WAL readers never block the writer) and writes
+    a compact, self-contained file.  The copy then gets ``meta.backup_of``: a terminal refuses
+    to run on it as it is (its voter state is older than what it promised since), and
+    ``meshpos recover --from`` restores it.  Blocking: run in a thread.
+    """
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists; backups never overwrite a file")
+    _check_header(path)
+    source = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        _verify_existing(source, path)
+        source.execute("VACUUM INTO ?", (str(dest),))
+    finally:
+        source.close()
+    private(dest)
+    copy = sqlite3.connect(str(dest), isolation_level=None)
+    try:
+        (db_id,) = copy.execute("SELECT value FROM meta WHERE key = 'db_id'").fetchone() or ("unknown",)
+        copy.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('backup_of', ?)", (db_id,))
+    finally:
+        copy.close()

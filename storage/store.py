@@ -31,7 +31,16 @@ import anyio
 import anyio.lowlevel
 
 from storage.codec import decode_json, encode_json
-from storage.database import open_database
+from storage.commits import CommitMarker, marker_path, read_marker
+from storage.database import (
+    RECOVER_HINT,
+    DatabaseError,
+    DatabaseMissing,
+    DatabaseRolledBack,
+    backup_database,
+    open_database,
+    rollback,
+)
 
 log = logging.getLogger(__name__)
 #: Key prefix, in the ``meta`` table, of archived documents' state vectors.
@@ -129,12 +138,25 @@ class Store:
         #: Rows per table, counted once at open and kept by every commit and prune (status reads
         #: them on each poll; COUNT(*) scans a busy day's 50,000 events in milliseconds).
         self.rows = {"updates": 0, "snapshots": 0, "events": 0, "audit": 0}
+        #: Batches committed over the database's life (``meta.commit_seq``), and the marker file
+        #: that keeps the same number beside it (see storage/commits.py).
+        self.commit_seq = 0
+        self._marker: CommitMarker | None = None
+        self._damaged_events: set[int] = set()  # cursors already logged as damaged
 
     @classmethod
     async def open(cls, path: Path, *, threads: bool = True) -> Store:
-        conn = await anyio.to_thread.run_sync(open_database, path) if threads else open_database(path)
+        """Open the database at ``path``, checked against its commit marker (storage/commits.py).
+
+        Raises :class:`DatabaseMissing` / :class:`DatabaseRolledBack` (both
+        :class:`DatabaseError`) when the file lost acknowledged commits, and refuses a file that
+        ``meshpos backup`` wrote (a backup is restored with ``meshpos recover --from``).
+        """
+        opened = await anyio.to_thread.run_sync(_open_checked, path) if threads else _open_checked(path)
+        conn, marker, seq = opened
         reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         store = cls(conn, reader, path, threads=threads)
+        store._marker, store.commit_seq = marker, seq
 
         def scan() -> None:
             store._next_cursor = conn.execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()[0] + 1
@@ -167,6 +189,8 @@ class Store:
         self._closed = True
         await self._run(self._read_limiter, self._reader.close)
         await self._write(self._conn.close)
+        if self._marker is not None:
+            await self._write(self._marker.close)
 
     def on_commit(self, callback: Callable[[list[StoredEvent]], None]) -> None:
         """Call ``callback`` with the events of every committed batch, in cursor order."""
@@ -259,11 +283,13 @@ class Store:
                     None if a.after is None else encode_json(a.after),
                 ))
         folded = [0, 0]  # update rows a snapshot replaced, snapshots that are new
+        seq = self.commit_seq + 1
 
         def commit() -> None:
             db = self._conn
             db.execute("BEGIN IMMEDIATE")
             try:
+                db.execute("UPDATE meta SET value = ? WHERE key = 'commit_seq'", (str(seq),))
                 if update_rows:
                     db.executemany(
                         "INSERT INTO updates (id, doc, data, origin, stored_at) VALUES (?,?,?,?,?)", update_rows
@@ -289,8 +315,10 @@ class Store:
                     folded[0] += db.execute("DELETE FROM updates WHERE doc = ? AND id <= ?", (doc, upto)).rowcount
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)
                 raise
+            if self._marker is not None:
+                self._marker.advance(seq)  # before anyone in the batch is told it is durable
 
         try:
             with anyio.CancelScope(shield=True):
@@ -301,6 +329,7 @@ class Store:
             return
         self._last_update_id = next_id
         self._next_cursor = next_cursor
+        self.commit_seq = seq
         self.rows["updates"] += len(update_rows) - folded[0]
         self.rows["snapshots"] += folded[1]
         self.rows["events"] += len(event_rows)
@@ -349,13 +378,14 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-                if not meta:
-                    meta = {"terminal_id": terminal_id, "terminal_type": terminal_type,
-                            "replica_id": replica_id, "created_at": at}
-                    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(meta.items()))
+                if "terminal_id" not in meta:
+                    fresh = {"terminal_id": terminal_id, "terminal_type": terminal_type,
+                             "replica_id": replica_id, "created_at": at}
+                    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", list(fresh.items()))
+                    meta.update(fresh)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                rollback(db)
                 raise
             return meta
 
@@ -418,7 +448,23 @@ class Store:
         rows = await self._read(
             "SELECT cursor, type, at, payload FROM events WHERE cursor > ? ORDER BY cursor LIMIT ?", (cursor, limit)
         )
-        return [StoredEvent(c, t, a, decode_json(p)) for c, t, a, p in rows]
+        return [self._event_of(c, t, a, p) for c, t, a, p in rows]
+
+    def _event_of(self, cursor: int, etype: str, at: str, payload: str) -> StoredEvent:
+        """A stored event; a row whose payload no longer decodes (a damaged file) becomes an
+        ``event:damaged`` event at its cursor - every UI moves past it, and sees that it did."""
+        try:
+            value = decode_json(payload)
+            if not isinstance(value, dict):
+                raise ValueError("payload is not an object")
+            return StoredEvent(cursor, etype, at, value)
+        except ValueError as exc:
+            if cursor not in self._damaged_events:
+                self._damaged_events.add(cursor)
+                log.error("event %d (%s) in %s is damaged (%s); delivered as event:damaged", cursor, etype,
+                          self.path, exc)
+            return StoredEvent(cursor, "event:damaged", at, {"original_type": str(etype)[:64],
+                                                            "message": f"stored payload unreadable: {exc}"})
 
     async def oldest_event_cursor(self) -> int | None:
         return (await self._read("SELECT MIN(cursor) FROM events"))[0][0]
@@ -447,8 +493,7 @@ class Store:
             out.append({
                 "seq": seq, "op_id": op_id, "entity": ent, "entity_id": ent_id, "operation": op,
                 "terminal_id": term, "user_id": user, "at": at,
-                "before": None if before is None else decode_json(before),
-                "after": None if after is None else decode_json(after),
+                "before": _audit_value(before), "after": _audit_value(after),
             })
         return out
 
@@ -467,11 +512,60 @@ class Store:
         return {**self.rows, "bytes": row[0]}
 
     async def backup(self, dest: Path) -> None:
-        """A consistent copy of the live database, taken while the terminal keeps writing.
+        """A consistent copy of the live database (:func:`storage.database.backup_database`)."""
+        await self._run(self._read_limiter, backup_database, self.path, dest)
 
-        ``VACUUM INTO`` reads one committed snapshot (WAL readers never block the writer) and
-        writes a compact, self-contained database file that opens as-is after restore.
-        """
-        if await anyio.Path(dest).exists():
-            raise FileExistsError(f"{dest} exists; backups never overwrite a file")
-        await self._read("VACUUM INTO ?", (str(dest),))
+
+def _open_checked(path: Path) -> tuple[sqlite3.Connection, CommitMarker, int]:
+    """Open ``path`` and hold it against its commit marker (blocking: run in a thread)."""
+    marked = read_marker(marker_path(path))
+    hint = RECOVER_HINT.format(dir=path.parent)
+    if marked is not None and (not path.exists() or path.stat().st_size == 0):
+        raise DatabaseMissing(f"{path} is {'empty' if path.exists() else 'missing'}, but this data directory "
+                              f"had acknowledged {marked.seq} commits in it ({marker_path(path).name}). "
+                              "Refusing to start empty: that would silently drop every acknowledged write. "
+                              + hint)
+
+    def check(conn: sqlite3.Connection) -> None:
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('db_id', 'commit_seq', 'backup_of')"))
+        if "backup_of" in meta:
+            raise DatabaseError(f"{path} is a backup copy (of database {meta['backup_of']}); a terminal does not "
+                                f"run on a backup. Restore it with 'meshpos recover --data-dir {path.parent} "
+                                "--from BACKUP' (docs/operations.md, Backup and restore).")
+        if marked is None or "db_id" not in meta:
+            return
+        if marked.db_id != meta["db_id"]:
+            raise DatabaseRolledBack(f"{path} is not the database this data directory last ran on (it is "
+                                     f"{meta['db_id']}, the marker names {marked.db_id}): a file copied or "
+                                     "restored by hand. " + hint)
+        if int(meta["commit_seq"]) < marked.seq:
+            raise DatabaseRolledBack(f"{path} went back in time: it holds {meta['commit_seq']} commits, but "
+                                     f"{marked.seq} were acknowledged (a damaged or truncated -wal file, or an "
+                                     "older copy). Acknowledged writes are missing. " + hint)
+
+    try:
+        conn = open_database(path, check)
+    except DatabaseRolledBack:
+        raise
+    except DatabaseError as exc:
+        if marked is None:
+            raise
+        raise DatabaseRolledBack(f"{exc} This data directory had acknowledged {marked.seq} commits. "
+                                 + hint) from exc
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('db_id', 'commit_seq')"))
+        seq = int(meta["commit_seq"])
+        return conn, CommitMarker(marker_path(path), meta["db_id"]), seq
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _audit_value(text: str | None) -> Any:
+    """An audit row's before/after; a damaged one is reported as such instead of failing the page."""
+    if text is None:
+        return None
+    try:
+        return decode_json(text)
+    except ValueError as exc:
+        return {"damaged": f"stored value unreadable: {exc}"}

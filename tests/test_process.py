@@ -694,7 +694,8 @@ def written_db(tmp_path_factory: pytest.TempPathFactory) -> bytes:
             proc.popen.kill()
             proc.popen.wait()
     # the lock file stays (unlinking a lock file on exit races with a starting process)
-    assert sorted(p.name for p in data.iterdir()) == ["meshpos.db", "meshpos.lock"], "a clean stop leaves no WAL"
+    assert sorted(p.name for p in data.iterdir()) == ["meshpos.db", "meshpos.db.commits", "meshpos.lock"], \
+        "a clean stop leaves no WAL"
     return (data / "meshpos.db").read_bytes()
 
 
@@ -817,6 +818,11 @@ def test_backup_of_a_running_terminal_restores(launch: Callable[..., Proc], tmp_
     restored_dir = tmp_path / "restored"
     restored_dir.mkdir()
     shutil.copyfile(out, restored_dir / "meshpos.db")
+    refused = run_cli("run", "--data-dir", str(restored_dir), "--terminal-id", "pos-1", "--api-port", "0")
+    assert refused.returncode != 0 and "is a backup copy" in refused.stderr, refused.stderr  # never as it is
+    (restored_dir / "meshpos.db").unlink()
+    recovered = run_cli("recover", "--data-dir", str(restored_dir), "--from", str(out))
+    assert recovered.returncode == 0, recovered.stderr
     restored = launch(restored_dir)
     with restored.client() as c:
         stored = all_orders(c)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from meshpos.documents.host import DocumentHost
 from meshpos.documents.inventory import InventoryDoc
 from meshpos.errors import PermissionDenied
 from meshpos.events import Reset
+from meshpos.recovery import recover
 from meshpos.terminal import Terminal
 from storage.database import DatabaseError, open_database
 from storage.store import Store
@@ -237,7 +239,7 @@ async def test_corrupt_or_foreign_files_are_refused_untouched(tmp_path: Path, co
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
-async def test_backup_is_a_consistent_openable_copy(make_config, tmp_path: Path) -> None:  # noqa: ANN001
+async def test_backup_is_a_consistent_copy_restored_by_recover(make_config, tmp_path: Path) -> None:  # noqa: ANN001
     async with Terminal(make_config()).running() as t:
         await t.put_table("T1", name="T1", seats=4, area=None)
         await t.store.backup(tmp_path / "copy.db")
@@ -245,9 +247,15 @@ async def test_backup_is_a_consistent_openable_copy(make_config, tmp_path: Path)
             await t.store.backup(tmp_path / "copy.db")
     restored = make_config(data_dir=tmp_path / "restored")
     restored.data_dir.mkdir()
-    (tmp_path / "copy.db").rename(restored.data_dir / "meshpos.db")
+    shutil.copyfile(tmp_path / "copy.db", restored.data_dir / "meshpos.db")
+    with pytest.raises(DatabaseError, match="is a backup copy"):  # never run on a backup as it is
+        async with Terminal(restored).running():
+            pass
+    (restored.data_dir / "meshpos.db").unlink()
+    await recover(restored.data_dir, terminal_id="pos-1", terminal_type="pos", source=tmp_path / "copy.db")
     async with Terminal(restored).running() as t:
         assert t.tables.view("T1")["seats"] == 4
+        assert t.cashier.recovery is not None  # its voter state is older than the backup: rebuilt first
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning applies to glibc only")
