@@ -31,15 +31,41 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from meshpos import errors
+from meshpos.api_guard import guarded
 from meshpos.documents.orders import KITCHEN_STAGES, ORDER_STAGES
 from meshpos.documents.tables import TABLE_STATUSES
 from meshpos.events import Lagged, Reset
 from meshpos.terminal import Terminal
-from storage.codec import encode_json, encode_json_bytes
+from storage.codec import check_json_depth, encode_json, encode_json_bytes
 
 log = logging.getLogger(__name__)
 
-Id = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+
+def pattern(body: str) -> str:
+    """A ``pattern`` that means "the whole string is ``body``" in Python and in ECMA-262 alike.
+
+    msgspec checks patterns with ``re.search`` and they are published in /openapi.json, where
+    clients read them as ECMA-262.  ``$`` would let ``"T1\\n"`` through in Python (it also matches
+    before a final newline), and ``\\Z`` does not exist in ECMA-262; "no character follows" is
+    the same in both.
+    """
+    return rf"^(?:{body})(?![\s\S])"
+
+
+#: Path parameters, by name: the formats the terminal itself writes (see docs/api.md).
+PATH_PATTERNS = {
+    "table_id": r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}",  # meshpos.documents.values.ID_PATTERN
+    "sku": r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}",
+    "order_id": r"[0-9]{8}-[0-9a-hjkmnp-tv-z]{19}",  # business day, then meshpos.clock.time_id
+    "item_id": r"[0-9a-hjkmnp-tv-z]{8}",  # meshpos.clock.random_id(8)
+    "drawer": r"[A-Za-z0-9_-]{1,32}",  # meshpos.cashier.service.check_drawer
+    "review_id": r"[A-Za-z0-9_-]{1,32}\.[0-9]{1,18}",  # <drawer>.<ledger position>
+}
+_PATH_REGEXES = {name: re.compile(body) for name, body in PATH_PATTERNS.items()}
+#: Every integer a query may carry fits SQLite's INTEGER (larger ones overflowed into a 500).
+MAX_INT64 = 2**63 - 1
+
+Id = Annotated[str, Meta(pattern=pattern(PATH_PATTERNS["table_id"]))]
 Text = Annotated[str, Meta(min_length=1, max_length=200)]
 Notes = Annotated[str, Meta(max_length=500)]
 Short = Annotated[str, Meta(max_length=64)]
@@ -121,7 +147,7 @@ class TableIn(Strict):
 
 
 class TablePatch(Strict):
-    status: TableStatus | None | UnsetType = UNSET
+    status: TableStatus | UnsetType = UNSET
     waiter: Text | None | UnsetType = UNSET
     guests: Annotated[int, Meta(ge=0, le=400)] | None | UnsetType = UNSET
     user: Text | None = None
@@ -129,6 +155,12 @@ class TablePatch(Strict):
 
 class MergeIn(Strict):
     into: Id
+    user: Text | None = None
+
+
+class UnmergeIn(Strict):
+    """A body although only ``user`` is in it: every write carries ``Content-Type: application/json``."""
+
     user: Text | None = None
 
 
@@ -142,7 +174,7 @@ class ProductIn(Strict):
 
 
 class AdjustIn(Strict):
-    delta: Annotated[int, Meta(ge=-1_000_000, le=1_000_000)]
+    delta: Annotated[int, Meta(ge=-1_000_000, le=1_000_000, extra_json_schema={"not": {"const": 0}})]
     reason: Text
     user: Text | None = None
 
@@ -153,7 +185,7 @@ class CountIn(Strict):
 
 
 class StockFlagsIn(Strict):
-    out_of_stock: bool | None | UnsetType = UNSET
+    out_of_stock: bool | UnsetType = UNSET
     low_stock_threshold: Annotated[int, Meta(ge=0, le=10_000_000)] | None | UnsetType = UNSET
     user: Text | None = None
 
@@ -169,7 +201,7 @@ class OrdersQuery(Struct):
 class AuditQuery(Struct):
     entity: str | None = None
     entity_id: str | None = None
-    after: Annotated[int, Meta(ge=0)] = 0
+    after: Annotated[int, Meta(ge=0, le=MAX_INT64)] = 0
     limit: Annotated[int, Meta(ge=1, le=1000)] = 100
 
 
@@ -180,8 +212,9 @@ class RosterIn(Strict):
     signature: str
 
 
-DrawerId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
-OpId = Annotated[str, Meta(min_length=1, max_length=64)]
+#: An idempotency key; ``resolve:`` and ``~`` are the cashier's own (its review entries).
+OpId = Annotated[str, Meta(min_length=1, max_length=64, pattern=pattern(r"(?!resolve:)[^~]*"))]
+PaymentOpId = Annotated[str, Meta(min_length=1, max_length=64)]
 Amount = Annotated[int, Meta(ge=1, le=100_000_000)]
 
 
@@ -212,7 +245,7 @@ class CashMovementIn(Strict):
 
 
 class RefundIn(Strict):
-    payment_op_id: OpId
+    payment_op_id: PaymentOpId
     amount_cents: Amount
     reason: Text
     op_id: OpId | None = None
@@ -227,7 +260,7 @@ class DrawerCloseIn(Strict):
 
 
 class DrawerQuery(Struct):
-    from_position: Annotated[int, Meta(ge=0)] | None = None
+    from_position: Annotated[int, Meta(ge=0, le=MAX_INT64)] | None = None
 
 
 class ReviewQuery(Struct):
@@ -242,7 +275,7 @@ class ResolveIn(Strict):
 
 
 class EventsQuery(Struct):
-    cursor: Annotated[int, Meta(ge=0)] | None = None
+    cursor: Annotated[int, Meta(ge=0, le=MAX_INT64)] | None = None
 
 
 class Error(Struct):
@@ -264,13 +297,57 @@ def _validation_message(exc: msgspec.ValidationError, where: str) -> str:
     return f"{match['path'].lstrip('.') or where}: {match['msg']}"
 
 
+def _integral(value: Any) -> Any:
+    """JSON numbers as JSON Schema reads them: ``91.0`` is the integer 91 (other floats stay)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
 def decode_body(raw: bytes, model: type[Struct]) -> Any:
+    """Depth-bounded JSON, then the struct, strictly (``"4"`` is not 4, ``true`` is not 1).
+
+    Decoded generically first: the published schema says ``91.0`` is an integer, and msgspec's
+    typed decoding would refuse it.  The depth check runs before any parser sees the text, as a
+    200,000-deep ``[[[[`` otherwise exhausts the parser's recursion.
+    """
     try:
-        return msgspec.json.decode(raw, type=model)
+        check_json_depth(raw)
+        value = msgspec.json.decode(raw)
+    except ValueError as exc:  # msgspec.DecodeError is a ValueError too
+        raise errors.InvalidInput(f"malformed JSON body: {exc}") from None
+    try:
+        return msgspec.convert(_integral(value), type=model)
     except msgspec.ValidationError as exc:
         raise errors.InvalidInput(_validation_message(exc, "body")) from None
-    except msgspec.DecodeError as exc:
-        raise errors.InvalidInput(f"malformed JSON body: {exc}") from None
+
+
+class UnsupportedMediaType(errors.MeshposError):
+    code = errors.INVALID_MESSAGE
+    http_status = 415
+
+
+def check_content_type(request: Request) -> None:
+    """Writes only as ``application/json``: a web page of another origin can send ``text/plain``
+    or a form without asking first (a "simple" request); ``application/json`` needs a CORS
+    preflight, which only the configured origins pass (meshpos/api_guard.py)."""
+    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(f"{request.method} needs Content-Type: application/json, "
+                                   f"not {media_type[:60] or 'none'!r}")
+
+
+def check_path(params: dict[str, Any]) -> dict[str, Any]:
+    """Path parameters in the formats the terminal writes (``T1\\n`` is no table id)."""
+    for name, value in params.items():
+        regex = _PATH_REGEXES.get(name)
+        if regex is not None and not regex.fullmatch(value):
+            raise errors.InvalidInput(f"{name}: {value[:80]!r} is not of the form {PATH_PATTERNS[name]}")
+    return params
 
 
 def decode_query(params: Any, model: type[Struct]) -> Any:
@@ -307,9 +384,12 @@ async def _meshpos_error(_: Request, exc: Exception) -> Response:
 
 
 async def _http_error(_: Request, exc: Exception) -> Response:
+    """Starlette's own errors (404, 405) as ``{code, message}``, keeping their headers (405's ``Allow``)."""
     assert isinstance(exc, HTTPException)
     code = errors.NOT_FOUND if exc.status_code == 404 else errors.INVALID_MESSAGE
-    return _error(exc.status_code, code, str(exc.detail))
+    response = _error(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
 
 
 # -- the route table ------------------------------------------------------------------------------
@@ -324,36 +404,54 @@ class Endpoint:
     body: type[Struct] | None = None
     query: type[Struct] | None = None
     status: int = 200
+    #: A cashier write that may answer 202 with a provisional entry.
+    provisional: bool = False
 
-    def route(self) -> Route:
-        async def endpoint(request: Request) -> Response:
-            kwargs: dict[str, Any] = dict(request.path_params)
-            if self.query is not None:
-                kwargs["query"] = decode_query(request.query_params, self.query)
-            if self.body is not None:
-                kwargs["body"] = decode_body(await request.body(), self.body)
-            result = await self.handler(**kwargs)
-            if isinstance(result, Answer):
-                return _json(result.payload, result.status)
-            return _json(result, self.status)
-
-        return Route(self.path, endpoint, methods=[self.method], name=self.handler.__name__)
+    async def respond(self, request: Request) -> Response:
+        if self.method != "GET":
+            check_content_type(request)
+        kwargs: dict[str, Any] = check_path(dict(request.path_params))
+        if self.query is not None:
+            kwargs["query"] = decode_query(request.query_params, self.query)
+        if self.body is not None:
+            kwargs["body"] = decode_body(await request.body(), self.body)
+        result = await self.handler(**kwargs)
+        if isinstance(result, Answer):
+            return _json(result.payload, result.status)
+        return _json(result, self.status)
 
 
 class Routes:
     def __init__(self) -> None:
         self.endpoints: list[Endpoint] = []
 
+    def routes(self) -> list[Route]:
+        """One route per path with all its methods: a 405 then lists every one of them in ``Allow``
+        (a route per method would name only its own)."""
+        by_path: dict[str, dict[str, Endpoint]] = {}
+        for e in self.endpoints:
+            by_path.setdefault(e.path, {})[e.method] = e
+        out = []
+        for path, methods in by_path.items():
+            async def endpoint(request: Request, methods: dict[str, Endpoint] = methods) -> Response:
+                return await methods["GET" if request.method == "HEAD" else request.method].respond(request)
+
+            out.append(Route(path, endpoint, methods=list(methods), name=path))
+        return out
+
     def add(self, method: str, path: str, *, tag: str, body: type[Struct] | None = None,
-            query: type[Struct] | None = None, status: int = 200) -> Callable[[Callable], Callable]:
+            query: type[Struct] | None = None, status: int = 200,
+            provisional: bool = False) -> Callable[[Callable], Callable]:
         def register(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            self.endpoints.append(Endpoint(method, path, handler, tag, body, query, status))
+            self.endpoints.append(Endpoint(method, path, handler, tag, body, query, status, provisional))
             return handler
 
         return register
 
 
-def create_app(terminal: Terminal) -> ASGIApp:
+def create_app(terminal: Terminal, *, port: int | None = None) -> ASGIApp:
+    """The API behind its guard (meshpos/api_guard.py); ``port`` is the one actually bound (the
+    terminal's own UI origin is ``http://127.0.0.1:<port>``), by default ``api_port``."""
     t = terminal
     r = Routes()
 
@@ -433,8 +531,6 @@ def create_app(terminal: Terminal) -> ASGIApp:
         """Status, waiter (null unassigns) and guests."""
         if body.status is UNSET and body.waiter is UNSET and body.guests is UNSET:
             raise errors.InvalidInput("nothing to change: give status, waiter or guests")
-        if body.status is None:
-            raise errors.InvalidInput("status cannot be null")
         return await t.update_table(
             table_id, user=body.user, status=None if body.status is UNSET else body.status,
             guests=None if body.guests is UNSET else body.guests,
@@ -446,17 +542,17 @@ def create_app(terminal: Terminal) -> ASGIApp:
         """Merge this table into another."""
         return await t.merge_tables(table_id, body.into, user=body.user)
 
-    @r.add("POST", "/api/v1/tables/{table_id}/unmerge", tag="tables")
-    async def unmerge_table(table_id: str) -> dict[str, Any]:
+    @r.add("POST", "/api/v1/tables/{table_id}/unmerge", tag="tables", body=UnmergeIn)
+    async def unmerge_table(table_id: str, body: UnmergeIn) -> dict[str, Any]:
         """Undo a merge."""
-        return await t.unmerge_table(table_id)
+        return await t.unmerge_table(table_id, user=body.user)
 
     # -- catalog and inventory -----------------------------------------------------------------
 
     @r.add("GET", "/api/v1/catalog", tag="inventory")
     async def list_catalog() -> list[dict[str, Any]]:
         """Every product."""
-        return [t.inventory.product(s) for s in t.inventory.skus()]
+        return t.inventory.products()
 
     @r.add("GET", "/api/v1/catalog/{sku}", tag="inventory")
     async def get_product(sku: str) -> dict[str, Any]:
@@ -472,7 +568,7 @@ def create_app(terminal: Terminal) -> ASGIApp:
     @r.add("GET", "/api/v1/inventory", tag="inventory")
     async def list_inventory() -> list[dict[str, Any]]:
         """Stock of every sku."""
-        return [t.inventory.view(s) for s in t.inventory.skus()]
+        return t.inventory.list()
 
     @r.add("GET", "/api/v1/inventory/{sku}", tag="inventory")
     async def get_inventory(sku: str) -> dict[str, Any]:
@@ -482,6 +578,8 @@ def create_app(terminal: Terminal) -> ASGIApp:
     @r.add("POST", "/api/v1/inventory/{sku}/adjust", tag="inventory", body=AdjustIn)
     async def adjust(sku: str, body: AdjustIn) -> dict[str, Any]:
         """Add ``delta`` (negative for sales and waste) to the stock counter."""
+        if body.delta == 0:  # in the schema as {"not": {"const": 0}}, which msgspec does not check
+            raise errors.InvalidInput("delta: must not be 0")
         return await t.adjust_stock(sku, body.delta, body.reason, user=body.user)
 
     @r.add("POST", "/api/v1/inventory/{sku}/count", tag="inventory", body=CountIn)
@@ -494,8 +592,6 @@ def create_app(terminal: Terminal) -> ASGIApp:
         """Out-of-stock ("86") flag and low-stock threshold (null clears it)."""
         if body.out_of_stock is UNSET and body.low_stock_threshold is UNSET:
             raise errors.InvalidInput("nothing to change: give out_of_stock or low_stock_threshold")
-        if body.out_of_stock is None:
-            raise errors.InvalidInput("out_of_stock cannot be null")
         threshold = None if body.low_stock_threshold is UNSET else body.low_stock_threshold
         return await t.set_stock_flags(
             sku, user=body.user, out_of_stock=None if body.out_of_stock is UNSET else body.out_of_stock,
@@ -517,20 +613,20 @@ def create_app(terminal: Terminal) -> ASGIApp:
         ``from_position``) with their status, and this terminal's provisional entries."""
         return cash.drawer(drawer, from_position=query.from_position)
 
-    @r.add("POST", drawer_path + "/open", tag="cashier", body=DrawerOpenIn, status=201)
+    @r.add("POST", drawer_path + "/open", tag="cashier", body=DrawerOpenIn, status=201, provisional=True)
     async def open_drawer(drawer: str, body: DrawerOpenIn) -> Answer:
         """Open the drawer with its float (needs the drawer's quorum lock; see docs/cashier.md)."""
         return _cashier(await cash.open_drawer(drawer, float_cents=body.float_cents, operator=body.operator,
                                                op_id=body.op_id, allow_provisional=body.allow_provisional), 201)
 
-    @r.add("POST", drawer_path + "/payments", tag="cashier", body=PaymentIn, status=201)
+    @r.add("POST", drawer_path + "/payments", tag="cashier", body=PaymentIn, status=201, provisional=True)
     async def pay(drawer: str, body: PaymentIn) -> Answer:
         """Take a payment for an order; a retry with the same ``op_id`` returns the first result."""
         return _cashier(await cash.pay(drawer, order_id=body.order_id, amount_cents=body.amount_cents,
                                        method=body.method, tip_cents=body.tip_cents, op_id=body.op_id,
                                        user=body.user, allow_provisional=body.allow_provisional), 201)
 
-    @r.add("POST", drawer_path + "/cash-movements", tag="cashier", body=CashMovementIn, status=201)
+    @r.add("POST", drawer_path + "/cash-movements", tag="cashier", body=CashMovementIn, status=201, provisional=True)
     async def move_cash(drawer: str, body: CashMovementIn) -> Answer:
         """Cash put in or taken out of the drawer, with a reason."""
         return _cashier(await cash.move_cash(drawer, direction=body.direction, amount_cents=body.amount_cents,
@@ -543,7 +639,7 @@ def create_app(terminal: Terminal) -> ASGIApp:
         return _cashier(await cash.refund(drawer, payment_op_id=body.payment_op_id, amount_cents=body.amount_cents,
                                           reason=body.reason, op_id=body.op_id, user=body.user), 201)
 
-    @r.add("POST", drawer_path + "/close", tag="cashier", body=DrawerCloseIn)
+    @r.add("POST", drawer_path + "/close", tag="cashier", body=DrawerCloseIn, provisional=True)
     async def close_drawer(drawer: str, body: DrawerCloseIn) -> Answer:
         """Close the drawer with the counted cash; records expected and difference, releases the lock."""
         return _cashier(await cash.close_drawer(drawer, counted_cents=body.counted_cents, op_id=body.op_id,
@@ -595,8 +691,13 @@ def create_app(terminal: Terminal) -> ASGIApp:
         """Domain events as JSON text frames; reconnect with ``?cursor=<last cursor seen>``."""
         try:
             cursor = decode_query(ws.query_params, EventsQuery).cursor
-        except errors.MeshposError:
-            await ws.close(code=1008)  # before accept: the handshake fails with HTTP 403
+        except errors.MeshposError as exc:  # before accept: the handshake fails with an HTTP answer
+            if "websocket.http.response" in ws.scope.get("extensions", {}):
+                denial = _error(exc.http_status, exc.code, exc.message)
+                denial.headers["connection"] = "close"  # the server closes it after a refused upgrade
+                await ws.send_denial_response(denial)
+            else:
+                await ws.close(code=1008)  # the server answers a bare 403
             return
         await ws.accept()
 
@@ -617,47 +718,108 @@ def create_app(terminal: Terminal) -> ASGIApp:
         except* (WebSocketDisconnect, OSError):
             pass
 
-    spec = openapi(r.endpoints)
+    spec = openapi(r.endpoints, token=bool(terminal.config.api_token))
 
     async def openapi_json(_: Request) -> Response:
         return _json(spec)
 
     app = Starlette(
-        routes=[e.route() for e in r.endpoints] + [
+        routes=r.routes() + [
             WebSocketRoute("/api/v1/events", events),
             Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
         ],
         exception_handlers={errors.MeshposError: _meshpos_error, HTTPException: _http_error},
     )
-    return BodyLimit(app, terminal.config.max_body_bytes)
+    methods = {e.method for e in r.endpoints}
+    return guarded(BodyLimit(app, terminal.config.max_body_bytes), terminal.config,
+                   port=terminal.config.api_port if port is None else port, methods=methods)
 
 
 # -- OpenAPI --------------------------------------------------------------------------------------
 
-_ERROR_STATUSES = {"400": "bad request", "403": "archived business day", "404": "not found",
-                   "409": "lifecycle rule refused", "413": "body too large", "422": "invalid input",
-                   "503": "not durable; retry"}
+_ERROR_STATUSES = {"400": "bad request", "401": "API token missing or wrong (api_token is set)",
+                   "403": "Host or Origin refused; archived business day; roster not signed by the store",
+                   "404": "not found", "409": "refused by a lifecycle rule or the current state",
+                   "413": "body too large", "414": "URL too long", "422": "invalid input",
+                   "431": "headers too large", "503": "not durable, or no cashier quorum; retry"}
+_WRITE_ERROR_STATUSES = {"415": "body not sent as Content-Type: application/json"}
+
+#: What the handlers refuse (422) beyond each struct's field types, so that the published
+#: schema accepts exactly what the server does (checked by tests/test_api_schema.py).
+_BODY_RULES: dict[str, dict[str, Any]] = {
+    "OrderPatch": {
+        "anyOf": [
+            {"required": ["status"], "properties": {"status": {"type": "string"}, "waiter": {"type": "null"},
+                                                    "notes": {"type": "null"}}},
+            {"required": ["waiter"], "properties": {"waiter": {"type": "string"}, "status": {"type": "null"}}},
+            {"required": ["notes"], "properties": {"notes": {"type": "string"}, "status": {"type": "null"}}},
+        ],
+        "if": {"required": ["status"], "properties": {"status": {"const": "cancelled"}}},
+        "then": {"required": ["reason"], "properties": {"reason": {"type": "string"}}},
+    },
+    "OrderIn": {"description": "The order's total may not exceed 10^11 cents (a sum over the items, which a "
+                               "schema cannot bound): 422 beyond it."},
+    "ItemsIn": {"description": "The order may not pass 1000 items nor a total of 10^11 cents with these: 409."},
+    "TablePatch": {"anyOf": [{"required": ["status"]}, {"required": ["waiter"]}, {"required": ["guests"]}]},
+    "StockFlagsIn": {"anyOf": [{"required": ["out_of_stock"]}, {"required": ["low_stock_threshold"]}]},
+    "ResolveIn": {
+        "if": {"properties": {"decision": {"const": "adjust"}}},
+        "then": {"required": ["amount_cents"], "properties": {"amount_cents": {"type": "integer"}}},
+        "else": {"properties": {"amount_cents": {"type": "null"}}},
+    },
+}
 
 
-def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
-    """OpenAPI 3.1 from the route table; schemas come from the msgspec structs themselves."""
+_ORDER = {"order_id": "$response.body#/id"}
+_ITEM = {"order_id": "$response.body#/id", "item_id": "$response.body#/items/0/id"}
+_TABLE = {"table_id": "$response.body#/id"}
+#: OpenAPI links: where an answer's ids can be used next (clients and test generators follow them).
+_LINKS: dict[str, dict[str, dict[str, str]]] = {
+    "create_order": {"get_order": _ORDER, "patch_order": _ORDER, "add_items": _ORDER, "cancel_order": _ORDER,
+                     "transfer_order": _ORDER, "patch_item": _ITEM, "void_item": _ITEM},
+    "add_items": {"get_order": _ORDER, "patch_item": _ITEM, "void_item": _ITEM},
+    "put_table": {"get_table": _TABLE, "patch_table": _TABLE, "merge_table": _TABLE, "unmerge_table": _TABLE},
+    "put_product": {"get_product": {"sku": "$response.body#/sku"}, "adjust": {"sku": "$response.body#/sku"},
+                    "count": {"sku": "$response.body#/sku"}, "stock_flags": {"sku": "$response.body#/sku"}},
+}
+
+
+def _responses(e: Endpoint) -> dict[str, Any]:
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    done = {"application/json": {"schema": {}}}
+    out: dict[str, Any] = {str(e.status): {"description": "done (durable for writes)", "content": done}}
+    links = _LINKS.get(e.handler.__name__)
+    if links:
+        out[str(e.status)]["links"] = {target: {"operationId": target, "parameters": params}
+                                       for target, params in links.items()}
+    if e.provisional:
+        out["202"] = {"description": "provisional entry (allow_provisional, no quorum)", "content": done}
+    statuses = {**_ERROR_STATUSES, **(_WRITE_ERROR_STATUSES if e.method != "GET" else {})}
+    out.update({s: {"description": d, "content": error} for s, d in sorted(statuses.items())})
+    return out
+
+
+def openapi(endpoints: list[Endpoint], *, token: bool = False) -> dict[str, Any]:
+    """OpenAPI 3.1 from the route table; schemas come from the msgspec structs themselves.
+
+    ``token``: the terminal has an ``api_token``, so the document says every call needs it
+    (a browser on the box served from an allowed origin is let in without it; see docs/api.md).
+    """
     bodies = sorted({e.body for e in endpoints if e.body is not None} | {Error}, key=lambda s: s.__name__)
     _, components = msgspec.json.schema_components(bodies, ref_template="#/components/schemas/{name}")
+    for name, rules in _BODY_RULES.items():
+        components[name].update(rules)
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:
         op: dict[str, Any] = {
             "operationId": e.handler.__name__, "tags": [e.tag],
             "summary": (e.handler.__doc__ or "").strip().splitlines()[0] if e.handler.__doc__ else "",
             "parameters": [
-                {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                {"name": name, "in": "path", "required": True,
+                 "schema": {"type": "string", "pattern": pattern(PATH_PATTERNS[name])}}
                 for name in re.findall(r"{(\w+)}", e.path)
             ],
-            "responses": {
-                str(e.status): {"description": "done (durable for writes)",
-                                "content": {"application/json": {"schema": {}}}},
-                **{s: {"description": d, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/Error"}}}} for s, d in _ERROR_STATUSES.items()},
-            },
+            "responses": _responses(e),
         }
         if e.query is not None:
             _, query_schemas = msgspec.json.schema_components([e.query])
@@ -667,7 +829,7 @@ def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
             op["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {"$ref": f"#/components/schemas/{e.body.__name__}"}}}}
         paths.setdefault(e.path, {})[e.method.lower()] = op
-    return {
+    spec: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "meshpos terminal API", "version": "1",
                  "description": "Local API of one meshpos terminal. Every 2xx is durable. "
@@ -675,6 +837,11 @@ def openapi(endpoints: list[Endpoint]) -> dict[str, Any]:
         "paths": paths,
         "components": {"schemas": components},
     }
+    if token:
+        spec["components"]["securitySchemes"] = {"api_token": {
+            "type": "http", "scheme": "bearer", "description": "the terminal's api_token (docs/operations.md)"}}
+        spec["security"] = [{"api_token": []}]
+    return spec
 
 
 # -- body size limit ------------------------------------------------------------------------------

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import click
@@ -79,6 +84,12 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
 @click.option("--type", "terminal_type", type=click.Choice(TERMINAL_TYPES), help="terminal type")
 @click.option("--api-host", help="address of the local API (default 127.0.0.1)")
 @click.option("--api-port", type=int, help="port of the local API (default 8700; 0 picks a free one)")
+@click.option("--api-token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="file holding the API token callers must present (api_token; a file keeps it out of `ps`)")
+@click.option("--api-allowed-origin", "api_allowed_origins", multiple=True, metavar="ORIGIN",
+              help="a browser origin besides the terminal's own UI that may call the API (repeatable)")
+@click.option("--api-allowed-host", "api_allowed_hosts", multiple=True, metavar="NAME",
+              help="a Host name besides localhost/127.0.0.1 that requests may be addressed to (repeatable)")
 @click.option("--peer-host", help="address peer links listen on (default 0.0.0.0; enrolled terminals only)")
 @click.option("--peer-port", type=int, help="port peer links listen on (default 8710; 0 picks a free one)")
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="a peer to dial (repeatable)")
@@ -87,20 +98,41 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
               help="IPv4 address or interface for mDNS (repeatable; default: see docs/operations.md)")
 @click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, envvar="MESHPOS_BACKEND")
 @click.option("--log-level", default="INFO", show_default=True)
-def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, peer_host, peer_port, peers,  # noqa: ANN001
-        mdns, mdns_interfaces, backend, log_level) -> None:
+def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, api_token_file,  # noqa: ANN001
+        api_allowed_origins, api_allowed_hosts, peer_host, peer_port, peers, mdns, mdns_interfaces, backend,
+        log_level) -> None:
     """Run one terminal until SIGTERM/SIGINT."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_allocator()
     try:
         config = load_config(config_file=config_file, overrides={
             "data_dir": data_dir, "terminal_id": terminal_id, "type": terminal_type,
-            "api_host": api_host, "api_port": api_port, "peer_host": peer_host, "peer_port": peer_port,
+            "api_host": api_host, "api_port": api_port, "api_token": _read_token(api_token_file),
+            "api_allowed_origins": list(api_allowed_origins) or None,
+            "api_allowed_hosts": list(api_allowed_hosts) or None,
+            "peer_host": peer_host, "peer_port": peer_port,
             "peers": list(peers) or None, "mdns": mdns, "mdns_interfaces": list(mdns_interfaces) or None,
         })
+        from meshpos.api_guard import startup_warning
+
+        if (warning := startup_warning(config)) is not None:
+            logging.getLogger("meshpos.api").warning(warning)
         anyio.run(_run_until_signal, config, backend=backend)
     except BaseException as exc:  # noqa: BLE001 - anything known becomes one line, the rest propagates
         raise _start_failure(exc) from None
+
+
+def _read_token(path: Path | None) -> str | None:
+    """The token file's first line (a trailing newline is not part of the token)."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--api-token-file: cannot read {path}: {exc}") from None
+    if not token:
+        raise ConfigError(f"--api-token-file: {path} is empty")
+    return token
 
 
 def _start_failure(exc: BaseException) -> BaseException:
@@ -120,7 +152,9 @@ def _start_failure(exc: BaseException) -> BaseException:
               help="keep serving the API after the script (default: only when run from a terminal)")
 @click.option("--api-port", type=int, default=0, show_default=True, help="0 picks a free port")
 def demo(backend: str, keep_running: bool | None, api_port: int) -> None:
-    """One terminal in a temporary data dir running a short scripted lunch service."""
+    """Three terminals of one store on this machine - a POS, a kitchen display and a waiter's
+    handheld - enrolled in a throw-away store, finding each other over mDNS and sharing a scripted
+    lunch service paid through the POS's drawer; each prints its API address."""
     from meshpos.demo import run_demo
 
     if keep_running is None:
@@ -129,17 +163,48 @@ def demo(backend: str, keep_running: bool | None, api_port: int) -> None:
     anyio.run(run_demo, api_port, keep_running, backend=backend)
 
 
+@dataclass(frozen=True)
+class Api:
+    """Where a running terminal's API is, and the token it may require (docs/operations.md)."""
+
+    url: str
+    token: str | None
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def api_target(command: Callable[..., None]) -> Callable[..., None]:
+    """``--api URL`` and ``--api-token-file PATH`` (or ``MESHPOS_API_TOKEN``) for a client command."""
+    @functools.wraps(command)
+    def wrapper(*args: Any, api: str, api_token_file: Path | None, **kwargs: Any) -> None:
+        try:
+            token = _read_token(api_token_file) or os.environ.get("MESHPOS_API_TOKEN") or None
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+        command(*args, api=Api(api, token), **kwargs)
+
+    wrapper = click.option("--api-token-file", type=click.Path(dir_okay=False, path_type=Path),
+                           envvar="MESHPOS_API_TOKEN_FILE",
+                           help="file holding the terminal's API token (default: $MESHPOS_API_TOKEN)")(wrapper)
+    return click.option("--api", default="http://127.0.0.1:8700", show_default=True,
+                        help="terminal API address")(wrapper)
+
+
 @main.command()
-@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
-def status(api: str) -> None:
+@api_target
+def status(api: Api) -> None:
     """Print a running terminal's status."""
     click.echo(json.dumps(_api_call(api, "/api/v1/status"), indent=2))
 
 
-def _api_call(api: str, path: str, body: bytes | None = None) -> dict:
+def _api_call(api: Api, path: str, body: bytes | None = None) -> dict:
     """One JSON call to a running terminal's local API; errors become one line."""
-    request = urllib.request.Request(f"{api}{path}", data=body, method="POST" if body is not None else "GET",
-                                     headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if api.token is not None:
+        headers["authorization"] = f"Bearer {api.token}"
+    request = urllib.request.Request(f"{api.url}{path}", data=body, method="POST" if body is not None else "GET",
+                                     headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return json.load(resp)
@@ -155,9 +220,9 @@ def _api_call(api: str, path: str, body: bytes | None = None) -> dict:
 
 
 @main.command()
-@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
+@api_target
 @click.option("--json", "as_json", is_flag=True, help="print GET /api/v1/peers as it is")
-def peers(api: str, as_json: bool) -> None:
+def peers(api: Api, as_json: bool) -> None:
     """What a running terminal is linked to, what discovery sees, and why a seen terminal is not linked."""
     answer = _api_call(api, "/api/v1/peers")
     click.echo(json.dumps(answer, indent=2) if as_json else peers_report(answer))
@@ -219,10 +284,10 @@ def review() -> None:
 
 
 @review.command("list")
-@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
+@api_target
 @click.option("--all", "show_all", is_flag=True, help="resolved items too")
 @click.option("--json", "as_json", is_flag=True, help="print GET /api/v1/review as it is")
-def review_list(api: str, show_all: bool, as_json: bool) -> None:
+def review_list(api: Api, show_all: bool, as_json: bool) -> None:
     """What waits for a person: each item with both sides and the reason."""
     items = _api_call(api, "/api/v1/review?status=" + ("all" if show_all else "open"))
     click.echo(json.dumps(items, indent=2) if as_json else review_report(items))
@@ -269,9 +334,9 @@ def review_report(items: list[dict]) -> str:
 @click.option("--note", required=True, help="why (kept in the ledger)")
 @click.option("--operator", required=True, help="who decides")
 @click.option("--amount-cents", type=int, help="the corrected amount (with --decision adjust)")
-@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
+@api_target
 def review_resolve(review_id: str, decision: str, note: str, operator: str, amount_cents: int | None,
-                   api: str) -> None:
+                   api: Api) -> None:
     """Record a decision on REVIEW_ID (as listed by 'meshpos review list'); needs the drawer's quorum."""
     body = {"decision": decision, "note": note, "operator": operator}
     if amount_cents is not None:
@@ -287,8 +352,8 @@ def roster() -> None:
 
 @roster.command("push")
 @click.argument("roster_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--api", default="http://127.0.0.1:8700", show_default=True, help="terminal API address")
-def roster_push(roster_file: Path, api: str) -> None:
+@api_target
+def roster_push(roster_file: Path, api: Api) -> None:
     """Give ROSTER_FILE (e.g. AUTH_DIR/roster.json after 'meshpos store revoke') to one terminal."""
     answer = _api_call(api, "/api/v1/roster", roster_file.read_bytes())
     click.echo(answer["message"])
@@ -298,27 +363,53 @@ def roster_push(roster_file: Path, api: str) -> None:
 @click.option("--data-dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="backup file to create")
 def backup(data_dir: Path, out: Path) -> None:
-    """Consistent copy of a terminal's database, safe while the terminal runs."""
-    from storage.store import Store
-
-    async def _backup() -> None:
-        store = await Store.open(data_dir / "meshpos.db")
-        try:
-            await store.backup(out)
-        finally:
-            await store.close()
+    """Consistent copy of a terminal's database, safe while the terminal runs (restore it with
+    'meshpos recover --from')."""
+    from storage.database import backup_database
 
     if not (data_dir / "meshpos.db").exists():
         raise click.ClickException(f"{data_dir} has no meshpos.db")
     if not out.parent.is_dir():
         raise click.ClickException(f"cannot write backup {out}: directory {out.parent} does not exist")
     try:
-        anyio.run(_backup)
+        backup_database(data_dir / "meshpos.db", out)
     except (DatabaseError, FileExistsError) as exc:
         raise click.ClickException(str(exc)) from None
     except sqlite3.Error as exc:
         raise click.ClickException(f"cannot write backup {out}: {exc}") from None
     click.echo(f"backup written to {out}")
+
+
+@main.command()
+@click.option("--data-dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--from", "source", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="a backup written by 'meshpos backup' to start from (default: what the old database holds)")
+@click.option("--terminal-id", help="only for a terminal not enrolled in a store whose old database is unreadable")
+@click.option("--type", "terminal_type", type=click.Choice(TERMINAL_TYPES), help="with --terminal-id")
+def recover(data_dir: Path, source: Path | None, terminal_id: str | None, terminal_type: str | None) -> None:
+    """Start DATA_DIR's database over from what is readable, after the terminal refused to start
+    (database missing, damaged or gone back in time) or to restore a backup.  The old file is
+    kept aside; the cashier rebuilds what it promised from the other POS voters before it votes."""
+    from meshpos.recovery import DB_NAME, identity_of
+    from meshpos.recovery import recover as run_recovery
+
+    try:
+        config = load_config(overrides={"data_dir": data_dir, "terminal_id": terminal_id, "type": terminal_type})
+        who = (config.terminal_id, config.type)
+    except ConfigError:
+        found = [identity_of(p) for p in (source, data_dir / DB_NAME) if p is not None and p.exists()]
+        known = next((f for f in found if f is not None), None)
+        if known is None:
+            raise click.ClickException(f"{data_dir} is not enrolled and no readable database names its terminal: "
+                                       "give --terminal-id and --type") from None
+        who = known
+    try:
+        result = anyio.run(lambda: run_recovery(data_dir, terminal_id=who[0], terminal_type=who[1], source=source))
+    except DatabaseError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"recovered {data_dir} for {who[0]} ({who[1]}):")
+    for line in result.lines():
+        click.echo(f"  {line}")
 
 
 @main.group()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,6 +26,15 @@ class TerminalConfig:
     type: str = "pos"
     api_host: str = "127.0.0.1"
     api_port: int = 8700
+    #: Bearer token every API caller must present, except a browser on this box served from an
+    #: allowed origin (docs/operations.md, "Who may call the local API").  Required when
+    #: ``api_host`` is not a loopback address.  Kept out of ``repr`` so it never lands in a log.
+    api_token: str | None = field(default=None, repr=False)
+    #: Browser origins besides the terminal's own UI (``scheme://host[:port]``) that may call the
+    #: API; they also get CORS answers.
+    api_allowed_origins: list[str] = field(default_factory=list)
+    #: Host names besides the loopback ones (and ``api_host``) that requests may be addressed to.
+    api_allowed_hosts: list[str] = field(default_factory=list)
     timezone: str = "UTC"
     day_rollover_hour: int = 4
     #: Events kept for reconnecting UIs; older cursors get a ``reset``.
@@ -60,7 +71,40 @@ class TerminalConfig:
             raise ConfigError("peer_max_message_bytes must be at least 65536")
         if not 0 <= self.day_rollover_hour <= 23:
             raise ConfigError("day_rollover_hour must be 0..23")
+        self.validate_api_access()
         return self
+
+    def validate_api_access(self) -> None:
+        """The API settings alone: :func:`meshpos.api_guard.ApiGuard` checks them again for a
+        terminal built in code, whose config never went through :meth:`validate`."""
+        if self.api_token is not None and not (isinstance(self.api_token, str) and _TOKEN.fullmatch(self.api_token)):
+            raise ConfigError("api_token must be 16-512 printable ASCII characters without spaces "
+                              "(e.g. the output of `openssl rand -hex 32`)")
+        if not is_loopback_host(self.api_host) and not self.api_token:
+            raise ConfigError(f"api_host {self.api_host} is not a loopback address: set api_token "
+                              "(MESHPOS_API_TOKEN or --api-token-file) so that callers from the network need it")
+        for origin in self.api_allowed_origins:
+            if not _ORIGIN.fullmatch(origin):
+                raise ConfigError(f"api_allowed_origins: {origin!r} is not an origin like http://host:port "
+                                  "(no path, no '*', not 'null')")
+        for host in self.api_allowed_hosts:
+            if not _HOST_NAME.fullmatch(host):
+                raise ConfigError(f"api_allowed_hosts: {host!r} is not a host name or address (without a port)")
+
+
+_TOKEN = re.compile(r"[\x21-\x7e]{16,512}")
+_ORIGIN = re.compile(r"https?://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?/?")
+_HOST_NAME = re.compile(r"\[?[0-9A-Fa-f:.]+\]?|[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address: only processes on this box can reach it."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -112,7 +156,8 @@ def load_config(
                 f"{required} is required (--{required.replace('_', '-')}, {_ENV_PREFIX}{required.upper()} "
                 "or the config file)"
             )
-    for name, what in (("peers", "HOST:PORT strings"), ("mdns_interfaces", "addresses or interface names")):
+    for name, what in (("peers", "HOST:PORT strings"), ("mdns_interfaces", "addresses or interface names"),
+                       ("api_allowed_origins", "origins"), ("api_allowed_hosts", "host names")):
         if isinstance(values.get(name), str):  # environment: comma-separated
             values[name] = [p.strip() for p in values[name].split(",") if p.strip()]
         elif name in values and not (isinstance(values[name], list | tuple)
@@ -134,6 +179,8 @@ def load_config(
                 values[name] = int(values[name])
             except (TypeError, ValueError):
                 raise ConfigError(f"{sources[name]}: {name} must be an integer, not {values[name]!r}") from None
+    if "api_token" in values and not isinstance(values["api_token"], str):
+        raise ConfigError(f"{sources['api_token']}: api_token must be a string")
     values["data_dir"] = Path(values["data_dir"])
     return TerminalConfig(**values).validate()
 

@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -94,6 +95,16 @@ async def receive_until(ws: Any, cursor: int) -> list[dict[str, Any]]:
         while not out or out[-1]["cursor"] < cursor:
             out.append(await ws.receive_json())
     return out
+
+
+async def upgrade(client: httpx.AsyncClient, url: str, **headers: str) -> httpx.Response:
+    """A WebSocket handshake as a browser sends it, for the answer of a refused one (status and
+    body; a WebSocket client library hides the body)."""
+    handshake = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+                 "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    resp = await client.get(url, headers={**handshake, **headers})
+    assert resp.status_code != 101, "the upgrade was accepted"
+    return resp
 
 
 def assert_consecutive(events: list[dict[str, Any]], first: int) -> None:
@@ -224,9 +235,14 @@ async def test_add_items_and_kitchen_status(served: Any) -> None:
         assert_error(await client.patch(url, json={"kitchen_status": "ready"}), 409, 4011)
         assert_error(await client.patch(url, json={"kitchen_status": "burnt"}), 422, 4006)
         assert_error(
-            await client.patch(f"/api/v1/orders/{oid}/items/{oid}.nope", json={"kitchen_status": "ready"}),
+            await client.patch(f"/api/v1/orders/{oid}/items/zzzzzzzz", json={"kitchen_status": "ready"}),
             404,
             4007,
+        )
+        assert_error(  # not an item id at all (they are 8 base32 digits)
+            await client.patch(f"/api/v1/orders/{oid}/items/{oid}.nope", json={"kitchen_status": "ready"}),
+            422,
+            4006,
         )
         assert_error(await client.post(f"/api/v1/orders/{oid}/items", json={"items": []}), 422, 4006)
         assert await written(client) == before
@@ -387,9 +403,8 @@ async def test_table_errors_write_nothing(served: Any) -> None:
         assert_error(await client.patch("/api/v1/tables/T1", json={"status": None}), 422, 4006)
         assert_error(await client.patch("/api/v1/tables/T1", json={}), 422, 4006)
         assert_error(await client.patch("/api/v1/tables/T1", json={"guests": -1}), 422, 4006)
-        assert_error(
-            await client.patch("/api/v1/tables/T1", json={"guests": 101}), 422, 4006
-        )  # > max(4*4, 100)
+        # > max(4*4, 100): the body is valid, the table's seats refuse it (a state rule: 409)
+        assert_error(await client.patch("/api/v1/tables/T1", json={"guests": 101}), 409, 4011)
         assert_error(await client.patch("/api/v1/tables/T1", json={"seats": 8}), 422, 4006)
         assert_error(await client.put("/api/v1/tables/T1", json={"name": "T1", "seats": 0}), 422, 4006)
         assert_error(await client.put("/api/v1/tables/T1", json={"name": "T1", "seats": True}), 422, 4006)
@@ -399,7 +414,7 @@ async def test_table_errors_write_nothing(served: Any) -> None:
         assert_error(await client.get("/api/v1/tables/T9"), 404, 4007)
         assert_error(await client.post("/api/v1/tables/T9/merge", json={"into": "T1"}), 404, 4007)
         assert_error(await client.post("/api/v1/tables/T1/merge", json={"into": "T9"}), 404, 4007)
-        assert_error(await client.post("/api/v1/tables/T9/unmerge"), 404, 4007)
+        assert_error(await client.post("/api/v1/tables/T9/unmerge", json={}), 404, 4007)
         assert await written(client) == before
         assert (await client.get("/api/v1/tables")).json()[0]["status"] == "free"
 
@@ -426,10 +441,10 @@ async def test_merge_unmerge_and_orders_of_merged_tables(served: Any) -> None:
         assert_error(
             await client.post("/api/v1/tables/T3/merge", json={"into": "T2"}), 409, 4011
         )  # T2 is merged
-        assert_error(await client.post("/api/v1/tables/T3/unmerge"), 409, 4011)
+        assert_error(await client.post("/api/v1/tables/T3/unmerge", json={}), 409, 4011)
         assert await written(client) == before
 
-        resp = await client.post("/api/v1/tables/T2/unmerge")
+        resp = await client.post("/api/v1/tables/T2/unmerge", json={"user": "ana"})
         assert resp.status_code == 200
         assert resp.json()["merged_into"] is None
         assert [o["id"] for o in (await client.get("/api/v1/orders", params={"table": "T1"})).json()] == [o1]
@@ -577,6 +592,12 @@ async def test_inventory_errors_write_nothing(served: Any) -> None:
         assert await written(client) == before
         assert (await client.get("/api/v1/inventory/burger")).json()["quantity"] == 0
 
+        # the stock may not leave -10,000,000..10,000,000: a rule of the stored state, so 409 (the body is valid)
+        assert (await client.post("/api/v1/inventory/burger/count", json={"quantity": 10_000_000})).status_code == 200
+        before = await written(client)
+        assert_error(await client.post("/api/v1/inventory/burger/adjust", json={"delta": 1, "reason": "x"}), 409, 4011)
+        assert await written(client) == before
+
 
 # -- validation and errors -------------------------------------------------------------------------
 
@@ -635,7 +656,8 @@ async def test_invalid_order_bodies_write_nothing(served: Any, body: Any) -> Non
         assert [(o["id"], o["total_cents"], len(o["items"])) for o in orders] == [(oid, 3180, 1)]
 
 
-UNKNOWN_ORDER_IDS = ["20200101-0000000000000000000", "nope", "99999999-x"]
+UNKNOWN_ORDER_IDS = ["20200101-0000000000000000000", "99999999-zzzzzzzzzzzzzzzzzzz"]
+MALFORMED_ORDER_IDS = ["nope", "99999999-x", "20200101-000000000000000000i", "20200101-0000000000000000000\n"]
 
 
 @pytest.mark.parametrize("oid", UNKNOWN_ORDER_IDS)
@@ -652,8 +674,27 @@ async def test_unknown_order_is_404(served: Any, oid: str) -> None:
             assert_error(await client.post(base + "/items", json={"items": [FRIES]}), 404, 4007)
             assert_error(await client.post(base + "/cancel", json={"reason": "x"}), 404, 4007)
             assert_error(await client.post(base + "/transfer", json={"table": "T2"}), 404, 4007)
-            assert_error(await client.post(base + "/items/i1/void", json={"reason": "x"}), 404, 4007)
-            assert_error(await client.patch(base + "/items/i1", json={"kitchen_status": "ready"}), 404, 4007)
+            assert_error(await client.post(base + "/items/00000000/void", json={"reason": "x"}), 404, 4007)
+            assert_error(await client.patch(base + "/items/00000000", json={"kitchen_status": "ready"}), 404, 4007)
+        assert await written(client) == before
+
+
+@pytest.mark.parametrize("oid", MALFORMED_ORDER_IDS)
+async def test_malformed_order_id_is_422(served: Any, oid: str) -> None:
+    """Order ids are ``YYYYMMDD-`` and 19 base32 digits; anything else is refused before a lookup."""
+    async with served() as (_, client):
+        real = await create_order(client)
+        before = await written(client)
+        base = f"/api/v1/orders/{quote(oid, safe='')}"
+        for resp in (
+            await client.get(base),
+            await client.patch(base, json={"status": "sent"}),
+            await client.post(base + "/items", json={"items": [FRIES]}),
+            await client.post(base + "/cancel", json={"reason": "x"}),
+        ):
+            assert assert_error(resp, 422, 4006)["message"].startswith("order_id: ")
+        void = await client.post(f"/api/v1/orders/{real['id']}/items/{quote(oid, safe='')}/void", json={"reason": "x"})
+        assert assert_error(void, 422, 4006)["message"].startswith("item_id: ")
         assert await written(client) == before
 
 
@@ -722,7 +763,9 @@ async def test_unknown_route_and_method(served: Any) -> None:
     async with served() as (_, client):
         assert_error(await client.get("/api/v1/nope"), 404, 4007)
         assert_error(await client.post("/api/v2/orders", json=ORDER), 404, 4007)
-        assert_error(await client.delete("/api/v1/orders"), 405, 4006)
+        refused = await client.delete("/api/v1/orders")
+        assert_error(refused, 405, 4006)
+        assert set(refused.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
         assert_error(await client.get("/api/v1/orders", params={"status": "eaten"}), 422, 4006)
         assert_error(await client.get("/api/v1/orders", params={"day": "yesterday"}), 422, 4006)
         assert_error(await client.get("/api/v1/orders", params={"day": "2001-01-01"}), 404, 4007)
@@ -900,11 +943,12 @@ async def test_events_replay_from_cursor_zero_and_reset(served: Any) -> None:
             with anyio.fail_after(10):
                 nxt = await ws.receive_json()
             assert (nxt["cursor"], nxt["table_id"]) == (last + 2, "T3")
-        # a cursor that is not a number fails the handshake
+        # a cursor that is not a number fails the handshake, with a JSON answer like every error
         with pytest.raises(WebSocketUpgradeError) as refused:
             async with aconnect_ws("/api/v1/events?cursor=abc", client):
                 pass
-        assert refused.value.response.status_code == 403
+        assert refused.value.response.status_code == 422
+        assert_error(await upgrade(client, "/api/v1/events?cursor=abc"), 422, 4006)
 
 
 async def test_events_live_and_resume_without_gaps(served: Any) -> None:
