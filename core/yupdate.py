@@ -14,9 +14,12 @@ unless it has the shape our documents use (docs/protocol.md, "What an update may
 * a ``Y.Map`` only as a direct child of a root that may hold maps (``orders`` in an orders
   document), stated in the item itself - so no type is ever nested in another type, whatever
   else the document holds;
-* client ids within 53 bits and clocks within 32 (Yrs truncates larger ones silently, so a
-  foreign client could land as another), lengths and counts within the bytes given, nothing left
-  over.
+* client ids within 53 bits and clocks within 31 (Yrs truncates larger ids silently, so a
+  foreign client could land as another, and misbehaves on clocks near 2^32), each client's
+  structs in one run and its deleted ranges in order, no empty struct or range, lengths and
+  counts within the bytes given, nothing left over;
+* given the document's state vector, complete against it: nothing that Yrs would have to keep
+  "pending" for a dependency it lacks (:class:`UpdateGap`; the caller asks for what is missing).
 
 The format is the Yjs update v1 encoding (``Y.encodeStateAsUpdate``; lib0 ``encoding.js``).
 """
@@ -28,9 +31,11 @@ from dataclasses import dataclass
 #: Deepest plain value accepted (arrays/objects inside a map value); ours are flat objects.
 MAX_ANY_DEPTH = 8
 #: Client ids are JS-safe integers (pycrdt draws 53 bits; Yrs truncates larger ones silently, so
-#: a foreign client could land as another) and Yrs keeps clocks in 32 bits.
+#: a foreign client could land as another).  Yrs keeps clocks in 32 bits and panics (or worse:
+#: a SIGSEGV was found) on arithmetic near the top, so clocks stay below 2^31 - a client id lives
+#: for one load of a document, and no document comes near 2 billion operations of one client.
 MAX_CLIENT = 2**53 - 1
-MAX_CLOCK = 2**32 - 1
+MAX_CLOCK = 2**31 - 1
 
 _GC, _SKIP = 0, 10
 _CONTENT_DELETED, _CONTENT_ANY, _CONTENT_TYPE = 1, 8, 7
@@ -43,6 +48,16 @@ class UpdateRefused(ValueError):
     """The update is malformed or has a shape the document does not allow (close 4006)."""
 
 
+class UpdateGap(UpdateRefused):
+    """The update builds on changes this document does not have yet (it starts past the
+    document's clock of a client, names an item the document lacks, or deletes one).  Not the
+    peer's fault - an update it made may overtake the catch-up that carries what came before -
+    so the caller asks it for what is missing (a sync step 1) instead of closing the link.
+    ``ticket``: the storage ticket of the updates of the same batch that were applied."""
+
+    ticket: object = None
+
+
 @dataclass(frozen=True, slots=True)
 class Shape:
     """Which root names a document has, and which of them may hold ``Y.Map``s."""
@@ -51,9 +66,26 @@ class Shape:
     map_roots: frozenset[str] = frozenset()
 
 
-def check_update(data: bytes, shape: Shape) -> None:
-    """Raise :class:`UpdateRefused` unless ``data`` is a well-formed v1 update of ``shape``."""
-    _Reader(bytes(data), shape).update()
+def check_update(data: bytes, shape: Shape, state: dict[int, int] | None = None) -> dict[int, int] | None:
+    """Raise :class:`UpdateRefused` unless ``data`` is a well-formed v1 update of ``shape``.
+
+    ``state``: the receiving document's state vector (client -> clock).  Given it, the update
+    must also be **complete against it** - every run of structs starts at or below the
+    document's clock of its client (no gap), every item it names is in the document or in the
+    update, every range it deletes is - or :class:`UpdateGap` is raised.  Yrs keeps what lacks a
+    dependency as "pending" and integrates it later; that machinery is where the fuzzer found its
+    panics and a SIGSEGV, so a terminal never feeds it anything.  Returns the state after the
+    update (chain it through a batch), or ``None`` without ``state``.
+    """
+    reader = _Reader(bytes(data), shape, state)
+    reader.update()
+    return reader.complete()
+
+
+def is_panic(exc: BaseException) -> bool:
+    """Yrs panicked under pycrdt: pyo3 raises ``PanicException``, which derives from
+    ``BaseException`` - no ``except Exception`` sees it, and it would end a task group."""
+    return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
 
 
 def check_state_vector(data: bytes) -> None:
@@ -62,16 +94,38 @@ def check_state_vector(data: bytes) -> None:
     for _ in range(reader.count("client", 2)):
         reader.uint()  # the client
         if reader.uint() > MAX_CLOCK:
-            raise reader.fail("clock beyond 32 bits")
+            raise reader.fail("clock beyond 2^31")
     if reader.pos != reader.end:
         raise reader.fail(f"{reader.end - reader.pos} bytes after the state vector")
 
 
 class _Reader:
-    __slots__ = ("data", "end", "pos", "shape")
+    __slots__ = ("data", "end", "pos", "ranges", "refs", "shape", "state")
 
-    def __init__(self, data: bytes, shape: Shape) -> None:
+    def __init__(self, data: bytes, shape: Shape, state: dict[int, int] | None = None) -> None:
         self.data, self.end, self.pos, self.shape = data, len(data), 0, shape
+        self.state = state
+        #: client -> [first clock, clock after the last struct] of its run in this update
+        self.ranges: dict[int, list[int]] = {}
+        #: (client, clock) of every item the update names, and every (client, end) it deletes to
+        self.refs: list[tuple[int, int]] = []
+
+    def complete(self) -> dict[int, int] | None:
+        """The dependency rules of :func:`check_update`; the state after the update."""
+        if self.state is None:
+            return None
+        state = self.state
+        for client, (start, _) in self.ranges.items():
+            if start > state.get(client, 0):
+                raise UpdateGap(f"update starts at clock {start} of client {client}; the document has "
+                                f"{state.get(client, 0)}")
+        for client, clock in self.refs:
+            if clock >= state.get(client, 0) and not (client in self.ranges and clock < self.ranges[client][1]):
+                raise UpdateGap(f"update names item {client}:{clock}, which the document does not have")
+        after = dict(state)
+        for client, (_, end) in self.ranges.items():
+            after[client] = max(after.get(client, 0), end)
+        return after
 
     def fail(self, why: str) -> UpdateRefused:
         return UpdateRefused(f"update refused at byte {self.pos}: {why}")
@@ -144,51 +198,71 @@ class _Reader:
             raise self.fail(f"{what} count {n} exceeds the bytes left")
         return n
 
-    def id(self) -> None:
-        self.uint()  # the client (any uint() is within MAX_CLIENT)
-        if self.uint() > MAX_CLOCK:
-            raise self.fail("clock beyond 32 bits")
+    def id(self, client: int, clock: int) -> None:
+        """A reference to another item, from the struct of ``client`` at ``clock``: an item it
+        names existed before it, so one of the same client has a lower clock (Yrs panics on a
+        struct that names itself or a later one)."""
+        other, at = self.uint(), self.uint()
+        if at > MAX_CLOCK:
+            raise self.fail("clock beyond 2^31")
+        if other == client and at >= clock:
+            raise self.fail("a struct refers to itself or to a later struct of its client")
+        self.refs.append((other, at))
 
     # -- the update ------------------------------------------------------------------------------
 
     def update(self) -> None:
+        seen: set[int] = set()
         for _ in range(self.count("client", 3)):
             structs = self.count("struct")
-            self.uint()  # the client
-            clock = self.uint()
+            client, clock = self.uint(), self.uint()
+            if client in seen:  # Yjs writes each client's structs as one run; Yrs panics on two
+                raise self.fail(f"client {client} appears twice")
+            seen.add(client)
+            start = clock
             for _ in range(structs):
-                clock += self.struct()
+                clock += self.struct(client, clock)
                 if clock > MAX_CLOCK:
-                    raise self.fail("clock beyond 32 bits")
+                    raise self.fail("clock beyond 2^31")
+            self.ranges[client] = [start, clock]
         self.delete_set()
         if self.pos != self.end:
             raise self.fail(f"{self.end - self.pos} bytes after the delete set")
 
-    def struct(self) -> int:
-        """One struct; returns its length in clock ticks."""
+    def struct(self, client: int, clock: int) -> int:
+        """One struct of ``client`` at ``clock``; returns its length in clock ticks (never 0: an
+        empty struct is no Yjs encoder's, and Yrs divides by lengths)."""
         if self.pos >= self.end:
             raise self.fail("truncated")
         info = self.data[self.pos]
         self.pos += 1
         ref = info & 0x1F
-        if ref in (_GC, _SKIP):
-            return self.uint()
-        has_origin, has_right = info & 0x80, info & 0x40
-        if has_origin:
-            self.id()
-        if has_right:
-            self.id()
-        root: str | None = None
-        if not has_origin and not has_right:
-            if self.uint() == 1:
-                root = self.string()
-                if root not in self.shape.roots:
-                    raise self.fail(f"root {root[:40]!r} is not one of this document's")
-            else:
-                self.id()
-            if info & 0x20:
-                self.skip_string()  # the map key
-        return self.content(ref, root)
+        if ref == _SKIP:
+            length = self.uint()
+            if self.state is not None:  # a merge of updates that were not contiguous: a gap
+                raise UpdateGap(f"update skips clocks of client {client} (a merge of updates with a gap)")
+        elif ref == _GC:
+            length = self.uint()
+        else:
+            has_origin, has_right = info & 0x80, info & 0x40
+            if has_origin:
+                self.id(client, clock)
+            if has_right:
+                self.id(client, clock)
+            root: str | None = None
+            if not has_origin and not has_right:
+                if self.uint() == 1:
+                    root = self.string()
+                    if root not in self.shape.roots:
+                        raise self.fail(f"root {root[:40]!r} is not one of this document's")
+                else:
+                    self.id(client, clock)
+                if info & 0x20:
+                    self.skip_string()  # the map key
+            length = self.content(ref, root)
+        if length == 0:
+            raise self.fail("a struct of length 0")
+        return length
 
     def content(self, ref: int, root: str | None) -> int:
         if ref == _CONTENT_DELETED:
@@ -241,9 +315,18 @@ class _Reader:
                 raise self.fail(f"unknown value tag {tag}")
 
     def delete_set(self) -> None:
+        """Each client once, its ranges non-empty, in order and apart - as Yjs and Yrs write them."""
+        seen: set[int] = set()
         for _ in range(self.count("deleted client", 2)):
-            self.uint()  # the client
+            client = self.uint()
+            if client in seen:
+                raise self.fail(f"client {client} appears twice in the delete set")
+            seen.add(client)
+            end = -1
             for _ in range(self.count("deleted range", 2)):
                 clock, length = self.uint(), self.uint()
-                if clock + length > MAX_CLOCK + 1:
-                    raise self.fail("deleted range beyond 32-bit clocks")
+                if length == 0 or clock <= end or clock + length > MAX_CLOCK + 1:
+                    raise self.fail("a deleted range is empty, out of order, overlapping or beyond 2^31")
+                end = clock + length - 1
+            if end >= 0:
+                self.refs.append((client, end))

@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 import pycrdt
 
-from core.yupdate import Shape, check_update
+from core.yupdate import Shape, UpdateRefused, check_update, is_panic
 from meshpos.cashier import ledger
 from meshpos.clock import iso, random_id
 from meshpos.documents import InventoryDoc, OrdersDoc, TablesDoc
@@ -184,18 +184,25 @@ def _copy(store: Store, rows: _Rows, result: Recovered, at: str) -> None:
         if shape is None:
             result.refused_updates[name] = len(updates)
             continue
-        doc = pycrdt.Doc()
-        kept = 0
+        doc, kept, state = pycrdt.Doc(), [], {}
         for update in updates:
             try:
-                check_update(update, shape)
+                after = check_update(update, shape, state)  # nothing Yrs would keep pending
                 doc.apply_update(update)
-                kept += 1
-            except ValueError:
+            except BaseException as exc:
+                if not (isinstance(exc, Exception) or is_panic(exc)):
+                    raise
                 result.refused_updates[name] = result.refused_updates.get(name, 0) + 1
+                if not isinstance(exc, UpdateRefused):  # pycrdt failed: rebuild from what passed
+                    doc = pycrdt.Doc()
+                    for good in kept:
+                        doc.apply_update(good)
+                continue
+            kept.append(update)
+            state = after
         if kept:
             store.enqueue(doc=name, update=doc.get_update(), origin="recover", at=at)
-            result.documents[name] = kept
+            result.documents[name] = len(kept)
     sql: list[tuple[str, tuple[Any, ...]]] = []
     for drawer, position, text, learned_at in rows.ledger:
         if position != result.ledger_entries.get(drawer, 0):

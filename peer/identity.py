@@ -140,12 +140,18 @@ def sign_roster(ca_key: ec.EllipticCurvePrivateKey, body: dict[str, Any]) -> byt
 MAX_ROSTER_BYTES = 512 * 1024
 
 
-def verify_roster(signed: bytes, ca_cert: x509.Certificate) -> Roster:
-    """Parse and check a roster file against the store authority; raises :class:`IdentityError`.
+def verify_roster(signed: bytes | str, ca_cert: x509.Certificate) -> Roster:
+    """Parse and check a roster file (or its text, as a hello carries it) against the store
+    authority; raises :class:`IdentityError`.
 
     The signature is checked over the body's exact text *before* the body is parsed: nothing a
     stranger wrote is parsed beyond the small outer object, and that is depth-bounded.
     """
+    try:
+        if isinstance(signed, str):
+            signed = signed.encode()
+    except UnicodeEncodeError:  # a lone surrogate (a JSON escape): no authority signed that
+        raise IdentityError("roster is not UTF-8 text") from None
     if len(signed) > MAX_ROSTER_BYTES:
         raise IdentityError(f"roster is larger than {MAX_ROSTER_BYTES} bytes")
     try:
@@ -160,6 +166,8 @@ def verify_roster(signed: bytes, ca_cert: x509.Certificate) -> Roster:
     assert isinstance(public_key, ec.EllipticCurvePublicKey)
     try:
         public_key.verify(signature, text.encode(), ec.ECDSA(hashes.SHA256()))
+    except UnicodeEncodeError:
+        raise IdentityError("roster body is not UTF-8 text") from None
     except InvalidSignature:
         raise IdentityError("roster signature does not verify against the store authority") from None
     try:

@@ -161,7 +161,8 @@ class LinkCore:
                 actions.extend(self._on_event(event, now))
                 if self.state == "closed":
                     break
-        except (RemoteProtocolError, h11.RemoteProtocolError) as exc:
+        except (RemoteProtocolError, h11.RemoteProtocolError, UnicodeError) as exc:
+            # (wsproto decodes header values itself: a non-ASCII Host raised UnicodeDecodeError)
             actions.extend(self._abort(INVALID_MESSAGE, f"not a meshpos WebSocket handshake ({exc})"))
         except WireError as exc:
             actions.extend(self.close(exc.code, str(exc)))

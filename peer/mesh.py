@@ -30,6 +30,7 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography import x509
 
 from core.ratelog import RateLimitedLog
+from core.yupdate import UpdateGap
 from meshpos.cashier.quorum import BadMessage
 from meshpos.clock import iso, random_id
 from meshpos.config import parse_address
@@ -708,7 +709,7 @@ class Mesh:
             raise Refused(INVALID_TERMINAL_TYPE, f"peer claims type {claimed_type!r}, certificate says {cert_type!r}")
         if cert_store != self.identity.store_id or hello.get("store_id") != cert_store:
             raise Refused(AUTHENTICATION_FAILED, f"peer belongs to store {cert_store!r}")
-        roster = self._newest(value_of(hello, "roster", str).encode())
+        roster = self._newest(value_of(hello, "roster", str))
         if roster.is_revoked(self.me):
             raise Refused(AUTHENTICATION_FAILED, f"this terminal is revoked (roster v{roster.version})")
         if roster.is_revoked(cert_id):
@@ -730,14 +731,14 @@ class Mesh:
                                                   f"(roster v{self.roster.version})")
         return None
 
-    def _newest(self, signed: bytes) -> Roster:
+    def _newest(self, signed: bytes | str) -> Roster:
         try:
             candidate = verify_roster(signed, self.identity.ca_cert)
         except IdentityError as exc:
             raise Refused(AUTHENTICATION_FAILED, f"peer's roster: {exc}") from None
         return candidate if candidate.version > self.roster.version else self.roster
 
-    def adopt_roster(self, signed: bytes) -> bool:
+    def adopt_roster(self, signed: bytes | str) -> bool:
         """Take a roster handed in by an operator or a peer if it is newer; relay it; drop the revoked.
 
         Raises :class:`IdentityError` when it is not validly signed by this store's authority.
@@ -779,7 +780,7 @@ class Mesh:
                 return
             existing.registered = False
         with contextlib.suppress(IdentityError):  # authorize() verified it; this only adopts if newer
-            self.adopt_roster(hello["roster"].encode())
+            self.adopt_roster(hello["roster"])
         self.links[peer_id] = link
         link.registered = True
         self._lost_at.pop(peer_id, None)
@@ -910,12 +911,21 @@ class Mesh:
             try:
                 await self.terminal.ensure_doc(doc)
                 tickets.append(self.terminal.host.apply_remote(doc, [a.update for a in items], f"peer:{link.peer_id}"))
+            except UpdateGap as gap:
+                # It overtook what it builds on (a live update ahead of the catch-up): ask for all
+                # this terminal lacks instead; the answer (a step 2) carries it.
+                tickets.append(gap.ticket)
+                link.session.queue_step1(doc, self.terminal.host.state_vector(doc))
+                link.wake.set()
             except ValueError as exc:  # refused by its shape (core/yupdate.py) or by pycrdt
                 error = Closed(INVALID_MESSAGE, f"update for {doc} refused: {exc}", by_peer=False)
                 break
             except StoreError as exc:
                 error = Closed(INTERNAL_ERROR, f"storage is failing ({exc}); resync later", by_peer=False)
                 break
+        if self.terminal.store.stale_docs:  # pycrdt failed on an update: back to what is on disk now
+            with anyio.CancelScope(shield=True):
+                await self.terminal.host.reload_stale()
         previous, link.unsettled = link.unsettled, ([t for t in tickets if t is not None], applies)
         if previous is not None:
             await self._settle(link, *previous)
@@ -947,7 +957,7 @@ class Mesh:
         kind = message["type"]
         if kind == "roster":
             try:
-                self.adopt_roster(value_of(message, "roster", str).encode())
+                self.adopt_roster(value_of(message, "roster", str))
             except IdentityError as exc:
                 self._close(link, INVALID_MESSAGE, f"relayed roster: {exc}")
         elif kind == "resync":

@@ -121,7 +121,8 @@ def decode_control(text: str) -> dict[str, Any]:
         message = decode_json(text)  # depth-bounded before the parser sees it
     except ValueError as exc:
         raise WireError(f"control message is not JSON ({exc})") from None
-    if not isinstance(message, dict) or message.get("type") not in CONTROL_TYPES:
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str) \
+            or message["type"] not in CONTROL_TYPES:
         raise WireError("control message needs a known \"type\"")
     return message
 

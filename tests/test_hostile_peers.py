@@ -259,3 +259,100 @@ def test_descriptor_exhaustion_does_not_end_the_terminal(tmp_path: Path, nofile:
     if nofile > 100:  # (asyncio itself logs each EMFILE of the API's listener with a traceback)
         assert "Traceback" not in proc.stderr()
 
+
+
+# -- what the fuzzer found (simulations/fuzz.py; docs/simulations.md, "Fuzzing") ------------------
+
+
+@pytest.mark.parametrize(("hex_update", "why"), [
+    ("020105002801066f7264657273016b0178010500000300", "appears twice"),  # Yrs: divide by zero
+    ("010126feffffff0f2801066f7264657273016b01780126015101", r"beyond 2\^31"),  # index out of bounds
+    ("010111feffffff0f2801066f7264657273096275726765722f7231017c7f80000000", r"beyond 2\^31"),  # SIGSEGV
+    ("01010500880500017800", "refers to itself"),  # an item whose origin is itself (5:0 -> 5:0)
+    ("01010500080106" + b"orders".hex() + "0000", "length 0"),  # an item holding no value
+    ("010105002801" + "06" + b"orders".hex() + "016b0178" + "0105020201" + "0001", "out of order"),  # deletes
+])
+def test_updates_that_crashed_yrs_are_refused_by_the_shape_check(hex_update: str, why: str) -> None:
+    with pytest.raises(UpdateRefused, match=why):
+        check_update(bytes.fromhex(hex_update), OrdersDoc.shape)
+
+
+def test_an_update_that_builds_on_what_the_document_lacks_is_a_gap_not_pending() -> None:
+    """Yrs keeps such an update "pending" - where its panics and the SIGSEGV were - so it is
+    never applied: the mesh asks the peer for what is missing instead."""
+    from core.yupdate import UpdateGap
+
+    writer = pycrdt.Doc()
+    orders = writer.get("orders", type=pycrdt.Map)
+    first = []
+    writer.observe(lambda e: first.append(bytes(e.update)))
+    orders["o1"] = pycrdt.Map({"order": "{}"})
+    orders["o1"]["stage:sent"] = "{}"
+    with pytest.raises(UpdateGap, match="starts at clock"):
+        check_update(first[1], OrdersDoc.shape, {})  # the second update without the first
+    state = check_update(first[0], OrdersDoc.shape, {})
+    assert check_update(first[1], OrdersDoc.shape, state) == {writer.client_id: 3}
+    assert check_update(first[1], OrdersDoc.shape) is None  # without a state: shape only
+
+
+@pytest.mark.anyio
+async def test_a_gap_is_asked_for_and_a_pycrdt_panic_reloads_the_document(make_config,  # noqa: ANN001
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.yupdate import UpdateGap
+
+    async with Terminal(make_config()).running() as t:
+        writer = pycrdt.Doc()
+        updates: list[bytes] = []
+        writer.observe(lambda e: updates.append(bytes(e.update)))
+        catalog = writer.get("catalog", type=pycrdt.Map)
+        catalog["a"] = {"name": "A"}
+        catalog["b"] = {"name": "B"}
+        with pytest.raises(UpdateGap) as gap:
+            t.host.apply_remote("inventory", [updates[1]], "peer:x")
+        assert gap.value.ticket is None and "b" not in t.inventory.catalog  # nothing pending in Yrs
+        with pytest.raises(UpdateGap) as gap:  # the prefix of a batch is applied, durably
+            t.host.apply_remote("inventory", [updates[0], b"\x01\x01\x07\x05\x28\x01\x07catalog\x01c\x01\x78\x00"],
+                                "peer:x")
+        await gap.value.ticket.wait()
+        assert "a" in t.inventory.catalog
+        panic = type("PanicException", (BaseException,), {"__module__": "pyo3_runtime"})
+
+        def explode(self, update: bytes) -> None:  # noqa: ANN001
+            raise panic("called `Option::unwrap()` on a `None` value")
+
+        monkeypatch.setattr(pycrdt.Doc, "apply_update", explode)
+        with pytest.raises(UpdateRefused, match="pycrdt could not apply it"):
+            t.host.apply_remote("inventory", [updates[1]], "peer:x")
+        monkeypatch.undo()
+        assert "inventory" in t.store.stale_docs  # what Yrs did to memory is unknown: back to disk
+        await t.host.reload_stale()
+        assert "a" in t.inventory.catalog and "b" not in t.inventory.catalog
+        t.host.apply_remote("inventory", [updates[1]], "peer:x")
+        assert "b" in t.inventory.catalog
+
+
+def test_decoders_refuse_what_used_to_raise_something_else() -> None:
+    from meshpos.cashier.ledger import check_entry
+    from meshpos.cashier.quorum import BadMessage, from_wire
+    from peer.identity import IdentityError, verify_roster
+    from peer.link import Closed, LinkCore
+    from peer.wire import WireError, decode_control
+
+    with pytest.raises(WireError):
+        decode_control('{"type":["hello"]}')  # TypeError: unhashable list
+    core = LinkCore(client=False, hello={}, authorize=lambda h: None, now=0.0)
+    actions = core.receive(b"GET /meshpos/v1/link HTTP/1.1\r\nHost: \x80\r\n\r\n", 0.0)  # UnicodeDecodeError
+    assert [a.code for a in actions if isinstance(a, Closed)] == [INVALID_MESSAGE]
+    authority_cert = Authority.init(Path(__import__("tempfile").mkdtemp()) / "a", "X").cert
+    with pytest.raises(IdentityError):
+        verify_roster(b'{"body":"\\ud800","signature":""}', authority_cert)  # UnicodeEncodeError
+    with pytest.raises(IdentityError):
+        verify_roster('{"body":"x","signature":"\ud800"}', authority_cert)
+    for ballot in ([2**64, "pos-2"], [1, "pos-\ud800"]):  # once failed a voter's whole group commit
+        with pytest.raises(BadMessage):
+            from_wire({"type": "cashier", "m": "accept", "drawer": "main", "ballot": ballot, "position": 0,
+                       "entry": {"kind": "noop"}, "commit_upto": 0}, 0.0)
+    with pytest.raises(ValueError, match="lacks amount_cents"):  # was KeyError
+        check_entry({"kind": "review_resolution", "op_id": "resolve:1", "drawer": "main", "terminal_id": "pos-1",
+                     "user_id": None, "at": "x", "status": "committed", "of": 1, "decision": "accept",
+                     "note": "n", "operator": "o"})

@@ -44,6 +44,9 @@ def check_entry(entry: Any) -> None:
     if entry["kind"] == "noop":
         return
     wanted = FIELDS[entry["kind"]]
+    missing = [name for name in (*META, *wanted) if name not in entry]
+    if missing:
+        raise ValueError(f"{entry['kind']} entry lacks {', '.join(missing)}")
     for name in META:
         if name == "user_id":
             if not isinstance(entry.get(name), str | None):
@@ -64,7 +67,7 @@ def check_entry(entry: Any) -> None:
     for name, allowed in _CHOICES.items():
         if name in wanted and entry[name] not in allowed:
             raise ValueError(f"{entry['kind']} entry: {name} {entry[name]!r:.40} is not one of {allowed}")
-    if entry["kind"] == "review_resolution" and (entry["amount_cents"] is None) != (entry["decision"] != "adjust"):
+    if entry["kind"] == "review_resolution" and (entry.get("amount_cents") is None) != (entry["decision"] != "adjust"):
         raise ValueError("review_resolution: amount_cents goes with decision 'adjust' only, and it needs one")
     for name in OPTIONAL:
         if name in entry and not isinstance(entry[name], dict):

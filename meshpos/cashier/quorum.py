@@ -32,6 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.names import ID_PATTERN
+
 Ballot = tuple[int, str]  # (round, terminal id): totally ordered, unique per terminal
 NO_BALLOT: Ballot = (0, "")
 #: How long a promise keeps other terminals from taking the drawer (voter's clock, seconds).
@@ -553,16 +555,27 @@ def to_wire(msg: Message, now: float) -> dict[str, Any]:
     return out
 
 
+#: Rounds, positions and counts on the wire: JS-safe integers (a round past 2^63 once failed a
+#: voter's whole group commit in SQLite, taking other terminals' writes with it).
+MAX_WIRE_INT = 2**53 - 1
+
+
+def _terminal_id(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not (value == "" or ID_PATTERN.fullmatch(value)):
+        raise BadMessage(f"{name} must be a terminal id, not {value!r:.40}")
+    return value
+
+
 def _ballot(value: Any) -> Ballot:
-    if (not isinstance(value, list) or len(value) != 2 or type(value[0]) is not int or value[0] < 0
-            or not isinstance(value[1], str)):
+    if (not isinstance(value, list) or len(value) != 2 or type(value[0]) is not int
+            or not 0 <= value[0] <= MAX_WIRE_INT):
         raise BadMessage(f"ballot must be [round, terminal id], not {value!r:.80}")
-    return (value[0], value[1])
+    return (value[0], _terminal_id(value[1], "a ballot's holder"))
 
 
 def _count(value: Any, name: str) -> int:
-    if type(value) is not int or value < 0:
-        raise BadMessage(f"{name} must be a non-negative integer")
+    if type(value) is not int or not 0 <= value <= MAX_WIRE_INT:
+        raise BadMessage(f"{name} must be an integer in 0..{MAX_WIRE_INT}")
     return value
 
 
@@ -590,10 +603,12 @@ def from_wire(data: dict[str, Any], now: float, check_entry: Any = None) -> Mess
     for name, value in data.items():
         if name in ("type", "m"):
             continue
-        if name in ("drawer", "voter", "locked_by"):
+        if name == "drawer":
             if not isinstance(value, str):
                 raise BadMessage(f"{name} must be a string")
             kw[name] = value
+        elif name in ("voter", "locked_by"):
+            kw[name] = _terminal_id(value, name)
         elif name in ("ballot", "promised"):
             kw[name] = _ballot(value)
         elif name in ("known", "committed", "position", "start", "commit_upto"):

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from core.ratelog import RateLimitedLog
 from meshpos.cashier import ledger
 from meshpos.cashier.quorum import (
     COMMIT_CHUNK,
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
     from meshpos.terminal import Terminal
 
 log = logging.getLogger(__name__)
+#: Alarms a peer's messages raise, logged at most a few times a second per peer (each is an event too).
+_alarm_log = RateLimitedLog(log)
 
 #: Taking a drawer fails (503, code 4009) if a majority has not promised within this.
 ACQUIRE_TIMEOUT = 2.0
@@ -452,8 +455,8 @@ class Cashier:
         if differ:
             # Two committed ledgers disagree: only possible if the voter set changed while a drawer
             # was in use (docs/cashier.md, "Changing the voters").  Never silent: an alarm event.
-            log.error("drawer %s: %s's committed ledger differs from this one at positions %s", drawer, sender,
-                      differ[:10])
+            _alarm_log.log(sender, logging.ERROR, "drawer %s: %s's committed ledger differs from this one at "
+                           "positions %s", drawer, sender, differ[:10])
             await self._event("cashier:divergence", {"drawer": drawer, "peer": sender, "positions": differ[:100]})
         if start > have:  # a gap: ask the sender for everything from where this copy ends (once a second)
             now = anyio.current_time()

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import anyio
 import pycrdt
 
-from core.yupdate import Shape, check_update
+from core.yupdate import Shape, UpdateGap, UpdateRefused, check_update, is_panic
 from meshpos.clock import Clock, iso, random_id
 from peer.wire import decode_state_vector
 from storage.store import AuditRecord, Store, StoredEvent, StoreError, Ticket
@@ -228,29 +228,53 @@ class DocumentHost:
     def apply_remote(self, name: str, updates: list[bytes], origin: str) -> Ticket | None:
         """Apply updates from a peer in one transaction (one storage record); ``None``: nothing new.
 
-        Every update is checked against the document's shape first (:func:`check_update`), so a
-        refused one (:class:`UpdateRefused`, a ``ValueError``) leaves nothing applied; one that
-        passes but does not decode raises ``ValueError`` after the ones before it were applied
-        and queued (they were valid); it and everything after it are not applied.
+        Every update is checked first (:func:`check_update`): its shape, and that it is complete
+        against the document - Yrs never holds anything "pending".  A refused one
+        (:class:`UpdateRefused`, a ``ValueError``) leaves nothing applied.  One that builds on
+        what the document lacks (:class:`UpdateGap`) is raised after the updates before it are
+        applied, with their ticket on it: the caller asks the peer for what is missing.  One that
+        passes but does not decode raises ``ValueError`` after the ones before it were applied and
+        queued (they were valid); it and everything after it are not applied.
         """
         hosted = self._docs[name]
         if name in self.store.stale_docs:
             raise StoreError(f"document {name} is being reloaded after a failed commit")
-        for update in updates:
-            check_update(update, hosted.model.shape)
+        state: dict[int, int] | None = decode_state_vector(hosted.model.doc.get_state())
+        gap: UpdateGap | None = None
+        for n, update in enumerate(updates):
+            try:
+                state = check_update(update, hosted.model.shape, state)
+            except UpdateGap as exc:
+                gap, updates = exc, updates[:n]
+                break
         error: ValueError | None = None
-        with hosted.model.doc.transaction(origin=origin):
-            for update in updates:
-                try:
-                    hosted.model.doc.apply_update(update)
-                except ValueError as exc:
-                    error = exc
-                    break
+        try:
+            with hosted.model.doc.transaction(origin=origin):
+                for update in updates:
+                    try:
+                        hosted.model.doc.apply_update(update)
+                    except ValueError as exc:
+                        error = exc
+                        break
+        except BaseException as exc:
+            if not (is_panic(exc) or isinstance(exc, Exception)):
+                raise  # cancellation and the like
+            # Yrs refused what passed the shape check: a panic (pyo3 makes it a BaseException) or
+            # a RuntimeError.  What it did to the in-memory document is unknown: nothing of this
+            # transaction is stored, and the document is reloaded from disk before it is used again.
+            hosted.updates.clear()
+            self.store.stale_docs.add(name)
+            log.warning("%s: pycrdt failed on an update from %s (%s: %s); reloading the document from disk",
+                        name, origin, type(exc).__name__, str(exc)[:200])
+            raise UpdateRefused(f"pycrdt could not apply it ({type(exc).__name__}: {str(exc)[:100]})") from None
         ticket = self._finish(hosted, origin, None)
         if ticket is not None:
             self.last_peer_update_at[name] = iso(self.clock())
         if error is not None:
             raise error
+        if gap is not None:
+            gap.ticket = ticket
+            raise gap
         return ticket
 
     def _finish(self, hosted: _Hosted, origin: str, audit: AuditRecord | None,

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pycrdt
 
+from core.yupdate import is_panic
 from meshpos.clock import Clock
 from meshpos.documents.host import Model
 from meshpos.documents.values import ID_PATTERN, as_int
@@ -149,7 +150,9 @@ class CheckedModel(Model):
     def _read(self, entity_id: str, build: Callable[[], R]) -> R:
         try:
             result = build()
-        except READ_ERRORS as exc:
+        except BaseException as exc:
+            if not (isinstance(exc, READ_ERRORS) or is_panic(exc)):
+                raise
             raise self._malformed(entity_id, exc) from None
         if self.malformed:
             self._forget(entity_id)

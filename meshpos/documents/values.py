@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from core.names import ID_PATTERN
 from meshpos.errors import InvalidInput
 from storage.codec import decode_json, encode_json
-
-#: Ids of skus, tables and terminals: safe in composite keys ("sku/replica") and URLs.  Ends in
-#: ``\Z``, not ``$``: ``$`` also matches before a final newline, so every ``ID_PATTERN.match``
-#: caller took ``"T1\n"`` for an id.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
 
 
 def as_int(value: Any) -> int:
