@@ -24,6 +24,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.ratelog import RateLimitedLog
+
 log = logging.getLogger(__name__)
 
 RECORD_BYTES = 80
@@ -70,9 +72,15 @@ def read_marker(path: Path) -> Marked | None:
 class CommitMarker:
     """The marker of a running store; :meth:`advance` after each COMMIT (writer thread).
 
-    The file is created (or rewritten) at the first commit, not at open: a terminal that refuses
-    to start after opening its database (a document that does not decode) leaves the data
-    directory exactly as it found it.
+    An existing marker is opened with the store, so a commit never needs a new descriptor (a
+    terminal out of descriptors still commits, and says so).  A missing one is created at the
+    first commit, not at open: a terminal that refuses to start after opening its database (a
+    document that does not decode) leaves the data directory exactly as it found it.
+
+    A marker that cannot be written (no descriptor left, a full disk) is logged and retried at
+    the next commit, and the commit stands: SQLite has it, and a marker *behind* the database
+    only weakens the start check, it never raises a false alarm.  Failing the commit instead
+    would tell a caller a durable write was lost.
     """
 
     def __init__(self, path: Path, db_id: str) -> None:
@@ -80,14 +88,23 @@ class CommitMarker:
         self.db_id = db_id
         self._fd = -1
         self._synced_at = 0.0
+        self._log = RateLimitedLog(log, per_second=0.2, burst=1)
+        try:
+            self._fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            pass
 
     def advance(self, seq: int) -> None:
-        if self._fd < 0:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            os.fchmod(self._fd, 0o600)
-        os.pwrite(self._fd, _record(self.db_id, seq), 0)
-        if time.monotonic() - self._synced_at >= SYNC_SECONDS:
-            self._sync()
+        try:
+            if self._fd < 0:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+                os.fchmod(self._fd, 0o600)
+            os.pwrite(self._fd, _record(self.db_id, seq), 0)
+            if time.monotonic() - self._synced_at >= SYNC_SECONDS:
+                self._sync()
+        except OSError as exc:
+            self._log.log("marker", logging.ERROR, "commit %d is stored, but its marker %s could not be written "
+                          "(%s); retried at the next commit", seq, self.path, exc)
 
     def _sync(self) -> None:
         os.fsync(self._fd)

@@ -70,7 +70,10 @@ def schemathesis_run(url: str, tmp_path: Path, *extra: str) -> subprocess.Comple
     args = [str(Path(sys.executable).parent / "schemathesis"), "--config-file", str(config), "run",
             f"{url}/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES), "--seed", str(SEED),
             "--generation-database", "none", "--no-color", "--request-timeout", "20", *extra]
-    env = {**clean_env(), "SCHEMATHESIS_HOOKS": os.path.abspath(__file__)}
+    # The hooks module imports ``tests.``: the repository's root must be importable in the child
+    # even when the project is installed as a wheel (CI), not only in editable mode.
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**clean_env(), "SCHEMATHESIS_HOOKS": os.path.abspath(__file__), "PYTHONPATH": root}
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL,
                           timeout=240, check=False)
 

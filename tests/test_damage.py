@@ -187,6 +187,30 @@ async def test_a_full_disk_says_so(make_config) -> None:  # noqa: ANN001
         assert "no transaction is active" not in refused.value.message
 
 
+async def test_a_marker_that_cannot_be_written_does_not_fail_the_commit(make_config, caplog) -> None:  # noqa: ANN001
+    """Out of descriptors, or the marker's place taken: SQLite has the commit, so the caller is told
+    so and the terminal goes on; the marker catches up at the next commit it can write."""
+    config = make_config()
+    marker_file = config.data_dir / "meshpos.db.commits"
+    ids = []
+    async with Terminal(config).running() as t:
+        marker = t.store._marker
+        if marker._fd >= 0:
+            os.close(marker._fd)
+            marker._fd = -1
+        marker_file.unlink(missing_ok=True)
+        marker_file.mkdir()  # open() now fails with an OSError, as EMFILE would
+        for n in range(3):
+            ids.append((await t.create_order(table=f"T{n}", waiter="ana", items=[ITEM]))["id"])
+        assert "could not be written" in caplog.text
+        marker_file.rmdir()
+        ids.append((await t.create_order(table="T9", waiter="ana", items=[ITEM]))["id"])
+        seq = t.store.commit_seq
+    assert marker_file.read_bytes().split()[3] == str(seq).encode()
+    async with Terminal(config).running() as t:
+        assert sorted(o["id"] for o in await t.list_orders()) == sorted(ids)
+
+
 async def test_a_damaged_event_row_does_not_wedge_readers(make_config) -> None:  # noqa: ANN001
     config = make_config()
     async with Terminal(config).running() as t:
