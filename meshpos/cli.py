@@ -9,9 +9,7 @@ import os
 import signal
 import sqlite3
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +198,9 @@ def status(api: Api) -> None:
 
 def _api_call(api: Api, path: str, body: bytes | None = None) -> dict:
     """One JSON call to a running terminal's local API; errors become one line."""
+    import urllib.error  # here: ``meshpos run`` never needs an HTTP client (~1.5 MB, docs/performance.md)
+    import urllib.request
+
     headers = {"content-type": "application/json"}
     if api.token is not None:
         headers["authorization"] = f"Bearer {api.token}"

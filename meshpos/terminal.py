@@ -146,10 +146,12 @@ class Terminal:
         config that contradicts the certificate is refused before anything is written, as
         ``meshpos run`` refuses it (:func:`meshpos.config.load_config`) - this covers terminals
         built in code."""
-        from peer.identity import has_identity, load_identity
+        from peer.files import has_identity
 
         if not has_identity(self.config.data_dir):
             return None
+        from peer.identity import load_identity
+
         identity = load_identity(self.config.data_dir)
         match_certificate(identity, self.config.data_dir,
                           {"terminal_id": self.config.terminal_id, "type": self.config.type},
@@ -159,13 +161,13 @@ class Terminal:
     def _make_mesh(self, identity: TerminalIdentity | None) -> Mesh | None:
         """The peer links of an enrolled data directory (the socket is bound here, so a port in use
         stops the start with a clear error)."""
+        if identity is None:
+            return None  # before the imports: an unenrolled terminal never loads cryptography
         from meshpos.server import bind_socket
         from peer.link import Limits
         from peer.mesh import Mesh
         from peer.transport import TcpTransport
 
-        if identity is None:
-            return None
         transport = self._transport
         if transport is None:
             try:

@@ -33,14 +33,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshpos.config import TERMINAL_TYPES
 from meshpos.documents.values import ID_PATTERN
+from peer.files import CA_CERT, CA_KEY, ROSTER, STORE_CA_CERT, TERMINAL_CERT, TERMINAL_KEY
 from storage.codec import decode_json
 
-CA_KEY = "ca.key"
-CA_CERT = "ca.crt"
-ROSTER = "roster.json"
-TERMINAL_KEY = "terminal.key"
-TERMINAL_CERT = "terminal.crt"
-STORE_CA_CERT = "store-ca.crt"
 #: Terminal certificates are valid this long by default; renew by enrolling again.
 CERT_DAYS = 5 * 365
 
@@ -357,10 +352,6 @@ def verify_terminal_cert(cert: x509.Certificate, ca_cert: x509.Certificate, *, a
     if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
         raise IdentityError(f"certificate is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} "
                             f"to {cert.not_valid_after_utc:%Y-%m-%d})")
-
-
-def has_identity(data_dir: Path) -> bool:
-    return (data_dir / TERMINAL_CERT).exists() or (data_dir / TERMINAL_KEY).exists()
 
 
 def load_identity(data_dir: Path) -> TerminalIdentity:

@@ -1,0 +1,70 @@
+"""The regression guard CI runs at every landing (simulations/bench_quick.py): it measures, and a
+figure past its tolerance fails the run."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "simulations" / "bench_quick.py"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_quick", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_figure_past_its_tolerance_is_a_regression_and_one_far_below_an_improvement(bench: ModuleType) -> None:
+    baseline = {"import_cpu_s": 0.2, "trio": {"idle_rss_mb": 40.0, "adjust_cpu_s_per_1000": 0.1,
+                                               "adjust_bytes_per_update": 42.0}, "cpu_count": 2}
+    assert bench.compare(copy.deepcopy(baseline), baseline) == ([], [])
+    within = {"import_cpu_s": 0.25, "trio": {"idle_rss_mb": 43.9, "adjust_cpu_s_per_1000": 0.124,
+                                            "adjust_bytes_per_update": 44.0}, "cpu_count": 4}
+    assert bench.compare(within, baseline) == ([], [])  # cpu_count is not a figure
+    past = {"import_cpu_s": 0.27, "trio": {"idle_rss_mb": 44.1, "adjust_cpu_s_per_1000": 0.126,
+                                          "adjust_bytes_per_update": 44.2}}
+    worse, better = bench.compare(past, baseline)
+    assert [line.split(":")[0] for line in worse] == ["import_cpu_s", "trio.idle_rss_mb",
+                                                      "trio.adjust_cpu_s_per_1000", "trio.adjust_bytes_per_update"]
+    assert better == [] and "baseline 40.0, +10 %" in worse[1]
+    worse, better = bench.compare({"trio": {"idle_rss_mb": 30.0}}, baseline)
+    assert worse == [] and better == ["trio.idle_rss_mb: 30.0 (baseline 40.0, -25 %)"]
+    # A figure the baseline does not have (a new measure) is neither.
+    assert bench.compare({"asyncio": {"idle_rss_mb": 99.0}}, baseline) == ([], [])
+
+
+def test_it_measures_both_backends_and_fails_against_a_better_baseline(tmp_path: Path) -> None:
+    baseline = tmp_path / "baseline.json"
+    run = [sys.executable, str(SCRIPT), "--orders", "50", "--baseline", str(baseline)]
+    done = subprocess.run([*run, "--write-baseline"], capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    recorded = json.loads(baseline.read_text())
+    assert recorded["orders"] == 50 and recorded["recorded"]["date"]
+    assert 0 < recorded["import_cpu_s"] < 5
+    for backend in ("asyncio", "trio"):
+        figures = recorded[backend]
+        assert 20 < figures["idle_rss_mb"] <= figures["day_rss_mb"] < 500
+        for op in ("adjust", "create_order"):
+            assert 0 < figures[f"{op}_cpu_s_per_1000"] < 10
+            assert 10 < figures[f"{op}_bytes_per_update"] < 2000
+    # The same code against a baseline that claims half the memory: the run fails, naming it.
+    recorded["trio"]["idle_rss_mb"] /= 2
+    baseline.write_text(json.dumps(recorded))
+    done = subprocess.run(run, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 1
+    assert "regression against" in done.stderr and "trio.idle_rss_mb" in done.stderr
+    assert json.loads(done.stdout)["regressions"]
+    # A baseline measured on another size of day is refused rather than compared.
+    done = subprocess.run([*run[:3], "60", *run[4:]], capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode != 0 and "--orders 50" in done.stderr
