@@ -88,15 +88,25 @@ def is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
 
 
-def check_state_vector(data: bytes) -> None:
-    """Raise :class:`UpdateRefused` unless ``data`` is a well-formed state vector (a sync step 1)."""
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    """``{client id: clock}`` of an encoded state vector; compare these, not the bytes (equal
+    states may encode in any order).  :class:`UpdateRefused` unless well-formed."""
     reader = _Reader(bytes(data), Shape(frozenset()))
+    out: dict[int, int] = {}
     for _ in range(reader.count("client", 2)):
-        reader.uint()  # the client
-        if reader.uint() > MAX_CLOCK:
+        client = reader.uint()
+        clock = reader.uint()
+        if clock > MAX_CLOCK:
             raise reader.fail("clock beyond 2^31")
+        out[client] = clock
     if reader.pos != reader.end:
         raise reader.fail(f"{reader.end - reader.pos} bytes after the state vector")
+    return out
+
+
+def check_state_vector(data: bytes) -> None:
+    """Raise :class:`UpdateRefused` unless ``data`` is a well-formed state vector (a sync step 1)."""
+    decode_state_vector(data)
 
 
 class _Reader:

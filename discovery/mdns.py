@@ -18,14 +18,16 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
 
 import anyio
 import ifaddr
 from anyio.from_thread import BlockingPortal
 from zeroconf import IPVersion, ServiceBrowser, ServiceInfo, ServiceStateChange, Zeroconf
 
+from core.clock import Clock, iso
+from core.errors import ConfigError
 from core.ratelog import RateLimitedLog
 from discovery.advert import (
     SERVICE_TYPE,
@@ -37,12 +39,8 @@ from discovery.advert import (
     refusal_to_dial,
     txt_record,
 )
-from meshpos.clock import iso
-from meshpos.config import ConfigError
+from peer.identity import Roster, TerminalIdentity
 from peer.wire import PROTOCOL_VERSION
-
-if TYPE_CHECKING:
-    from peer.mesh import Mesh
 
 log = logging.getLogger(__name__)
 #: Whatever a stranger advertises is logged at most a few times a second, all adverts together.
@@ -95,6 +93,26 @@ def advertised_addresses(mdns: list[str], peer_host: str) -> list[str]:
     return mdns if bound.is_unspecified else [peer_host]
 
 
+class Dialler(Protocol):
+    """What discovery tells and asks of the peer links (``peer.mesh.Mesh`` is one): discovery
+    knows no more of the mesh than this, so it stands beside ``peer/`` instead of above it."""
+
+    me: str
+    identity: TerminalIdentity
+    roster: Roster
+    port: int
+    links: Collection[str]
+    clock: Clock
+
+    def discovered(self, terminal_id: str, addresses: list[str]) -> None: ...
+
+    def lost(self, terminal_id: str) -> None: ...
+
+    def dial_addresses(self, terminal_id: str) -> list[str]: ...
+
+    def why_not_linked(self, terminal_id: str, addresses: list[str]) -> str: ...
+
+
 class Discovery:
     """Advertises the terminal and feeds what it sees to the mesh.  :meth:`run` in the terminal's
     task group.
@@ -104,7 +122,7 @@ class Discovery:
     (a revocation) re-decides whom to dial.
     """
 
-    def __init__(self, mesh: Mesh, *, choices: list[str], peer_host: str) -> None:
+    def __init__(self, mesh: Dialler, *, choices: list[str], peer_host: str) -> None:
         self.mesh = mesh
         self.choices, self.peer_host = choices, peer_host
         self.addresses = mdns_addresses(choices, peer_host)  # a bad choice stops the start
@@ -120,7 +138,7 @@ class Discovery:
         self._roster_version = mesh.roster.version
 
     def _now(self) -> str:
-        return iso(self.mesh.terminal.clock())
+        return iso(self.mesh.clock())
 
     def _own_name(self) -> str:
         identity = self.mesh.identity

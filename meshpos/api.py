@@ -30,13 +30,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from meshpos import errors
+from core import errors
+from core.codec import check_json_depth, encode_json, encode_json_bytes
 from meshpos.api_guard import guarded
 from meshpos.documents.orders import KITCHEN_STAGES, ORDER_STAGES
 from meshpos.documents.tables import TABLE_STATUSES
 from meshpos.events import Lagged, Reset
 from meshpos.terminal import Terminal
-from storage.codec import check_json_depth, encode_json, encode_json_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ def pattern(body: str) -> str:
 PATH_PATTERNS = {
     "table_id": r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}",  # meshpos.documents.values.ID_PATTERN
     "sku": r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}",
-    "order_id": r"[0-9]{8}-[0-9a-hjkmnp-tv-z]{19}",  # business day, then meshpos.clock.time_id
-    "item_id": r"[0-9a-hjkmnp-tv-z]{8}",  # meshpos.clock.random_id(8)
+    "order_id": r"[0-9]{8}-[0-9a-hjkmnp-tv-z]{19}",  # business day, then core.clock.time_id
+    "item_id": r"[0-9a-hjkmnp-tv-z]{8}",  # core.clock.random_id(8)
     "drawer": r"[A-Za-z0-9_-]{1,32}",  # meshpos.cashier.service.check_drawer
     "review_id": r"[A-Za-z0-9_-]{1,32}\.[0-9]{1,18}",  # <drawer>.<ledger position>
 }

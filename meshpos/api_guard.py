@@ -35,9 +35,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from meshpos import errors
+from core import errors
+from core.codec import encode_json_bytes
 from meshpos.config import TerminalConfig
-from storage.codec import encode_json_bytes
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,9 @@ from typing import Any
 import anyio
 import click
 
-from meshpos.config import TERMINAL_TYPES, ConfigError, load_config
+from core.errors import ConfigError
+from core.names import TERMINAL_TYPES
+from meshpos.config import load_config
 from meshpos.documents.host import DamagedDocument
 from meshpos.memory import tune_allocator
 from storage.database import DatabaseError
@@ -34,7 +36,8 @@ def main() -> None:
 
 
 async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa: ANN001
-    from meshpos.server import bind_socket, serve_api
+    from core.net import bind_socket
+    from meshpos.server import serve_api
     from meshpos.terminal import Terminal
 
     try:

@@ -10,13 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from meshpos.documents.values import ID_PATTERN
-
-TERMINAL_TYPES = ("pos", "kds", "waiter", "monitor")
-
-
-class ConfigError(Exception):
-    """Invalid configuration; the message names the setting and where it came from."""
+from core.errors import ConfigError
+from core.names import ID_PATTERN, TERMINAL_TYPES, parse_address
 
 
 @dataclass(slots=True)
@@ -105,14 +100,6 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``HOST:PORT`` (or ``[v6]:PORT``) of a static peer."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"peer address {address!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
 
 
 _ENV_PREFIX = "MESHPOS_"

@@ -30,14 +30,14 @@ from typing import Any
 import anyio
 import pycrdt
 
+from core.clock import iso, random_id
+from core.codec import decode_json
+from core.names import orders_day
 from core.yupdate import Shape, UpdateRefused, check_update, is_panic
 from meshpos.cashier import ledger
-from meshpos.clock import iso, random_id
 from meshpos.documents import InventoryDoc, OrdersDoc, TablesDoc
 from meshpos.documents import inventory as inventory_doc
 from meshpos.documents import tables as tables_doc
-from peer.wire import orders_day
-from storage.codec import decode_json
 from storage.commits import marker_path
 from storage.database import lock_data_dir
 from storage.store import Store

@@ -10,21 +10,12 @@ import anyio
 import sniffio
 from hypercorn.config import Config
 
+from core.net import bind_socket
 from meshpos.api import create_app
 from meshpos.api_guard import MAX_REQUEST_HEAD_BYTES
 from meshpos.terminal import Terminal
 
 log = logging.getLogger(__name__)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before serving so port 0 works and the real port is known (tests, several terminals)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 async def serve_api(

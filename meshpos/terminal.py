@@ -19,19 +19,20 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from core.clock import BusinessCalendar, Clock, iso, random_id, system_clock
+from core.errors import InvalidInput, NotEnrolled, NotFound, PermissionDenied, StoreError, Unavailable
+from core.names import orders_day
+from core.yupdate import decode_state_vector
 from meshpos.cashier.service import Cashier
-from meshpos.clock import BusinessCalendar, Clock, iso, random_id, system_clock
 from meshpos.config import TerminalConfig, match_certificate
 from meshpos.documents import DocumentHost, InventoryDoc, OrdersDoc, TablesDoc
 from meshpos.documents import inventory as inventory_doc
 from meshpos.documents import orders as orders_doc
 from meshpos.documents import tables as tables_doc
 from meshpos.documents.host import Operation, durable
-from meshpos.errors import InvalidInput, NotEnrolled, NotFound, PermissionDenied, Unavailable
 from meshpos.events import EventBus
-from peer.wire import decode_state_vector, orders_day
 from storage.database import lock_data_dir
-from storage.store import Store, StoreError
+from storage.store import Store
 
 if TYPE_CHECKING:
     from discovery.mdns import Discovery
@@ -163,7 +164,8 @@ class Terminal:
         stops the start with a clear error)."""
         if identity is None:
             return None  # before the imports: an unenrolled terminal never loads cryptography
-        from meshpos.server import bind_socket
+        from core.net import bind_socket
+        from meshpos.replica import TerminalReplica
         from peer.link import Limits
         from peer.mesh import Mesh
         from peer.transport import TcpTransport
@@ -176,8 +178,14 @@ class Terminal:
                 raise OSError(exc.errno, f"peer address {self.config.peer_host}:{self.config.peer_port}: "
                                          f"{exc.strerror}") from None
             transport = TcpTransport(sock)
-        return Mesh(self, identity, transport=transport, peers=self.config.peers, rng=self.rng,
+        replica = TerminalReplica(self.host, self.store, open_doc=self.ensure_doc,
+                                  archived_state_vectors=self.archived_state_vectors, today=self.today)
+        mesh = Mesh(replica, identity, data_dir=self.config.data_dir, clock=self.clock,
+                    transport=transport, peers=self.config.peers, rng=self.rng,
                     limits=Limits(max_message_bytes=self.config.peer_max_message_bytes))
+        mesh.handle_control("cashier", self.cashier.receive)
+        mesh.on_link_up(self.cashier.link_up)
+        return mesh
 
     def _make_discovery(self, mesh: Mesh) -> Discovery:
         from discovery.mdns import Discovery  # noqa: F811 - zeroconf only when enrolled

@@ -31,10 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshpos.config import TERMINAL_TYPES
-from meshpos.documents.values import ID_PATTERN
+from core.codec import decode_json
+from core.names import ID_PATTERN, TERMINAL_TYPES
 from peer.files import CA_CERT, CA_KEY, ROSTER, STORE_CA_CERT, TERMINAL_CERT, TERMINAL_KEY
-from storage.codec import decode_json
 
 #: Terminal certificates are valid this long by default; renew by enrolling again.
 CERT_DAYS = 5 * 365

@@ -32,7 +32,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from meshpos.errors import INVALID_MESSAGE, RATE_LIMIT
+from core.errors import INVALID_MESSAGE, RATE_LIMIT
 from peer.wire import LINK_PATH, SUBPROTOCOL, WireError, decode_control, encode_control
 
 #: Local-only code for a link that died without a close frame (heartbeat timeout, reset).

@@ -22,36 +22,35 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography import x509
 
-from core.ratelog import RateLimitedLog
-from core.yupdate import UpdateGap
-from meshpos.cashier.quorum import BadMessage
-from meshpos.clock import iso, random_id
-from meshpos.config import parse_address
-from meshpos.errors import (
+from core.clock import Clock, iso, random_id
+from core.errors import (
     ALREADY_CONNECTED,
     AUTHENTICATION_FAILED,
     INVALID_MESSAGE,
     INVALID_TERMINAL_ID,
     INVALID_TERMINAL_TYPE,
     RATE_LIMIT,
+    MessageRefused,
+    StoreError,
 )
+from core.names import orders_day, parse_address
+from core.ratelog import RateLimitedLog
+from core.yupdate import UpdateGap, decode_state_vector
 from peer.identity import IdentityError, Roster, TerminalIdentity, fingerprint, save_roster, subject_of, verify_roster
 from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
+from peer.replica import ControlHandler, LinkListener, Replica
 from peer.sync import AnswerStep1, Apply, SyncSession
 from peer.tls import client_context, peer_certificate, server_context
 from peer.transport import Transport
-from peer.wire import PROTOCOL_VERSION, WireError, check_doc_name, decode_state_vector, orders_day, value_of
-from storage.store import StoreError
-
-if TYPE_CHECKING:
-    from meshpos.terminal import Terminal
+from peer.wire import PROTOCOL_VERSION, WireError, check_doc_name, peer_state_vector, value_of
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +196,8 @@ class Link:
     authenticated: Callable[[], None] | None = None
     #: What the last read applied, not yet known durable: (its storage tickets, its frames).
     unsettled: tuple[list[Any], list[Apply]] | None = None
+    #: The link's own task group: what is started for one link ends with it.
+    tasks: anyio.abc.TaskGroup | None = None
 
     def push(self, actions: list[Any]) -> list[Any]:
         """Queue the bytes among ``actions`` for the writer; return the rest."""
@@ -217,10 +218,12 @@ class Link:
 class Mesh:
     """All peer links of one terminal.  :meth:`run` in the terminal's task group."""
 
-    def __init__(self, terminal: Terminal, identity: TerminalIdentity, *, transport: Transport,
-                 peers: list[str], limits: Limits | None = None, rng: random.Random | None = None,
-                 max_queue_bytes: int | None = None) -> None:
-        self.terminal = terminal
+    def __init__(self, replica: Replica, identity: TerminalIdentity, *, data_dir: Path, clock: Clock,
+                 transport: Transport, peers: list[str], limits: Limits | None = None,
+                 rng: random.Random | None = None, max_queue_bytes: int | None = None) -> None:
+        self.replica = replica
+        self.data_dir = data_dir  # where an adopted roster is saved
+        self.clock = clock
         self.identity = identity
         self.roster = identity.roster
         self.me = identity.terminal_id
@@ -259,7 +262,18 @@ class Mesh:
         self._unauthenticated: dict[str, int] = {}
         self._refusal_log = RateLimitedLog(log)
         self._tg: anyio.abc.TaskGroup | None = None
-        terminal.host.on_update(self._on_local_update)
+        #: Control message type -> its handler (the cashier's); callbacks for each link that opens.
+        self._control_handlers: dict[str, ControlHandler] = {}
+        self._link_listeners: list[LinkListener] = []
+        replica.on_update(self._on_local_update)
+
+    def handle_control(self, kind: str, handler: ControlHandler) -> None:
+        """Hand every control message of type ``kind`` (one of :data:`peer.wire.CONTROL_TYPES`
+        the mesh does not handle itself) to ``handler``."""
+        self._control_handlers[kind] = handler
+
+    def on_link_up(self, listener: LinkListener) -> None:
+        self._link_listeners.append(listener)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -508,6 +522,7 @@ class Mesh:
             link.session.max_queue_bytes = self.max_queue_bytes
         try:
             async with anyio.create_task_group() as tg:
+                link.tasks = tg
                 tg.start_soon(self._writer, link)
                 tg.start_soon(self._ticker, link)
                 tg.start_soon(self._closer, link, tg.cancel_scope)
@@ -746,7 +761,7 @@ class Mesh:
         candidate = verify_roster(signed, self.identity.ca_cert)
         if candidate.version <= self.roster.version:
             return False
-        save_roster(self.terminal.config.data_dir, candidate)
+        save_roster(self.data_dir, candidate)
         self.roster = candidate
         log.warning("adopted roster v%d (%d terminals, %d revoked)", candidate.version,
                     len(candidate.terminals), len(candidate.revoked))
@@ -797,7 +812,8 @@ class Mesh:
             self._event("terminal:online", {"terminal_id": peer_id, "terminal_type": link.peer_type,
                                             "address": link.address})
         self._start_sync(link)
-        self.terminal.cashier.link_up(peer_id)
+        for listener in self._link_listeners:
+            listener(peer_id)
 
     def _start_sync(self, link: Link) -> None:
         """Ask the new peer for what this terminal lacks (step 1 per document) - one catch-up per
@@ -809,19 +825,20 @@ class Mesh:
         (or after :data:`CATCH_UP_WAIT`): by then this terminal's state vector covers it and the
         new peer sends only what the first one lacked.
         """
-        host = self.terminal.host
+        replica = self.replica
         now = anyio.current_time()
         later: list[tuple[str, anyio.Event]] = []
-        for name in host.names():
+        for name in replica.names():
             busy = self._catching_up.get(name)
             if busy is not None and busy[0] is not link and now - busy[2] < CATCH_UP_WAIT:
                 later.append((name, busy[1]))
                 continue
             self._catching_up[name] = (link, anyio.Event(), now)
-            link.session.queue_step1(name, host.state_vector(name))
+            link.session.queue_step1(name, replica.state_vector(name))
+        assert link.tasks is not None  # opened from inside the link's task group
         if later:
-            self._tg.start_soon(self._step1_after_catch_up, link, later)  # type: ignore[union-attr]
-        self._tg.start_soon(self._send_archived, link)  # type: ignore[union-attr]
+            link.tasks.start_soon(self._step1_after_catch_up, link, later)
+        link.tasks.start_soon(self._send_archived, link)
         link.wake.set()
 
     async def _step1_after_catch_up(self, link: Link, later: list[tuple[str, anyio.Event]]) -> None:
@@ -829,10 +846,9 @@ class Mesh:
             for _, done in later:
                 await done.wait()
         if link.closed is None and link.core.state == "open":
-            host = self.terminal.host
             for name, _ in later:
-                if host.get(name) is not None:  # not closed meanwhile (a day archived at rollover)
-                    link.session.queue_step1(name, host.state_vector(name))
+                if self.replica.is_open(name):  # not closed meanwhile (a day archived at rollover)
+                    link.session.queue_step1(name, self.replica.state_vector(name))
             link.wake.set()
 
     def _caught_up(self, link: Link, doc: str | None = None) -> None:
@@ -843,7 +859,7 @@ class Mesh:
                 done.set()
 
     async def _send_archived(self, link: Link) -> None:
-        vectors = await self.terminal.archived_state_vectors()
+        vectors = await self.replica.archived_state_vectors()
         archived = {name: base64.b64encode(sv).decode() for name, sv in vectors.items()}
         if link.core.state == "open":
             link.session.queue_control({"type": "docs", "archived": archived})
@@ -873,18 +889,16 @@ class Mesh:
         """
         while True:
             await anyio.sleep(ANTI_ENTROPY_SECONDS * self.rng.uniform(0.8, 1.2))
-            host = self.terminal.host
             for link in list(self.links.values()):
-                for name in host.names():
-                    link.session.queue_step1(name, host.state_vector(name))
+                for name in self.replica.names():
+                    link.session.queue_step1(name, self.replica.state_vector(name))
                 link.wake.set()
 
     async def _answer_step1(self, link: Link, intent: AnswerStep1) -> None:
-        host = self.terminal.host
-        await self.terminal.ensure_doc(intent.doc)
-        await host.settled(intent.doc)
+        await self.replica.open(intent.doc)
+        await self.replica.settled(intent.doc)
         try:
-            update = host.diff(intent.doc, intent.state_vector)
+            update = self.replica.diff(intent.doc, intent.state_vector)
         except ValueError as exc:
             self._close(link, INVALID_MESSAGE, f"state vector of {intent.doc} does not decode ({exc})")
             return
@@ -909,13 +923,13 @@ class Mesh:
         error: Closed | None = None
         for doc, items in by_doc.items():
             try:
-                await self.terminal.ensure_doc(doc)
-                tickets.append(self.terminal.host.apply_remote(doc, [a.update for a in items], f"peer:{link.peer_id}"))
+                await self.replica.open(doc)
+                tickets.append(self.replica.apply_remote(doc, [a.update for a in items], f"peer:{link.peer_id}"))
             except UpdateGap as gap:
                 # It overtook what it builds on (a live update ahead of the catch-up): ask for all
                 # this terminal lacks instead; the answer (a step 2) carries it.
                 tickets.append(gap.ticket)
-                link.session.queue_step1(doc, self.terminal.host.state_vector(doc))
+                link.session.queue_step1(doc, self.replica.state_vector(doc))
                 link.wake.set()
             except ValueError as exc:  # refused by its shape (core/yupdate.py) or by pycrdt
                 error = Closed(INVALID_MESSAGE, f"update for {doc} refused: {exc}", by_peer=False)
@@ -923,9 +937,8 @@ class Mesh:
             except StoreError as exc:
                 error = Closed(INTERNAL_ERROR, f"storage is failing ({exc}); resync later", by_peer=False)
                 break
-        if self.terminal.store.stale_docs:  # pycrdt failed on an update: back to what is on disk now
-            with anyio.CancelScope(shield=True):
-                await self.terminal.host.reload_stale()
+        with anyio.CancelScope(shield=True):  # pycrdt failed on an update: back to what is on disk
+            await self.replica.recover()
         previous, link.unsettled = link.unsettled, ([t for t in tickets if t is not None], applies)
         if previous is not None:
             await self._settle(link, *previous)
@@ -966,23 +979,23 @@ class Mesh:
                 raise WireError(f"resync lists more than {MAX_DOCS_PER_MESSAGE} documents")
             for name in names:
                 name = check_doc_name(name) if isinstance(name, str) else check_doc_name(repr(name))
-                if self.terminal.host.get(name) is None:
+                if not self.replica.is_open(name):
                     continue  # not open here: the peer asks after a document this terminal never sent
-                link.session.queue_step1(name, self.terminal.host.state_vector(name))
+                link.session.queue_step1(name, self.replica.state_vector(name))
             link.wake.set()
         elif kind == "docs":
             archived = value_of(message, "archived", dict)
             if len(archived) > MAX_DOCS_PER_MESSAGE:
                 raise WireError(f"docs lists more than {MAX_DOCS_PER_MESSAGE} archived days")
             await self._on_archived(link, archived)
-        elif kind == "cashier":
+        elif (handler := self._control_handlers.get(kind)) is not None:
             try:
-                await self.terminal.cashier.receive(link.peer_id, message)  # type: ignore[arg-type]
-            except BadMessage as exc:
+                await handler(link.peer_id, message)  # type: ignore[arg-type]
+            except MessageRefused as exc:
                 self._close(link, INVALID_MESSAGE, str(exc))
             except Exception as exc:  # noqa: BLE001 - one peer's message never stops the terminal
-                log.exception("cashier message from %s could not be handled", link.peer_id)
-                self._close(link, INVALID_MESSAGE, f"cashier message could not be handled: {type(exc).__name__}")
+                log.exception("%s message from %s could not be handled", kind, link.peer_id)
+                self._close(link, INVALID_MESSAGE, f"{kind} message could not be handled: {type(exc).__name__}")
 
     def send_control(self, peer_id: str, message: dict[str, Any]) -> bool:
         """Queue a control message (the cashier's) to a linked peer; ``False`` if not linked now."""
@@ -995,35 +1008,34 @@ class Mesh:
 
     async def _on_archived(self, link: Link, archived: dict[str, Any]) -> None:
         """Sync the archived days that differ; fetch recent ones this terminal lacks."""
-        ours = await self.terminal.archived_state_vectors()
-        today = self.terminal.today()
+        ours = await self.replica.archived_state_vectors()
+        today = self.replica.today()
         for name, encoded in archived.items():
             day = orders_day(check_doc_name(name))
-            if day is None or self.terminal.host.get(name) is not None:
+            if day is None or self.replica.is_open(name):
                 continue  # live here: the step 1 at link-up covers it
             try:
                 theirs = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
             except ValueError:
                 raise WireError(f"docs: the state vector of {name} is not base64") from None
             if name in ours:
-                if theirs is not None and decode_state_vector(ours[name]) == decode_state_vector(theirs):
+                if theirs is not None and decode_state_vector(ours[name]) == peer_state_vector(theirs):
                     continue
             elif (today - day).days > AUTO_FETCH_DAYS:
                 continue
-            await self.terminal.ensure_doc(name)
-            link.session.queue_step1(name, self.terminal.host.state_vector(name))
+            await self.replica.open(name)
+            link.session.queue_step1(name, self.replica.state_vector(name))
         link.wake.set()
 
     async def fetch(self, name: str) -> None:
         """Ask every linked peer for ``name`` (an archived day) and wait for their answers, briefly."""
         if not self.links:
             return
-        host = self.terminal.host
-        await self.terminal.ensure_doc(name)
+        await self.replica.open(name)
         pending, done = self._fetches.setdefault(name, (set(), anyio.Event()))
         pending.update(self.links)
         for link in self.links.values():
-            link.session.queue_step1(name, host.state_vector(name))
+            link.session.queue_step1(name, self.replica.state_vector(name))
             link.wake.set()
         with anyio.move_on_after(FETCH_TIMEOUT):
             await done.wait()
@@ -1032,12 +1044,11 @@ class Mesh:
     # -- reporting -----------------------------------------------------------------------------
 
     def _now(self) -> str:
-        return iso(self.terminal.clock())
+        return iso(self.clock())
 
     def _event(self, kind: str, payload: dict[str, Any]) -> None:
         try:
-            self.terminal.store.enqueue(doc=None, update=None, origin="mesh", at=self._now(),
-                                        events=[(kind, payload)])
+            self.replica.record(self._now(), [(kind, payload)])
         except StoreError:
             log.warning("could not record %s %s", kind, payload)
 

@@ -14,16 +14,15 @@ Anything else, or anything that does not parse exactly, is :class:`WireError` (c
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from datetime import date
 from typing import Any
 
 from pycrdt import Decoder, Encoder, YMessageType, YSyncMessageType
 
-from core.yupdate import UpdateRefused, check_state_vector
-from meshpos.errors import INVALID_MESSAGE
-from storage.codec import decode_json
+from core.codec import decode_json
+from core.errors import INVALID_MESSAGE
+from core.names import is_doc_name
+from core.yupdate import UpdateRefused, check_state_vector, decode_state_vector
 
 PROTOCOL_VERSION = 1
 #: WebSocket subprotocol a meshpos peer offers and accepts; the request path of a link.
@@ -32,7 +31,6 @@ LINK_PATH = "/meshpos/v1/link"
 
 STEP1, STEP2, UPDATE = int(YSyncMessageType.SYNC_STEP1), int(YSyncMessageType.SYNC_STEP2), \
     int(YSyncMessageType.SYNC_UPDATE)
-_ORDERS = re.compile(r"orders/([0-9]{4}-[0-9]{2}-[0-9]{2})")
 CONTROL_TYPES = frozenset({"hello", "docs", "resync", "roster", "cashier"})
 
 
@@ -44,19 +42,8 @@ class WireError(Exception):
         self.code = code
 
 
-def orders_day(name: str) -> date | None:
-    """The business day of an ``orders/YYYY-MM-DD`` document name (``None`` for other names)."""
-    m = _ORDERS.fullmatch(name)
-    if m is None:
-        return None
-    try:
-        return date.fromisoformat(m.group(1))
-    except ValueError:
-        return None
-
-
 def check_doc_name(name: str) -> str:
-    if name in ("tables", "inventory") or orders_day(name) is not None:
+    if is_doc_name(name):
         return name
     raise WireError(f"unknown document {name[:80]!r}")
 
@@ -103,13 +90,13 @@ def decode_sync(data: bytes) -> SyncFrame:
     return SyncFrame(check_doc_name(name), kind, payload)
 
 
-def decode_state_vector(state_vector: bytes) -> dict[int, int]:
-    """``{client id: clock}``; compare these, not the bytes (equal states may encode in any order)."""
+def peer_state_vector(state_vector: bytes) -> dict[int, int]:
+    """A state vector a peer sent, decoded (:func:`core.yupdate.decode_state_vector`); a
+    malformed one is :class:`WireError`."""
     try:
-        dec = Decoder(bytes(state_vector))
-        return {dec.read_var_uint(): dec.read_var_uint() for _ in range(dec.read_var_uint())}
-    except (RuntimeError, IndexError) as exc:
-        raise WireError(f"malformed state vector ({exc})") from None
+        return decode_state_vector(state_vector)
+    except UpdateRefused as exc:
+        raise WireError(str(exc)) from None
 
 
 def encode_control(message: dict[str, Any]) -> str:

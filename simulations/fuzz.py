@@ -939,7 +939,7 @@ class YUpdateSession:
 
 def encoded(value: Any) -> Any:
     """What the API would send: a value that does not encode as JSON would be a 500 there."""
-    from storage.codec import encode_json_bytes  # noqa: PLC0415
+    from core.codec import encode_json_bytes  # noqa: PLC0415
 
     encode_json_bytes(value)
     return value

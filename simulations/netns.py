@@ -46,7 +46,7 @@ import partition  # noqa: E402
 from netlab import Agent, LabUnavailable, Lan, sweep_leftovers  # noqa: E402
 from partition import MENU, STOCK, Scenario, Workload, check, drawer_of, kinds_for, missing_updates  # noqa: E402
 
-from meshpos.errors import MeshposError  # noqa: E402
+from core.errors import MeshposError  # noqa: E402
 
 API_PORT = 8700
 PEER_PORT = 8710

@@ -49,14 +49,14 @@ import anyio
 import trio
 import trio.testing
 
-import meshpos.clock
+import core.clock
+from core.errors import MeshposError
+from core.yupdate import decode_state_vector
 from meshpos.config import TerminalConfig
 from meshpos.documents.orders import ORDER_RANK, furthest
-from meshpos.errors import MeshposError
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
 from peer.transport import MemoryNetwork, Radio
-from peer.wire import decode_state_vector
 
 MENU = {"burger": 1590, "fries": 690, "salad": 1290, "soda": 450}
 STOCK = 10_000  # counted at the start; the checker adds the acknowledged moves
@@ -643,7 +643,7 @@ SCENARIOS = {s.name: s for s in [
 async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault | None,
                max_actions: int | None) -> dict[str, Any]:
     trio._core._run._r.seed(seed)  # trio's scheduling choices, from the seed  # noqa: SLF001
-    meshpos.clock._ids.seed(seed)  # order and item ids, from the seed  # noqa: SLF001
+    core.clock._ids.seed(seed)  # order and item ids, from the seed  # noqa: SLF001
     sim = Simulation(root, n, seed, fault, max_actions)
     async with anyio.create_task_group() as tg:
         await sim.setup(tg)

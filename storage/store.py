@@ -30,7 +30,8 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 
-from storage.codec import decode_json, encode_json
+from core.codec import decode_json, encode_json
+from core.errors import StoreError
 from storage.commits import CommitMarker, marker_path, read_marker
 from storage.database import (
     RECOVER_HINT,
@@ -86,10 +87,6 @@ class Ticket:
         if self.error is not None:
             raise StoreError("the write could not be made durable") from self.error
         return self.events
-
-
-class StoreError(Exception):
-    """A write failed to reach the disk; it was not acknowledged."""
 
 
 class IdentityMismatch(Exception):

@@ -10,13 +10,14 @@ from typing import Any
 
 import anyio
 
+from core.yupdate import decode_state_vector
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
 from peer.identity import Authority, load_identity
 from peer.link import Closed, LinkCore, Opened, Send
 from peer.mesh import failure_of
 from peer.tls import context
-from peer.wire import PROTOCOL_VERSION, decode_state_vector
+from peer.wire import PROTOCOL_VERSION
 
 PRODUCT = {"name": "Burger", "price_cents": 1590, "station": "grill", "category": None, "active": True}
 ITEM = {"sku": "burger", "name": "Burger", "qty": 1, "unit_price_cents": 1590, "station": "grill"}

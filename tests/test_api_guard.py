@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from httpx_ws import WebSocketUpgradeError, aconnect_ws
 
+from core.errors import ConfigError
 from meshpos.api import create_app
 from meshpos.api_guard import MAX_REQUEST_HEAD_BYTES
-from meshpos.config import ConfigError, load_config
+from meshpos.config import load_config
 from meshpos.server import serve_api
 from meshpos.terminal import Terminal
 from peer.identity import Authority

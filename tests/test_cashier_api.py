@@ -15,14 +15,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from meshpos.cli import main
-from meshpos.errors import (
+from core.errors import (
     CONFLICT_RESOLUTION_FAILED,
     INVALID_MESSAGE,
     INVALID_TRANSITION,
     LOCK_TIMEOUT,
     NOT_FOUND,
 )
+from meshpos.cli import main
 from peer.identity import Authority, save_roster
 from tests.conftest import BURGER, serving
 from tests.meshutil import config_for, connect_all, enroll, running_mesh, wait_for, wait_linked

@@ -15,8 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from meshpos.cashier import service
-from meshpos.errors import (
+from core.errors import (
     ALREADY_CONNECTED,
     INVALID_MESSAGE,
     LOCK_TIMEOUT,
@@ -28,6 +27,7 @@ from meshpos.errors import (
     NotFound,
     Unavailable,
 )
+from meshpos.cashier import service
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
 from tests.meshutil import ITEM, config_for, connect_all, enroll, running_mesh, wait_for, wait_linked

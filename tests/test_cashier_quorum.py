@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from core.errors import MeshposError
 from meshpos.cashier import ledger as ledger_rules
 from meshpos.cashier.ledger import check_entry
 from meshpos.cashier.quorum import (
@@ -45,7 +46,6 @@ from meshpos.cashier.quorum import (
     report,
     to_wire,
 )
-from meshpos.errors import MeshposError
 
 DRAWER = "drawer-1"
 STEP = 0.01  # virtual seconds per simulation step

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import NoQuorum
 from meshpos.cashier import quorum
-from meshpos.errors import NoQuorum
 from meshpos.recovery import recover
 from meshpos.terminal import Terminal
 from peer.identity import Authority

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from meshpos.errors import Unavailable
+from core.errors import Unavailable
 from meshpos.recovery import recover
 from meshpos.terminal import Terminal
 from storage.database import DatabaseError, DatabaseMissing, DatabaseRolledBack

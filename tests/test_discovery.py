@@ -15,6 +15,7 @@ import anyio
 import pytest
 from zeroconf import IPVersion, ServiceInfo, Zeroconf
 
+from core.errors import ConfigError
 from discovery.advert import (
     SERVICE_TYPE,
     BadAdvert,
@@ -25,7 +26,7 @@ from discovery.advert import (
     txt_record,
 )
 from discovery.mdns import Discovery, advertised_addresses, mdns_addresses
-from meshpos.config import ConfigError, TerminalConfig, load_config
+from meshpos.config import TerminalConfig, load_config
 from meshpos.terminal import Terminal
 from peer.identity import Authority, load_identity
 from peer.link import ABNORMAL

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound
 from meshpos.documents import InventoryDoc, OrdersDoc, TablesDoc
 from meshpos.documents.orders import ORDER_RANK, ORDER_STAGES, check_transition
-from meshpos.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound
 
 DAY = date(2026, 11, 23)
 

@@ -19,10 +19,10 @@ import pytest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Request, TextMessage
 
+from core.errors import AUTHENTICATION_FAILED, INVALID_MESSAGE
 from core.yupdate import UpdateRefused, check_update
 from meshpos.documents.inventory import InventoryDoc
 from meshpos.documents.orders import OrdersDoc
-from meshpos.errors import AUTHENTICATION_FAILED, INVALID_MESSAGE
 from meshpos.terminal import Terminal
 from peer.identity import Authority
 from peer.wire import LINK_PATH, SUBPROTOCOL, UPDATE, encode_control, encode_sync

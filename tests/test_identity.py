@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from meshpos.config import ConfigError, load_config
+from core.errors import ConfigError
+from meshpos.config import load_config
 from peer.identity import (
     ROSTER,
     STORE_CA_CERT,

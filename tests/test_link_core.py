@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from meshpos.errors import INVALID_MESSAGE, INVALID_TERMINAL_ID
+from core.errors import INVALID_MESSAGE, INVALID_TERMINAL_ID
+from core.yupdate import decode_state_vector
 from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
 from peer.sync import AnswerStep1, Apply, SyncSession
-from peer.wire import STEP1, UPDATE, WireError, decode_state_vector, decode_sync, encode_sync
+from peer.wire import STEP1, UPDATE, WireError, decode_sync, encode_sync
 
 HELLO = {"type": "hello", "terminal_id": "a"}
 

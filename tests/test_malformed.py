@@ -20,17 +20,17 @@ import httpx
 import pycrdt
 import pytest
 
-from meshpos.documents.host import durable
-from meshpos.documents.orders import MAX_ORDER_ITEMS, MAX_ORDER_TOTAL_CENTS
-from meshpos.documents.reading import MALFORMED_SHOWN
-from meshpos.errors import (
+from core.codec import decode_json, encode_json
+from core.errors import (
     CONFLICT_RESOLUTION_FAILED,
     INVALID_MESSAGE,
     INVALID_TRANSITION,
     InvalidTransition,
 )
+from meshpos.documents.host import durable
+from meshpos.documents.orders import MAX_ORDER_ITEMS, MAX_ORDER_TOTAL_CENTS
+from meshpos.documents.reading import MALFORMED_SHOWN
 from meshpos.terminal import Terminal
-from storage.codec import decode_json, encode_json
 
 pytestmark = pytest.mark.anyio
 

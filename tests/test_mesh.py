@@ -15,14 +15,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import peer.mesh
-from meshpos.clock import iso
-from meshpos.config import ConfigError
-from meshpos.errors import (
+from core.clock import iso
+from core.errors import (
     ALREADY_CONNECTED,
     AUTHENTICATION_FAILED,
     INVALID_MESSAGE,
     INVALID_TERMINAL_ID,
     RATE_LIMIT,
+    ConfigError,
 )
 from meshpos.terminal import Terminal
 from peer.identity import STORE_CA_CERT, TERMINAL_CERT, TERMINAL_KEY, Authority

@@ -13,10 +13,10 @@ import anyio
 import pycrdt
 import pytest
 
+from core.errors import PermissionDenied
 from meshpos.documents import host as host_module
 from meshpos.documents.host import DocumentHost
 from meshpos.documents.inventory import InventoryDoc
-from meshpos.errors import PermissionDenied
 from meshpos.events import Reset
 from meshpos.recovery import recover
 from meshpos.terminal import Terminal
@@ -66,7 +66,7 @@ async def test_concurrent_writes_share_commits_and_all_survive_restart(make_conf
 async def test_a_lone_surrogate_escape_from_a_js_writer_is_read_stored_and_served(make_config) -> None:  # noqa: ANN001
     """JavaScript's JSON.stringify writes a string cut inside an emoji as a lone ``\\ud83d``
     escape; the terminal must read such a record, store its events and serve them."""
-    from storage.codec import decode_json, encode_json_bytes
+    from core.codec import decode_json, encode_json_bytes
 
     async with Terminal(make_config()).running() as t:
         order = await t.create_order(table=None, waiter="ana", items=[ITEM])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshpos.errors import InvalidInput, InvalidTransition, NotFound
+from core.errors import InvalidInput, InvalidTransition, NotFound
 
 KINDS = ("drawer_opened", "payment", "cash_movement", "refund", "drawer_closed", "review_resolution", "noop")
 METHODS = ("cash", "card", "pix", "voucher")

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.errors import MessageRefused
 from core.names import ID_PATTERN
 
 Ballot = tuple[int, str]  # (round, terminal id): totally ordered, unique per terminal
@@ -536,7 +537,7 @@ _KINDS: dict[str, type] = {"prepare": Prepare, "promise": Promise, "reject": Rej
 _NAMES = {cls: name for name, cls in _KINDS.items()}
 
 
-class BadMessage(ValueError):
+class BadMessage(MessageRefused):
     """A quorum message that does not parse exactly (the link closes with 4006)."""
 
 

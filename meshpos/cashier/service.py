@@ -24,13 +24,17 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from core.clock import iso, random_id
+from core.codec import decode_json
+from core.errors import Conflict, InvalidInput, MeshposError, NoQuorum, NotEnrolled, NotFound, StoreError, Unavailable
 from core.ratelog import RateLimitedLog
 from meshpos.cashier import ledger
+from meshpos.cashier.ports import CashierTerminal
 from meshpos.cashier.quorum import (
     COMMIT_CHUNK,
     RETRY_SECONDS,
@@ -55,13 +59,7 @@ from meshpos.cashier.quorum import (
     report_to_wire,
     to_wire,
 )
-from meshpos.clock import iso, random_id
-from meshpos.errors import Conflict, InvalidInput, MeshposError, NoQuorum, NotEnrolled, NotFound, Unavailable
-from storage.codec import decode_json
-from storage.store import StoreError, Ticket
-
-if TYPE_CHECKING:
-    from meshpos.terminal import Terminal
+from storage.store import Ticket
 
 log = logging.getLogger(__name__)
 #: Alarms a peer's messages raise, logged at most a few times a second per peer (each is an event too).
@@ -111,7 +109,7 @@ class _Hold:
 
 
 class Cashier:
-    def __init__(self, terminal: Terminal) -> None:
+    def __init__(self, terminal: CashierTerminal) -> None:
         self.t = terminal
         self.me = terminal.config.terminal_id
         self.rng = terminal.rng

@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 import anyio
 import pycrdt
 
-from core.yupdate import Shape, UpdateGap, UpdateRefused, check_update, is_panic
-from meshpos.clock import Clock, iso, random_id
-from peer.wire import decode_state_vector
-from storage.store import AuditRecord, Store, StoredEvent, StoreError, Ticket
+from core.clock import Clock, iso, random_id
+from core.errors import StoreError
+from core.yupdate import Shape, UpdateGap, UpdateRefused, check_update, decode_state_vector, is_panic
+from storage.store import AuditRecord, Store, StoredEvent, Ticket
 
 log = logging.getLogger(__name__)
 

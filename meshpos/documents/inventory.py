@@ -27,6 +27,7 @@ from typing import Any
 
 import pycrdt
 
+from core.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound
 from core.yupdate import Shape
 from meshpos.documents.orders import MAX_PRICE_CENTS
 from meshpos.documents.reading import (
@@ -40,7 +41,6 @@ from meshpos.documents.reading import (
     need_str,
 )
 from meshpos.documents.values import check_id
-from meshpos.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound
 
 DOC_NAME = "inventory"
 MAX_STOCK = 10_000_000

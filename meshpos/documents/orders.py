@@ -41,8 +41,9 @@ from typing import Any
 
 import pycrdt
 
+from core.clock import random_id, time_id
+from core.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound, PermissionDenied
 from core.yupdate import Shape
-from meshpos.clock import random_id, time_id
 from meshpos.documents.reading import (
     ID_CHARS,
     CheckedModel,
@@ -57,7 +58,6 @@ from meshpos.documents.reading import (
     need_text,
 )
 from meshpos.documents.values import ID_PATTERN, check_id, dump, load, load_list
-from meshpos.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound, PermissionDenied
 
 ORDER_STAGES = ("open", "sent", "preparing", "ready", "served", "cancelled", "paid", "closed")
 ORDER_RANK = {stage: rank for rank, stage in enumerate(ORDER_STAGES)}

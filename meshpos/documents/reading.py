@@ -16,11 +16,11 @@ from typing import Any, TypeVar
 
 import pycrdt
 
+from core.clock import Clock
+from core.errors import MalformedEntity
 from core.yupdate import is_panic
-from meshpos.clock import Clock
 from meshpos.documents.host import Model
 from meshpos.documents.values import ID_PATTERN, as_int
-from meshpos.errors import MalformedEntity
 
 #: What reading a malformed value can raise: the ``need_*`` readers' :class:`Flaw`, and whatever
 #: else a value of the wrong shape makes plain Python code raise (RecursionError: a plain object

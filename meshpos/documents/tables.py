@@ -17,6 +17,7 @@ from typing import Any
 
 import pycrdt
 
+from core.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound
 from core.yupdate import Shape
 from meshpos.documents.reading import (
     CheckedModel,
@@ -28,7 +29,6 @@ from meshpos.documents.reading import (
     need_str,
 )
 from meshpos.documents.values import check_id
-from meshpos.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound
 
 TABLE_STATUSES = ("free", "occupied", "reserved", "cleaning")
 DOC_NAME = "tables"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.codec import decode_json, encode_json
+from core.errors import InvalidInput
 from core.names import ID_PATTERN
-from meshpos.errors import InvalidInput
-from storage.codec import decode_json, encode_json
 
 
 def as_int(value: Any) -> int:

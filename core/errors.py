@@ -89,3 +89,17 @@ class Conflict(MeshposError):
 
     code = CONFLICT_RESOLUTION_FAILED
     http_status = 409
+
+
+class StoreError(Exception):
+    """A write failed to reach the disk; it was not acknowledged.  Here rather than in
+    ``storage/`` because the layers above it - documents, the mesh, the cashier - act on it."""
+
+
+class MessageRefused(ValueError):
+    """A peer's control message that does not parse exactly or breaks its protocol: the link
+    closes with 4006 and this text (the cashier's quorum messages raise it)."""
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the setting and where it came from."""
