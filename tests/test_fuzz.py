@@ -48,6 +48,12 @@ def test_a_short_run_of_every_target_finds_no_crash(tmp_path: Path) -> None:
 def test_a_seed_gives_the_same_outcomes_whatever_the_number_of_children(tmp_path: Path) -> None:
     one = fuzz(tmp_path / "one", "--inputs", "7000", "--seed", "4", "--jobs", "1")
     two = fuzz(tmp_path / "two", "--inputs", "7000", "--seed", "4", "--jobs", "2")
+    # What the cashier logs goes through its per-peer rate limit, which runs on the wall clock:
+    # how many of its divergence alarms get through depends on how fast the batch ran.  Every
+    # other count - and every other target's logged errors - is a function of the seed.
+    assert one["targets"]["cashier"]["logged_errors"] > 0
+    for result in (one, two):
+        result["targets"]["cashier"].pop("logged_errors")
     assert one["targets"] == two["targets"]
 
 
