@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from core.clock import iso, system_clock
 from core.codec import decode_json
 from core.names import ID_PATTERN, TERMINAL_TYPES
 from peer.files import CA_CERT, CA_KEY, ROSTER, STORE_CA_CERT, TERMINAL_CERT, TERMINAL_KEY
@@ -41,14 +42,6 @@ CERT_DAYS = 5 * 365
 
 class IdentityError(Exception):
     """Enrollment material is missing, malformed, foreign or not signed by the store authority."""
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def store_id_of(ca_cert: x509.Certificate) -> str:
@@ -202,7 +195,7 @@ def _roster_body(roster: Roster | None, **changes: Any) -> dict[str, Any]:
         "store_id": roster.store_id, "store_name": roster.store_name, "version": roster.version,
         "terminals": roster.terminals, "revoked": roster.revoked,
     }
-    return {**base, **changes, "issued_at": _iso(_now())}
+    return {**base, **changes, "issued_at": iso(system_clock())}
 
 
 # -- the authority (runs on an operator's machine, not on terminals) -------------------------------
@@ -231,7 +224,7 @@ class Authority:
             raise IdentityError(f"{directory} already holds a store authority; it is never overwritten")
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"meshpos store authority: {name}")])
-        now = _now()
+        now = system_clock()
         cert = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -271,7 +264,7 @@ class Authority:
         if (out / TERMINAL_KEY).exists():
             raise IdentityError(f"{out} already holds a terminal identity; it is never overwritten")
         key = ec.generate_private_key(ec.SECP256R1())
-        now = _now()
+        now = system_clock()
         subject = x509.Name([
             x509.NameAttribute(NameOID.COMMON_NAME, terminal_id),
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, terminal_type),
@@ -291,7 +284,7 @@ class Authority:
             .sign(self.key, hashes.SHA256())
         )
         terminals = {**self.roster.terminals, terminal_id: {
-            "type": terminal_type, "fingerprint": fingerprint(cert), "enrolled_at": _iso(now),
+            "type": terminal_type, "fingerprint": fingerprint(cert), "enrolled_at": iso(now),
         }}
         roster = self._publish(terminals=terminals)
         _write_private(out / TERMINAL_KEY, _key_pem(key))
@@ -306,7 +299,7 @@ class Authority:
             raise IdentityError(f"terminal {terminal_id!r} is not enrolled in this store")
         if self.roster.is_revoked(terminal_id):
             raise IdentityError(f"terminal {terminal_id!r} is already revoked (roster v{self.roster.version})")
-        revoked = {**self.roster.revoked, terminal_id: {"at": _iso(_now()), "fingerprint": entry["fingerprint"]}}
+        revoked = {**self.roster.revoked, terminal_id: {"at": iso(system_clock()), "fingerprint": entry["fingerprint"]}}
         return self._publish(revoked=revoked)
 
 
@@ -347,7 +340,7 @@ def verify_terminal_cert(cert: x509.Certificate, ca_cert: x509.Certificate, *, a
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise IdentityError(f"certificate is not issued by this store's authority ({exc or 'bad signature'})") from None
-    moment = at or _now()
+    moment = at or system_clock()
     if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
         raise IdentityError(f"certificate is not valid now (valid {cert.not_valid_before_utc:%Y-%m-%d} "
                             f"to {cert.not_valid_after_utc:%Y-%m-%d})")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from benchutil import Children, enrolled_store, link_up, percentile, run_child
+from benchutil import Children, enrolled_store, link_up, run_child, summary
 
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
@@ -134,8 +133,7 @@ async def latency(terminals: list[Terminal], observer: Observer, samples: int, i
             if k >= 20:  # warm-up
                 delays.append((max(arrivals.values()) - acked) * 1000)
             await anyio.sleep(interval)
-    return {"p50": round(statistics.median(delays), 3), "p99": round(percentile(delays, 99), 3),
-            "max": round(max(delays), 3), "samples": len(delays)}
+    return summary(delays)
 
 
 async def throughput(terminals: list[Terminal], observer: Observer, updates: int) -> dict[str, Any]:
@@ -295,8 +293,7 @@ def run_mesh_processes(n: int, *, latency_samples: int, interval: float, updates
     per_update = cpu / (written * n)
     return {
         "topology": "mesh" if relay_port is None else DURABLE_STAR, "processes": n, "terminals": n,
-        "latency_ms": {"p50": round(statistics.median(delays), 3), "p99": round(percentile(delays, 99), 3),
-                       "max": round(max(delays), 3), "samples": len(delays)},
+        "latency_ms": summary(delays),
         "throughput": {"updates_per_s_per_terminal": round(written / seconds, 1), "total_updates": written * n,
                        "seconds": round(seconds, 3),
                        "writes_done_after_s": round(max(d[1] for d in done) - min(d[0] for d in done), 3),

@@ -7,8 +7,8 @@ Imported by the scripts next to it (``python simulations/bench_*.py`` puts this 
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
-import statistics
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -18,13 +18,15 @@ from peer.identity import Authority, save_roster
 
 
 def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile, the one every benchmark reports: no interpolation, so every
+    figure is a sample that was measured, and the mesh and the star are ranked the same way."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
 
 
 def summary(ms: list[float]) -> dict[str, Any]:
     """p50, p99 and max of latency samples in ms."""
-    return {"p50": round(statistics.median(ms), 3), "p99": round(percentile(ms, 99), 3),
+    return {"p50": round(percentile(ms, 50), 3), "p99": round(percentile(ms, 99), 3),
             "max": round(max(ms), 3), "samples": len(ms)}
 
 

@@ -84,6 +84,7 @@ from typing import IO, Any
 import anyio
 import anyio.lowlevel
 from anyio.abc import Process, TaskGroup
+from benchutil import percentile
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 from pycrdt import (
     Channel,
@@ -517,12 +518,6 @@ class _Watchdog:
             )
 
 
-def _percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile (no interpolation: every reported value is a real sample)."""
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 async def _bench(
     relay: _Relay,
     n: int,
@@ -609,8 +604,8 @@ async def _bench(
     samples = sorted(latencies.samples)
     return {
         "latency_ms": {
-            "p50": round(_percentile(samples, 50) * 1000, 3),
-            "p99": round(_percentile(samples, 99) * 1000, 3),
+            "p50": round(percentile(samples, 50) * 1000, 3),
+            "p99": round(percentile(samples, 99) * 1000, 3),
             "max": round(samples[-1] * 1000, 3),
             "samples": len(samples),
         },
