@@ -9,6 +9,9 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 Clock = Callable[[], datetime]
+#: Where ids get their randomness: ``n`` -> ``n`` bytes.  A terminal is given one (a simulation
+#: seeds it, so one seed makes the same orders and items); everything else uses :func:`id_bytes`.
+IdSource = Callable[[int], bytes]
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
 
 
@@ -29,7 +32,7 @@ _ids = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
-def _id_bytes(n: int) -> bytes:
+def id_bytes(n: int) -> bytes:
     return _ids.randbytes(n)
 
 
@@ -37,12 +40,12 @@ def _id_bytes(n: int) -> bytes:
 _B32_OF_BYTE = bytes(ord(_B32[b % 32]) for b in range(256))
 
 
-def random_id(length: int = 10, rand: Callable[[int], bytes] = _id_bytes) -> str:
+def random_id(length: int = 10, rand: IdSource = id_bytes) -> str:
     """Crockford-style base32 id: unique enough across terminals without coordination."""
     return rand(length).translate(_B32_OF_BYTE).decode()
 
 
-def time_id(now: datetime, rand: Callable[[int], bytes] = _id_bytes) -> str:
+def time_id(now: datetime, rand: IdSource = id_bytes) -> str:
     """Time-ordered id (ms timestamp + 50 random bits): sorts by creation, unique across terminals."""
     ms = int(now.timestamp() * 1000)
     head = []

@@ -131,7 +131,7 @@ async def recover(data_dir: Path, *, terminal_id: str, terminal_type: str, sourc
             await store.identity(terminal_id, terminal_type, random_id(12), at)
             if rows is not None:
                 _copy(store, rows, result, at)
-            store.enqueue(doc=None, update=None, origin="recover", at=at, sql=[
+            store.enqueue_rows(origin="recover", at=at, sql=[
                 ("INSERT OR REPLACE INTO meta (key, value) VALUES ('cashier_recovery', ?)", (at,)),
                 ("INSERT OR REPLACE INTO meta (key, value) VALUES ('recovered_from', ?)", (str(source or ""),)),
             ], events=[("terminal:recovered", {"source": str(source) if source else None,
@@ -227,4 +227,4 @@ def _copy(store: Store, rows: _Rows, result: Recovered, at: str) -> None:
                     "before, after) VALUES (?,?,?,?,?,?,?,?,?)", tuple(row)))
         result.audit_rows += 1
     if sql:
-        store.enqueue(doc=None, update=None, origin="recover", at=at, sql=sql)
+        store.enqueue_rows(origin="recover", at=at, sql=sql)

@@ -61,4 +61,4 @@ class TerminalReplica:
         return self._today()
 
     def record(self, at: str, events: list[tuple[str, dict[str, Any]]]) -> None:
-        self._store.enqueue(doc=None, update=None, origin="mesh", at=at, events=events)
+        self._store.enqueue_rows(origin="mesh", at=at, events=events)

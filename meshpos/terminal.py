@@ -1,9 +1,12 @@
-"""One meshpos terminal: its documents, storage, events and background upkeep.
+"""One meshpos terminal - the composition root: it opens the store, the documents, the cashier,
+and (when enrolled) the mesh and discovery, and wires them to each other through their
+interfaces (docs/architecture.md, "Layers"); nothing below imports it.
 
 The terminal owns a task group for everything that runs in the background (the storage writer,
-business-day rollover, event retention); leaving :meth:`Terminal.running` cancels it, lets the
-writer finish what is queued, and closes the database.  Every public write method returns only
-after the change is durable - that is what an API 2xx promises.
+the mesh and its links, discovery, business-day rollover, event retention); leaving
+:meth:`Terminal.running` cancels it, lets the writer finish what is queued, and closes the
+database.  Every public write method returns only after the change is durable - that is what an
+API 2xx promises.
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from core.clock import BusinessCalendar, Clock, iso, random_id, system_clock
+from core.clock import BusinessCalendar, Clock, IdSource, id_bytes, iso, random_id, system_clock
 from core.errors import InvalidInput, NotEnrolled, NotFound, PermissionDenied, StoreError, Unavailable
 from core.names import orders_day
 from core.yupdate import decode_state_vector
@@ -64,19 +67,25 @@ def raise_descriptor_limit() -> None:
 
 class Terminal:
     def __init__(self, config: TerminalConfig, *, clock: Clock = system_clock, transport: Transport | None = None,
-                 storage_threads: bool = True, rng: random.Random | None = None) -> None:
-        """``transport``, ``storage_threads=False`` and ``rng`` let a simulation run terminals in one
-        process on an in-memory network and a virtual clock (simulations/); a real terminal
-        binds ``peer_host:peer_port`` and keeps SQLite in worker threads."""
+                 storage_threads: bool = True, rng: random.Random | None = None, id_source: IdSource = id_bytes,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """``transport``, ``storage_threads=False``, ``rng``, ``id_source`` and ``monotonic`` let a
+        simulation run terminals in one process on an in-memory network and a virtual clock
+        (simulations/), every random choice from its seed; a real terminal binds
+        ``peer_host:peer_port``, keeps SQLite in worker threads and takes its randomness from the OS."""
         self.config = config
         self.clock = clock
+        #: Randomness of order, item, operation and boot ids.
+        self.id_source = id_source
+        #: Seconds for intervals (uptime, how fresh a cached size is): virtual in a simulation.
+        self.monotonic = monotonic
         self._transport = transport
         self._storage_threads = storage_threads
         #: Jitter (dial backoff, anti-entropy, cashier retries) and, when given, Yjs client ids.
         self.rng = rng or random.Random()
         self._rng = rng
         self.calendar = BusinessCalendar(config.timezone, config.day_rollover_hour)
-        self.started_monotonic = time.monotonic()
+        self.started_monotonic = monotonic()
         self._sizes: dict[str, tuple[bytes, int, float]] = {}  # doc -> (state vector, size, when)
         self.store: Store
         self.host: DocumentHost
@@ -105,11 +114,11 @@ class Terminal:
             raise
         try:
             replica_id = await self.store.identity(
-                self.config.terminal_id, self.config.type, random_id(12), iso(self.clock())
+                self.config.terminal_id, self.config.type, random_id(12, self.id_source), iso(self.clock())
             )
             self.host = DocumentHost(
                 self.store, terminal_id=self.config.terminal_id, replica_id=replica_id, clock=self.clock,
-                rng=self._rng,
+                rng=self._rng, id_source=self.id_source,
             )
             self.events = EventBus(self.store)
             await self.host.open(tables_doc.DOC_NAME, TablesDoc)
@@ -129,7 +138,7 @@ class Terminal:
                 if self.discovery is not None:
                     await tg.start(self.discovery.run)
                 tg.start_soon(self._housekeeping)
-                self.started_monotonic = time.monotonic()
+                self.started_monotonic = self.monotonic()
                 try:
                     yield self
                 finally:
@@ -182,7 +191,8 @@ class Terminal:
                                   archived_state_vectors=self.archived_state_vectors, today=self.today)
         mesh = Mesh(replica, identity, data_dir=self.config.data_dir, clock=self.clock,
                     transport=transport, peers=self.config.peers, rng=self.rng,
-                    limits=Limits(max_message_bytes=self.config.peer_max_message_bytes))
+                    limits=Limits(max_message_bytes=self.config.peer_max_message_bytes),
+                    threads=self._storage_threads, id_source=self.id_source)
         mesh.handle_control("cashier", self.cashier.receive)
         mesh.on_link_up(self.cashier.link_up)
         return mesh
@@ -480,7 +490,7 @@ class Terminal:
 
         mesh = self._require_mesh()
         try:
-            adopted = mesh.adopt_roster(signed)
+            adopted = await mesh.adopt_roster(signed)
         except IdentityError as exc:
             raise PermissionDenied(f"roster refused: {exc}") from None
         message = (f"adopted roster v{mesh.roster.version}; relaying it to {len(mesh.links)} linked terminal(s)"
@@ -494,7 +504,7 @@ class Terminal:
         a few thousand orders) and monitors poll status: a document over :data:`SIZE_EXACT_BYTES` is
         re-measured at most once a second (exact whenever it has not changed since)."""
         cached = self._sizes.get(name)
-        now = time.monotonic()
+        now = self.monotonic()
         if cached is not None and (cached[0] == state or (cached[1] > SIZE_EXACT_BYTES and now - cached[2] < 1.0)):
             return cached[1]
         size = len(self.host.diff(name))
@@ -517,7 +527,7 @@ class Terminal:
         return {
             "terminal_id": self.config.terminal_id, "type": self.config.type,
             "business_day": self.today().isoformat(),
-            "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
+            "uptime_seconds": round(self.monotonic() - self.started_monotonic, 3),
             "documents": docs, "storage": await self.store.size(), "last_event_cursor": self.store.last_cursor,
             "mesh": None if self.mesh is None else self.peers(),
         }

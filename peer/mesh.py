@@ -30,7 +30,7 @@ from anyio.abc import ByteStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography import x509
 
-from core.clock import Clock, iso, random_id
+from core.clock import Clock, IdSource, id_bytes, iso, random_id
 from core.errors import (
     ALREADY_CONNECTED,
     AUTHENTICATION_FAILED,
@@ -220,14 +220,19 @@ class Mesh:
 
     def __init__(self, replica: Replica, identity: TerminalIdentity, *, data_dir: Path, clock: Clock,
                  transport: Transport, peers: list[str], limits: Limits | None = None,
-                 rng: random.Random | None = None, max_queue_bytes: int | None = None) -> None:
+                 rng: random.Random | None = None, max_queue_bytes: int | None = None,
+                 threads: bool = True, id_source: IdSource = id_bytes) -> None:
         self.replica = replica
         self.data_dir = data_dir  # where an adopted roster is saved
+        #: ``False``: the roster file is written inline, as the store does for a simulation on
+        #: virtual time (a worker thread would make the order of events depend on the OS).
+        self.threads = threads
+        self._roster_lock = anyio.Lock()
         self.clock = clock
         self.identity = identity
         self.roster = identity.roster
         self.me = identity.terminal_id
-        self.boot_id = random_id(12)
+        self.boot_id = random_id(12, id_source)
         self.limits = limits or Limits()
         self.max_queue_bytes = max_queue_bytes
         self.rng = rng or random.Random()
@@ -573,6 +578,10 @@ class Mesh:
             await self._apply(link, applies)
             applies = []
             if isinstance(action, Opened):
+                with contextlib.suppress(IdentityError):  # authorize() verified it; adopted if newer
+                    await self.adopt_roster(action.hello["roster"])
+                if link.closed is not None:
+                    return
                 self._opened(link, action.hello)
             elif isinstance(action, Control):
                 try:
@@ -753,16 +762,26 @@ class Mesh:
             raise Refused(AUTHENTICATION_FAILED, f"peer's roster: {exc}") from None
         return candidate if candidate.version > self.roster.version else self.roster
 
-    def adopt_roster(self, signed: bytes | str) -> bool:
+    async def adopt_roster(self, signed: bytes | str) -> bool:
         """Take a roster handed in by an operator or a peer if it is newer; relay it; drop the revoked.
+
+        The file is replaced (and fsync'd) in a worker thread: a slow disk must not stall every
+        link and the API.  Adoptions take turns, so an older roster that arrived first can never
+        overwrite a newer one on disk.
 
         Raises :class:`IdentityError` when it is not validly signed by this store's authority.
         """
         candidate = verify_roster(signed, self.identity.ca_cert)
         if candidate.version <= self.roster.version:
             return False
-        save_roster(self.data_dir, candidate)
-        self.roster = candidate
+        async with self._roster_lock:
+            if candidate.version <= self.roster.version:  # a newer one was adopted meanwhile
+                return False
+            if self.threads:
+                await anyio.to_thread.run_sync(save_roster, self.data_dir, candidate)
+            else:
+                save_roster(self.data_dir, candidate)
+            self.roster = candidate
         log.warning("adopted roster v%d (%d terminals, %d revoked)", candidate.version,
                     len(candidate.terminals), len(candidate.revoked))
         for peer_id, link in list(self.links.items()):
@@ -794,8 +813,6 @@ class Mesh:
             if not replace:
                 return
             existing.registered = False
-        with contextlib.suppress(IdentityError):  # authorize() verified it; this only adopts if newer
-            self.adopt_roster(hello["roster"])
         self.links[peer_id] = link
         link.registered = True
         self._lost_at.pop(peer_id, None)
@@ -970,7 +987,7 @@ class Mesh:
         kind = message["type"]
         if kind == "roster":
             try:
-                self.adopt_roster(value_of(message, "roster", str))
+                await self.adopt_roster(value_of(message, "roster", str))
             except IdentityError as exc:
                 self._close(link, INVALID_MESSAGE, f"relayed roster: {exc}")
         elif kind == "resync":

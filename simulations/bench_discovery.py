@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,17 +33,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchutil import free_port
+
 from peer.identity import Authority
 
 CLI = [sys.executable, "-m", "meshpos.cli"]
 ITEM = {"sku": "burger", "name": "Burger", "qty": 1, "unit_price_cents": 1590, "station": "grill"}
 POLL = 0.01
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(port: int, path: str, body: Any = None, method: str | None = None) -> Any:

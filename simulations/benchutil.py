@@ -1,4 +1,4 @@
-"""What the benchmark scripts share: percentiles, an enrolled store, terminals in child processes.
+"""What the benchmark scripts share: percentiles, a free port, an enrolled store, terminals in child processes.
 
 Imported by the scripts next to it (``python simulations/bench_*.py`` puts this directory on
 ``sys.path``, and spawned children re-import their script the same way).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+import socket
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -22,6 +23,14 @@ def percentile(values: list[float], p: float) -> float:
     figure is a sample that was measured, and the mesh and the star are ranked the same way."""
     ordered = sorted(values)
     return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+def free_port() -> int:
+    """A loopback port free right now (the kernel picks it; the tiny race until it is used is
+    accepted: a benchmark that loses it fails loudly at bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def summary(ms: list[float]) -> dict[str, Any]:

@@ -49,7 +49,6 @@ import anyio
 import trio
 import trio.testing
 
-import core.clock
 from core.errors import MeshposError
 from core.yupdate import decode_state_vector
 from meshpos.config import TerminalConfig
@@ -370,6 +369,7 @@ class Simulation:
         self.terminals: dict[str, Terminal] = {}
         self._stops: dict[str, anyio.Event] = {}
         self._stopped: dict[str, anyio.Event] = {}
+        self._lives: dict[str, int] = {}  # terminal id -> how many times it was started
         self.timeline: list[dict[str, Any]] = []
         self.work = Workload(self.rng, self.now, max_actions)
         self.skew: dict[str, float] = {}  # terminal id -> clock offset (seconds)
@@ -406,8 +406,13 @@ class Simulation:
         peers = [f"{self.host(other)}:{PORT}" for other, _ in self.kinds if other != tid]
         config = TerminalConfig(data_dir=self.root / tid, terminal_id=tid, type=dict(self.kinds)[tid], api_port=0,
                                 mdns=False, peers=peers)
+        self._lives[tid] = self._lives.get(tid, 0) + 1
+        # Ids from the seed, the terminal and which life of it this is (a string seeds the same
+        # generator in every process), without drawing on the world's generator.
+        ids = random.Random(f"{self.seed}:{tid}:{self._lives[tid]}").randbytes
         terminal = Terminal(config, clock=self.clock_of(tid), transport=self.net.transport(self.host(tid), PORT),
-                            storage_threads=False, rng=random.Random(self.rng.getrandbits(64)))
+                            storage_threads=False, rng=random.Random(self.rng.getrandbits(64)), id_source=ids,
+                            monotonic=anyio.current_time)
 
         async def life() -> None:
             try:
@@ -643,7 +648,6 @@ SCENARIOS = {s.name: s for s in [
 async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault | None,
                max_actions: int | None) -> dict[str, Any]:
     trio._core._run._r.seed(seed)  # trio's scheduling choices, from the seed  # noqa: SLF001
-    core.clock._ids.seed(seed)  # order and item ids, from the seed  # noqa: SLF001
     sim = Simulation(root, n, seed, fault, max_actions)
     async with anyio.create_task_group() as tg:
         await sim.setup(tg)

@@ -70,7 +70,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -84,7 +83,7 @@ from typing import IO, Any
 import anyio
 import anyio.lowlevel
 from anyio.abc import Process, TaskGroup
-from benchutil import percentile
+from benchutil import free_port, percentile
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 from pycrdt import (
     Channel,
@@ -237,13 +236,6 @@ class _Relay:
         on_death.cancel()
 
 
-def _free_port() -> int:
-    """A currently free loopback port for the relay (the kernel picks it; tiny reuse race accepted)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _wait_for_port(relay: _Relay) -> None:
     """Wait until the relay accepts TCP connections, failing fast if it exits first."""
     with _deadline("relay start-up", RELAY_START_TIMEOUT, relay.stderr_excerpt):
@@ -281,7 +273,7 @@ async def _relay_process() -> AsyncIterator[_Relay]:
     On a clean exit the relay must also have exited cleanly (code 0): a non-zero code means it
     recorded a processing error, or did not shut down, and the run's numbers are not trusted.
     """
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, str(THIS_FILE), "--serve", str(port)]
     with tempfile.TemporaryFile() as stderr:
         process = await anyio.open_process(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)

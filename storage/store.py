@@ -224,6 +224,13 @@ class Store:
         self._wakeup.set()
         return ticket
 
+    def enqueue_rows(self, *, origin: str, at: str, events: Iterable[tuple[str, dict[str, Any]]] = (),
+                     sql: Iterable[tuple[str, tuple[Any, ...]]] = ()) -> Ticket:
+        """Queue events and another subsystem's statements that change no document (the cashier's
+        ledger, a recovery's bookkeeping); with neither, the ticket is a barrier: it is done once
+        everything queued before it is on disk (batches commit in order)."""
+        return self.enqueue(doc=None, update=None, origin=origin, at=at, events=events, sql=sql)
+
     def enqueue_snapshot(self, doc: str, state: bytes, at: str) -> Ticket:
         """Fold ``doc``'s update rows written so far into ``state`` (its full encoded state now)."""
         ticket = Ticket()

@@ -65,4 +65,4 @@ BURGER = {"sku": "burger", "name": "Burger", "qty": 2, "unit_price_cents": 1590,
 
 
 # The subprocess fixture lives with the process tests; the mesh process tests use it too.
-from tests.test_process import launch  # noqa: E402, F401
+from tests.procutil import launch  # noqa: E402, F401

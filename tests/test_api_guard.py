@@ -31,10 +31,10 @@ from meshpos.config import load_config
 from meshpos.server import serve_api
 from meshpos.terminal import Terminal
 from peer.identity import Authority
+from tests.apiutil import BURGER, ORDER, assert_error, upgrade, written
 from tests.conftest import serving
 from tests.meshutil import config_for
-from tests.test_api import BURGER, ORDER, assert_error, upgrade, written
-from tests.test_process import Proc, clean_env, run_cli
+from tests.procutil import Proc, clean_env, run_cli
 
 TOKEN = "0123456789abcdef-box-token"
 EVIL = "http://evil.example"

@@ -25,7 +25,7 @@ import pytest
 import schemathesis
 
 from meshpos.documents.orders import MAX_ORDER_TOTAL_CENTS
-from tests.test_process import Proc, clean_env
+from tests.procutil import Proc, clean_env
 
 pytestmark = pytest.mark.slow
 

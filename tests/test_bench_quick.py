@@ -44,6 +44,7 @@ def test_a_figure_past_its_tolerance_is_a_regression_and_one_far_below_an_improv
     assert bench.compare({"asyncio": {"idle_rss_mb": 99.0}}, baseline) == ([], [])
 
 
+@pytest.mark.slow  # the script measures in child processes
 def test_it_measures_both_backends_and_fails_against_a_better_baseline(tmp_path: Path) -> None:
     baseline = tmp_path / "baseline.json"
     run = [sys.executable, str(SCRIPT), "--orders", "50", "--baseline", str(baseline)]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test runs a benchmark script in its own processes
+
 SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
 
 

@@ -29,8 +29,9 @@ from core.errors import (
 )
 from meshpos.cashier import service
 from meshpos.terminal import Terminal
-from peer.identity import Authority, save_roster
-from tests.meshutil import ITEM, config_for, connect_all, enroll, running_mesh, wait_for, wait_linked
+from peer.identity import Authority
+from tests.cashierutil import configs, events_of, ledger_of, same_ledger
+from tests.meshutil import ITEM, connect_all, running_mesh, wait_for, wait_linked
 
 pytestmark = pytest.mark.anyio
 
@@ -40,33 +41,6 @@ def authority(tmp_path: Path) -> Authority:
     return Authority.init(tmp_path / "auth", "Cantina Centro")
 
 
-def configs(authority: Authority, tmp: Path, ids: list[str], kinds: list[str] | None = None):  # noqa: ANN201
-    """Enrolled terminals that all hold the final roster (the enrollment flow of docs/operations.md:
-    every POS is enrolled, and knows every voter, before the first drawer opens)."""
-    dirs = enroll(authority, tmp, ids, kinds)
-    for d in dirs:
-        save_roster(d, authority.roster)
-    return [config_for(d, t) for d, t in zip(dirs, ids, strict=True)]
-
-
-def ledger_of(t: Terminal, drawer: str) -> list[dict[str, Any]]:
-    st = t.cashier.states.get(drawer)
-    return [] if st is None else list(st.committed)
-
-
-async def same_ledger(terminals: list[Terminal], drawer: str, length: int | None = None) -> None:
-    def done() -> bool:
-        ledgers = [ledger_of(t, drawer) for t in terminals]
-        return all(x == ledgers[0] for x in ledgers) and (length is None or len(ledgers[0]) == length)
-
-    await wait_for(done, 15.0)
-
-
-async def events_of(t: Terminal, kind: str) -> list[dict[str, Any]]:
-    """The ``kind`` events on disk at ``t`` (after what is queued now is written: a terminal's
-    ledger copy is in memory a moment before its events are durable)."""
-    await t.store.enqueue(doc=None, update=None, origin="test", at="").wait()
-    return [e.payload for e in await t.store.events_after(0, 10_000) if e.type == kind]
 
 
 async def test_drawer_day_on_three_voters_and_a_learner(authority: Authority, tmp_path: Path,
@@ -481,7 +455,7 @@ async def test_a_reconciliation_cut_short_is_not_done_twice(authority: Authority
         await wait_for(lambda: all(p["status"] == "in_review" for p in pos3.cashier.drawer("main")["provisional"]))
         assert [p["position"] for p in pos3.cashier.drawer("main")["provisional"]] == [len(before) - 2,
                                                                                          len(before) - 1]
-        await anyio.sleep(service.RECONCILE_SECONDS + 0.5)
+        await pos3.cashier.reconcile("main")  # one more pass, run here rather than waited for
         assert ledger_of(pos3, "main") == before  # nothing appended twice
         retry = await pos3.cashier.move_cash("main", direction="in", amount_cents=9, reason="other", op_id="mv")
         assert retry["entry"]["status"] == "in_review"  # the client's retry gets its own entry, not a 409

@@ -25,8 +25,7 @@ import httpx
 import pytest
 
 from peer.identity import save_roster
-from tests.test_mesh_process import Store, online, start, wait
-from tests.test_process import Proc, ok
+from tests.procutil import Proc, Store, ok, online, start, wait
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from meshpos.cashier import quorum
 from meshpos.recovery import recover
 from meshpos.terminal import Terminal
 from peer.identity import Authority
+from tests.cashierutil import configs, events_of, ledger_of, same_ledger
 from tests.meshutil import ITEM, address, connect_all, wait_for, wait_linked
-from tests.test_cashier_mesh import configs, events_of, ledger_of, same_ledger
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ from meshpos.recovery import recover
 from meshpos.terminal import Terminal
 from storage.database import DatabaseError, DatabaseMissing, DatabaseRolledBack
 from tests.meshutil import wait_for
-from tests.test_process import all_orders, listing, new_order, ok, put_products, run_cli
+from tests.procutil import all_orders, listing, new_order, ok, put_products, run_cli
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from peer.identity import Authority
-from tests.test_process import BURGER, CLI, Proc, clean_env, run_args
+from tests.procutil import BURGER, CLI, Proc, clean_env, run_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "simulations"))
 from netlab import Host, LabUnavailable, Lan  # noqa: E402

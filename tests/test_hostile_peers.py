@@ -28,8 +28,7 @@ from peer.identity import Authority
 from peer.wire import LINK_PATH, SUBPROTOCOL, UPDATE, encode_control, encode_sync
 from simulations.hostile import deep_json, deep_value_update, map_chain_update
 from tests.meshutil import address, config_for, converged, enroll, hello_of, linked, running_mesh, tls_context
-from tests.test_mesh_process import Store, start, wait
-from tests.test_process import Proc, clean_env, ok, run_args
+from tests.procutil import Proc, Store, clean_env, ok, run_args, start, wait
 
 PRODUCT = {"name": "Burger", "price_cents": 1590, "station": "grill", "category": "mains", "active": True}
 

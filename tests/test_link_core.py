@@ -5,10 +5,26 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage
+from wsproto.events import Request as WsRequest
 
 from core.errors import INVALID_MESSAGE, INVALID_TERMINAL_ID
 from core.yupdate import decode_state_vector
-from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
+from peer.link import (
+    ABNORMAL,
+    LINK_PATH,
+    SUBPROTOCOL,
+    Binary,
+    Closed,
+    Control,
+    Heartbeat,
+    Limits,
+    LinkCore,
+    Opened,
+    Refused,
+    Send,
+)
 from peer.sync import AnswerStep1, Apply, SyncSession
 from peer.wire import STEP1, UPDATE, WireError, decode_sync, encode_sync
 
@@ -63,9 +79,25 @@ def test_refused_hello_closes_with_its_code() -> None:
     assert not any(isinstance(x, Opened) for x in seen["b"])
 
 
-def test_sync_before_hello_and_oversize_are_4006() -> None:
+def test_sync_before_hello_is_4006() -> None:
+    """A peer that upgrades and then sends a sync frame where its hello belongs: wsproto plays
+    that peer, since a LinkCore always says hello first."""
+    _, server = pair()
+    peer = WSConnection(ConnectionType.CLIENT)
+    upgrade = peer.send(WsRequest(host="s", target=LINK_PATH, subprotocols=[SUBPROTOCOL]))
+    answer = b"".join(a.data for a in server.receive(upgrade, 0.0) if isinstance(a, Send))
+    peer.receive_data(answer)
+    assert any(isinstance(e, AcceptConnection) for e in peer.events())  # upgraded; the server said hello
+    actions = server.receive(peer.send(BytesMessage(data=encode_sync("tables", UPDATE, b"\x00\x00"))), 0.0)
+    closed = [x for x in actions if isinstance(x, Closed)]
+    assert [x.code for x in closed] == [INVALID_MESSAGE] and not closed[0].by_peer
+    assert not any(isinstance(x, (Opened, Binary)) for x in actions)
+
+
+def test_oversize_message_on_an_open_link_is_4006() -> None:
     client, server = pair(limits=Limits(max_message_bytes=100))
     pump(client, server, client.start())
+    assert server.state == "open"
     seen = pump(client, server, client.send_binary(b"x" * 101))
     assert [x.code for x in seen["b"] if isinstance(x, Closed)] == [INVALID_MESSAGE]
 

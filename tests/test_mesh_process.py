@@ -9,68 +9,14 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from peer.identity import Authority
-from tests.test_process import BACKENDS, Proc, ok, put_products, run_cli
+from tests.procutil import BACKENDS, Store, ok, online, put_products, run_cli, start, state, wait
 
 pytestmark = pytest.mark.slow
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-class Store:
-    """An authority and ``n`` enrolled terminals that know each other's peer ports."""
-
-    def __init__(self, tmp: Path, ids: list[str], kinds: list[str]) -> None:
-        self.tmp = tmp
-        self.authority = Authority.init(tmp / "auth", "Cantina Centro")
-        self.ids = ids
-        self.ports = dict(zip(ids, free_ports(len(ids)), strict=True))
-        for tid, kind in zip(ids, kinds, strict=True):
-            self.authority.enroll(tid, kind, tmp / tid)
-
-    def args(self, tid: str) -> list[str]:
-        peers = [a for other in self.ids if other != tid for a in ("--peer", f"127.0.0.1:{self.ports[other]}")]
-        return ["--api-port", "0", "--peer-host", "127.0.0.1", "--peer-port", str(self.ports[tid]), "--no-mdns",
-                *peers]
-
-
-def start(launch: Callable[..., Proc], store: Store, tid: str, backend: str) -> Proc:
-    return launch(store.tmp / tid, terminal_id=None, type=None, backend=backend, extra=store.args(tid))
-
-
-def online(c: httpx.Client) -> set[str]:
-    return {p["terminal_id"] for p in ok(c.get("/api/v1/peers"))["peers"] if p["online"]}
-
-
-def wait(predicate: Callable[[], bool], within: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def state(c: httpx.Client) -> Any:
-    orders = sorted((o["id"], o["status"], o["total_cents"]) for o in ok(c.get("/api/v1/orders")))
-    stock = {p["sku"]: p["quantity"] for p in ok(c.get("/api/v1/inventory"))}
-    return orders, stock
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

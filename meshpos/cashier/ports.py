@@ -12,7 +12,7 @@ from collections.abc import Collection
 from datetime import date
 from typing import Any, Protocol
 
-from core.clock import Clock
+from core.clock import Clock, IdSource
 from storage.store import Store
 
 
@@ -54,6 +54,9 @@ class CashierTerminal(Protocol):
 
     @property
     def clock(self) -> Clock: ...
+
+    @property
+    def id_source(self) -> IdSource: ...
 
     @property
     def store(self) -> Store: ...

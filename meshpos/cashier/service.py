@@ -389,8 +389,7 @@ class Cashier:
                 events.extend(_events_of(d, pos))
         if not sql:
             return None
-        return self.t.store.enqueue(doc=None, update=None, origin="cashier", at=iso(self.t.clock()),
-                                    events=events, sql=sql)
+        return self._enqueue(events=events, sql=sql)
 
     def _learn(self, drawer: str, start: int, entries: list[Any]) -> Ticket | None:
         st = self.voter.state(drawer)
@@ -467,15 +466,19 @@ class Cashier:
         await self._fresh()
         await self._durable(self._learn(drawer, start, entries))
 
+    def _enqueue(self, *, events: list[tuple[str, dict[str, Any]]] | tuple[()] = (),
+                 sql: list[tuple[str, tuple[Any, ...]]] | tuple[()] = (), at: str | None = None) -> Ticket:
+        """The cashier's rows and events for the terminal's next group commit."""
+        return self.t.store.enqueue_rows(origin="cashier", at=at or iso(self.t.clock()), events=events, sql=sql)
+
     async def _durable_barrier(self) -> None:
         """Wait until everything queued so far is on disk (batches commit in order)."""
-        await self.t.store.enqueue(doc=None, update=None, origin="cashier", at=iso(self.t.clock())).wait()
+        await self._enqueue().wait()
 
     async def _event(self, kind: str, payload: dict[str, Any]) -> None:
         """Record a lock event (durable before the request it explains is answered)."""
         try:
-            await self.t.store.enqueue(doc=None, update=None, origin="cashier", at=iso(self.t.clock()),
-                                       events=[(kind, payload)]).wait()
+            await self._enqueue(events=[(kind, payload)]).wait()
         except StoreError:
             log.warning("could not record %s %s", kind, payload)
 
@@ -518,8 +521,8 @@ class Cashier:
             sql.extend(("INSERT OR REPLACE INTO cashier_accepted (drawer, position, round, holder, entry) "
                         "VALUES (?,?,?,?,?)", (drawer, pos, b[0], b[1], _dump(e)))
                        for pos, (b, e) in st.accepted.items())
-        await self._durable(self.t.store.enqueue(
-            doc=None, update=None, origin="cashier", at=iso(self.t.clock()), sql=sql,
+        await self._durable(self._enqueue(
+            sql=sql,
             events=[("cashier:recovered", {"reports_from": sorted(v for v in rec.reports if v in voters),
                                            "drawers": changed})]))
         self._rounds.update(rounds)
@@ -593,8 +596,7 @@ class Cashier:
             # The round is on disk before any prepare leaves: a restarted terminal never reuses
             # a ballot (two entries proposed under one ballot would break the protocol).
             self._rounds[drawer] = holder.ballot[0]
-            await self._durable(self.t.store.enqueue(
-                doc=None, update=None, origin="cashier", at=iso(self.t.clock()),
+            await self._durable(self._enqueue(
                 sql=[("INSERT OR REPLACE INTO cashier_rounds (drawer, round) VALUES (?, ?)",
                       (drawer, holder.ballot[0]))]))
             hold = _Hold(holder)
@@ -693,8 +695,8 @@ class Cashier:
                 raise InvalidInput("op_id must be 1-64 characters")
             if op_id.startswith("resolve:") or "~" in op_id:
                 raise InvalidInput("op_id: 'resolve:' and '~' are reserved for review entries")
-        return {"kind": kind, "op_id": op_id or random_id(16), "drawer": drawer, "terminal_id": self.me,
-                "user_id": user, "at": iso(self.t.clock()), "status": "committed", **fields}
+        return {"kind": kind, "op_id": op_id or random_id(16, self.t.id_source), "drawer": drawer,
+                "terminal_id": self.me, "user_id": user, "at": iso(self.t.clock()), "status": "committed", **fields}
 
     def _existing(self, drawer: str, entry: dict[str, Any]) -> dict[str, Any] | None:
         """The first result of a retried op_id; :class:`Conflict` if the op_id meant something else."""
@@ -843,9 +845,8 @@ class Cashier:
             entry["provisional"] = {"terminal_id": self.me, "created_at": at, "reason": why}
             self._seq += 1
             row = {"entry": entry, "state": "pending", "position": None, "seq": self._seq, "created_at": at}
-            ticket = self.t.store.enqueue(
-                doc=None, update=None, origin="cashier", at=at,
-                events=[("cashier:provisional", {"drawer": drawer, "op_id": entry["op_id"], "entry": entry})],
+            ticket = self._enqueue(
+                at=at, events=[("cashier:provisional", {"drawer": drawer, "op_id": entry["op_id"], "entry": entry})],
                 sql=[("INSERT INTO cashier_provisional (drawer, op_id, seq, entry, state, position, created_at, "
                       "updated_at) VALUES (?,?,?,?,?,?,?,?)",
                       (drawer, entry["op_id"], self._seq, _dump(entry), "pending", None, at, at))])
@@ -922,8 +923,7 @@ class Cashier:
 
     async def _settle(self, drawer: str, row: dict[str, Any], state: str, pos: int) -> None:
         row["state"], row["position"] = state, pos
-        await self._durable(self.t.store.enqueue(
-            doc=None, update=None, origin="cashier", at=iso(self.t.clock()),
+        await self._durable(self._enqueue(
             sql=[("UPDATE cashier_provisional SET state = ?, position = ?, updated_at = ? "
                   "WHERE drawer = ? AND op_id = ?", (state, pos, iso(self.t.clock()), drawer, row["entry"]["op_id"]))],
         ))

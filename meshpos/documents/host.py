@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import anyio
 import pycrdt
 
-from core.clock import Clock, iso, random_id
+from core.clock import Clock, IdSource, id_bytes, iso, random_id
 from core.errors import StoreError
 from core.yupdate import Shape, UpdateGap, UpdateRefused, check_update, decode_state_vector, is_panic
 from storage.store import AuditRecord, Store, StoredEvent, Ticket
@@ -43,13 +43,15 @@ class Model:
     #: The roots a peer's update may touch and what they may hold (checked before pycrdt sees it).
     shape: Shape = Shape(frozenset())
 
-    def __init__(self, doc: pycrdt.Doc, *, terminal_id: str, replica_id: str, clock: Clock) -> None:
+    def __init__(self, doc: pycrdt.Doc, *, terminal_id: str, replica_id: str, clock: Clock,
+                 id_source: IdSource = id_bytes) -> None:
         self.doc = doc
         #: The document's name (the host names what it opens, :meth:`named`); ``kind`` until then.
         self.name = self.kind
         self.terminal_id = terminal_id
         self.replica_id = replica_id
         self.clock = clock
+        self.id_source = id_source
         self.read_only = False
         self.attach()
 
@@ -99,10 +101,12 @@ class DocumentHost:
     """Holds the live documents of one terminal and routes every change to the store."""
 
     def __init__(self, store: Store, *, terminal_id: str, replica_id: str, clock: Clock,
-                 rng: random.Random | None = None) -> None:
-        """``rng``: where Yjs client ids come from (a simulation seeds it; ``None``: pycrdt's own)."""
+                 rng: random.Random | None = None, id_source: IdSource = id_bytes) -> None:
+        """``rng``: where Yjs client ids come from (a simulation seeds it; ``None``: pycrdt's own);
+        ``id_source``: where order, item and operation ids come from."""
         self.store = store
         self.rng = rng
+        self.id_source = id_source
         self.terminal_id = terminal_id
         self.replica_id = replica_id
         self.clock = clock
@@ -122,7 +126,8 @@ class DocumentHost:
         if name in self._docs:
             return self._docs[name].model
         doc = await self._load(name)
-        model = model_cls(doc, terminal_id=self.terminal_id, replica_id=self.replica_id, clock=self.clock)
+        model = model_cls(doc, terminal_id=self.terminal_id, replica_id=self.replica_id, clock=self.clock,
+                          id_source=self.id_source)
         model.named(name)
         model.read_only = read_only
         self._docs[name] = _Hosted(name, model)
@@ -220,7 +225,7 @@ class DocumentHost:
     def audit_record(self, op: Operation) -> AuditRecord:
         before, after = changed_fields(op.before, op.after)
         return AuditRecord(
-            op_id=random_id(16), entity=op.entity, entity_id=op.entity_id, operation=op.operation,
+            op_id=random_id(16, self.id_source), entity=op.entity, entity_id=op.entity_id, operation=op.operation,
             terminal_id=self.terminal_id, user_id=op.user_id, at=iso(self.clock()),
             before=before, after=after,
         )

@@ -414,9 +414,9 @@ class OrdersDoc(CheckedModel):
         now = self.now()
         out = []
         for item in items:
-            item_id = random_id(8)
+            item_id = random_id(8, self.id_source)
             while item_id in taken:
-                item_id = random_id(8)
+                item_id = random_id(8, self.id_source)
             taken.add(item_id)
             out.append({"id": item_id, **item, "added_at": now, "added_by": self.terminal_id})
         return out
@@ -430,7 +430,7 @@ class OrdersDoc(CheckedModel):
             check_id("table", table)
         clean = [validate_item(i) for i in items]
         check_order_bounds(clean)
-        order_id = f"{day.strftime('%Y%m%d')}-{time_id(self.clock())}"
+        order_id = f"{day.strftime('%Y%m%d')}-{time_id(self.clock(), self.id_source)}"
         record = {
             "id": order_id, "business_day": day.isoformat(), "table": table, "waiter": waiter,
             "notes": notes, "created_at": self.now(), "created_by": self.terminal_id,
@@ -452,9 +452,9 @@ class OrdersDoc(CheckedModel):
         clean = [validate_item(i) for i in items]
         check_order_bounds(clean, current["total_cents"], len(current["items"]))
         records = self._item_records({i["id"] for i in current["items"]}, clean)
-        batch = random_id(8)
+        batch = random_id(8, self.id_source)
         while f"items:{batch}" in order:
-            batch = random_id(8)
+            batch = random_id(8, self.id_source)
         order[f"items:{batch}"] = dump(records)
         return [r["id"] for r in records]
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pycrdt
 
-from core.clock import Clock
+from core.clock import Clock, IdSource, id_bytes
 from core.errors import MalformedEntity
 from core.yupdate import is_panic
 from meshpos.documents.host import Model
@@ -141,11 +141,12 @@ class CheckedModel(Model):
     #: The kind of entity the document holds, in messages ("order", "table", "sku").
     entity = ""
 
-    def __init__(self, doc: pycrdt.Doc, *, terminal_id: str, replica_id: str, clock: Clock) -> None:
+    def __init__(self, doc: pycrdt.Doc, *, terminal_id: str, replica_id: str, clock: Clock,
+                 id_source: IdSource = id_bytes) -> None:
         #: Entity id -> {"reason", "first_seen_at"}.  Set before :meth:`attach`, which a reload
         #: after a failed commit calls again: the same bad values found again are not news.
         self.malformed: dict[str, dict[str, str]] = {}
-        super().__init__(doc, terminal_id=terminal_id, replica_id=replica_id, clock=clock)
+        super().__init__(doc, terminal_id=terminal_id, replica_id=replica_id, clock=clock, id_source=id_source)
 
     def _read(self, entity_id: str, build: Callable[[], R]) -> R:
         try:
