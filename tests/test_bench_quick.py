@@ -44,6 +44,19 @@ def test_a_figure_past_its_tolerance_is_a_regression_and_one_far_below_an_improv
     assert bench.compare({"asyncio": {"idle_rss_mb": 99.0}}, baseline) == ([], [])
 
 
+def test_cpu_is_judged_in_units_of_the_reference_work_and_memory_is_not(bench: ModuleType) -> None:
+    baseline = {"trio": {"reference_work_s": 1.0, "adjust_cpu_s_per_1000": 0.1, "idle_rss_mb": 40.0}}
+    # The machine is 50 % slower today: 0.14 is 0.093 of its reference, better than the baseline's 0.1.
+    slower = {"trio": {"reference_work_s": 1.5, "adjust_cpu_s_per_1000": 0.14, "idle_rss_mb": 40.0}}
+    assert bench.compare(slower, baseline) == ([], [])
+    # Twice the CPU on a machine 50 % slower is +33 % of our own: a regression, named against the scaled baseline.
+    worse, _ = bench.compare({"trio": {**slower["trio"], "adjust_cpu_s_per_1000": 0.2}}, baseline)
+    assert worse == ["trio.adjust_cpu_s_per_1000: 0.2 (baseline 0.15, +33 %)"]
+    # Memory does not scale with the machine's speed: +12 % RSS is a regression however slow it is.
+    worse, _ = bench.compare({"trio": {**slower["trio"], "idle_rss_mb": 44.8}}, baseline)
+    assert worse == ["trio.idle_rss_mb: 44.8 (baseline 40.0, +12 %)"]
+
+
 @pytest.mark.slow  # the script measures in child processes
 def test_it_measures_both_backends_and_fails_against_a_better_baseline(tmp_path: Path) -> None:
     baseline = tmp_path / "baseline.json"
@@ -52,10 +65,11 @@ def test_it_measures_both_backends_and_fails_against_a_better_baseline(tmp_path:
     assert done.returncode == 0, done.stderr[-3000:]
     recorded = json.loads(baseline.read_text())
     assert recorded["orders"] == 50 and recorded["recorded"]["date"]
-    assert 0 < recorded["import_cpu_s"] < 5
+    assert 0 < recorded["import_cpu_s"] < 5 and 0 < recorded["reference_work_s"] < 10
     for backend in ("asyncio", "trio"):
         figures = recorded[backend]
         assert 20 < figures["idle_rss_mb"] <= figures["day_rss_mb"] < 500
+        assert 0 < figures["reference_work_s"] < 10
         for op in ("adjust", "create_order"):
             assert 0 < figures[f"{op}_cpu_s_per_1000"] < 10
             assert 10 < figures[f"{op}_bytes_per_update"] < 2000
