@@ -44,6 +44,11 @@ def encode_json(value: Any) -> str:
     return encode_json_bytes(value).decode()
 
 
+def format_json(value: Any) -> str:
+    """Indented JSON for a person to read (the CLI's ``--json``); same encoder, same bounds."""
+    return msgspec.json.format(encode_json_bytes(value), indent=2).decode()
+
+
 def json_too_deep(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether ``text`` nests arrays and objects deeper than ``limit``; linear, not recursive.
 

@@ -6,7 +6,6 @@ and the request body bound that runs before any of it.  The same table is the so
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -148,8 +147,8 @@ class BodyLimit:
         await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"code": errors.INVALID_MESSAGE,
-                           "message": f"request body larger than {self.limit} bytes"}).encode()
+        body = encode_json_bytes({"code": errors.INVALID_MESSAGE,
+                                  "message": f"request body larger than {self.limit} bytes"})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
