@@ -7,6 +7,11 @@ the mesh and its links, discovery, business-day rollover, event retention); leav
 :meth:`Terminal.running` cancels it, lets the writer finish what is queued, and closes the
 database.  Every public write method returns only after the change is durable - that is what an
 API 2xx promises.
+
+Why one module of ~530 lines: besides composing, the terminal is the one place where an API
+operation meets its document, its audit row and its durability wait; each of its ~20 write operations
+is a thin call into a model inside :meth:`Terminal._commit` (the rules live in the models), and
+splitting them across modules would spread that one pattern over several files.
 """
 
 from __future__ import annotations

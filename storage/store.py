@@ -15,6 +15,12 @@ separate compaction pass, and a crash at any point leaves either the rows or the
 SQLite runs in AnyIO worker threads (one for the writer, one for readers), so the store works
 on asyncio and trio alike (aiosqlite is asyncio-only); a whole batch is one thread hop, and
 thread calls are never abandoned on cancellation, so a COMMIT in flight always finishes.
+
+Why one module of ~580 lines: the writer, the reader and the queue share one state - the two
+connections, the next event cursor, the commit sequence and its marker, the failure that refuses
+every later record - and each read (events, audit rows, documents, sizes) is a few lines over the
+reader thread.  What is not that state lives beside it: opening and checking the file in
+``storage/database.py``, the commit marker in ``storage/commits.py``.
 """
 
 from __future__ import annotations

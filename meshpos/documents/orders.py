@@ -30,6 +30,11 @@ comes near, and a day of 5,000 orders at the bound still sums to 5e14.  Readers 
 :data:`READ_SLACK` times those bounds, because terminals adding items to the same order at the
 same time each check only their own view and the merge may pass the bound legitimately; an order
 beyond even that was not written by these rules and is malformed.
+
+Why one module of ~510 lines: it is the whole of one document's rules - the lifecycle, the item
+and modifier shapes, the bounds and the reads that check them refer to each other, and a reader
+of docs/documents.md's orders section finds them in one place (the machinery shared with the
+other models is in ``reading.py`` and ``values.py``).
 """
 
 from __future__ import annotations
