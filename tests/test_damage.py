@@ -13,6 +13,9 @@ import shutil
 import signal
 import sqlite3
 import stat
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -175,16 +178,44 @@ async def test_older_wider_files_are_narrowed(make_config) -> None:  # noqa: ANN
         assert stat.S_IMODE((config.data_dir / "meshpos.db").stat().st_mode) == 0o600
 
 
-async def test_a_full_disk_says_so(make_config) -> None:  # noqa: ANN001
-    config = make_config()
-    async with Terminal(config).running() as t:
-        await t.put_table("T1", name="T1", seats=2, area=None)
-        pages = t.store._conn.execute("PRAGMA page_count").fetchone()[0]
-        t.store._conn.execute(f"PRAGMA max_page_count = {pages}")  # what SQLite sees when the disk is full
-        with pytest.raises(Unavailable, match="full") as refused:
-            for n in range(200):
-                await t.put_table(f"T{n}", name="a" * 180, seats=2, area="x" * 60)
-        assert "no transaction is active" not in refused.value.message
+@contextmanager
+def small_disk(where: Path, size: str = "4m") -> Iterator[Path]:
+    """A real filesystem that fills up: a tmpfs of ``size`` mounted at ``where`` (root only)."""
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Take every free byte of ``disk`` (what a runaway log does to a box)."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a real full disk is a small tmpfs, and mounting one needs root")
+async def test_a_full_disk_says_so(make_config, tmp_path: Path) -> None:  # noqa: ANN001
+    with small_disk(tmp_path / "disk") as disk:
+        config = make_config(data_dir=disk / "pos-1")
+        async with Terminal(config).running() as t:
+            await t.put_table("T1", name="T1", seats=2, area=None)
+            acknowledged = ["T1"]
+            fill(disk)
+            with pytest.raises(Unavailable, match="full") as refused:
+                for n in range(5000):
+                    await t.put_table(f"T{n}", name="a" * 180, seats=2, area="x" * 60)
+                    acknowledged.append(f"T{n}")
+            assert "no transaction is active" not in refused.value.message
+            (disk / "filler").unlink()  # space again: the operator cleaned up
+        async with Terminal(config).running() as t:  # and nothing acknowledged was lost
+            assert {table["id"] for table in t.tables.list()} >= set(acknowledged)
 
 
 async def test_a_marker_that_cannot_be_written_does_not_fail_the_commit(make_config, caplog) -> None:  # noqa: ANN001
