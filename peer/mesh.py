@@ -41,16 +41,17 @@ from core.errors import (
     MessageRefused,
     StoreError,
 )
-from core.names import orders_day, parse_address
+from core.names import parse_address
 from core.ratelog import RateLimitedLog
-from core.yupdate import UpdateGap, decode_state_vector
+from core.yupdate import UpdateGap
 from peer.identity import IdentityError, Roster, TerminalIdentity, fingerprint, save_roster, subject_of, verify_roster
 from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
 from peer.replica import ControlHandler, LinkListener, Replica
+from peer.replication import AUTO_FETCH_DAYS, CATCH_UP_WAIT, ReadWindow, Replication, by_doc
 from peer.sync import AnswerStep1, Apply, SyncSession
 from peer.tls import client_context, peer_certificate, server_context
 from peer.transport import Transport
-from peer.wire import PROTOCOL_VERSION, WireError, check_doc_name, peer_state_vector, value_of
+from peer.wire import PROTOCOL_VERSION, WireError, value_of
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +69,11 @@ EAGER_SPACING = 0.1
 #: fix a certificate, while a roster update (which may) reaches the terminal through others.
 AUTH_RETRY_SECONDS = 60.0
 CONNECT_TIMEOUT = 5.0
-#: Archived days a peer holds and this terminal lacks are fetched at link-up if this recent;
-#: older ones on request (:meth:`Mesh.fetch`).
-AUTO_FETCH_DAYS = 7
 FETCH_TIMEOUT = 3.0
 #: How often linked peers re-compare state vectors (covers peers that cannot reach each other).
 ANTI_ENTROPY_SECONDS = 10.0
 #: Woken by a link opening, the dialler whose link would lose the tie-break waits this long first.
 KICK_YIELD = 0.3
-#: How long a new link's step 1 for a document waits for another link's catch-up of it.
-CATCH_UP_WAIT = 3.0
 INTERNAL_ERROR = 1011
 #: What reading or writing a TLS stream raises when the other side is gone or misbehaves.
 TRANSPORT_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError)
@@ -92,8 +88,6 @@ MAX_UNAUTHENTICATED = 64
 MAX_UNAUTHENTICATED_PER_HOST = 8
 #: Longest ``boot_id`` a hello may carry (ours are 12 characters).
 MAX_BOOT_ID = 64
-#: Most document names one ``resync`` or ``docs`` message may list.
-MAX_DOCS_PER_MESSAGE = 1000
 
 
 def _loopback(host: str) -> bool:
@@ -194,8 +188,10 @@ class Link:
     drained: anyio.Event = field(default_factory=anyio.Event)
     #: Called once its hello is authorized (an inbound link's admission slot is given back).
     authenticated: Callable[[], None] | None = None
-    #: What the last read applied, not yet known durable: (its storage tickets, its frames).
-    unsettled: tuple[list[Any], list[Apply]] | None = None
+    #: What its reads applied, not yet known durable.
+    reads: ReadWindow = field(default_factory=ReadWindow)
+    #: Set when the other links' catch-ups this link's deferred step 1s wait for are over.
+    catch_up_done: anyio.Event = field(default_factory=anyio.Event)
     #: The link's own task group: what is started for one link ends with it.
     tasks: anyio.abc.TaskGroup | None = None
 
@@ -252,9 +248,10 @@ class Mesh:
         self._lost_at: dict[str, float] = {}
         #: Set (and replaced) whenever a link opens: dial loops sleeping in backoff wake on it.
         self._network_back = anyio.Event()
-        #: Document -> the link whose step 1 for it is unanswered, the event set when it is, since when.
-        self._catching_up: dict[str, tuple[Link, anyio.Event, float]] = {}
-        self._fetches: dict[str, tuple[set[str], anyio.Event]] = {}
+        #: Catch-ups and fetches across the links (the decisions; this shell waits and sends).
+        self.replication: Replication[Link] = Replication(catch_up_wait=CATCH_UP_WAIT)
+        #: Archived day -> set when its fetch is over (every asked peer answered or is gone).
+        self._fetched: dict[str, anyio.Event] = {}
         #: Terminals discovery sees and where (``HOST:PORT``s); the ids whose dial loop runs.
         self._discovered: dict[str, list[str]] = {}
         self._discovery_dials: set[str] = set()
@@ -709,10 +706,8 @@ class Mesh:
                     link.peer_id, link.closed.code, link.closed.reason)
             self._event("terminal:offline", {"terminal_id": link.peer_id, "code": link.closed.code,
                                              "reason": link.closed.reason})
-            for pending, done in self._fetches.values():
-                pending.discard(link.peer_id)  # type: ignore[arg-type]
-                if not pending:
-                    done.set()
+            for doc in self.replication.peer_gone(link.peer_id):  # type: ignore[arg-type]
+                self._fetch_over(doc)
 
     # -- authentication ------------------------------------------------------------------------
 
@@ -833,47 +828,31 @@ class Mesh:
             listener(peer_id)
 
     def _start_sync(self, link: Link) -> None:
-        """Ask the new peer for what this terminal lacks (step 1 per document) - one catch-up per
-        document at a time.
-
-        After a heal, links to every peer of the other side open within moments; each answered
-        step 1 would carry the same thousands of updates, decoded and stored once per peer.  So a
-        document another link is already catching up on is asked for once that catch-up is applied
-        (or after :data:`CATCH_UP_WAIT`): by then this terminal's state vector covers it and the
-        new peer sends only what the first one lacked.
-        """
-        replica = self.replica
-        now = anyio.current_time()
-        later: list[tuple[str, anyio.Event]] = []
-        for name in replica.names():
-            busy = self._catching_up.get(name)
-            if busy is not None and busy[0] is not link and now - busy[2] < CATCH_UP_WAIT:
-                later.append((name, busy[1]))
-                continue
-            self._catching_up[name] = (link, anyio.Event(), now)
-            link.session.queue_step1(name, replica.state_vector(name))
+        """Ask the new peer for what this terminal lacks, one catch-up per document at a time
+        (:meth:`peer.replication.Replication.link_opened` says why and decides)."""
+        opening = self.replication.link_opened(link, self.replica.names(), anyio.current_time())
+        for name in opening.ask:
+            link.session.queue_step1(name, self.replica.state_vector(name))
         assert link.tasks is not None  # opened from inside the link's task group
-        if later:
-            link.tasks.start_soon(self._step1_after_catch_up, link, later)
+        if opening.later:
+            link.tasks.start_soon(self._step1_after_catch_up, link, opening.wait)
         link.tasks.start_soon(self._send_archived, link)
         link.wake.set()
 
-    async def _step1_after_catch_up(self, link: Link, later: list[tuple[str, anyio.Event]]) -> None:
-        with anyio.move_on_after(CATCH_UP_WAIT):
-            for _, done in later:
-                await done.wait()
+    async def _step1_after_catch_up(self, link: Link, wait: float) -> None:
+        with anyio.move_on_after(wait):
+            await link.catch_up_done.wait()
+        later = self.replication.wait_over(link)
         if link.closed is None and link.core.state == "open":
-            for name, _ in later:
+            for name in later:
                 if self.replica.is_open(name):  # not closed meanwhile (a day archived at rollover)
                     link.session.queue_step1(name, self.replica.state_vector(name))
             link.wake.set()
 
     def _caught_up(self, link: Link, doc: str | None = None) -> None:
         """``link``'s catch-up of ``doc`` (of every document: the link ended) is over."""
-        for name, (holder, done, _) in list(self._catching_up.items()):
-            if holder is link and doc in (None, name):
-                del self._catching_up[name]
-                done.set()
+        for waiter in self.replication.caught_up(link, doc):
+            waiter.catch_up_done.set()
 
     async def _send_archived(self, link: Link) -> None:
         vectors = await self.replica.archived_state_vectors()
@@ -885,16 +864,8 @@ class Mesh:
     # -- sync ----------------------------------------------------------------------------------
 
     def _on_local_update(self, name: str, update: bytes, origin: str, ticket: Any) -> None:
-        """Ship this terminal's own changes to every linked peer.
-
-        Changes that came from a peer are not forwarded: in a full mesh the writer already sent
-        them to everyone, and forwarding would multiply each update by the number of peers.  A
-        peer this one can reach but the writer cannot (a half-broken mesh) gets them through
-        the periodic state-vector exchange (:meth:`_anti_entropy`).
-        """
-        if origin.startswith("peer:"):
-            return
-        for link in self.links.values():
+        """Queue a change applied here for the links :meth:`Replication.forward_to` names."""
+        for link in self.replication.forward_to(name, origin, self.links.values()):
             link.session.queue_update(name, update, ticket)
             link.wake.set()
 
@@ -923,22 +894,13 @@ class Mesh:
         link.wake.set()
 
     async def _apply(self, link: Link, applies: list[Apply]) -> None:
-        """Apply what one read brought, one transaction (one storage record) per document.
-
-        The records of one read of live updates may still be committing while the next read is
-        applied (they join the same group commit); the read after that waits for them.  So a
-        link has at most two reads' worth in flight, and the frames of many small reads share
-        one fsync.  A read with a step 2 is waited for at once: the catch-up or fetch it ends is
-        over only once it is durable.
-        """
+        """Apply what one read brought, one transaction (one storage record) per document, and
+        wait for the reads :class:`peer.replication.ReadWindow` says are due."""
         if not applies:
             return
-        by_doc: dict[str, list[Apply]] = {}
-        for a in applies:
-            by_doc.setdefault(a.doc, []).append(a)
         tickets = []
         error: Closed | None = None
-        for doc, items in by_doc.items():
+        for doc, items in by_doc(applies).items():
             try:
                 await self.replica.open(doc)
                 tickets.append(self.replica.apply_remote(doc, [a.update for a in items], f"peer:{link.peer_id}"))
@@ -956,19 +918,10 @@ class Mesh:
                 break
         with anyio.CancelScope(shield=True):  # pycrdt failed on an update: back to what is on disk
             await self.replica.recover()
-        previous, link.unsettled = link.unsettled, ([t for t in tickets if t is not None], applies)
-        if previous is not None:
-            await self._settle(link, *previous)
-        if error is not None or any(a.step2 for a in applies):
-            await self._settle_all(link)  # a catch-up or a fetch is over only once it is durable
+        for read in link.reads.applied([t for t in tickets if t is not None], applies, failed=error is not None):
+            await self._settle(link, *read)
         if error is not None:
             self._close(link, error.code, error.reason)
-
-    async def _settle_all(self, link: Link) -> None:
-        """Wait until everything ``link`` applied is durable (or refused)."""
-        if link.unsettled is not None:
-            unsettled, link.unsettled = link.unsettled, None
-            await self._settle(link, *unsettled)
 
     async def _settle(self, link: Link, tickets: list[Any], applies: list[Apply]) -> None:
         for ticket in tickets:
@@ -977,11 +930,13 @@ class Mesh:
         for a in applies:
             if a.step2:
                 self._caught_up(link, a.doc)
-            if a.step2 and a.doc in self._fetches:
-                pending, done = self._fetches[a.doc]
-                pending.discard(link.peer_id)  # type: ignore[arg-type]
-                if not pending:
-                    done.set()
+                if self.replication.answered(link.peer_id, a.doc):
+                    self._fetch_over(a.doc)
+
+    def _fetch_over(self, doc: str) -> None:
+        done = self._fetched.get(doc)
+        if done is not None:
+            done.set()
 
     async def _control(self, link: Link, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -991,20 +946,11 @@ class Mesh:
             except IdentityError as exc:
                 self._close(link, INVALID_MESSAGE, f"relayed roster: {exc}")
         elif kind == "resync":
-            names = value_of(message, "docs", list)
-            if len(names) > MAX_DOCS_PER_MESSAGE:
-                raise WireError(f"resync lists more than {MAX_DOCS_PER_MESSAGE} documents")
-            for name in names:
-                name = check_doc_name(name) if isinstance(name, str) else check_doc_name(repr(name))
-                if not self.replica.is_open(name):
-                    continue  # not open here: the peer asks after a document this terminal never sent
+            for name in Replication.resync_docs(value_of(message, "docs", list), set(self.replica.names())):
                 link.session.queue_step1(name, self.replica.state_vector(name))
             link.wake.set()
         elif kind == "docs":
-            archived = value_of(message, "archived", dict)
-            if len(archived) > MAX_DOCS_PER_MESSAGE:
-                raise WireError(f"docs lists more than {MAX_DOCS_PER_MESSAGE} archived days")
-            await self._on_archived(link, archived)
+            await self._on_archived(link, value_of(message, "archived", dict))
         elif (handler := self._control_handlers.get(kind)) is not None:
             try:
                 await handler(link.peer_id, message)  # type: ignore[arg-type]
@@ -1024,22 +970,10 @@ class Mesh:
         return True
 
     async def _on_archived(self, link: Link, archived: dict[str, Any]) -> None:
-        """Sync the archived days that differ; fetch recent ones this terminal lacks."""
+        """Sync the archived days :meth:`Replication.archived_to_sync` picks."""
         ours = await self.replica.archived_state_vectors()
-        today = self.replica.today()
-        for name, encoded in archived.items():
-            day = orders_day(check_doc_name(name))
-            if day is None or self.replica.is_open(name):
-                continue  # live here: the step 1 at link-up covers it
-            try:
-                theirs = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
-            except ValueError:
-                raise WireError(f"docs: the state vector of {name} is not base64") from None
-            if name in ours:
-                if theirs is not None and decode_state_vector(ours[name]) == peer_state_vector(theirs):
-                    continue
-            elif (today - day).days > AUTO_FETCH_DAYS:
-                continue
+        for name in Replication.archived_to_sync(archived, ours, set(self.replica.names()), self.replica.today(),
+                                                 AUTO_FETCH_DAYS):
             await self.replica.open(name)
             link.session.queue_step1(name, self.replica.state_vector(name))
         link.wake.set()
@@ -1049,14 +983,15 @@ class Mesh:
         if not self.links:
             return
         await self.replica.open(name)
-        pending, done = self._fetches.setdefault(name, (set(), anyio.Event()))
-        pending.update(self.links)
+        self.replication.fetch(name, self.links)
+        done = self._fetched.setdefault(name, anyio.Event())
         for link in self.links.values():
             link.session.queue_step1(name, self.replica.state_vector(name))
             link.wake.set()
         with anyio.move_on_after(FETCH_TIMEOUT):
             await done.wait()
-        self._fetches.pop(name, None)
+        self.replication.fetch_over(name)
+        self._fetched.pop(name, None)
 
     # -- reporting -----------------------------------------------------------------------------
 
