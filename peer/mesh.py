@@ -44,14 +44,15 @@ from core.errors import (
 from core.names import parse_address
 from core.ratelog import RateLimitedLog
 from core.yupdate import UpdateGap
-from peer.identity import IdentityError, Roster, TerminalIdentity, fingerprint, save_roster, subject_of, verify_roster
-from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
+from peer import admission
+from peer.identity import IdentityError, Roster, TerminalIdentity, save_roster, subject_of, verify_roster
+from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Send
 from peer.replica import ControlHandler, LinkListener, Replica
 from peer.replication import AUTO_FETCH_DAYS, CATCH_UP_WAIT, ReadWindow, Replication, by_doc
 from peer.sync import AnswerStep1, Apply, SyncSession
 from peer.tls import client_context, peer_certificate, server_context
 from peer.transport import Transport
-from peer.wire import PROTOCOL_VERSION, WireError, value_of
+from peer.wire import WireError, value_of
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,6 @@ WRONG_TERMINAL = -1
 #: peer needs one connection at a time; a store of 30 terminals all rebooting needs 29.
 MAX_UNAUTHENTICATED = 64
 MAX_UNAUTHENTICATED_PER_HOST = 8
-#: Longest ``boot_id`` a hello may carry (ours are 12 characters).
-MAX_BOOT_ID = 64
 
 
 def _loopback(host: str) -> bool:
@@ -506,18 +505,14 @@ class Mesh:
                 if answered != expect:
                     await anyio.aclose_forcefully(stream)
                     return Closed(WRONG_TERMINAL, f"{address} is now {answered}, not {expect}", by_peer=False), False
-        hello = {
-            "type": "hello", "protocol": PROTOCOL_VERSION, "terminal_id": self.me,
-            "terminal_type": self.identity.type, "store_id": self.identity.store_id, "boot_id": self.boot_id,
-            "roster": self.roster.signed.decode(),
-        }
+        hello = admission.hello_of(self.identity, self.roster, self.boot_id)
         cert_id = None
         with contextlib.suppress(IdentityError):
             cert_id = subject_of(cert)[0]
         core = LinkCore(client=client, hello=hello, limits=self.limits,
                         now=anyio.current_time() if started is None else started,
                         authorize=lambda peer_hello: self.authorize(peer_hello, cert),
-                        refuse=self._revoked(cert, cert_id))
+                        refuse=admission.revoked(self.roster, cert, cert_id))
         link = Link(core=core, stream=stream, address=address, client=client, authenticated=authenticated)
         link.cert_id = cert_id
         if self.max_queue_bytes is not None:
@@ -712,50 +707,9 @@ class Mesh:
     # -- authentication ------------------------------------------------------------------------
 
     def authorize(self, hello: dict[str, Any], cert: x509.Certificate) -> None:
-        """Bind the TLS certificate to the hello's claims, against the newest roster either side has."""
-        if value_of(hello, "protocol", int) != PROTOCOL_VERSION:
-            raise Refused(INVALID_MESSAGE, f"protocol {hello['protocol']} is not {PROTOCOL_VERSION}")
-        claimed, claimed_type = value_of(hello, "terminal_id", str), value_of(hello, "terminal_type", str)
-        if not 1 <= len(value_of(hello, "boot_id", str)) <= MAX_BOOT_ID:
-            raise Refused(INVALID_MESSAGE, f"boot_id must be 1-{MAX_BOOT_ID} characters")
-        try:
-            cert_id, cert_type, cert_store = subject_of(cert)
-        except IdentityError as exc:
-            raise Refused(AUTHENTICATION_FAILED, str(exc)) from None
-        if claimed != cert_id:
-            raise Refused(INVALID_TERMINAL_ID, f"peer claims {claimed!r} but its certificate is {cert_id!r}")
-        if claimed_type != cert_type:
-            raise Refused(INVALID_TERMINAL_TYPE, f"peer claims type {claimed_type!r}, certificate says {cert_type!r}")
-        if cert_store != self.identity.store_id or hello.get("store_id") != cert_store:
-            raise Refused(AUTHENTICATION_FAILED, f"peer belongs to store {cert_store!r}")
-        roster = self._newest(value_of(hello, "roster", str))
-        if roster.is_revoked(self.me):
-            raise Refused(AUTHENTICATION_FAILED, f"this terminal is revoked (roster v{roster.version})")
-        if roster.is_revoked(cert_id):
-            raise Refused(AUTHENTICATION_FAILED, f"{cert_id} is revoked (roster v{roster.version})")
-        if not roster.admits(cert_id, fingerprint(cert)):
-            raise Refused(AUTHENTICATION_FAILED,
-                          f"{cert_id}'s certificate is not the one enrolled in roster v{roster.version}")
-        if cert_id == self.me:
-            raise Refused(ALREADY_CONNECTED, "that is this terminal (a copied data directory?)")
-
-    def _revoked(self, cert: x509.Certificate, cert_id: str | None) -> Refused | None:
-        """A refusal for a certificate this terminal's roster revoked - decided before the peer's
-        first message is parsed.  Revocation is final (a newer roster never lifts it), so the
-        peer's own roster cannot change the answer."""
-        fp = fingerprint(cert)
-        if (cert_id is not None and self.roster.is_revoked(cert_id)) \
-                or any(entry["fingerprint"] == fp for entry in self.roster.revoked.values()):
-            return Refused(AUTHENTICATION_FAILED, f"{cert_id or 'the certificate'} is revoked "
-                                                  f"(roster v{self.roster.version})")
-        return None
-
-    def _newest(self, signed: bytes | str) -> Roster:
-        try:
-            candidate = verify_roster(signed, self.identity.ca_cert)
-        except IdentityError as exc:
-            raise Refused(AUTHENTICATION_FAILED, f"peer's roster: {exc}") from None
-        return candidate if candidate.version > self.roster.version else self.roster
+        """Bind the TLS certificate to the hello's claims, against the newest roster either side
+        has (:func:`peer.admission.authorize`, against this terminal's roster now)."""
+        admission.authorize(hello, cert, self.identity, self.roster)
 
     async def adopt_roster(self, signed: bytes | str) -> bool:
         """Take a roster handed in by an operator or a peer if it is newer; relay it; drop the revoked.
