@@ -14,9 +14,9 @@ from core.yupdate import decode_state_vector
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
 from peer.admission import hello_of as hello_of_identity
+from peer.driver import failure_of
 from peer.identity import Authority, load_identity
 from peer.link import Closed, LinkCore, Opened, Send
-from peer.mesh import failure_of
 from peer.tls import context
 
 PRODUCT = {"name": "Burger", "price_cents": 1590, "station": "grill", "category": None, "active": True}
