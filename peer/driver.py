@@ -4,16 +4,16 @@ Each link is one task group: the reader feeds the core what the stream brings, t
 what the sync session queued (once durable) and the core's frames, the ticker keeps the core's
 deadlines (heartbeats, the hello timeout), the closer ends the group once the close frame is
 flushed.  What the actions *mean* - a hello that opened, a sync frame, a control message - is
-the mesh's (:class:`LinkHooks`); this module only moves bytes and keeps the link's life.
+the mesh's (the callables :class:`LinkDriver` is given); this module only moves bytes and keeps the link's life.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from anyio.abc import ByteStream
@@ -98,22 +98,20 @@ class Link:
         return self.core.bytes_in, self.core.bytes_out, self.session.updates_in, self.session.updates_out
 
 
-class LinkHooks(Protocol):
-    """What the mesh does with a link's life."""
-
-    async def act(self, link: Link, actions: list[Any]) -> None:
-        """Carry out the core's actions other than bytes to send (those are queued already)."""
-
-    def closing(self, link: Link) -> None:
-        """``link.closed`` was just set (by either side)."""
-
-    def ended(self, link: Link) -> None:
-        """The stream is gone; ``link.closed`` says how it ended."""
+#: Carry out the core's actions other than bytes to send (those are queued already).
+Act = Callable[[Link, list[Any]], Awaitable[None]]
 
 
 class LinkDriver:
-    def __init__(self, hooks: LinkHooks, book: PeerBook) -> None:
-        self.hooks = hooks
+    """Runs links; what their actions mean is the mesh's: ``act`` (what the core reported),
+    ``closing(link)`` (``link.closed`` was just set, by either side), ``ended(link)`` (the
+    stream is gone; ``link.closed`` says how it ended)."""
+
+    def __init__(self, *, act: Act, closing: Callable[[Link], None], ended: Callable[[Link], None],
+                 book: PeerBook) -> None:
+        self._act = act
+        self._closing = closing
+        self._ended = ended
         self.book = book
 
     async def run(self, link: Link) -> None:
@@ -125,7 +123,7 @@ class LinkDriver:
                 tg.start_soon(self._writer, link)
                 tg.start_soon(self._ticker, link)
                 tg.start_soon(self._closer, link, tg.cancel_scope)
-                await self.hooks.act(link, link.push(core.start()))
+                await self._act(link, link.push(core.start()))
                 while True:
                     try:
                         data: bytes | None = await stream.receive()
@@ -141,7 +139,7 @@ class LinkDriver:
                             break
                         continue
                     try:
-                        await self.hooks.act(link, link.push(core.receive(data, anyio.current_time())))
+                        await self._act(link, link.push(core.receive(data, anyio.current_time())))
                     except Exception as exc:  # noqa: BLE001 - one peer's input never stops the terminal
                         self.internal_error(link, exc)
                 link.drained.set()
@@ -167,7 +165,7 @@ class LinkDriver:
         if link.closed is not None:
             return
         link.closed = closed
-        self.hooks.closing(link)
+        self._closing(link)
         link.ended.set()
         link.wake.set()
 
@@ -227,7 +225,7 @@ class LinkDriver:
         while True:
             await anyio.sleep(max(0.0, link.core.next_deadline() - anyio.current_time()) + 0.001)
             try:
-                await self.hooks.act(link, link.push(link.core.tick(anyio.current_time())))
+                await self._act(link, link.push(link.core.tick(anyio.current_time())))
             except Exception as exc:  # noqa: BLE001 - as in the reader: this link ends, not the terminal
                 self.internal_error(link, exc)
             if link.closed is not None:
@@ -243,4 +241,4 @@ class LinkDriver:
         await anyio.aclose_forcefully(link.stream)
         if link.closed is None:
             link.closed = Closed(ABNORMAL, "link ended", by_peer=False)
-        self.hooks.ended(link)
+        self._ended(link)

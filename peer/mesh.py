@@ -3,20 +3,15 @@
 Everything here is I/O and bookkeeping, and each job has its module: :mod:`peer.link` (framing,
 hello, heartbeats, limits) and :mod:`peer.admission` (whom a hello admits) decide a link's life,
 :mod:`peer.driver` runs it (reader, writer, ticker, closer in one task group),
-:mod:`peer.dialling` dials and backs off, :mod:`peer.replication` decides and
-:mod:`peer.syncing` carries out the sync, :mod:`peer.status` keeps what the API shows.  Every
-task the mesh starts belongs to the task group :meth:`Mesh.run` opens inside the terminal's
-own, so stopping the terminal stops them all.
+:mod:`peer.dialling` dials and backs off, :mod:`peer.routing` sends what a link brings where it
+belongs, :mod:`peer.replication` decides and :mod:`peer.syncing` carries out the sync,
+:mod:`peer.status` keeps what the API shows.  Every task the mesh starts belongs to the task
+group :meth:`Mesh.run` opens inside the terminal's own, so stopping the terminal stops them all.
 
 One link per pair: when both terminals dial at once, the link dialled by the terminal with the
 smaller id wins and the other is closed with 4004 on both sides (each side applies the same
 rule, so they agree without talking).  A link from a new incarnation of a peer (another boot id)
 replaces the old one at once instead of waiting for the old one's heartbeat to time out.
-
-Above ~400 lines because it is the public surface the terminal, discovery and the cashier use
-(dial, discovered, lost, fetch, send_control, ... delegating to the modules that do the work)
-and the one place a link is admitted, registered and routed; splitting those three further
-would scatter the registry that ties them together.
 """
 
 from __future__ import annotations
@@ -39,23 +34,20 @@ from core.clock import Clock, IdSource, id_bytes, random_id
 from core.errors import (
     ALREADY_CONNECTED,
     AUTHENTICATION_FAILED,
-    INVALID_MESSAGE,
     RATE_LIMIT,
-    MessageRefused,
     StoreError,
 )
 from peer import admission
 from peer.dialling import WRONG_TERMINAL, Dialler
 from peer.driver import GOING_AWAY, Link, LinkDriver, failure_of
 from peer.identity import IdentityError, TerminalIdentity, save_roster, subject_of, verify_roster
-from peer.link import Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened
+from peer.link import Closed, Limits, LinkCore
 from peer.replica import ControlHandler, LinkListener, Replica
+from peer.routing import Router
 from peer.status import PeerBook, PeerState
-from peer.sync import Apply
 from peer.syncing import Syncing
 from peer.tls import client_context, peer_certificate, server_context
 from peer.transport import Transport
-from peer.wire import WireError, value_of
 
 __all__ = ["Mesh", "PeerState"]
 
@@ -110,18 +102,19 @@ class Mesh:
                                book=self.book, links=self.links, static_peers=peers,
                                run_link=lambda stream, address, expect: self._run_link(
                                    stream, address, client=True, expect=expect))
-        self.driver = LinkDriver(self, self.book)
         #: Remote host -> connections from it not authenticated yet (see MAX_UNAUTHENTICATED).
         self._unauthenticated: dict[str, int] = {}
-        #: Control message type -> its handler (the cashier's); callbacks for each link that opens.
-        self._control_handlers: dict[str, ControlHandler] = {}
+        #: Callbacks for each link that opens.
         self._link_listeners: list[LinkListener] = []
         self.syncing = Syncing(replica, self.links, self.rng, self._close)
+        self.driver = LinkDriver(act=self._act, closing=self._closing, ended=self._ended, book=self.book)
+        self.router = Router(syncing=self.syncing, driver=self.driver, book=self.book,
+                             adopt_roster=self.adopt_roster, opened=self._opened)
 
     def handle_control(self, kind: str, handler: ControlHandler) -> None:
         """Hand every control message of type ``kind`` (one of :data:`peer.wire.CONTROL_TYPES`
         the mesh does not handle itself) to ``handler``."""
-        self._control_handlers[kind] = handler
+        self.router.handlers[kind] = handler
 
     def on_link_up(self, listener: LinkListener) -> None:
         self._link_listeners.append(listener)
@@ -304,51 +297,12 @@ class Mesh:
         self._event("roster:updated", {"version": candidate.version, "revoked": sorted(candidate.revoked)})
         return True
 
-    # -- a link's life (peer.driver's hooks) ---------------------------------------------------
+    # -- a link's life (what peer.driver calls) ---------------------------------------------------
 
-    async def act(self, link: Link, actions: list[Any]) -> None:
-        """Route what the link core reported: sync frames to the sync shell (runs of updates
-        applied together), the opened hello to registration, control messages to their
-        handler, heartbeats to the peer's state."""
-        applies: list[Apply] = []
-        for action in actions:
-            if link.closed is not None:
-                return
-            if isinstance(action, Binary):
-                try:
-                    intent = link.session.receive(action.data)
-                except WireError as exc:
-                    self._close(link, exc.code, str(exc))
-                    return
-                if isinstance(intent, Apply):
-                    applies.append(intent)
-                    continue
-                await self.syncing.apply(link, applies)
-                applies = []
-                await self.syncing.answer_step1(link, intent)
-                continue
-            await self.syncing.apply(link, applies)
-            applies = []
-            if isinstance(action, Opened):
-                with contextlib.suppress(IdentityError):  # authorize() verified it; adopted if newer
-                    await self.adopt_roster(action.hello["roster"])
-                if link.closed is not None:
-                    return
-                self._opened(link, action.hello)
-            elif isinstance(action, Control):
-                try:
-                    await self._control(link, action.message)
-                except WireError as exc:
-                    self._close(link, exc.code, str(exc))
-            elif isinstance(action, Heartbeat):
-                if link.registered:
-                    self.book.heartbeat(link.peer_id or "", action.rtt)
-            elif isinstance(action, Closed):
-                self.driver.mark_closed(link, action)
-        if link.closed is None:
-            await self.syncing.apply(link, applies)
+    async def _act(self, link: Link, actions: list[Any]) -> None:
+        await self.router.act(link, actions)
 
-    def closing(self, link: Link) -> None:
+    def _closing(self, link: Link) -> None:
         closed = link.closed
         assert closed is not None
         self.syncing.caught_up(link)  # its step 2s will not come: the other links ask now
@@ -356,7 +310,7 @@ class Mesh:
             self.book.refused(link.peer_id or link.cert_id, link.address, closed.code,
                               ("by peer: " if closed.by_peer else "") + closed.reason, inbound=not link.client)
 
-    def ended(self, link: Link) -> None:
+    def _ended(self, link: Link) -> None:
         """Mark the peer offline (if this was its link)."""
         self.syncing.caught_up(link)
         closed = link.closed
@@ -405,27 +359,7 @@ class Mesh:
         for listener in self._link_listeners:
             listener(peer_id)
 
-    # -- control messages ----------------------------------------------------------------------
-
-    async def _control(self, link: Link, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "roster":
-            try:
-                await self.adopt_roster(value_of(message, "roster", str))
-            except IdentityError as exc:
-                self._close(link, INVALID_MESSAGE, f"relayed roster: {exc}")
-        elif kind == "resync":
-            self.syncing.resync(link, value_of(message, "docs", list))
-        elif kind == "docs":
-            await self.syncing.on_archived(link, value_of(message, "archived", dict))
-        elif (handler := self._control_handlers.get(kind)) is not None:
-            try:
-                await handler(link.peer_id, message)  # type: ignore[arg-type]
-            except MessageRefused as exc:
-                self._close(link, INVALID_MESSAGE, str(exc))
-            except Exception as exc:  # noqa: BLE001 - one peer's message never stops the terminal
-                log.exception("%s message from %s could not be handled", kind, link.peer_id)
-                self._close(link, INVALID_MESSAGE, f"{kind} message could not be handled: {type(exc).__name__}")
+    # -- control messages and fetches -----------------------------------------------------------
 
     def send_control(self, peer_id: str, message: dict[str, Any]) -> bool:
         """Queue a control message (the cashier's) to a linked peer; ``False`` if not linked now."""
