@@ -161,15 +161,16 @@ class Replication(Generic[L]):
 
     # -- what is sent to whom ------------------------------------------------------------------
 
-    @staticmethod
-    def forward_to(doc: str, origin: str, links: Iterable[L]) -> list[L]:
+    def forward_to(self, doc: str, origin: str, links: Iterable[L]) -> list[L]:
         """The links a change to ``doc`` applied here with ``origin`` is shipped to.
 
         This terminal's own changes go to every linked peer.  Changes that came from a peer are
         not forwarded: in a full mesh the writer already sent them to everyone, and forwarding
         would multiply each update by the number of peers.  A peer this one can reach but the
         writer cannot (a half-broken mesh) gets them through the periodic state-vector exchange
-        (anti-entropy).  The one place that decides it.
+        (anti-entropy).  The one place that decides it, and an instance method so that what a
+        terminal learns per link (which peers each one reaches, their state vectors) can decide
+        it later without another call site changing.
         """
         if origin.startswith("peer:"):
             return []

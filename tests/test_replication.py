@@ -64,8 +64,9 @@ def test_a_fetch_ends_when_every_asked_peer_answered_or_is_gone() -> None:
 
 
 def test_only_own_changes_are_forwarded_to_every_link() -> None:
-    assert Replication.forward_to("tables", "api", ["a", "b"]) == ["a", "b"]
-    assert Replication.forward_to("tables", "peer:pos-2", ["a", "b"]) == []
+    core: Replication[str] = Replication()
+    assert core.forward_to("tables", "api", ["a", "b"]) == ["a", "b"]
+    assert core.forward_to("tables", "peer:pos-2", ["a", "b"]) == []
 
 
 def test_resync_asks_only_for_open_documents_and_refuses_malformed_lists() -> None:
