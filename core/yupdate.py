@@ -26,7 +26,10 @@ The format is the Yjs update v1 encoding (``Y.encodeStateAsUpdate``; lib0 ``enco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import pycrdt
 
 #: Deepest plain value accepted (arrays/objects inside a map value); ours are flat objects.
 MAX_ANY_DEPTH = 8
@@ -86,6 +89,13 @@ def is_panic(exc: BaseException) -> bool:
     """Yrs panicked under pycrdt: pyo3 raises ``PanicException``, which derives from
     ``BaseException`` - no ``except Exception`` sees it, and it would end a task group."""
     return type(exc).__name__ == "PanicException" and type(exc).__module__ == "pyo3_runtime"
+
+
+def merge_run(updates: Sequence[bytes]) -> bytes:
+    """One update for a run of updates to one document (in order, each already applied or
+    durable): what is stored as one record or shipped as one frame instead of one per update.
+    A run of one is returned as is - merging re-encodes, which a single update need not pay."""
+    return updates[0] if len(updates) == 1 else pycrdt.merge_updates(*updates)
 
 
 def decode_state_vector(data: bytes) -> dict[int, int]:

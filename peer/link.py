@@ -7,7 +7,7 @@ It never touches a socket or a clock, so the same code runs under the anyio shel
 
 The TLS layer below has already proven the peer holds a key the store authority certified; the
 hello on top binds that certificate to the terminal id and type the peer claims, against the
-newest roster either side knows (see :func:`peer.mesh.Mesh.authorize`).  Framing is wsproto's;
+newest roster either side knows (see :func:`peer.admission.authorize`).  Framing is wsproto's;
 we add a message size limit, a message-rate limit and heartbeats (WebSocket ping/pong).
 """
 

@@ -1,8 +1,11 @@
-"""The anyio shell around the link and sync cores: listen, dial, run links, keep peer state.
+"""The anyio shell of the peer links: listen, admit, route what links bring, keep the registry.
 
-Everything here is I/O and bookkeeping; decisions live in :mod:`peer.link` (framing, hello,
-heartbeats, limits) and :mod:`peer.sync` (what to send, bounded).  Each link is three tasks in
-one task group - reader, writer, ticker - and every task the mesh starts belongs to the task
+Everything here is I/O and bookkeeping, and each job has its module: :mod:`peer.link` (framing,
+hello, heartbeats, limits) and :mod:`peer.admission` (whom a hello admits) decide a link's life,
+:mod:`peer.driver` runs it (reader, writer, ticker, closer in one task group),
+:mod:`peer.dialling` dials and backs off, :mod:`peer.routing` sends what a link brings where it
+belongs, :mod:`peer.replication` decides and :mod:`peer.syncing` carries out the sync,
+:mod:`peer.status` keeps what the API shows.  Every task the mesh starts belongs to the task
 group :meth:`Mesh.run` opens inside the terminal's own, so stopping the terminal stops them all.
 
 One link per pair: when both terminals dial at once, the link dialled by the terminal with the
@@ -13,15 +16,12 @@ replaces the old one at once instead of waiting for the old one's heartbeat to t
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import ipaddress
 import logging
 import random
-import ssl
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,70 +30,35 @@ from anyio.abc import ByteStream
 from anyio.streams.tls import TLSAttribute, TLSStream
 from cryptography import x509
 
-from core.clock import Clock, IdSource, id_bytes, iso, random_id
+from core.clock import Clock, IdSource, id_bytes, random_id
 from core.errors import (
     ALREADY_CONNECTED,
     AUTHENTICATION_FAILED,
-    INVALID_MESSAGE,
-    INVALID_TERMINAL_ID,
-    INVALID_TERMINAL_TYPE,
     RATE_LIMIT,
-    MessageRefused,
     StoreError,
 )
-from core.names import orders_day, parse_address
-from core.ratelog import RateLimitedLog
-from core.yupdate import UpdateGap, decode_state_vector
-from peer.identity import IdentityError, Roster, TerminalIdentity, fingerprint, save_roster, subject_of, verify_roster
-from peer.link import ABNORMAL, Binary, Closed, Control, Heartbeat, Limits, LinkCore, Opened, Refused, Send
+from peer import admission
+from peer.dialling import WRONG_TERMINAL, Dialler
+from peer.driver import GOING_AWAY, Link, LinkDriver, failure_of
+from peer.identity import IdentityError, TerminalIdentity, save_roster, subject_of, verify_roster
+from peer.link import Closed, Limits, LinkCore
 from peer.replica import ControlHandler, LinkListener, Replica
-from peer.sync import AnswerStep1, Apply, SyncSession
+from peer.routing import Router
+from peer.status import PeerBook, PeerState
+from peer.syncing import Syncing
 from peer.tls import client_context, peer_certificate, server_context
 from peer.transport import Transport
-from peer.wire import PROTOCOL_VERSION, WireError, check_doc_name, peer_state_vector, value_of
+
+__all__ = ["Mesh", "PeerState"]
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE = 0.1
-BACKOFF_CAP = 5.0
-#: A peer linked less than RECENT_LOSS_SECONDS ago is redialled with this cap instead (see
-#: :func:`backoff_cap`): short outages - a Wi-Fi flap, a split during a rush, a reboot -
-#: are the common case, and the seeds ask reconnection < 2 s.
-EAGER_CAP = 1.0
-RECENT_LOSS_SECONDS = 300.0
-#: The eager cap grows by this per recently lost peer: a terminal's eager redials stay at about
-#: 2 / EAGER_SPACING per second however many peers a split took away.
-EAGER_SPACING = 0.1
-#: After an authentication refusal (4001-4003) a dialer waits this long: retrying fast cannot
-#: fix a certificate, while a roster update (which may) reaches the terminal through others.
-AUTH_RETRY_SECONDS = 60.0
-CONNECT_TIMEOUT = 5.0
-#: Archived days a peer holds and this terminal lacks are fetched at link-up if this recent;
-#: older ones on request (:meth:`Mesh.fetch`).
-AUTO_FETCH_DAYS = 7
-FETCH_TIMEOUT = 3.0
-#: How often linked peers re-compare state vectors (covers peers that cannot reach each other).
-ANTI_ENTROPY_SECONDS = 10.0
-#: Woken by a link opening, the dialler whose link would lose the tie-break waits this long first.
-KICK_YIELD = 0.3
-#: How long a new link's step 1 for a document waits for another link's catch-up of it.
-CATCH_UP_WAIT = 3.0
-INTERNAL_ERROR = 1011
-#: What reading or writing a TLS stream raises when the other side is gone or misbehaves.
-TRANSPORT_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ssl.SSLError, OSError)
-GOING_AWAY = 1001
-#: Local-only: a discovered address answered as another terminal (never sent on the wire).
-WRONG_TERMINAL = -1
 #: Connections accepted but not yet authenticated (TLS, upgrade and hello under way), in all and
 #: per remote host.  Beyond these a new connection is closed at once: the peer port listens on
 #: every interface, and anyone on the LAN can open connections without a certificate.  A real
 #: peer needs one connection at a time; a store of 30 terminals all rebooting needs 29.
 MAX_UNAUTHENTICATED = 64
 MAX_UNAUTHENTICATED_PER_HOST = 8
-#: Longest ``boot_id`` a hello may carry (ours are 12 characters).
-MAX_BOOT_ID = 64
-#: Most document names one ``resync`` or ``docs`` message may list.
-MAX_DOCS_PER_MESSAGE = 1000
 
 
 def _loopback(host: str) -> bool:
@@ -101,118 +66,6 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def backoff_cap(lost_at: dict[str, float], peer_id: str | None, now: float) -> float:
-    """:data:`EAGER_CAP` for a peer lost less than :data:`RECENT_LOSS_SECONDS` ago, else
-    :data:`BACKOFF_CAP`; ``lost_at``: peer id -> when its link dropped (expired entries are pruned).
-
-    Nothing tells a terminal that a split healed or a rebooted box is up again but its next dial,
-    so how soon the first link opens after the network comes back is the backoff cap.  A peer
-    linked minutes ago is probably a short outage: retry about every 0.5 s.  The cap grows with
-    the number of recently lost peers (:data:`EAGER_SPACING` each), so a 50-terminal store split
-    in two does not dial 25 peers twice a second from every box; a peer gone longer than the
-    window falls back to the 5 s cap - a box unplugged for the night costs one attempt per 2.5 s
-    per dialler.
-    """
-    for old in [p for p, at in lost_at.items() if now - at > RECENT_LOSS_SECONDS]:
-        del lost_at[old]
-    if peer_id not in lost_at:
-        return BACKOFF_CAP
-    return min(BACKOFF_CAP, max(EAGER_CAP, EAGER_SPACING * len(lost_at)))
-
-
-def backoff_delay(attempt: int, rng: random.Random, cap: float = BACKOFF_CAP) -> float:
-    """Exponential backoff with full jitter, capped: uniform in [0, min(cap, base * 2^attempt)]."""
-    return rng.uniform(0.0, min(cap, BACKOFF_BASE * 2 ** min(attempt, 16)))
-
-
-def failure_of(exc: BaseException, *, dialling: bool = False) -> tuple[int, str]:
-    """The close code and reason a transport failure is reported with (TLS refusals are 4003).
-
-    ``dialling``: a connection closed during the TLS handshake is then no refusal of this
-    terminal's certificate (that comes as an alert) - a peer at its cap of connections waiting
-    to authenticate hangs up before any TLS byte - and is retried with the usual backoff, not
-    after the 60 s an authentication refusal waits."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    cause = exc.__cause__ or exc.__context__
-    for e in (exc, cause):
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return AUTHENTICATION_FAILED, f"TLS handshake failed: {e.verify_message or e.reason}"
-        if dialling and isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-            return ABNORMAL, "connection closed during the TLS handshake"
-        if isinstance(e, ssl.SSLError):
-            return AUTHENTICATION_FAILED, f"TLS handshake failed: {e.reason or e}"
-    if isinstance(exc, TimeoutError):
-        return ABNORMAL, "timed out"
-    return ABNORMAL, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-@dataclass(slots=True)
-class PeerState:
-    """What ``GET /api/v1/peers`` shows for one peer terminal (or a static address not yet linked)."""
-
-    terminal_id: str | None
-    type: str | None = None
-    address: str | None = None
-    online: bool = False
-    direction: str | None = None
-    connected_since: str | None = None
-    last_heartbeat: str | None = None
-    rtt_ms: float | None = None
-    bytes_in: int = 0
-    bytes_out: int = 0
-    updates_in: int = 0
-    updates_out: int = 0
-    last_error: dict[str, Any] | None = None
-
-    def to_json(self, roster: Roster) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
-        out["revoked"] = self.terminal_id is not None and roster.is_revoked(self.terminal_id)
-        out["enrolled"] = self.terminal_id is not None and self.terminal_id in roster.terminals
-        return out
-
-
-@dataclass(eq=False)
-class Link:
-    core: LinkCore
-    stream: ByteStream
-    address: str
-    client: bool
-    session: SyncSession = field(default_factory=SyncSession)
-    out: list[bytes] = field(default_factory=list)
-    wake: anyio.Event = field(default_factory=anyio.Event)
-    peer_id: str | None = None
-    cert_id: str | None = None  # the terminal id the TLS certificate names (before the hello proves it)
-    peer_type: str | None = None
-    peer_boot: str | None = None
-    registered: bool = False
-    closed: Closed | None = None
-    ended: anyio.Event = field(default_factory=anyio.Event)
-    writer_done: anyio.Event = field(default_factory=anyio.Event)
-    drained: anyio.Event = field(default_factory=anyio.Event)
-    #: Called once its hello is authorized (an inbound link's admission slot is given back).
-    authenticated: Callable[[], None] | None = None
-    #: What the last read applied, not yet known durable: (its storage tickets, its frames).
-    unsettled: tuple[list[Any], list[Apply]] | None = None
-    #: The link's own task group: what is started for one link ends with it.
-    tasks: anyio.abc.TaskGroup | None = None
-
-    def push(self, actions: list[Any]) -> list[Any]:
-        """Queue the bytes among ``actions`` for the writer; return the rest."""
-        rest = []
-        for action in actions:
-            if isinstance(action, Send):
-                self.out.append(action.data)
-            else:
-                rest.append(action)
-        self.wake.set()
-        return rest
-
-    @property
-    def dialer(self) -> str | None:
-        return None if self.peer_id is None else ("self" if self.client else self.peer_id)
 
 
 class Mesh:
@@ -238,44 +91,30 @@ class Mesh:
         self.rng = rng or random.Random()
         self.transport = transport
         self.host, self.port = transport.host, transport.port
-        self.static_peers = list(dict.fromkeys(peers))
-        for address in self.static_peers:
-            parse_address(address)
         self._server_ctx = server_context(identity)
-        self._client_ctx = client_context(identity)
+        #: Peer id -> its link, while linked (one per pair).
         self.links: dict[str, Link] = {}
-        self.peers: dict[str, PeerState] = {}
-        self._by_address: dict[str, PeerState] = {}
-        self._address_ids: dict[str, str] = {}
-        self._link_down: dict[str, anyio.Event] = {}
-        #: Peer id -> when (``anyio.current_time()``) its link last dropped, while it is not linked.
-        self._lost_at: dict[str, float] = {}
-        #: Set (and replaced) whenever a link opens: dial loops sleeping in backoff wake on it.
-        self._network_back = anyio.Event()
-        #: Document -> the link whose step 1 for it is unanswered, the event set when it is, since when.
-        self._catching_up: dict[str, tuple[Link, anyio.Event, float]] = {}
-        self._fetches: dict[str, tuple[set[str], anyio.Event]] = {}
-        #: Terminals discovery sees and where (``HOST:PORT``s); the ids whose dial loop runs.
-        self._discovered: dict[str, list[str]] = {}
-        self._discovery_dials: set[str] = set()
-        #: Dial state of discovered terminals not linked yet (dropped with their dial loop, so a
-        #: forged advert leaves nothing behind).
-        self._found_states: dict[str, PeerState] = {}
+        self.book = PeerBook(clock)
+        self.peers: dict[str, PeerState] = self.book.peers
         #: Recent refusals (either side), newest last: why a terminal that tried is not linked.
-        self.refusals: deque[dict[str, Any]] = deque(maxlen=50)
+        self.refusals: deque[dict[str, Any]] = self.book.refusals
+        self.dialler = Dialler(me=self.me, transport=transport, client_ctx=client_context(identity), rng=self.rng,
+                               book=self.book, links=self.links, static_peers=peers,
+                               run_link=lambda stream, address, expect: self._run_link(
+                                   stream, address, client=True, expect=expect))
         #: Remote host -> connections from it not authenticated yet (see MAX_UNAUTHENTICATED).
         self._unauthenticated: dict[str, int] = {}
-        self._refusal_log = RateLimitedLog(log)
-        self._tg: anyio.abc.TaskGroup | None = None
-        #: Control message type -> its handler (the cashier's); callbacks for each link that opens.
-        self._control_handlers: dict[str, ControlHandler] = {}
+        #: Callbacks for each link that opens.
         self._link_listeners: list[LinkListener] = []
-        replica.on_update(self._on_local_update)
+        self.syncing = Syncing(replica, self.links, self.rng, self._close)
+        self.driver = LinkDriver(act=self._act, closing=self._closing, ended=self._ended, book=self.book)
+        self.router = Router(syncing=self.syncing, driver=self.driver, book=self.book,
+                             adopt_roster=self.adopt_roster, opened=self._opened)
 
     def handle_control(self, kind: str, handler: ControlHandler) -> None:
         """Hand every control message of type ``kind`` (one of :data:`peer.wire.CONTROL_TYPES`
         the mesh does not handle itself) to ``handler``."""
-        self._control_handlers[kind] = handler
+        self.router.handlers[kind] = handler
 
     def on_link_up(self, listener: LinkListener) -> None:
         self._link_listeners.append(listener)
@@ -289,64 +128,58 @@ class Mesh:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
             async with anyio.create_task_group() as tg:
-                self._tg = tg
                 tg.start_soon(self.transport.serve, self._accept)
-                for address in self.static_peers:
-                    tg.start_soon(self._dial_loop, address)
-                tg.start_soon(self._anti_entropy)
+                self.dialler.start(tg)
+                tg.start_soon(self.syncing.anti_entropy)
                 log.info("peer links on %s:%s (store %s, roster v%d)", self.host, self.port,
                          self.identity.store_id, self.roster.version)
                 task_status.started()
         finally:
-            self._tg = None
+            self.dialler.start(None)
+
+    # -- whom to dial (peer.dialling) ----------------------------------------------------------
+
+    @property
+    def static_peers(self) -> list[str]:
+        return self.dialler.static_peers
 
     def dial(self, address: str) -> None:
         """Start dialling ``address`` for good (a static peer added at run time)."""
-        parse_address(address)
-        if address in self.static_peers or self._tg is None:
-            return
-        self.static_peers.append(address)
-        self._tg.start_soon(self._dial_loop, address)
+        self.dialler.dial(address)
 
     def discovered(self, terminal_id: str, addresses: list[str]) -> None:
         """Dial ``terminal_id`` where discovery saw it (``HOST:PORT`` each, tried in turn); new
         addresses replace the old ones for the next attempt.  A link already up is left alone."""
-        for address in addresses:
-            parse_address(address)
-        addresses = [a for a in addresses if a not in self.static_peers]  # those are dialled for good
-        if terminal_id == self.me or self._tg is None or not addresses:
-            self._discovered.pop(terminal_id, None)
-            return
-        self._discovered[terminal_id] = addresses
-        if terminal_id not in self._discovery_dials:
-            self._discovery_dials.add(terminal_id)
-            self._tg.start_soon(self._dial_loop, None, terminal_id)
+        self.dialler.discovered(terminal_id, addresses)
 
     def dial_addresses(self, terminal_id: str) -> list[str]:
         """Where the mesh dials a discovered terminal, in the order it tries them."""
-        return list(self._discovered.get(terminal_id, []))
+        return self.dialler.dial_addresses(terminal_id)
 
     def lost(self, terminal_id: str) -> None:
         """Stop dialling a terminal discovery no longer sees (it said goodbye, or it was revoked);
         a link that is up stays until it ends by itself (a stale advert never cuts a working link)."""
-        self._discovered.pop(terminal_id, None)
-        self._lost_at.pop(terminal_id, None)  # gone for good, not an outage: no eager redials
+        self.dialler.lost(terminal_id)
 
     def why_not_linked(self, terminal_id: str, addresses: list[str]) -> str:
         """The newest reason a known terminal is not linked, for ``meshpos peers``: its latest
         refusal or its link's last error, whichever came last (4004 tie-breaks are no reason)."""
-        refusal = next((e for e in reversed(self.refusals) if e["code"] != ALREADY_CONNECTED
-                        and (e["terminal_id"] == terminal_id or e["address"] in addresses)), None)
-        state = self.peers.get(terminal_id) or self._found_states.get(terminal_id)
-        error = state.last_error if state is not None else None
-        if refusal is not None and (error is None or refusal["at"] >= error["at"]):
-            return (f"handshake failed ({refusal['direction']}, {refusal['at']}): "
-                    f"{refusal['code']} {refusal['reason']}")
-        if error is not None:
-            return f"link failed ({error['at']}): {error['code']} {error['reason']}"
-        return "connecting"
+        return self.book.why_not_linked(terminal_id, addresses)
 
-    # -- accepting and dialling ----------------------------------------------------------------
+    # What discovery's tests look at: the terminals being dialled and their dial state.
+    @property
+    def _discovered(self) -> dict[str, list[str]]:
+        return self.dialler.found
+
+    @property
+    def _discovery_dials(self) -> set[str]:
+        return self.dialler.found_dials
+
+    @property
+    def _found_states(self) -> dict[str, PeerState]:
+        return self.book.found
+
+    # -- admitting a link ----------------------------------------------------------------------
 
     async def _accept(self, raw: ByteStream, address: str) -> None:
         """One inbound connection: TLS, upgrade and hello must all be done within
@@ -357,8 +190,8 @@ class Mesh:
         # Loopback is exempt from the per-host cap: several terminals on one machine (the demo,
         # a test bench) all dial from 127.0.0.1; nothing on the LAN can come from there.
         if pending >= MAX_UNAUTHENTICATED or (per_host >= MAX_UNAUTHENTICATED_PER_HOST and not _loopback(host)):
-            self._refused(None, address, RATE_LIMIT, f"too many connections waiting to authenticate "
-                          f"({pending} in all, {per_host} from {host})", inbound=True)
+            self.book.refused(None, address, RATE_LIMIT, f"too many connections waiting to authenticate "
+                              f"({pending} in all, {per_host} from {host})", inbound=True)
             await anyio.aclose_forcefully(raw)
             return
         self._unauthenticated[host] = self._unauthenticated.get(host, 0) + 1
@@ -382,109 +215,12 @@ class Mesh:
                                                   standard_compatible=False)
             except Exception as exc:  # noqa: BLE001 - any handshake failure is one refused peer
                 code, reason = failure_of(exc)
-                self._refused(None, address, code, reason, inbound=True)
+                self.book.refused(None, address, code, reason, inbound=True)
                 await anyio.aclose_forcefully(raw)
                 return
             await self._run_link(stream, address, client=False, started=accepted_at, authenticated=release)
         finally:
             release()
-
-    async def _dial_loop(self, static: str | None, found: str | None = None) -> None:
-        """Dial a static address for good, or the terminal ``found`` by discovery while discovery
-        still sees it: its addresses in turn, so a stale one (cached from before a restart, or
-        now another terminal's) fails over to the next."""
-        attempt = 0
-        try:
-            while found is None or found in self._discovered:
-                if found is None:
-                    address = static
-                else:
-                    candidates = self._discovered[found]
-                    address = candidates[attempt % len(candidates)]
-                host, port = parse_address(address)  # type: ignore[arg-type]
-                known = found if found is not None else self._address_ids.get(address)
-                if known is not None and known in self.links:
-                    await self._link_down.setdefault(known, anyio.Event()).wait()
-                    continue
-                if found is not None:
-                    state = self.peers.get(found) or self._found_states.setdefault(
-                        found, PeerState(terminal_id=found, address=address))
-                else:
-                    state = self._by_address.setdefault(address, PeerState(terminal_id=None, address=address))
-                network_back = self._network_back  # a link opening while this dial is under way counts too
-                try:
-                    with anyio.fail_after(CONNECT_TIMEOUT):
-                        stream = await self._connect(host, port)
-                except Exception as exc:  # noqa: BLE001 - unreachable, refused, TLS: all mean "retry later"
-                    code, reason = failure_of(exc, dialling=True)
-                    state.last_error = {"code": code, "reason": reason, "at": self._now()}
-                    if code == AUTHENTICATION_FAILED:
-                        self._refused(known, address, code, reason, inbound=False)
-                        await anyio.sleep(AUTH_RETRY_SECONDS)
-                        continue
-                    attempt += 1
-                    log.debug("dial %s (%s) failed: %d %s", address, known or "unknown", code, reason)
-                    await self._backoff(attempt, known, network_back)
-                    continue
-                closed, opened = await self._run_link(stream, address, client=True, expect=found)
-                if closed is not None and closed.code == WRONG_TERMINAL:
-                    state.last_error = {"code": INVALID_TERMINAL_ID, "reason": closed.reason, "at": self._now()}
-                    candidates = self._discovered.get(found, [])  # type: ignore[arg-type]
-                    if address in candidates and len(candidates) > 1:
-                        candidates.remove(address)  # that address is somebody else's now
-                    attempt += 1
-                    await self._backoff(attempt, known)
-                    continue
-                if closed is not None and closed.code in (INVALID_TERMINAL_ID, INVALID_TERMINAL_TYPE,
-                                                          AUTHENTICATION_FAILED):
-                    await anyio.sleep(AUTH_RETRY_SECONDS)
-                    continue
-                attempt = 0 if opened else attempt + 1
-                await self._backoff(attempt, known)
-        finally:
-            if found is not None:
-                self._discovery_dials.discard(found)
-                self._found_states.pop(found, None)
-
-    async def _backoff(self, attempt: int, peer_id: str | None, network_back: anyio.Event | None = None) -> None:
-        """Sleep :func:`backoff_delay` before the next dial, or less if a link opens meanwhile.
-
-        Any link opening (inbound or outbound, any peer) is evidence the network is back - a split
-        healed, Wi-Fi returned - so a peer that was unreachable probably is reachable again too;
-        without this wake-up every dial loop would wait out its own backoff (up to its cap)
-        after a heal.  ``network_back`` is the event captured before the failed dial (a link that
-        opened during it counts); by default the current one.  No storm: only a link opening wakes
-        the loops, each sleeping loop dials once per such event, and ``attempt`` is kept (the
-        caller's), so a peer that still fails backs off as far as before.  (Authentication
-        refusals wait :data:`AUTH_RETRY_SECONDS` regardless: the network cannot fix a certificate.)
-
-        Woken so, the side whose link would lose the tie-break (the higher terminal id) gives the
-        other side's dial :data:`KICK_YIELD` to land first: the peer is woken by the same heal,
-        and two simultaneous dials cost two TLS handshakes and two catch-ups for one link.
-        """
-        event = self._network_back if network_back is None else network_back
-        delay = backoff_delay(attempt, self.rng, backoff_cap(self._lost_at, peer_id, anyio.current_time()))
-        started = anyio.current_time()
-        with anyio.move_on_after(delay):
-            await event.wait()
-        if peer_id is not None and peer_id < self.me:
-            await anyio.sleep(max(0.0, min(KICK_YIELD, delay - (anyio.current_time() - started))))
-
-    def _link_opened(self) -> None:
-        """Wake the dial loops sleeping in backoff (:meth:`_backoff`): a link opened."""
-        self._network_back.set()
-        self._network_back = anyio.Event()
-
-    async def _connect(self, host: str, port: int) -> TLSStream:
-        raw = await self.transport.connect(host, port)
-        try:
-            return await TLSStream.wrap(raw, server_side=False, ssl_context=self._client_ctx,
-                                        standard_compatible=False)
-        except BaseException:
-            await anyio.aclose_forcefully(raw)
-            raise
-
-    # -- one link ------------------------------------------------------------------------------
 
     async def _run_link(self, stream: ByteStream, address: str, *, client: bool, expect: str | None = None,
                         started: float | None = None,
@@ -500,7 +236,7 @@ class Mesh:
         try:
             cert = peer_certificate(stream.extra(TLSAttribute.peer_certificate_binary))
         except Exception as exc:  # noqa: BLE001
-            self._refused(None, address, AUTHENTICATION_FAILED, str(exc), inbound=not client)
+            self.book.refused(None, address, AUTHENTICATION_FAILED, str(exc), inbound=not client)
             await anyio.aclose_forcefully(stream)
             return Closed(AUTHENTICATION_FAILED, str(exc), by_peer=False), False
         if expect is not None:
@@ -509,258 +245,25 @@ class Mesh:
                 if answered != expect:
                     await anyio.aclose_forcefully(stream)
                     return Closed(WRONG_TERMINAL, f"{address} is now {answered}, not {expect}", by_peer=False), False
-        hello = {
-            "type": "hello", "protocol": PROTOCOL_VERSION, "terminal_id": self.me,
-            "terminal_type": self.identity.type, "store_id": self.identity.store_id, "boot_id": self.boot_id,
-            "roster": self.roster.signed.decode(),
-        }
+        hello = admission.hello_of(self.identity, self.roster, self.boot_id)
         cert_id = None
         with contextlib.suppress(IdentityError):
             cert_id = subject_of(cert)[0]
         core = LinkCore(client=client, hello=hello, limits=self.limits,
                         now=anyio.current_time() if started is None else started,
                         authorize=lambda peer_hello: self.authorize(peer_hello, cert),
-                        refuse=self._revoked(cert, cert_id))
+                        refuse=admission.revoked(self.roster, cert, cert_id))
         link = Link(core=core, stream=stream, address=address, client=client, authenticated=authenticated)
         link.cert_id = cert_id
         if self.max_queue_bytes is not None:
             link.session.max_queue_bytes = self.max_queue_bytes
-        try:
-            async with anyio.create_task_group() as tg:
-                link.tasks = tg
-                tg.start_soon(self._writer, link)
-                tg.start_soon(self._ticker, link)
-                tg.start_soon(self._closer, link, tg.cancel_scope)
-                await self._act(link, link.push(core.start()))
-                while True:
-                    try:
-                        data: bytes | None = await stream.receive()
-                    except TRANSPORT_ERRORS as exc:
-                        if link.closed is None and core.state != "open" and not isinstance(exc, anyio.EndOfStream):
-                            code, reason = failure_of(exc)
-                            self._mark_closed(link, Closed(code, reason, by_peer=True))
-                        data = None
-                    if link.closed is not None:
-                        # Closing: drain until the peer hangs up, so our close frame is not lost to
-                        # a TCP reset (closing a socket with unread data resets the connection).
-                        if data is None:
-                            break
-                        continue
-                    try:
-                        await self._act(link, link.push(core.receive(data, anyio.current_time())))
-                    except Exception as exc:  # noqa: BLE001 - one peer's input never stops the terminal
-                        self._internal_error(link, exc)
-                link.drained.set()
-                await anyio.sleep_forever()  # the closer ends the link once the writer flushed
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self._finish_link(link)
+        await self.driver.run(link)
         return link.closed, link.core.peer_hello is not None
 
-    async def _act(self, link: Link, actions: list[Any]) -> None:
-        applies: list[Apply] = []
-        for action in actions:
-            if link.closed is not None:
-                return
-            if isinstance(action, Binary):
-                try:
-                    intent = link.session.receive(action.data)
-                except WireError as exc:
-                    self._close(link, exc.code, str(exc))
-                    return
-                if isinstance(intent, Apply):
-                    applies.append(intent)
-                    continue
-                await self._apply(link, applies)
-                applies = []
-                await self._answer_step1(link, intent)
-                continue
-            await self._apply(link, applies)
-            applies = []
-            if isinstance(action, Opened):
-                with contextlib.suppress(IdentityError):  # authorize() verified it; adopted if newer
-                    await self.adopt_roster(action.hello["roster"])
-                if link.closed is not None:
-                    return
-                self._opened(link, action.hello)
-            elif isinstance(action, Control):
-                try:
-                    await self._control(link, action.message)
-                except WireError as exc:
-                    self._close(link, exc.code, str(exc))
-            elif isinstance(action, Heartbeat):
-                state = self.peers.get(link.peer_id or "")
-                if state is not None and link.registered:
-                    state.rtt_ms = round(action.rtt * 1000, 3)
-                    state.last_heartbeat = self._now()
-            elif isinstance(action, Closed):
-                self._mark_closed(link, action)
-        if link.closed is None:
-            await self._apply(link, applies)
-
-    def _internal_error(self, link: Link, exc: Exception) -> None:
-        """Something this terminal did not foresee went wrong handling ``link``'s input: close that
-        link (1011) and go on serving everyone else - never let it end the terminal."""
-        self._refusal_log.log(f"internal:{link.peer_id or link.address}", logging.ERROR,
-                              "link %s (%s): closing after an internal error handling its input",
-                              link.address, link.peer_id or link.cert_id or "?", exc_info=exc)
-        self._close(link, INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
-
-    def _close(self, link: Link, code: int, reason: str) -> None:
-        for action in link.push(link.core.close(code, reason)):
-            if isinstance(action, Closed):
-                self._mark_closed(link, action)
-
-    def _mark_closed(self, link: Link, closed: Closed) -> None:
-        if link.closed is not None:
-            return
-        link.closed = closed
-        self._caught_up(link)  # its step 2s will not come: the other links ask now
-        if not link.registered and closed.code != GOING_AWAY:
-            self._refused(link.peer_id or link.cert_id, link.address, closed.code,
-                          ("by peer: " if closed.by_peer else "") + closed.reason, inbound=not link.client)
-        link.ended.set()
-        link.wake.set()
-
-    async def _closer(self, link: Link, scope: anyio.CancelScope) -> None:
-        await link.ended.wait()
-        if link.closed is None or link.closed.code != ABNORMAL:  # a dead peer reads no close frame
-            with anyio.move_on_after(1.0):
-                await link.writer_done.wait()
-                await link.drained.wait()
-        scope.cancel()
-
-    async def _writer(self, link: Link) -> None:
-        try:
-            await self._write_loop(link)
-        finally:
-            link.writer_done.set()
-
-    async def _write_loop(self, link: Link) -> None:
-        while True:
-            await link.wake.wait()
-            link.wake = anyio.Event()
-            run_doc: str | None = None
-            run: list[bytes] = []
-            for item in [*link.session.take(), None]:
-                if item is not None and item.ticket is not None:
-                    await item.ticket.done.wait()
-                    if item.ticket.error is not None:
-                        continue  # never durable here: never shipped
-                if item is not None and item.update_of is not None and item.update_of == run_doc:
-                    run.append(item.update)
-                    continue
-                if run:  # consecutive updates of one document leave as one frame
-                    frame = link.session.encode_updates(run_doc, run)  # type: ignore[arg-type]
-                    link.out.extend(s.data for s in link.core.send_binary(frame))
-                run_doc, run = None, []
-                if item is None:
-                    break
-                if item.update_of is not None:
-                    run_doc, run = item.update_of, [item.update]
-                elif item.data is not None:
-                    link.out.extend(s.data for s in link.core.send_binary(item.data))
-                else:
-                    link.out.extend(s.data for s in link.core.send_control(item.control))
-            if link.out:
-                data = b"".join(link.out)
-                link.out.clear()
-                try:
-                    await link.stream.send(data)
-                except TRANSPORT_ERRORS as exc:
-                    self._mark_closed(link, Closed(ABNORMAL, f"send failed: {failure_of(exc)[1]}", by_peer=False))
-                    return
-            if link.core.state == "closed":
-                link.ended.set()
-                return
-
-    async def _ticker(self, link: Link) -> None:
-        while True:
-            await anyio.sleep(max(0.0, link.core.next_deadline() - anyio.current_time()) + 0.001)
-            try:
-                await self._act(link, link.push(link.core.tick(anyio.current_time())))
-            except Exception as exc:  # noqa: BLE001 - as in the reader: this link ends, not the terminal
-                self._internal_error(link, exc)
-            if link.closed is not None:
-                return
-
-    async def _finish_link(self, link: Link) -> None:
-        """Flush the close frame (briefly), drop the transport, mark the peer offline."""
-        if link.closed is None:  # cancelled: this terminal is stopping
-            self._close(link, GOING_AWAY, "terminal stopping")
-        if link.out:
-            with anyio.move_on_after(1.0), contextlib.suppress(Exception):
-                await link.stream.send(b"".join(link.out))
-        await anyio.aclose_forcefully(link.stream)
-        self._caught_up(link)
-        if link.closed is None:
-            link.closed = Closed(ABNORMAL, "link ended", by_peer=False)
-        if link.registered and self.links.get(link.peer_id or "") is link:
-            del self.links[link.peer_id]  # type: ignore[arg-type]
-            self._link_down.pop(link.peer_id, anyio.Event()).set()  # type: ignore[arg-type]
-            state = self.peers[link.peer_id]  # type: ignore[index]
-            self._count(state, link)
-            state.online = False
-            state.last_error = {"code": link.closed.code, "reason": link.closed.reason, "at": self._now()}
-            refused = 4000 <= link.closed.code < 5000 and link.closed.code != ALREADY_CONNECTED
-            if not refused:  # an outage (a revoked or refused peer is not redialled eagerly)
-                self._lost_at[link.peer_id] = anyio.current_time()  # type: ignore[index]
-            log.log(logging.WARNING if refused else logging.INFO, "link to %s closed: %d %s",
-                    link.peer_id, link.closed.code, link.closed.reason)
-            self._event("terminal:offline", {"terminal_id": link.peer_id, "code": link.closed.code,
-                                             "reason": link.closed.reason})
-            for pending, done in self._fetches.values():
-                pending.discard(link.peer_id)  # type: ignore[arg-type]
-                if not pending:
-                    done.set()
-
-    # -- authentication ------------------------------------------------------------------------
-
     def authorize(self, hello: dict[str, Any], cert: x509.Certificate) -> None:
-        """Bind the TLS certificate to the hello's claims, against the newest roster either side has."""
-        if value_of(hello, "protocol", int) != PROTOCOL_VERSION:
-            raise Refused(INVALID_MESSAGE, f"protocol {hello['protocol']} is not {PROTOCOL_VERSION}")
-        claimed, claimed_type = value_of(hello, "terminal_id", str), value_of(hello, "terminal_type", str)
-        if not 1 <= len(value_of(hello, "boot_id", str)) <= MAX_BOOT_ID:
-            raise Refused(INVALID_MESSAGE, f"boot_id must be 1-{MAX_BOOT_ID} characters")
-        try:
-            cert_id, cert_type, cert_store = subject_of(cert)
-        except IdentityError as exc:
-            raise Refused(AUTHENTICATION_FAILED, str(exc)) from None
-        if claimed != cert_id:
-            raise Refused(INVALID_TERMINAL_ID, f"peer claims {claimed!r} but its certificate is {cert_id!r}")
-        if claimed_type != cert_type:
-            raise Refused(INVALID_TERMINAL_TYPE, f"peer claims type {claimed_type!r}, certificate says {cert_type!r}")
-        if cert_store != self.identity.store_id or hello.get("store_id") != cert_store:
-            raise Refused(AUTHENTICATION_FAILED, f"peer belongs to store {cert_store!r}")
-        roster = self._newest(value_of(hello, "roster", str))
-        if roster.is_revoked(self.me):
-            raise Refused(AUTHENTICATION_FAILED, f"this terminal is revoked (roster v{roster.version})")
-        if roster.is_revoked(cert_id):
-            raise Refused(AUTHENTICATION_FAILED, f"{cert_id} is revoked (roster v{roster.version})")
-        if not roster.admits(cert_id, fingerprint(cert)):
-            raise Refused(AUTHENTICATION_FAILED,
-                          f"{cert_id}'s certificate is not the one enrolled in roster v{roster.version}")
-        if cert_id == self.me:
-            raise Refused(ALREADY_CONNECTED, "that is this terminal (a copied data directory?)")
-
-    def _revoked(self, cert: x509.Certificate, cert_id: str | None) -> Refused | None:
-        """A refusal for a certificate this terminal's roster revoked - decided before the peer's
-        first message is parsed.  Revocation is final (a newer roster never lifts it), so the
-        peer's own roster cannot change the answer."""
-        fp = fingerprint(cert)
-        if (cert_id is not None and self.roster.is_revoked(cert_id)) \
-                or any(entry["fingerprint"] == fp for entry in self.roster.revoked.values()):
-            return Refused(AUTHENTICATION_FAILED, f"{cert_id or 'the certificate'} is revoked "
-                                                  f"(roster v{self.roster.version})")
-        return None
-
-    def _newest(self, signed: bytes | str) -> Roster:
-        try:
-            candidate = verify_roster(signed, self.identity.ca_cert)
-        except IdentityError as exc:
-            raise Refused(AUTHENTICATION_FAILED, f"peer's roster: {exc}") from None
-        return candidate if candidate.version > self.roster.version else self.roster
+        """Bind the TLS certificate to the hello's claims, against the newest roster either side
+        has (:func:`peer.admission.authorize`, against this terminal's roster now)."""
+        admission.authorize(hello, cert, self.identity, self.roster)
 
     async def adopt_roster(self, signed: bytes | str) -> bool:
         """Take a roster handed in by an operator or a peer if it is newer; relay it; drop the revoked.
@@ -794,7 +297,38 @@ class Mesh:
         self._event("roster:updated", {"version": candidate.version, "revoked": sorted(candidate.revoked)})
         return True
 
-    # -- link life -----------------------------------------------------------------------------
+    # -- a link's life (what peer.driver calls) ---------------------------------------------------
+
+    async def _act(self, link: Link, actions: list[Any]) -> None:
+        await self.router.act(link, actions)
+
+    def _closing(self, link: Link) -> None:
+        closed = link.closed
+        assert closed is not None
+        self.syncing.caught_up(link)  # its step 2s will not come: the other links ask now
+        if not link.registered and closed.code != GOING_AWAY:
+            self.book.refused(link.peer_id or link.cert_id, link.address, closed.code,
+                              ("by peer: " if closed.by_peer else "") + closed.reason, inbound=not link.client)
+
+    def _ended(self, link: Link) -> None:
+        """Mark the peer offline (if this was its link)."""
+        self.syncing.caught_up(link)
+        closed = link.closed
+        assert closed is not None
+        if link.registered and self.links.get(link.peer_id or "") is link:
+            peer_id: str = link.peer_id  # type: ignore[assignment]
+            del self.links[peer_id]
+            refused = 4000 <= closed.code < 5000 and closed.code != ALREADY_CONNECTED
+            # an outage is redialled eagerly, a revoked or refused peer is not
+            self.dialler.link_down(peer_id, refused=refused)
+            self.book.unlinked(peer_id, link.traffic, closed.code, closed.reason)
+            log.log(logging.WARNING if refused else logging.INFO, "link to %s closed: %d %s",
+                    peer_id, closed.code, closed.reason)
+            self._event("terminal:offline", {"terminal_id": peer_id, "code": closed.code, "reason": closed.reason})
+            self.syncing.peer_gone(peer_id)
+
+    def _close(self, link: Link, code: int, reason: str) -> None:
+        self.driver.close(link, code, reason)
 
     def _opened(self, link: Link, hello: dict[str, Any]) -> None:
         if link.authenticated is not None:
@@ -802,7 +336,7 @@ class Mesh:
         peer_id = hello["terminal_id"]
         link.peer_id, link.peer_type, link.peer_boot = peer_id, hello["terminal_type"], hello["boot_id"]
         if link.client:
-            self._address_ids[link.address] = peer_id
+            self.dialler.identified(peer_id, link.address)
         existing = self.links.get(peer_id)
         if existing is not None:
             preferred = "self" if self.me < peer_id else peer_id
@@ -815,204 +349,17 @@ class Mesh:
             existing.registered = False
         self.links[peer_id] = link
         link.registered = True
-        self._lost_at.pop(peer_id, None)
-        self._link_opened()
-        state = self.peers.setdefault(peer_id, PeerState(terminal_id=peer_id))
-        now = self._now()
-        state.type, state.address, state.online = link.peer_type, link.address, True
-        state.direction = "outbound" if link.client else "inbound"
-        state.connected_since, state.last_heartbeat = now, now
-        if link.client:
-            self._by_address.pop(link.address, None)
+        self.dialler.link_up(peer_id)
+        state = self.book.linked(peer_id, link.peer_type, link.address, client=link.client)
         log.info("linked to %s (%s) at %s, %s", peer_id, link.peer_type, link.address, state.direction)
         if existing is None:
             self._event("terminal:online", {"terminal_id": peer_id, "terminal_type": link.peer_type,
                                             "address": link.address})
-        self._start_sync(link)
+        self.syncing.start(link)
         for listener in self._link_listeners:
             listener(peer_id)
 
-    def _start_sync(self, link: Link) -> None:
-        """Ask the new peer for what this terminal lacks (step 1 per document) - one catch-up per
-        document at a time.
-
-        After a heal, links to every peer of the other side open within moments; each answered
-        step 1 would carry the same thousands of updates, decoded and stored once per peer.  So a
-        document another link is already catching up on is asked for once that catch-up is applied
-        (or after :data:`CATCH_UP_WAIT`): by then this terminal's state vector covers it and the
-        new peer sends only what the first one lacked.
-        """
-        replica = self.replica
-        now = anyio.current_time()
-        later: list[tuple[str, anyio.Event]] = []
-        for name in replica.names():
-            busy = self._catching_up.get(name)
-            if busy is not None and busy[0] is not link and now - busy[2] < CATCH_UP_WAIT:
-                later.append((name, busy[1]))
-                continue
-            self._catching_up[name] = (link, anyio.Event(), now)
-            link.session.queue_step1(name, replica.state_vector(name))
-        assert link.tasks is not None  # opened from inside the link's task group
-        if later:
-            link.tasks.start_soon(self._step1_after_catch_up, link, later)
-        link.tasks.start_soon(self._send_archived, link)
-        link.wake.set()
-
-    async def _step1_after_catch_up(self, link: Link, later: list[tuple[str, anyio.Event]]) -> None:
-        with anyio.move_on_after(CATCH_UP_WAIT):
-            for _, done in later:
-                await done.wait()
-        if link.closed is None and link.core.state == "open":
-            for name, _ in later:
-                if self.replica.is_open(name):  # not closed meanwhile (a day archived at rollover)
-                    link.session.queue_step1(name, self.replica.state_vector(name))
-            link.wake.set()
-
-    def _caught_up(self, link: Link, doc: str | None = None) -> None:
-        """``link``'s catch-up of ``doc`` (of every document: the link ended) is over."""
-        for name, (holder, done, _) in list(self._catching_up.items()):
-            if holder is link and doc in (None, name):
-                del self._catching_up[name]
-                done.set()
-
-    async def _send_archived(self, link: Link) -> None:
-        vectors = await self.replica.archived_state_vectors()
-        archived = {name: base64.b64encode(sv).decode() for name, sv in vectors.items()}
-        if link.core.state == "open":
-            link.session.queue_control({"type": "docs", "archived": archived})
-            link.wake.set()
-
-    # -- sync ----------------------------------------------------------------------------------
-
-    def _on_local_update(self, name: str, update: bytes, origin: str, ticket: Any) -> None:
-        """Ship this terminal's own changes to every linked peer.
-
-        Changes that came from a peer are not forwarded: in a full mesh the writer already sent
-        them to everyone, and forwarding would multiply each update by the number of peers.  A
-        peer this one can reach but the writer cannot (a half-broken mesh) gets them through
-        the periodic state-vector exchange (:meth:`_anti_entropy`).
-        """
-        if origin.startswith("peer:"):
-            return
-        for link in self.links.values():
-            link.session.queue_update(name, update, ticket)
-            link.wake.set()
-
-    async def _anti_entropy(self) -> None:
-        """Every :data:`ANTI_ENTROPY_SECONDS`, ask each peer for what this terminal lacks (step 1).
-
-        An answer is an empty step 2 when nothing is missing; otherwise it carries exactly the
-        changes that reached this terminal's peers but not it (relayed, in effect, by state vector).
-        """
-        while True:
-            await anyio.sleep(ANTI_ENTROPY_SECONDS * self.rng.uniform(0.8, 1.2))
-            for link in list(self.links.values()):
-                for name in self.replica.names():
-                    link.session.queue_step1(name, self.replica.state_vector(name))
-                link.wake.set()
-
-    async def _answer_step1(self, link: Link, intent: AnswerStep1) -> None:
-        await self.replica.open(intent.doc)
-        await self.replica.settled(intent.doc)
-        try:
-            update = self.replica.diff(intent.doc, intent.state_vector)
-        except ValueError as exc:
-            self._close(link, INVALID_MESSAGE, f"state vector of {intent.doc} does not decode ({exc})")
-            return
-        link.session.queue_step2(intent.doc, update)
-        link.wake.set()
-
-    async def _apply(self, link: Link, applies: list[Apply]) -> None:
-        """Apply what one read brought, one transaction (one storage record) per document.
-
-        The records of one read of live updates may still be committing while the next read is
-        applied (they join the same group commit); the read after that waits for them.  So a
-        link has at most two reads' worth in flight, and the frames of many small reads share
-        one fsync.  A read with a step 2 is waited for at once: the catch-up or fetch it ends is
-        over only once it is durable.
-        """
-        if not applies:
-            return
-        by_doc: dict[str, list[Apply]] = {}
-        for a in applies:
-            by_doc.setdefault(a.doc, []).append(a)
-        tickets = []
-        error: Closed | None = None
-        for doc, items in by_doc.items():
-            try:
-                await self.replica.open(doc)
-                tickets.append(self.replica.apply_remote(doc, [a.update for a in items], f"peer:{link.peer_id}"))
-            except UpdateGap as gap:
-                # It overtook what it builds on (a live update ahead of the catch-up): ask for all
-                # this terminal lacks instead; the answer (a step 2) carries it.
-                tickets.append(gap.ticket)
-                link.session.queue_step1(doc, self.replica.state_vector(doc))
-                link.wake.set()
-            except ValueError as exc:  # refused by its shape (core/yupdate.py) or by pycrdt
-                error = Closed(INVALID_MESSAGE, f"update for {doc} refused: {exc}", by_peer=False)
-                break
-            except StoreError as exc:
-                error = Closed(INTERNAL_ERROR, f"storage is failing ({exc}); resync later", by_peer=False)
-                break
-        with anyio.CancelScope(shield=True):  # pycrdt failed on an update: back to what is on disk
-            await self.replica.recover()
-        previous, link.unsettled = link.unsettled, ([t for t in tickets if t is not None], applies)
-        if previous is not None:
-            await self._settle(link, *previous)
-        if error is not None or any(a.step2 for a in applies):
-            await self._settle_all(link)  # a catch-up or a fetch is over only once it is durable
-        if error is not None:
-            self._close(link, error.code, error.reason)
-
-    async def _settle_all(self, link: Link) -> None:
-        """Wait until everything ``link`` applied is durable (or refused)."""
-        if link.unsettled is not None:
-            unsettled, link.unsettled = link.unsettled, None
-            await self._settle(link, *unsettled)
-
-    async def _settle(self, link: Link, tickets: list[Any], applies: list[Apply]) -> None:
-        for ticket in tickets:
-            with contextlib.suppress(StoreError):
-                await ticket.wait()
-        for a in applies:
-            if a.step2:
-                self._caught_up(link, a.doc)
-            if a.step2 and a.doc in self._fetches:
-                pending, done = self._fetches[a.doc]
-                pending.discard(link.peer_id)  # type: ignore[arg-type]
-                if not pending:
-                    done.set()
-
-    async def _control(self, link: Link, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "roster":
-            try:
-                await self.adopt_roster(value_of(message, "roster", str))
-            except IdentityError as exc:
-                self._close(link, INVALID_MESSAGE, f"relayed roster: {exc}")
-        elif kind == "resync":
-            names = value_of(message, "docs", list)
-            if len(names) > MAX_DOCS_PER_MESSAGE:
-                raise WireError(f"resync lists more than {MAX_DOCS_PER_MESSAGE} documents")
-            for name in names:
-                name = check_doc_name(name) if isinstance(name, str) else check_doc_name(repr(name))
-                if not self.replica.is_open(name):
-                    continue  # not open here: the peer asks after a document this terminal never sent
-                link.session.queue_step1(name, self.replica.state_vector(name))
-            link.wake.set()
-        elif kind == "docs":
-            archived = value_of(message, "archived", dict)
-            if len(archived) > MAX_DOCS_PER_MESSAGE:
-                raise WireError(f"docs lists more than {MAX_DOCS_PER_MESSAGE} archived days")
-            await self._on_archived(link, archived)
-        elif (handler := self._control_handlers.get(kind)) is not None:
-            try:
-                await handler(link.peer_id, message)  # type: ignore[arg-type]
-            except MessageRefused as exc:
-                self._close(link, INVALID_MESSAGE, str(exc))
-            except Exception as exc:  # noqa: BLE001 - one peer's message never stops the terminal
-                log.exception("%s message from %s could not be handled", kind, link.peer_id)
-                self._close(link, INVALID_MESSAGE, f"{kind} message could not be handled: {type(exc).__name__}")
+    # -- control messages and fetches -----------------------------------------------------------
 
     def send_control(self, peer_id: str, message: dict[str, Any]) -> bool:
         """Queue a control message (the cashier's) to a linked peer; ``False`` if not linked now."""
@@ -1023,82 +370,22 @@ class Mesh:
         link.wake.set()
         return True
 
-    async def _on_archived(self, link: Link, archived: dict[str, Any]) -> None:
-        """Sync the archived days that differ; fetch recent ones this terminal lacks."""
-        ours = await self.replica.archived_state_vectors()
-        today = self.replica.today()
-        for name, encoded in archived.items():
-            day = orders_day(check_doc_name(name))
-            if day is None or self.replica.is_open(name):
-                continue  # live here: the step 1 at link-up covers it
-            try:
-                theirs = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
-            except ValueError:
-                raise WireError(f"docs: the state vector of {name} is not base64") from None
-            if name in ours:
-                if theirs is not None and decode_state_vector(ours[name]) == peer_state_vector(theirs):
-                    continue
-            elif (today - day).days > AUTO_FETCH_DAYS:
-                continue
-            await self.replica.open(name)
-            link.session.queue_step1(name, self.replica.state_vector(name))
-        link.wake.set()
-
     async def fetch(self, name: str) -> None:
         """Ask every linked peer for ``name`` (an archived day) and wait for their answers, briefly."""
-        if not self.links:
-            return
-        await self.replica.open(name)
-        pending, done = self._fetches.setdefault(name, (set(), anyio.Event()))
-        pending.update(self.links)
-        for link in self.links.values():
-            link.session.queue_step1(name, self.replica.state_vector(name))
-            link.wake.set()
-        with anyio.move_on_after(FETCH_TIMEOUT):
-            await done.wait()
-        self._fetches.pop(name, None)
+        await self.syncing.fetch(name)
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def _now(self) -> str:
-        return iso(self.clock())
-
     def _event(self, kind: str, payload: dict[str, Any]) -> None:
         try:
-            self.replica.record(self._now(), [(kind, payload)])
+            self.replica.record(self.book.now(), [(kind, payload)])
         except StoreError:
             log.warning("could not record %s %s", kind, payload)
 
-    def _refused(self, peer_id: str | None, address: str, code: int, reason: str, *, inbound: bool) -> None:
-        entry = {"terminal_id": peer_id, "address": address, "code": code, "reason": reason,
-                 "direction": "inbound" if inbound else "outbound", "at": self._now()}
-        self.refusals.append(entry)
-        self._refusal_log.log(address.rpartition(":")[0] or address,
-                              logging.INFO if code == ALREADY_CONNECTED else logging.WARNING,
-                              "link %s %s refused: %d %s", "from" if inbound else "to", address, code, reason)
-
-    @staticmethod
-    def _count(state: PeerState, link: Link) -> None:
-        """Traffic counters of the peer's current (or just closed) link."""
-        state.bytes_in, state.bytes_out = link.core.bytes_in, link.core.bytes_out
-        state.updates_in, state.updates_out = link.session.updates_in, link.session.updates_out
-
     def status(self) -> dict[str, Any]:
-        peers = []
-        for peer_id, state in sorted(self.peers.items()):
-            link = self.links.get(peer_id)
-            if link is not None:
-                self._count(state, link)
-            peers.append(state.to_json(self.roster))
-        for tid, entry in sorted(self.roster.terminals.items()):
-            if tid != self.me and tid not in self.peers:
-                state = self._found_states.get(tid) or PeerState(terminal_id=tid)
-                state.type = entry["type"]
-                peers.append(state.to_json(self.roster))
-        for state in self._by_address.values():
-            peers.append(state.to_json(self.roster))
+        traffic = {peer_id: link.traffic for peer_id, link in self.links.items()}
         return {
             "terminal_id": self.me, "store_id": self.identity.store_id, "roster_version": self.roster.version,
-            "listen": f"{self.host}:{self.port}", "static_peers": self.static_peers, "peers": peers,
-            "refusals": list(self.refusals),
+            "listen": f"{self.host}:{self.port}", "static_peers": self.static_peers,
+            "peers": self.book.peer_list(self.me, self.roster, traffic), "refusals": list(self.refusals),
         }

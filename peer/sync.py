@@ -15,8 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import merge_updates
-
+from core.yupdate import merge_run
 from peer.wire import STEP1, STEP2, UPDATE, SyncFrame, decode_sync, encode_sync
 
 #: Default bound of one peer's outbox (encoded frames waiting to be written).
@@ -111,7 +110,7 @@ class SyncSession:
     def encode_updates(self, doc: str, updates: list[bytes]) -> bytes:
         """One frame for a run of durable updates to one document (merged: one apply, one record
         on the peer instead of one per update - what keeps a burst cheap on both ends)."""
-        return encode_sync(doc, UPDATE, updates[0] if len(updates) == 1 else merge_updates(*updates))
+        return encode_sync(doc, UPDATE, merge_run(updates))
 
     # -- incoming ------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 OpenSSL does the chain and validity-period checks (a foreign store's key, a self-signed or
 expired certificate never completes the handshake); host names are not checked because peers are
-identified by the terminal id in their certificate, which :meth:`peer.mesh.Mesh.authorize`
+identified by the terminal id in their certificate, which :func:`peer.admission.authorize`
 compares with the hello and the roster.
 """
 

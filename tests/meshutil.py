@@ -13,11 +13,11 @@ import anyio
 from core.yupdate import decode_state_vector
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
+from peer.admission import hello_of as hello_of_identity
+from peer.driver import failure_of
 from peer.identity import Authority, load_identity
 from peer.link import Closed, LinkCore, Opened, Send
-from peer.mesh import failure_of
 from peer.tls import context
-from peer.wire import PROTOCOL_VERSION
 
 PRODUCT = {"name": "Burger", "price_cents": 1590, "station": "grill", "category": None, "active": True}
 ITEM = {"sku": "burger", "name": "Burger", "qty": 1, "unit_price_cents": 1590, "station": "grill"}
@@ -133,10 +133,7 @@ def tls_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
 
 def hello_of(data_dir: Path, **patch: Any) -> dict[str, Any]:
     identity = load_identity(data_dir)
-    hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "terminal_id": identity.terminal_id,
-             "terminal_type": identity.type, "store_id": identity.store_id, "boot_id": "probe",
-             "roster": identity.roster.signed.decode()}
-    return {**hello, **patch}
+    return {**hello_of_identity(identity, identity.roster, "probe"), **patch}
 
 
 async def probe(target: str, ctx: ssl.SSLContext, *, hello: dict[str, Any] | None = None,

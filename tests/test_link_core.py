@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pycrdt import Doc, Map
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage
 from wsproto.events import Request as WsRequest
 
 from core.errors import INVALID_MESSAGE, INVALID_TERMINAL_ID
-from core.yupdate import decode_state_vector
+from core.yupdate import decode_state_vector, merge_run
 from peer.link import (
     ABNORMAL,
     LINK_PATH,
@@ -179,3 +180,20 @@ def test_session_decodes_intents() -> None:
     assert session.receive(encode_sync("tables", STEP1, b"\x00")) == AnswerStep1("tables", b"\x00")
     assert session.receive(encode_sync("tables", UPDATE, b"\x00\x00")) == Apply("tables", b"\x00\x00", step2=False)
     assert session.updates_in == 1
+
+
+def test_a_run_of_updates_leaves_as_one_frame_that_holds_them_all() -> None:
+    """What the writer ships for consecutive updates of one document (and the host stores for
+    one transaction's updates): one merged update; a run of one is passed through untouched."""
+    source = Doc()
+    source["catalog"] = catalog = Map()
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    catalog["a"], catalog["b"] = 1, 2
+    assert len(updates) == 2
+    assert merge_run(updates[:1]) == updates[0]
+    frame = decode_sync(SyncSession().encode_updates("inventory", updates))
+    assert frame.kind == UPDATE and frame.payload != updates[0]
+    target = Doc()
+    target.apply_update(frame.payload)
+    assert target.get("catalog", type=Map).to_py() == {"a": 1, "b": 2}

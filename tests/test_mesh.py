@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import peer.mesh
+import peer.replication
+import peer.syncing
 from core.clock import iso
 from core.errors import (
     ALREADY_CONNECTED,
@@ -25,9 +26,9 @@ from core.errors import (
     ConfigError,
 )
 from meshpos.terminal import Terminal
+from peer.dialling import BACKOFF_CAP, EAGER_CAP, EAGER_SPACING, RECENT_LOSS_SECONDS, backoff_cap, backoff_delay
 from peer.identity import STORE_CA_CERT, TERMINAL_CERT, TERMINAL_KEY, Authority
 from peer.link import Limits
-from peer.mesh import BACKOFF_CAP, EAGER_CAP, EAGER_SPACING, RECENT_LOSS_SECONDS, backoff_cap, backoff_delay
 from peer.wire import UPDATE, encode_sync
 from tests.meshutil import (
     ITEM,
@@ -454,9 +455,7 @@ def test_recently_lost_peers_are_redialled_eagerly_within_a_budget() -> None:
 
 async def test_half_broken_mesh_still_converges_through_state_vectors(
         authority: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import peer.mesh
-
-    monkeypatch.setattr(peer.mesh, "ANTI_ENTROPY_SECONDS", 0.3)
+    monkeypatch.setattr(peer.syncing, "ANTI_ENTROPY_SECONDS", 0.3)
     async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"]), link=False) as (a, b, c):
         a.mesh.dial(address(b))  # a - b - c: a and c cannot reach each other (Wi-Fi split, say)
         b.mesh.dial(address(c))
@@ -473,14 +472,14 @@ async def test_archived_days_recent_ones_synced_older_ones_on_request(authority:
                                                                       days_ago: int,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     # An answer ends the fetch as soon as it is durable, not at the timeout nor at the next message.
-    monkeypatch.setattr(peer.mesh, "FETCH_TIMEOUT", 60.0)
-    monkeypatch.setattr(peer.mesh, "ANTI_ENTROPY_SECONDS", 60.0)
+    monkeypatch.setattr(peer.syncing, "FETCH_TIMEOUT", 60.0)
+    monkeypatch.setattr(peer.syncing, "ANTI_ENTROPY_SECONDS", 60.0)
     now = [dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)]
     cfgs = configs(authority, tmp_path, ["pos-1", "pos-2"])
     async with Terminal(cfgs[0], clock=lambda: now[0]).running() as a:
         order = await a.create_order(table=None, waiter="ana", items=[ITEM])
         recent = "orders/2026-11-01"
-        if days_ago > peer.mesh.AUTO_FETCH_DAYS:
+        if days_ago > peer.replication.AUTO_FETCH_DAYS:
             # A recent archived day goes in the same offer: once b has fetched it, b has read the
             # whole offer, so the old day's absence then means "not fetched", not "not yet".
             now[0] += dt.timedelta(days=days_ago - 3)
@@ -495,7 +494,7 @@ async def test_archived_days_recent_ones_synced_older_ones_on_request(authority:
         async with Terminal(cfgs[1], clock=lambda: now[0]).running() as b:  # a box that never saw that day
             b.mesh.dial(address(a))
             await wait_linked([a, b])
-            if days_ago <= peer.mesh.AUTO_FETCH_DAYS:
+            if days_ago <= peer.replication.AUTO_FETCH_DAYS:
                 await wait_for(lambda: "orders/2026-11-01" in b.host.names())
                 await wait_for(lambda: bool(b.host.get("orders/2026-11-01").ids()))
                 await b.host.settled("orders/2026-11-01")  # seen in memory; the check below is of the disk

@@ -18,11 +18,11 @@ import pytest
 import trio
 import trio.testing
 
-import peer.mesh as mesh_module
+import peer.syncing
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
+from peer.dialling import EAGER_CAP
 from peer.identity import Authority, save_roster
-from peer.mesh import EAGER_CAP
 from peer.transport import RTO_SECONDS, MemoryNetwork, Radio
 from tests.meshutil import ITEM, enroll, fingerprint, wait_for
 
@@ -182,7 +182,7 @@ async def test_a_new_terminal_catches_up_once_not_once_per_peer(tmp_path: Path,
     what the first did not bring - so the orders cross the network once, not once per peer."""
     once = await _catch_up_bytes(tmp_path / "once", 3)
     assert once[1] < once[0] / 4, once
-    monkeypatch.setattr(mesh_module, "CATCH_UP_WAIT", 0.0)  # every link asks at once, as before
+    monkeypatch.setattr(peer.syncing, "CATCH_UP_WAIT", 0.0)  # every link asks at once, as before
     twice = await _catch_up_bytes(tmp_path / "twice", 3)
     assert twice[1] > twice[0] / 2, twice  # the control: without it both peers send everything
 
@@ -321,7 +321,7 @@ async def test_isolated_handhelds_get_each_others_writes_through_a_wired_termina
         await wait_for(lambda: len(ts[0].mesh.links) == 2 and bool(ts[1].mesh.links and ts[2].mesh.links), 60)
         order = await ts[1].create_order(table=None, waiter="ana", items=[ITEM])
         written = anyio.current_time()
-        with anyio.fail_after(mesh_module.ANTI_ENTROPY_SECONDS * 1.2 + 1):
+        with anyio.fail_after(peer.syncing.ANTI_ENTROPY_SECONDS * 1.2 + 1):
             while not any(o["id"] == order["id"] for o in await ts[2].list_orders()):  # noqa: ASYNC110
                 await anyio.sleep(0.01)
         took = anyio.current_time() - written

@@ -21,7 +21,7 @@ import pycrdt
 
 from core.clock import Clock, IdSource, id_bytes, iso, random_id
 from core.errors import StoreError
-from core.yupdate import Shape, UpdateGap, UpdateRefused, check_update, decode_state_vector, is_panic
+from core.yupdate import Shape, UpdateGap, UpdateRefused, check_update, decode_state_vector, is_panic, merge_run
 from storage.store import AuditRecord, Store, StoredEvent, Ticket
 
 log = logging.getLogger(__name__)
@@ -296,7 +296,7 @@ class DocumentHost:
             events = []
         if not updates:
             return None
-        update = updates[0] if len(updates) == 1 else pycrdt.merge_updates(*updates)
+        update = merge_run(updates)
         ticket = self.store.enqueue(
             doc=hosted.name, update=update, origin=origin, at=iso(self.clock()), events=events, audit=audit
         )

@@ -1,0 +1,197 @@
+"""The shell of replication: carries out :class:`peer.replication.Replication`'s decisions.
+
+It opens documents, reads state vectors and diffs, applies what peers sent through the durable
+path, waits for storage tickets and timers, and queues frames on the links' sync sessions; the
+decisions (who is asked for what, when a catch-up or a fetch is over, who gets a change, how
+many reads are in flight) are the core's.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+
+from core.errors import INVALID_MESSAGE, StoreError
+from core.yupdate import UpdateGap
+from peer.driver import INTERNAL_ERROR, Link
+from peer.link import Closed
+from peer.replica import Replica
+from peer.replication import AUTO_FETCH_DAYS, CATCH_UP_WAIT, Replication, by_doc
+from peer.sync import AnswerStep1, Apply
+
+FETCH_TIMEOUT = 3.0
+#: How often linked peers re-compare state vectors (covers peers that cannot reach each other).
+ANTI_ENTROPY_SECONDS = 10.0
+
+
+class Syncing:
+    """Replication over ``links`` (peer id -> link, the mesh's registry)."""
+
+    def __init__(self, replica: Replica, links: Mapping[str, Link], rng: random.Random,
+                 close: Callable[[Link, int, str], None]) -> None:
+        self.replica = replica
+        self.links = links
+        self.rng = rng
+        self._close = close
+        #: Catch-ups and fetches across the links (the decisions; this shell waits and sends).
+        self.core: Replication[Link] = Replication(catch_up_wait=CATCH_UP_WAIT)
+        #: Archived day -> set when its fetch is over (every asked peer answered or is gone).
+        self._fetched: dict[str, anyio.Event] = {}
+        replica.on_update(self._on_local_update)
+
+    # -- a link's life -------------------------------------------------------------------------
+
+    def start(self, link: Link) -> None:
+        """Ask the new peer for what this terminal lacks, one catch-up per document at a time
+        (:meth:`peer.replication.Replication.link_opened` says why and decides)."""
+        opening = self.core.link_opened(link, self.replica.names(), anyio.current_time())
+        for name in opening.ask:
+            link.session.queue_step1(name, self.replica.state_vector(name))
+        assert link.tasks is not None  # opened from inside the link's task group
+        if opening.later:
+            link.tasks.start_soon(self._step1_after_catch_up, link, opening.wait)
+        link.tasks.start_soon(self._send_archived, link)
+        link.wake.set()
+
+    async def _step1_after_catch_up(self, link: Link, wait: float) -> None:
+        with anyio.move_on_after(wait):
+            await link.catch_up_done.wait()
+        later = self.core.wait_over(link)
+        if link.closed is None and link.core.state == "open":
+            for name in later:
+                if self.replica.is_open(name):  # not closed meanwhile (a day archived at rollover)
+                    link.session.queue_step1(name, self.replica.state_vector(name))
+            link.wake.set()
+
+    def caught_up(self, link: Link, doc: str | None = None) -> None:
+        """``link``'s catch-up of ``doc`` (of every document: the link ended) is over."""
+        for waiter in self.core.caught_up(link, doc):
+            waiter.catch_up_done.set()
+
+    def peer_gone(self, peer_id: str) -> None:
+        """``peer_id``'s link is down: the fetches waiting only for it are over."""
+        for doc in self.core.peer_gone(peer_id):
+            self._fetch_over(doc)
+
+    async def _send_archived(self, link: Link) -> None:
+        vectors = await self.replica.archived_state_vectors()
+        archived = {name: base64.b64encode(sv).decode() for name, sv in vectors.items()}
+        if link.core.state == "open":
+            link.session.queue_control({"type": "docs", "archived": archived})
+            link.wake.set()
+
+    # -- what goes out -------------------------------------------------------------------------
+
+    def _on_local_update(self, name: str, update: bytes, origin: str, ticket: Any) -> None:
+        """Queue a change applied here for the links :meth:`Replication.forward_to` names."""
+        for link in self.core.forward_to(name, origin, self.links.values()):
+            link.session.queue_update(name, update, ticket)
+            link.wake.set()
+
+    async def anti_entropy(self) -> None:
+        """Every :data:`ANTI_ENTROPY_SECONDS`, ask each peer for what this terminal lacks (step 1).
+
+        An answer is an empty step 2 when nothing is missing; otherwise it carries exactly the
+        changes that reached this terminal's peers but not it (relayed, in effect, by state vector).
+        """
+        while True:
+            await anyio.sleep(ANTI_ENTROPY_SECONDS * self.rng.uniform(0.8, 1.2))
+            for link in list(self.links.values()):
+                for name in self.replica.names():
+                    link.session.queue_step1(name, self.replica.state_vector(name))
+                link.wake.set()
+
+    async def answer_step1(self, link: Link, intent: AnswerStep1) -> None:
+        await self.replica.open(intent.doc)
+        await self.replica.settled(intent.doc)
+        try:
+            update = self.replica.diff(intent.doc, intent.state_vector)
+        except ValueError as exc:
+            self._close(link, INVALID_MESSAGE, f"state vector of {intent.doc} does not decode ({exc})")
+            return
+        link.session.queue_step2(intent.doc, update)
+        link.wake.set()
+
+    def resync(self, link: Link, names: list[Any]) -> None:
+        """The peer dropped updates for ``names``: ask it for what this terminal lacks of them."""
+        for name in Replication.resync_docs(names, set(self.replica.names())):
+            link.session.queue_step1(name, self.replica.state_vector(name))
+        link.wake.set()
+
+    # -- what comes in -------------------------------------------------------------------------
+
+    async def apply(self, link: Link, applies: list[Apply]) -> None:
+        """Apply what one read brought, one transaction (one storage record) per document, and
+        wait for the reads :class:`peer.replication.ReadWindow` says are due."""
+        if not applies:
+            return
+        tickets = []
+        error: Closed | None = None
+        for doc, items in by_doc(applies).items():
+            try:
+                await self.replica.open(doc)
+                tickets.append(self.replica.apply_remote(doc, [a.update for a in items], f"peer:{link.peer_id}"))
+            except UpdateGap as gap:
+                # It overtook what it builds on (a live update ahead of the catch-up): ask for all
+                # this terminal lacks instead; the answer (a step 2) carries it.
+                tickets.append(gap.ticket)
+                link.session.queue_step1(doc, self.replica.state_vector(doc))
+                link.wake.set()
+            except ValueError as exc:  # refused by its shape (core/yupdate.py) or by pycrdt
+                error = Closed(INVALID_MESSAGE, f"update for {doc} refused: {exc}", by_peer=False)
+                break
+            except StoreError as exc:
+                error = Closed(INTERNAL_ERROR, f"storage is failing ({exc}); resync later", by_peer=False)
+                break
+        with anyio.CancelScope(shield=True):  # pycrdt failed on an update: back to what is on disk
+            await self.replica.recover()
+        for read in link.reads.applied([t for t in tickets if t is not None], applies, failed=error is not None):
+            await self._settle(link, *read)
+        if error is not None:
+            self._close(link, error.code, error.reason)
+
+    async def _settle(self, link: Link, tickets: list[Any], applies: list[Apply]) -> None:
+        for ticket in tickets:
+            with contextlib.suppress(StoreError):
+                await ticket.wait()
+        for a in applies:
+            if a.step2:
+                self.caught_up(link, a.doc)
+                if self.core.answered(link.peer_id, a.doc):
+                    self._fetch_over(a.doc)
+
+    # -- archived days -------------------------------------------------------------------------
+
+    async def on_archived(self, link: Link, archived: dict[str, Any]) -> None:
+        """Sync the archived days :meth:`Replication.archived_to_sync` picks."""
+        ours = await self.replica.archived_state_vectors()
+        for name in Replication.archived_to_sync(archived, ours, set(self.replica.names()), self.replica.today(),
+                                                 AUTO_FETCH_DAYS):
+            await self.replica.open(name)
+            link.session.queue_step1(name, self.replica.state_vector(name))
+        link.wake.set()
+
+    async def fetch(self, name: str) -> None:
+        """Ask every linked peer for ``name`` (an archived day) and wait for their answers, briefly."""
+        if not self.links:
+            return
+        await self.replica.open(name)
+        self.core.fetch(name, self.links)
+        done = self._fetched.setdefault(name, anyio.Event())
+        for link in self.links.values():
+            link.session.queue_step1(name, self.replica.state_vector(name))
+            link.wake.set()
+        with anyio.move_on_after(FETCH_TIMEOUT):
+            await done.wait()
+        self.core.fetch_over(name)
+        self._fetched.pop(name, None)
+
+    def _fetch_over(self, doc: str) -> None:
+        done = self._fetched.get(doc)
+        if done is not None:
+            done.set()
