@@ -49,7 +49,7 @@ from peer.syncing import Syncing
 from peer.tls import client_context, peer_certificate, server_context
 from peer.transport import Transport
 
-__all__ = ["Mesh", "PeerState"]
+__all__ = ["Mesh"]
 
 log = logging.getLogger(__name__)
 
@@ -165,19 +165,6 @@ class Mesh:
         """The newest reason a known terminal is not linked, for ``meshpos peers``: its latest
         refusal or its link's last error, whichever came last (4004 tie-breaks are no reason)."""
         return self.book.why_not_linked(terminal_id, addresses)
-
-    # What discovery's tests look at: the terminals being dialled and their dial state.
-    @property
-    def _discovered(self) -> dict[str, list[str]]:
-        return self.dialler.found
-
-    @property
-    def _discovery_dials(self) -> set[str]:
-        return self.dialler.found_dials
-
-    @property
-    def _found_states(self) -> dict[str, PeerState]:
-        return self.book.found
 
     # -- admitting a link ----------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from meshpos.config import TerminalConfig, load_config
 from meshpos.terminal import Terminal
 from peer.identity import Authority, load_identity
 from peer.link import ABNORMAL
-from peer.mesh import PeerState
+from peer.status import PeerState
 from peer.wire import PROTOCOL_VERSION
 from tests.meshutil import ITEM, PRODUCT, address, config_for, converged, enroll, linked, running_mesh, wait_for
 from tests.procutil import free_ports, run_cli
@@ -193,7 +193,7 @@ async def test_a_stopping_terminal_says_goodbye_and_is_offline_at_once(tmp_path:
         await wait_for(lambda: not seen(a)["b"]["present"] and not a.peers()["peers"][0]["online"], within=5)
         assert anyio.current_time() - stopped < 5
         assert seen(a)["b"]["why_not_linked"].startswith("gone: it said goodbye")
-        assert a.mesh is not None and "b" not in a.mesh._discovered  # no more dialling a stopped box
+        assert a.mesh is not None and "b" not in a.mesh.dialler.found  # no more dialling a stopped box
         # It comes back (on a new port: a new address) and is found again.
         async with Terminal(mdns_config(dirs[1])).running() as b:
             await wait_for(lambda: linked(a) == {"b"} and seen(a)["b"]["present"], within=10)
@@ -229,20 +229,20 @@ async def test_mesh_tries_each_discovered_address_and_stops_when_lost(tmp_path: 
         a.mesh.discovered("b", [stale, address(b)])
         await wait_for(lambda: linked(a) == {"b"}, within=10)
         assert a.mesh.peers["b"].direction == "outbound"
-        assert "connection attempts failed" in a.mesh._found_states["b"].last_error["reason"]  # tried first
+        assert "connection attempts failed" in a.mesh.book.found["b"].last_error["reason"]  # tried first
         since = a.mesh.peers["b"].connected_since
         a.mesh.lost("b")
         await a.put_product("fries", **{**PRODUCT, "name": "Fries"})  # the link still carries writes
         await wait_for(lambda: "fries" in b.inventory.skus(), within=10)
         assert linked(a) == {"b"} and a.mesh.peers["b"].connected_since == since  # never cut, never redialled
         a.mesh.discovered("c-unreachable", [stale])
-        await wait_for(lambda: "c-unreachable" in a.mesh._found_states
-                       and a.mesh._found_states["c-unreachable"].last_error, 5)
+        await wait_for(lambda: "c-unreachable" in a.mesh.book.found
+                       and a.mesh.book.found["c-unreachable"].last_error, 5)
         assert a.mesh.why_not_linked("c-unreachable", [stale]).startswith("link failed")
         assert "c-unreachable" not in {p["terminal_id"] for p in a.peers()["peers"]}  # not in the roster
         a.mesh.lost("c-unreachable")
-        await wait_for(lambda: "c-unreachable" not in a.mesh._discovery_dials, within=10)  # the loop ended
-        assert "c-unreachable" not in a.mesh._found_states  # and left nothing behind
+        await wait_for(lambda: "c-unreachable" not in a.mesh.dialler.found_dials, within=10)  # the loop ended
+        assert "c-unreachable" not in a.mesh.book.found  # and left nothing behind
         assert a.mesh.why_not_linked("nobody", []) == "connecting"
 
 
