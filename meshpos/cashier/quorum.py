@@ -46,6 +46,15 @@ RETRY_SECONDS = 0.2
 #: links' 1 MB control-message limit.
 COMMIT_CHUNK = 64
 NOOP = {"kind": "noop"}  # fills a position no majority member had accepted anything at
+#: Committed entries per ``ledger`` relay message (keeps it far below the 1 MB control limit).
+RELAY_CHUNK = COMMIT_CHUNK
+#: A voter answers a prepare that is further behind its committed ledger than this with the
+#: ledger itself (relay chunks) instead of a promise, so a promise stays small; the holder then
+#: prepares again from where it got to (:mod:`meshpos.cashier.acquire`).
+PROMISE_MAX_ENTRIES = RELAY_CHUNK
+#: No honest holder proposes this far beyond the committed ledger (it appends one entry at a
+#: time); a peer's message that does is refused rather than looped over.
+MAX_AHEAD = 100_000
 
 
 # -- messages --------------------------------------------------------------------------------------
@@ -124,9 +133,51 @@ Message = Prepare | Promise | Reject | Accept | Accepted | Commit | Release
 
 
 @dataclass(frozen=True, slots=True)
+class Ledger:
+    """Committed entries ``[start, start + len(entries))`` relayed to a terminal that lacks them
+    (a learner, a peer at link-up, or a holder whose prepare was far behind).  Committed entries
+    are final whoever relays them: no ballot."""
+
+    drawer: str
+    start: int
+    entries: tuple[Any, ...]
+
+
+def ledger_chunks(drawer: str, committed: list[Any], start: int, chunks: int | None = None) -> list[Ledger]:
+    """``committed`` from ``start`` on as relay messages of :data:`RELAY_CHUNK` entries
+    (at most ``chunks`` of them)."""
+    end = len(committed) if chunks is None else min(len(committed), start + chunks * RELAY_CHUNK)
+    return [Ledger(drawer, at, tuple(committed[at:min(end, at + RELAY_CHUNK)]))
+            for at in range(start, end, RELAY_CHUNK)]
+
+
+def check_positions(msg: Message | Ledger, committed: int) -> None:
+    """Refuse a message naming a position more than :data:`MAX_AHEAD` beyond ``committed`` (this
+    terminal's ledger length for the drawer): nothing honest does, and a voter would loop to it."""
+    positions = [getattr(msg, name) for name in ("position", "start", "known") if hasattr(msg, name)]
+    positions += [pos for pos, _, _ in getattr(msg, "accepted", ())]
+    if any(pos > committed + MAX_AHEAD for pos in positions):
+        raise BadMessage(f"cashier {type(msg).__name__}: a position more than {MAX_AHEAD} beyond the ledger")
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     to: str
-    message: Message
+    message: Message | Ledger
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """What one voter step changed in a drawer's state: on disk before any answer it produced
+    leaves (the proof rests on it).  The shell turns it into rows; it never diffs states."""
+
+    drawer: str
+    promised: Ballot | None  # the new promise (``None``: unchanged)
+    #: Accepted entries to store; positions in ``[start, start + len(committed))`` are dropped
+    #: from the accepted ones, being committed now.
+    accepted: tuple[tuple[int, Ballot, Any], ...]
+    start: int
+    committed: tuple[Any, ...]  # newly committed entries from ``start`` on
 
 
 # -- voter -----------------------------------------------------------------------------------------
@@ -153,7 +204,35 @@ class Voter:
         return self.states.setdefault(drawer, VoterState())
 
     def handle(self, sender: str, msg: Message, now: float) -> list[Send]:
+        """:meth:`step` for a caller that keeps no disk (the state stays in memory)."""
+        return self.step(sender, msg, now)[0]
+
+    def step(self, sender: str, msg: Message, now: float) -> tuple[list[Send], Persist | None]:
+        """Answer ``msg``; the answers may leave only once the returned :class:`Persist` is durable."""
         st = self.state(msg.drawer)
+        promised, start = st.promised, len(st.committed)
+        stored: list[tuple[int, Ballot, Any]] = []
+        sends = self._answer(sender, msg, now, st, stored)
+        accepted = tuple((pos, b, e) for pos, b, e in stored if st.accepted.get(pos) == (b, e))
+        if st.promised == promised and not accepted and len(st.committed) == start:
+            return sends, None
+        return sends, Persist(msg.drawer, st.promised if st.promised != promised else None, accepted,
+                              start, tuple(st.committed[start:]))
+
+    def learn(self, drawer: str, start: int, entries: list[Any] | tuple[Any, ...]) -> Persist | None:
+        """:func:`learn` into ``drawer``'s state; what to store, if anything was new."""
+        st = self.state(drawer)
+        before = len(st.committed)
+        if learn(st, start, entries) == 0:
+            return None
+        return Persist(drawer, None, (), before, tuple(st.committed[before:]))
+
+    def _answer(self, sender: str, msg: Message, now: float, st: VoterState,
+                stored: list[tuple[int, Ballot, Any]]) -> list[Send]:
+        if isinstance(msg, Prepare) and len(st.committed) - msg.known > PROMISE_MAX_ENTRIES and sender != self.me:
+            # One chunk, not the whole gap: the holder learns it, prepares again from there and
+            # gets the next one - linear however far behind it is.
+            return [Send(sender, m) for m in ledger_chunks(msg.drawer, st.committed, msg.known, chunks=1)]
         if isinstance(msg, Prepare):
             holder = st.promised[1]
             lease = self._lease_until.get(msg.drawer, 0.0)
@@ -172,8 +251,9 @@ class Voter:
             # can be replaced by another terminal ``lease`` seconds after its last append.
             self._lease_until[msg.drawer] = now + self.lease
             st.promised = msg.ballot
-            if msg.position >= len(st.committed):
+            if msg.position >= len(st.committed) and st.accepted.get(msg.position) != (msg.ballot, msg.entry):
                 st.accepted[msg.position] = (msg.ballot, msg.entry)
+                stored.append((msg.position, msg.ballot, msg.entry))
             # A holder proposes one entry per position under its ballot, and commits in order:
             # what this voter accepted under ``msg.ballot`` below ``commit_upto`` is committed.
             while len(st.committed) < msg.commit_upto:
@@ -534,14 +614,14 @@ class Recovery:
 
 _KINDS: dict[str, type] = {"prepare": Prepare, "promise": Promise, "reject": Reject, "accept": Accept,
                            "accepted": Accepted, "commit": Commit, "release": Release}
-_NAMES = {cls: name for name, cls in _KINDS.items()}
+_NAMES = {cls: name for name, cls in _KINDS.items()} | {Ledger: "ledger"}  # a relay is parsed on its own
 
 
 class BadMessage(MessageRefused):
     """A quorum message that does not parse exactly (the link closes with 4006)."""
 
 
-def to_wire(msg: Message, now: float) -> dict[str, Any]:
+def to_wire(msg: Message | Ledger, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "cashier", "m": _NAMES[type(msg)]}
     for name in msg.__slots__:  # type: ignore[attr-defined]
         value = getattr(msg, name)

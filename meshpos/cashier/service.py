@@ -19,7 +19,6 @@ entry); different drawers proceed in parallel.  Everything runs in the terminal'
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -30,13 +29,16 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from core.clock import iso, random_id
-from core.codec import decode_json
 from core.errors import Conflict, InvalidInput, MeshposError, NoQuorum, NotEnrolled, NotFound, StoreError, Unavailable
 from core.ratelog import RateLimitedLog
 from meshpos.cashier import ledger
+from meshpos.cashier.acquire import ACQUIRE_TIMEOUT, IDLE_RELEASE_SECONDS, Acquisition, Locked, Retry
+from meshpos.cashier.learner import Learner, check_drawer_wire, heads_from_wire, heads_to_wire, relay_from_wire
+from meshpos.cashier.ledger import check_drawer
 from meshpos.cashier.ports import CashierTerminal
 from meshpos.cashier.quorum import (
-    COMMIT_CHUNK,
+    PROMISE_MAX_ENTRIES,
+    RELAY_CHUNK,
     RETRY_SECONDS,
     Accept,
     Acquired,
@@ -45,52 +47,36 @@ from meshpos.cashier.quorum import (
     Committed,
     Deposed,
     Holder,
+    Ledger,
     Message,
+    Persist,
     Prepare,
     Recovery,
     Release,
     Send,
     Voter,
     VoterState,
+    check_positions,
     from_wire,
-    learn,
+    ledger_chunks,
     report,
     report_from_wire,
     report_to_wire,
     to_wire,
 )
+from storage import cashier_rows as rows
 from storage.store import Ticket
 
 log = logging.getLogger(__name__)
 #: Alarms a peer's messages raise, logged at most a few times a second per peer (each is an event too).
 _alarm_log = RateLimitedLog(log)
 
-#: Taking a drawer fails (503, code 4009) if a majority has not promised within this.
-ACQUIRE_TIMEOUT = 2.0
+__all__ = ["PROMISE_MAX_ENTRIES", "Cashier", "check_drawer"]
+
 #: An append not committed within this is *in doubt* (retry with the same op_id).
 COMMIT_TIMEOUT = 3.0
-#: A holder that appended nothing for this long gives the drawer up, so another terminal (or the
-#: reconciler of one) takes it at once instead of waiting out the 10 s lease.
-IDLE_RELEASE_SECONDS = 1.0
-#: A request refused by another holder's lease waits this long once before failing (lock_failed).
-LOCK_WAIT_SECONDS = IDLE_RELEASE_SECONDS + 2 * RETRY_SECONDS
 #: How often provisional entries are retried once a majority may be back.
 RECONCILE_SECONDS = 1.0
-#: Committed entries per ``ledger`` relay message (keeps it far below the 1 MB control limit).
-RELAY_CHUNK = COMMIT_CHUNK
-#: A voter answers a prepare that is further behind its committed ledger than this with the
-#: ledger itself (relay chunks) instead of a promise, so a promise stays small; the holder then
-#: prepares again from where it got to, for up to ``CATCH_UP_SECONDS``.
-PROMISE_MAX_ENTRIES = RELAY_CHUNK
-CATCH_UP_SECONDS = 30.0
-_DRAWER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-
-
-def check_drawer(name: str) -> str:
-    if not 1 <= len(name) <= 32 or not set(name) <= _DRAWER_CHARS:
-        raise InvalidInput(f"drawer name {name[:40]!r}: 1-32 letters, digits, '_' or '-'")
-    return name
-
 
 class InDoubt(Exception):
     """The holder lost the drawer (or the voters went quiet) with an append in flight."""
@@ -115,13 +101,13 @@ class Cashier:
         self.rng = terminal.rng
         self.states: dict[str, VoterState] = {}  # per drawer: votes, accepted, committed ledger
         self.voter = Voter(self.me, self.states)
+        self.learner = Learner(self.voter)
         self.drawers: dict[str, ledger.Drawer] = {}  # the committed ledgers, added up
         self.provisional: dict[str, dict[str, dict[str, Any]]] = {}  # drawer -> op_id -> row
         self._holds: dict[str, _Hold] = {}
         self._rounds: dict[str, int] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._grown: dict[str, anyio.Event] = {}  # set when a drawer's committed ledger grows here
-        self._asked: dict[tuple[str, str], float] = {}  # (peer, drawer) -> when a gap was asked for
         self._seq = 0
         self._local_send, self._local_recv = anyio.create_memory_object_stream[Message](math.inf)
         self._reconcile_now = anyio.Event()
@@ -147,35 +133,31 @@ class Cashier:
         Everything is read into new objects first and installed without an await between, so a
         reload never shows a half-read state, and a failed read leaves the old one in place.
         """
-        q = self.t.store.query
-        rounds = dict(await q("SELECT drawer, round FROM cashier_rounds"))
+        stored = await rows.read(self.t.store)
         states: dict[str, VoterState] = {}
-        for drawer, rnd, holder in await q("SELECT drawer, round, holder FROM cashier_votes"):
+        for drawer, rnd, holder in stored.votes:
             states.setdefault(drawer, VoterState()).promised = (rnd, holder)
-        for drawer, pos, rnd, holder, entry in await q(
-                "SELECT drawer, position, round, holder, entry FROM cashier_accepted"):
-            states.setdefault(drawer, VoterState()).accepted[pos] = ((rnd, holder), decode_json(entry))
+        for drawer, pos, rnd, holder, entry in stored.accepted:
+            states.setdefault(drawer, VoterState()).accepted[pos] = ((rnd, holder), entry)
         gaps: set[str] = set()
-        for drawer, pos, entry in await q("SELECT drawer, position, entry FROM cashier_ledger "
-                                          "ORDER BY drawer, position"):
+        for drawer, pos, entry in stored.ledger:
             st = states.setdefault(drawer, VoterState())
             if pos != len(st.committed) or drawer in gaps:
                 # Only a commit that failed between two later successful ones leaves a gap (its
-                # accepted rows stay: see _persist).  Keep the dense prefix; what lies beyond is
-                # committed, so it is reported as accepted under the promised ballot - the value
-                # chosen there - and the next holder commits it again; peers relay the rest.
+                # accepted rows stay: see cashier_rows.committed).  Keep the dense prefix; what lies
+                # beyond is committed, so it is reported as accepted under the promised ballot - the
+                # value chosen there - and the next holder commits it again; peers relay the rest.
                 gaps.add(drawer)
-                st.accepted.setdefault(pos, (st.promised, decode_json(entry)))
+                st.accepted.setdefault(pos, (st.promised, entry))
                 continue
-            st.committed.append(decode_json(entry))
+            st.committed.append(entry)
         provisional: dict[str, dict[str, dict[str, Any]]] = {}
         seq = 0
-        for drawer, op_id, row_seq, entry, state, pos, created in await q(
-                "SELECT drawer, op_id, seq, entry, state, position, created_at FROM cashier_provisional ORDER BY seq"):
+        for drawer, op_id, row_seq, entry, state, pos, created in stored.provisional:
             provisional.setdefault(drawer, {})[op_id] = {
-                "entry": decode_json(entry), "state": state, "position": pos, "seq": row_seq, "created_at": created}
+                "entry": entry, "state": state, "position": pos, "seq": row_seq, "created_at": created}
             seq = max(seq, row_seq)
-        recovering = bool(await q("SELECT 1 FROM meta WHERE key = 'cashier_recovery'"))
+        rounds, recovering = stored.rounds, stored.recovering
         # -- install (no await from here on) --
         if recovering and self.recovery is None:
             self.recovery = Recovery(self.me, anyio.current_time())
@@ -294,7 +276,7 @@ class Cashier:
     async def _deliver(self, sender: str, msg: Message) -> None:
         check_drawer_wire(msg.drawer)  # before anything is kept under that name
         st = self.states.get(msg.drawer)
-        _check_positions(msg, 0 if st is None else len(st.committed))
+        check_positions(msg, 0 if st is None else len(st.committed))
         if isinstance(msg, Prepare | Accept | Commit | Release):
             await self._vote(sender, msg)
         else:
@@ -306,15 +288,8 @@ class Cashier:
         if self.recovery is not None and isinstance(msg, Prepare | Accept):
             return  # it may have promised more than it remembers: unanswered, like an unplugged voter
         await self._fresh()
-        st = self.voter.state(msg.drawer)
-        if isinstance(msg, Prepare) and len(st.committed) - msg.known > PROMISE_MAX_ENTRIES and sender != self.me:
-            # One chunk, not the whole gap: the holder learns it, prepares again from there and
-            # gets the next one - linear however far behind it is.
-            self._send_ledger(sender, msg.drawer, msg.known, chunks=1)
-            return
-        before = (st.promised, dict(st.accepted), len(st.committed))
-        replies = self.voter.handle(sender, msg, anyio.current_time())
-        await self._durable(self._persist(msg.drawer, *before))  # durable before any answer leaves
+        replies, persist = self.voter.step(sender, msg, anyio.current_time())
+        await self._durable(self._store(persist))  # durable before any answer leaves
         self._send(replies)
 
     def _answer(self, sender: str, msg: Message) -> None:
@@ -357,46 +332,30 @@ class Cashier:
 
     # -- the ledger copy every terminal keeps ------------------------------------------------
 
-    def _persist(self, drawer: str, promised: tuple[int, str], accepted: dict[int, Any],
-                 committed_len: int) -> Ticket | None:
-        """Queue what changed in ``drawer``'s state since (promised, accepted, committed_len)."""
-        st = self.states[drawer]
-        sql: list[tuple[str, tuple[Any, ...]]] = []
-        if st.promised != promised:
-            sql.append(("INSERT INTO cashier_votes (drawer, round, holder) VALUES (?,?,?) ON CONFLICT (drawer) "
-                        "DO UPDATE SET round = excluded.round, holder = excluded.holder",
-                        (drawer, st.promised[0], st.promised[1])))
-        for pos, (ballot, entry) in st.accepted.items():
-            if accepted.get(pos) != (ballot, entry):
-                sql.append(("INSERT OR REPLACE INTO cashier_accepted (drawer, position, round, holder, entry) "
-                            "VALUES (?,?,?,?,?)", (drawer, pos, ballot[0], ballot[1], _dump(entry))))
+    def _store(self, persist: Persist | None) -> Ticket | None:
+        """Queue what a voter step or a learn changed, and add newly committed entries to the
+        drawer (raising their domain events with the same write)."""
+        if persist is None:
+            return None
+        drawer = persist.drawer
+        sql: list[rows.Statement] = []
+        if persist.promised is not None:
+            sql.append(rows.vote(drawer, *persist.promised))
+        sql.extend(rows.accepted(drawer, pos, ballot[0], ballot[1], entry) for pos, ballot, entry in persist.accepted)
         events: list[tuple[str, dict[str, Any]]] = []
-        if len(st.committed) > committed_len:
-            at = iso(self.t.clock())
-            # Only the rows this record commits: if an earlier record failed, its accepted rows
-            # must stay on disk until its entries are stored (load() completes a gap from them).
-            sql.append(("DELETE FROM cashier_accepted WHERE drawer = ? AND position >= ? AND position < ?",
-                        (drawer, committed_len, len(st.committed))))
+        if persist.committed:
+            sql.extend(rows.committed(drawer, persist.start, persist.committed, iso(self.t.clock())))
             d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
             grown = self._grown.pop(drawer, None)
             if grown is not None:
                 grown.set()
-            for pos in range(committed_len, len(st.committed)):
-                entry = st.committed[pos]
-                sql.append(("INSERT OR REPLACE INTO cashier_ledger (drawer, position, entry, learned_at) "
-                            "VALUES (?,?,?,?)", (drawer, pos, _dump(entry), at)))
+            for pos, entry in enumerate(persist.committed, persist.start):
                 ledger.apply(d, pos, entry)
                 events.extend(_events_of(d, pos))
-        if not sql:
-            return None
         return self._enqueue(events=events, sql=sql)
 
-    def _learn(self, drawer: str, start: int, entries: list[Any]) -> Ticket | None:
-        st = self.voter.state(drawer)
-        before = (st.promised, dict(st.accepted), len(st.committed))
-        if learn(st, start, entries) == 0:
-            return None
-        return self._persist(drawer, *before)
+    def _learn(self, drawer: str, start: int, entries: list[Any] | tuple[Any, ...]) -> Ticket | None:
+        return self._store(self.voter.learn(drawer, start, entries))
 
     def _relay(self, drawer: str, start: int, entries: list[Any]) -> None:
         """Hand fresh commits to the linked terminals that do not vote (voters get ``Commit``)."""
@@ -404,67 +363,37 @@ class Cashier:
         if mesh is None:
             return
         voters = set(self.voters())
+        wire = to_wire(Ledger(drawer, start, tuple(entries)), 0.0)
         for peer_id in list(mesh.links):
             if peer_id not in voters:
-                mesh.send_control(peer_id, {"type": "cashier", "m": "ledger", "drawer": drawer,
-                                            "start": start, "entries": entries})
+                mesh.send_control(peer_id, wire)
 
     def link_up(self, peer_id: str) -> None:
         """A peer linked: tell it how far each ledger goes here, so each side sends what the other lacks."""
         assert self.t.mesh is not None
-        heads = {drawer: len(st.committed) for drawer, st in self.states.items()}
-        self.t.mesh.send_control(peer_id, {"type": "cashier", "m": "heads", "drawers": heads, "all": True})
+        self.t.mesh.send_control(peer_id, heads_to_wire(self.learner.heads()))
         self._reconcile_now.set()
 
     def _on_heads(self, sender: str, data: dict[str, Any]) -> None:
-        heads, every = data.get("drawers"), data.get("all")
-        if not isinstance(heads, dict) or not all(type(v) is int and v >= 0 for v in heads.values()) \
-                or not isinstance(every, bool) or set(data) != {"type", "m", "drawers", "all"}:
-            raise BadMessage("heads: needs drawers (drawer -> ledger length) and all (bool)")
-        # all: the sender listed every drawer it has (a missing one it lacks entirely); else
-        # only the listed drawers are asked for.
-        for drawer in list(self.states) if every else [d for d in heads if d in self.states]:
-            self._send_ledger(sender, drawer, heads.get(drawer, 0))
-
-    def _send_ledger(self, peer_id: str, drawer: str, start: int, chunks: int | None = None) -> None:
-        """Relay ``drawer``'s committed entries from ``start`` on to ``peer_id``, in chunks."""
-        assert self.t.mesh is not None
-        committed = self.states[drawer].committed
-        end = len(committed) if chunks is None else min(len(committed), start + chunks * RELAY_CHUNK)
-        for at in range(start, end, RELAY_CHUNK):
-            self.t.mesh.send_control(peer_id, {"type": "cashier", "m": "ledger", "drawer": drawer, "start": at,
-                                               "entries": committed[at:min(end, at + RELAY_CHUNK)]})
+        self._send(self.learner.on_heads(sender, heads_from_wire(data)))
 
     async def _on_relay(self, sender: str, data: dict[str, Any]) -> None:
-        drawer, start, entries = data.get("drawer"), data.get("start"), data.get("entries")
-        if not isinstance(drawer, str) or type(start) is not int or start < 0 or not isinstance(entries, list) \
-                or len(entries) > RELAY_CHUNK:
-            raise BadMessage(f"ledger: needs drawer, start and at most {RELAY_CHUNK} entries")
-        check_drawer_wire(drawer)
-        for entry in entries:
-            try:
-                ledger.check_entry(entry)
-            except ValueError as exc:
-                raise BadMessage(f"ledger: {exc}") from None
-        mine = self.voter.state(drawer).committed
-        have = len(mine)
-        differ = [start + k for k, e in enumerate(entries[:max(0, have - start)]) if mine[start + k] != e]
-        if differ:
+        relay = relay_from_wire(data)
+        relayed = self.learner.on_relay(sender, relay, anyio.current_time())
+        if relayed.diverged is not None:
             # Two committed ledgers disagree: only possible if the voter set changed while a drawer
             # was in use (docs/cashier.md, "Changing the voters").  Never silent: an alarm event.
+            d = relayed.diverged
             _alarm_log.log(sender, logging.ERROR, "drawer %s: %s's committed ledger differs from this one at "
-                           "positions %s", drawer, sender, differ[:10])
-            await self._event("cashier:divergence", {"drawer": drawer, "peer": sender, "positions": differ[:100]})
-        if start > have:  # a gap: ask the sender for everything from where this copy ends (once a second)
-            now = anyio.current_time()
-            if now - self._asked.get((sender, drawer), float("-inf")) >= 1.0:
-                self._asked[(sender, drawer)] = now
-                assert self.t.mesh is not None
-                self.t.mesh.send_control(sender, {"type": "cashier", "m": "heads", "drawers": {drawer: have},
-                                                  "all": False})
-            return
-        await self._fresh()
-        await self._durable(self._learn(drawer, start, entries))
+                           "positions %s", d.drawer, sender, list(d.positions[:10]))
+            await self._event("cashier:divergence",
+                              {"drawer": d.drawer, "peer": sender, "positions": list(d.positions)})
+        if relayed.ask is not None:  # a gap: ask the sender for everything from where this copy ends
+            assert self.t.mesh is not None
+            self.t.mesh.send_control(sender, heads_to_wire(relayed.ask))
+        if relayed.learn:
+            await self._fresh()
+            await self._durable(self._learn(relay.drawer, relay.start, relay.entries))
 
     def _enqueue(self, *, events: list[tuple[str, dict[str, Any]]] | tuple[()] = (),
                  sql: list[tuple[str, tuple[Any, ...]]] | tuple[()] = (), at: str | None = None) -> Ticket:
@@ -512,15 +441,9 @@ class Cashier:
             return
         rounds = dict(self._rounds)
         changed = rec.adopt(self.states, rounds, voters)
-        sql: list[tuple[str, tuple[Any, ...]]] = [("DELETE FROM meta WHERE key = 'cashier_recovery'", ())]
-        for drawer in changed:
-            st = self.states[drawer]
-            sql.append(("INSERT OR REPLACE INTO cashier_votes (drawer, round, holder) VALUES (?,?,?)",
-                        (drawer, st.promised[0], st.promised[1])))
-            sql.append(("INSERT OR REPLACE INTO cashier_rounds (drawer, round) VALUES (?,?)", (drawer, rounds[drawer])))
-            sql.extend(("INSERT OR REPLACE INTO cashier_accepted (drawer, position, round, holder, entry) "
-                        "VALUES (?,?,?,?,?)", (drawer, pos, b[0], b[1], _dump(e)))
-                       for pos, (b, e) in st.accepted.items())
+        sql = rows.recovered({drawer: (self.states[drawer].promised, rounds[drawer],
+                                       [(pos, b[0], b[1], e) for pos, (b, e) in self.states[drawer].accepted.items()])
+                              for drawer in changed})
         await self._durable(self._enqueue(
             sql=sql,
             events=[("cashier:recovered", {"reports_from": sorted(v for v in rec.reports if v in voters),
@@ -541,8 +464,9 @@ class Cashier:
             raise BadMessage("recovery_query: needs known (drawer -> ledger length)")
         if self.recovery is not None or self.me not in self.voters() or self.t.mesh is None:
             return  # it knows no more than the asker: silence, so it is not counted
-        for drawer in self.states:
-            self._send_ledger(sender, drawer, min(known.get(drawer, 0), len(self.states[drawer].committed)))
+        for drawer, st in self.states.items():
+            self._send([Send(sender, relay) for relay in
+                        ledger_chunks(drawer, st.committed, min(known.get(drawer, 0), len(st.committed)))])
         drawers = sorted(report(self.states).items())
         for at in range(0, max(1, len(drawers)), RELAY_CHUNK):
             part = dict(drawers[at:at + RELAY_CHUNK])
@@ -586,19 +510,16 @@ class Cashier:
         if hold is not None and hold.holder.phase == "holding":
             return hold
         voters = self.voters()
-        refusals = 0
-        deadline = anyio.current_time() + ACQUIRE_TIMEOUT
-        catch_up_until = anyio.current_time() + CATCH_UP_SECONDS
+        acquisition = Acquisition(self.me, anyio.current_time(), patient=patient)
         while True:
+            deadline = acquisition.attempt(anyio.current_time())
             st = self.voter.state(drawer)
             round_above = max(self._rounds.get(drawer, 0), st.promised[0])
             holder = Holder(self.me, drawer, voters, round_above=round_above, ledger=st.committed)
             # The round is on disk before any prepare leaves: a restarted terminal never reuses
             # a ballot (two entries proposed under one ballot would break the protocol).
             self._rounds[drawer] = holder.ballot[0]
-            await self._durable(self._enqueue(
-                sql=[("INSERT OR REPLACE INTO cashier_rounds (drawer, round) VALUES (?, ?)",
-                      (drawer, holder.ballot[0]))]))
+            await self._durable(self._enqueue(sql=[rows.holder_round(drawer, holder.ballot[0])]))
             hold = _Hold(holder)
             self._holds[drawer] = hold
             grown = self._grown.setdefault(drawer, anyio.Event())
@@ -616,36 +537,25 @@ class Cashier:
             # Give the attempt up for good: voters that promised it drop its lease at once (else
             # terminals trying together would hold each other off for a whole lease).
             self._send(holder.release())
-            if grown.is_set() and not hold.ready.is_set() and anyio.current_time() < catch_up_until:
-                # Voters far ahead sent the ledger instead of a promise: prepare again from there.
-                deadline = anyio.current_time() + ACQUIRE_TIMEOUT
+            decision = acquisition.failed(anyio.current_time(), grown=grown.is_set(), answered=hold.ready.is_set(),
+                                          deposed=hold.deposed, rng=self.rng)
+            if isinstance(decision, Retry):
+                if decision.wait:
+                    await anyio.sleep(decision.wait)
                 continue
-            refused = hold.deposed
-            if refused is None:
-                break  # no majority answered in time
-            refusals += 1
-            if refused.until is not None and refused.locked_by != self.me:
-                if not patient:
-                    raise NoQuorum(f"drawer {drawer} is held by {refused.locked_by}")
-                if refusals == 1:  # an idle holder releases within LOCK_WAIT_SECONDS: try once more
-                    # jittered: terminals refused together must not all come back together
-                    await anyio.sleep(min(refused.until - anyio.current_time(),
-                                          LOCK_WAIT_SECONDS * self.rng.uniform(1.0, 1.5)))
-                    deadline = anyio.current_time() + ACQUIRE_TIMEOUT
-                    continue
-                until = iso(self.t.clock() + timedelta(seconds=max(0.0, refused.until - anyio.current_time())))
-                await self._event("lock_failed", {"drawer": drawer, "locked_by": refused.locked_by,
+            if isinstance(decision, Locked):
+                if not decision.report:
+                    raise NoQuorum(f"drawer {drawer} is held by {decision.locked_by}")
+                until = iso(self.t.clock() + timedelta(seconds=max(0.0, decision.until - anyio.current_time())))
+                await self._event("lock_failed", {"drawer": drawer, "locked_by": decision.locked_by,
                                                   "locked_until": until})
-                raise NoQuorum(f"drawer {drawer} is locked by {refused.locked_by} until {until}")
-            if refusals >= 3:
-                break
-            deadline = anyio.current_time() + ACQUIRE_TIMEOUT  # outbid: prepare again, higher
-        q = self.quorum()
-        if patient:
-            await self._event("lock_failed", {"drawer": drawer, "locked_by": None, "locked_until": None})
-        raise NoQuorum(f"lock timeout: no majority of the POS voters answered for drawer {drawer} within "
-                       f"{ACQUIRE_TIMEOUT:g} s ({len(q['reachable'])} of {len(q['voters'])} linked, "
-                       f"{q['majority']} needed)")
+                raise NoQuorum(f"drawer {drawer} is locked by {decision.locked_by} until {until}")
+            q = self.quorum()
+            if decision.report:
+                await self._event("lock_failed", {"drawer": drawer, "locked_by": None, "locked_until": None})
+            raise NoQuorum(f"lock timeout: no majority of the POS voters answered for drawer {drawer} within "
+                           f"{ACQUIRE_TIMEOUT:g} s ({len(q['reachable'])} of {len(q['voters'])} linked, "
+                           f"{q['majority']} needed)")
 
     def _check_current(self, drawer: str, hold: _Hold, epoch: int) -> None:
         """Validate only against the ledger the holder completed: not across a reload, and not
@@ -732,8 +642,8 @@ class Cashier:
             if name != drawer and op_id in other.op_positions:
                 raise Conflict(f"op_id {op_id} was already used in drawer {name} (position "
                                f"{other.op_positions[op_id]}); an op_id names one operation in the store")
-        for name, rows in self.provisional.items():
-            if name != drawer and op_id in rows:
+        for name, pending in self.provisional.items():
+            if name != drawer and op_id in pending:
                 raise Conflict(f"op_id {op_id} was already used for a provisional entry of drawer {name}; an "
                                "op_id names one operation in the store")
 
@@ -847,9 +757,7 @@ class Cashier:
             row = {"entry": entry, "state": "pending", "position": None, "seq": self._seq, "created_at": at}
             ticket = self._enqueue(
                 at=at, events=[("cashier:provisional", {"drawer": drawer, "op_id": entry["op_id"], "entry": entry})],
-                sql=[("INSERT INTO cashier_provisional (drawer, op_id, seq, entry, state, position, created_at, "
-                      "updated_at) VALUES (?,?,?,?,?,?,?,?)",
-                      (drawer, entry["op_id"], self._seq, _dump(entry), "pending", None, at, at))])
+                sql=[rows.provisional(drawer, entry["op_id"], self._seq, entry, at)])
             await self._durable(ticket)
             self.provisional.setdefault(drawer, {})[entry["op_id"]] = row
             self.stats["provisional"] += 1
@@ -924,9 +832,7 @@ class Cashier:
     async def _settle(self, drawer: str, row: dict[str, Any], state: str, pos: int) -> None:
         row["state"], row["position"] = state, pos
         await self._durable(self._enqueue(
-            sql=[("UPDATE cashier_provisional SET state = ?, position = ?, updated_at = ? "
-                  "WHERE drawer = ? AND op_id = ?", (state, pos, iso(self.t.clock()), drawer, row["entry"]["op_id"]))],
-        ))
+            sql=[rows.settled(drawer, row["entry"]["op_id"], state, pos, iso(self.t.clock()))]))
 
     # -- the API's operations -------------------------------------------------------------------
 
@@ -1081,17 +987,6 @@ def _cents(name: str, value: Any, minimum: int) -> None:
         raise InvalidInput(f"{name} must be a whole number of cents, {minimum}..100000000")
 
 
-def check_drawer_wire(name: str) -> None:
-    try:
-        check_drawer(name)
-    except InvalidInput as exc:
-        raise BadMessage(exc.message) from None
-
-
-def _dump(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
 _EVENT_OF: dict[str, str] = {"drawer_opened": "cashier:opened", "drawer_closed": "cashier:closed",
                              "payment": "payment:completed", "cash_movement": "cashier:cash_movement",
                              "refund": "payment:refunded"}
@@ -1141,15 +1036,3 @@ def _reconciled_at(d: ledger.Drawer, entry: dict[str, Any]) -> int | None:
                 and ledger.content(d.entries[pos]) | {"op_id": entry["op_id"]} == ledger.content(entry):
             return pos
     return None
-
-
-#: No honest holder proposes this far beyond the committed ledger (it appends one entry at a
-#: time); a peer's message that does is refused rather than looped over.
-MAX_AHEAD = 100_000
-
-
-def _check_positions(msg: Message, committed: int) -> None:
-    positions = [getattr(msg, name) for name in ("position", "start", "known") if hasattr(msg, name)]
-    positions += [pos for pos, _, _ in getattr(msg, "accepted", ())]
-    if any(pos > committed + MAX_AHEAD for pos in positions):
-        raise BadMessage(f"cashier {type(msg).__name__}: a position more than {MAX_AHEAD} beyond the ledger")
