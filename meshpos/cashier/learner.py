@@ -19,7 +19,9 @@ store.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from core.errors import InvalidInput
 from meshpos.cashier import ledger
@@ -107,23 +109,36 @@ def heads_to_wire(msg: Heads) -> dict[str, Any]:
     return {"type": "cashier", "m": "heads", "drawers": msg.drawers, "all": msg.all}
 
 
+class _WireHeads(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    type: Any
+    m: Any
+    drawers: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+    all: bool
+
+
+class _WireRelay(msgspec.Struct, frozen=True):  # other fields are ignored, as they always were
+    drawer: str
+    start: Annotated[int, msgspec.Meta(ge=0)]
+    entries: Annotated[tuple[Any, ...], msgspec.Meta(max_length=RELAY_CHUNK)]
+
+
 def heads_from_wire(data: dict[str, Any]) -> Heads:
-    heads, every = data.get("drawers"), data.get("all")
-    if not isinstance(heads, dict) or not all(type(v) is int and v >= 0 for v in heads.values()) \
-            or not isinstance(every, bool) or set(data) != {"type", "m", "drawers", "all"}:
-        raise BadMessage("heads: needs drawers (drawer -> ledger length) and all (bool)")
-    return Heads(heads, every)
+    try:
+        wire = msgspec.convert(data, _WireHeads)
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"heads: needs drawers (drawer -> ledger length) and all (bool): {exc}") from None
+    return Heads(wire.drawers, wire.all)
 
 
 def relay_from_wire(data: dict[str, Any]) -> Ledger:
-    drawer, start, entries = data.get("drawer"), data.get("start"), data.get("entries")
-    if not isinstance(drawer, str) or type(start) is not int or start < 0 or not isinstance(entries, list) \
-            or len(entries) > RELAY_CHUNK:
-        raise BadMessage(f"ledger: needs drawer, start and at most {RELAY_CHUNK} entries")
-    check_drawer_wire(drawer)
-    for entry in entries:
+    try:
+        wire = msgspec.convert(data, _WireRelay)
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"ledger: needs drawer, start and at most {RELAY_CHUNK} entries: {exc}") from None
+    check_drawer_wire(wire.drawer)
+    for entry in wire.entries:
         try:
             ledger.check_entry(entry)
         except ValueError as exc:
             raise BadMessage(f"ledger: {exc}") from None
-    return Ledger(drawer, start, tuple(entries))
+    return Ledger(wire.drawer, wire.start, wire.entries)

@@ -30,7 +30,9 @@ never depends on clocks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from core.errors import MessageRefused
 from core.names import ID_PATTERN
@@ -640,74 +642,95 @@ def to_wire(msg: Message | Ledger, now: float) -> dict[str, Any]:
 #: voter's whole group commit in SQLite, taking other terminals' writes with it).
 MAX_WIRE_INT = 2**53 - 1
 
-
-def _terminal_id(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not (value == "" or ID_PATTERN.fullmatch(value)):
-        raise BadMessage(f"{name} must be a terminal id, not {value!r:.40}")
-    return value
-
-
-def _ballot(value: Any) -> Ballot:
-    if (not isinstance(value, list) or len(value) != 2 or type(value[0]) is not int
-            or not 0 <= value[0] <= MAX_WIRE_INT):
-        raise BadMessage(f"ballot must be [round, terminal id], not {value!r:.80}")
-    return (value[0], _terminal_id(value[1], "a ballot's holder"))
+# The wire's shapes, checked by msgspec (exactly these fields, each of its type: a bool is no
+# integer, a float no position).  Only what msgspec cannot say is checked by hand: the entries
+# (``check_entry``) and a lease's seconds left (any number >= 0, as before).
+WireInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_WIRE_INT)]
+#: A terminal id, or ``""`` (the ballot of nobody: ``NO_BALLOT``).
+WireId = Annotated[str, msgspec.Meta(
+    pattern=f"^(?:{ID_PATTERN.pattern.removeprefix('^').removesuffix(chr(92) + 'Z')})?\\Z")]
+WireBallot = tuple[WireInt, WireId]
+WireAccepted = tuple[tuple[WireInt, WireBallot, Any], ...]
 
 
-def _count(value: Any, name: str) -> int:
-    if type(value) is not int or not 0 <= value <= MAX_WIRE_INT:
-        raise BadMessage(f"{name} must be an integer in 0..{MAX_WIRE_INT}")
-    return value
+class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="m"):
+    type: Any  # "cashier": the link dispatched on it
+    drawer: str
+    ballot: WireBallot
+
+
+class _Prepare(_Wire, tag="prepare"):
+    known: WireInt
+
+
+class _Promise(_Wire, tag="promise"):
+    voter: WireId
+    accepted: WireAccepted
+    committed: WireInt
+
+
+class _Reject(_Wire, tag="reject"):
+    voter: WireId
+    promised: WireBallot
+    locked_by: WireId
+    lease_left: float | None
+
+
+class _Accept(_Wire, tag="accept"):
+    position: WireInt
+    entry: Any
+    commit_upto: WireInt
+
+
+class _Accepted(_Wire, tag="accepted"):
+    position: WireInt
+    voter: WireId
+    committed: WireInt
+
+
+class _Commit(_Wire, tag="commit"):
+    start: WireInt
+    entries: tuple[Any, ...]
+
+
+class _Release(_Wire, tag="release"):
+    pass
+
+
+_WireMessage = _Prepare | _Promise | _Reject | _Accept | _Accepted | _Commit | _Release
+_CORE: dict[type, type] = {_Prepare: Prepare, _Promise: Promise, _Reject: Reject, _Accept: Accept,
+                           _Accepted: Accepted, _Commit: Commit, _Release: Release}
+
+
+def _entries(what: str, entries: Any, check_entry: Any) -> None:
+    if check_entry is None:
+        return
+    try:
+        for entry in entries:
+            check_entry(entry)
+    except ValueError as exc:
+        raise BadMessage(f"{what}: {exc}") from None
 
 
 def from_wire(data: dict[str, Any], now: float, check_entry: Any = None) -> Message:
     """Parse a quorum message; ``check_entry(entry)`` raises ``ValueError`` for a malformed entry."""
-    kind = data.get("m")
-    cls = _KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise BadMessage(f"unknown cashier message {data.get('m')!r:.40}")
-    fields = set(cls.__slots__) | {"type", "m"}
-    if "until" in fields:
-        fields = (fields - {"until"}) | {"lease_left"}
-    if set(data) != fields:
-        raise BadMessage(f"cashier {data['m']} message needs exactly {sorted(fields - {'type', 'm'})}")
-
-    def entry(e: Any) -> Any:
-        if check_entry is not None:
-            try:
-                check_entry(e)
-            except ValueError as exc:
-                raise BadMessage(f"cashier {data['m']}: {exc}") from None
-        return e
-
-    kw: dict[str, Any] = {}
-    for name, value in data.items():
-        if name in ("type", "m"):
-            continue
-        if name == "drawer":
-            if not isinstance(value, str):
-                raise BadMessage(f"{name} must be a string")
-            kw[name] = value
-        elif name in ("voter", "locked_by"):
-            kw[name] = _terminal_id(value, name)
-        elif name in ("ballot", "promised"):
-            kw[name] = _ballot(value)
-        elif name in ("known", "committed", "position", "start", "commit_upto"):
-            kw[name] = _count(value, name)
-        elif name == "lease_left":
-            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
-                raise BadMessage("lease_left must be seconds or null")
-            kw["until"] = None if value is None else now + float(value)
-        elif name == "accepted":
-            if not isinstance(value, list) or not all(isinstance(a, list) and len(a) == 3 for a in value):
-                raise BadMessage("accepted must be a list of [position, ballot, entry]")
-            kw[name] = tuple((_count(p, "position"), _ballot(b), entry(e)) for p, b, e in value)
-        elif name == "entries":
-            if not isinstance(value, list):
-                raise BadMessage("entries must be a list")
-            kw[name] = tuple(entry(e) for e in value)
-        elif name == "entry":
-            kw[name] = entry(value)
+    try:
+        wire = msgspec.convert(data, _WireMessage)  # type: ignore[arg-type]
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"cashier {str(data.get('m'))[:40]} message: {exc}") from None
+    cls = _CORE[type(wire)]
+    kw = {name: getattr(wire, name) for name in cls.__slots__ if name != "until"}
+    if isinstance(wire, _Reject):
+        if wire.lease_left is not None and wire.lease_left < 0:
+            raise BadMessage("lease_left must be seconds or null")
+        kw["until"] = None if wire.lease_left is None else now + wire.lease_left
+    what = f"cashier {data['m']}"
+    if isinstance(wire, _Accept):
+        _entries(what, [wire.entry], check_entry)
+    elif isinstance(wire, _Commit):
+        _entries(what, wire.entries, check_entry)
+    elif isinstance(wire, _Promise):
+        _entries(what, [e for _, _, e in wire.accepted], check_entry)
     return cls(**kw)
 
 
@@ -719,24 +742,26 @@ def report_to_wire(drawers: dict[str, DrawerReport], *, last: bool) -> dict[str,
         for drawer, r in drawers.items()}}
 
 
+class _WireReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    promised: WireBallot
+    committed: WireInt
+    accepted: WireAccepted
+
+
+class _WireReports(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    type: Any
+    m: Any
+    drawers: dict[str, _WireReport]
+    last: bool
+
+
 def report_from_wire(data: dict[str, Any], check_entry: Any = None) -> tuple[dict[str, DrawerReport], bool]:
     """Parse a ``recovery_report`` (raises :class:`BadMessage`); returns (drawers, last)."""
-    drawers, last = data.get("drawers"), data.get("last")
-    if set(data) != {"type", "m", "drawers", "last"} or not isinstance(drawers, dict) or not isinstance(last, bool):
-        raise BadMessage("recovery_report needs exactly drawers (drawer -> state) and last (bool)")
-    out: dict[str, DrawerReport] = {}
-    for drawer, r in drawers.items():
-        if not isinstance(r, dict) or set(r) != {"promised", "committed", "accepted"} \
-                or not isinstance(r["accepted"], list) \
-                or not all(isinstance(a, list) and len(a) == 3 for a in r["accepted"]):
-            raise BadMessage(f"recovery_report: drawer {drawer!r:.40} needs promised, committed and accepted")
-        accepted = []
-        for pos, ballot, entry in r["accepted"]:
-            if check_entry is not None:
-                try:
-                    check_entry(entry)
-                except ValueError as exc:
-                    raise BadMessage(f"recovery_report: {exc}") from None
-            accepted.append((_count(pos, "position"), _ballot(ballot), entry))
-        out[drawer] = DrawerReport(_ballot(r["promised"]), _count(r["committed"], "committed"), tuple(accepted))
-    return out, last
+    try:
+        wire = msgspec.convert(data, _WireReports)
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"recovery_report needs drawers (drawer -> promised, committed, accepted) and last: "
+                         f"{exc}") from None
+    for r in wire.drawers.values():
+        _entries("recovery_report", [e for _, _, e in r.accepted], check_entry)
+    return {drawer: DrawerReport(r.promised, r.committed, r.accepted) for drawer, r in wire.drawers.items()}, wire.last
