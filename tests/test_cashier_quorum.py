@@ -692,6 +692,36 @@ def test_malformed_messages_are_refused(data: dict[str, Any]) -> None:
         from_wire(data, 0.0, check_entry)
 
 
+_REJECT = {"type": "cashier", "m": "reject", "drawer": DRAWER, "ballot": [1, "pos-1"], "voter": "pos-2",
+           "promised": [2, "pos-3"], "locked_by": "pos-3", "lease_left": 1.5}
+
+
+@pytest.mark.parametrize(("change", "accepted"), [
+    ({}, True),
+    ({"lease_left": 0}, True),  # an integer number of seconds
+    ({"lease_left": float("nan")}, True),  # as it always was: a NaN end of lease holds nobody off
+    ({"lease_left": None, "locked_by": "", "promised": [0, ""]}, True),  # nobody's ballot
+    ({"lease_left": -0.5}, False),
+    ({"lease_left": True}, False),
+    ({"lease_left": "1"}, False),
+    ({"ballot": [2**53, "pos-1"]}, False),  # not a JS-safe integer
+    ({"ballot": [2**53 - 1, "pos-1"]}, True),
+    ({"ballot": [1, "pos-1\n"]}, False),
+    ({"ballot": [1, "pos-1", 2]}, False),
+    ({"voter": ""}, True),
+    ({"voter": "-pos"}, False),
+    ({"m": "ledger"}, False),  # a relay is not a quorum message
+    ({"m": 7}, False),
+])
+def test_the_wire_accepts_exactly_its_shapes(change: dict[str, Any], accepted: bool) -> None:
+    data = {**_REJECT, **change}
+    if accepted:
+        assert isinstance(from_wire(data, 10.0, check_entry), Reject)
+    else:
+        with pytest.raises(BadMessage):
+            from_wire(data, 10.0, check_entry)
+
+
 def test_release_frees_the_drawer_for_another_terminal_at_once() -> None:
     ids = ["pos-1", "pos-2", "pos-3"]
     voters = {v: Voter(v) for v in ids}
