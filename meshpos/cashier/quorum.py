@@ -734,6 +734,25 @@ def from_wire(data: dict[str, Any], now: float, check_entry: Any = None) -> Mess
     return cls(**kw)
 
 
+class _WireQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    type: Any
+    m: Any
+    known: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+
+
+def query_to_wire(known: dict[str, int]) -> dict[str, Any]:
+    """A ``recovery_query``: how far this terminal's ledgers go (the reporters relay the rest)."""
+    return {"type": "cashier", "m": "recovery_query", "known": known}
+
+
+def query_from_wire(data: dict[str, Any]) -> dict[str, int]:
+    """Parse a ``recovery_query`` (raises :class:`BadMessage`); returns drawer -> ledger length."""
+    try:
+        return msgspec.convert(data, _WireQuery).known
+    except msgspec.ValidationError as exc:
+        raise BadMessage(f"recovery_query: needs known (drawer -> ledger length): {exc}") from None
+
+
 def report_to_wire(drawers: dict[str, DrawerReport], *, last: bool) -> dict[str, Any]:
     """A ``recovery_report`` control message (one of several when a voter has many drawers)."""
     return {"type": "cashier", "m": "recovery_report", "last": last, "drawers": {

@@ -16,10 +16,11 @@ from meshpos.cashier import ledger
 from meshpos.cashier.learner import check_drawer_wire
 from meshpos.cashier.quorum import (
     RELAY_CHUNK,
-    BadMessage,
     Recovery,
     Send,
     ledger_chunks,
+    query_from_wire,
+    query_to_wire,
     report,
     report_from_wire,
     report_to_wire,
@@ -55,8 +56,7 @@ class Recovering(Shell):
         links = set(self.t.mesh.links) if self.t.mesh is not None else set()
         for voter in rec.ask(now, voters, links):
             known = {drawer: len(st.committed) for drawer, st in self.states.items()}
-            self.t.mesh.send_control(voter, {"type": "cashier", "m": "recovery_query",  # type: ignore[union-attr]
-                                             "known": known})
+            self.t.mesh.send_control(voter, query_to_wire(known))  # type: ignore[union-attr]
         if not rec.complete(now, voters, self.states):
             return
         rounds = dict(self._rounds)
@@ -78,10 +78,7 @@ class Recovering(Shell):
     def _on_recovery_query(self, sender: str, data: dict[str, Any]) -> None:
         """A terminal that lost its cashier state asks: the committed entries it lacks first (it
         must know them before it counts again), then this voter's promises and accepts."""
-        known = data.get("known")
-        if set(data) != {"type", "m", "known"} or not isinstance(known, dict) \
-                or not all(type(v) is int and v >= 0 for v in known.values()):
-            raise BadMessage("recovery_query: needs known (drawer -> ledger length)")
+        known = query_from_wire(data)
         if self.recovery is not None or self.me not in self.voters() or self.t.mesh is None:
             return  # it knows no more than the asker: silence, so it is not counted
         for drawer, st in self.states.items():
