@@ -33,7 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from core.errors import Unavailable
 from meshpos.cashier import ledger
-from meshpos.cashier.acquire import IDLE_RELEASE_SECONDS
+from meshpos.cashier.acquire import ACQUIRE_TIMEOUT, IDLE_RELEASE_SECONDS
 from meshpos.cashier.learner import check_drawer_wire
 from meshpos.cashier.ledger import check_drawer
 from meshpos.cashier.quorum import (
@@ -51,7 +51,7 @@ from meshpos.cashier.review import Reviews
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PROMISE_MAX_ENTRIES", "Cashier", "check_drawer"]
+__all__ = ["ACQUIRE_TIMEOUT", "IDLE_RELEASE_SECONDS", "PROMISE_MAX_ENTRIES", "Cashier", "check_drawer"]
 
 
 class Cashier(Reviews):
