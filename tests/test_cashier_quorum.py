@@ -712,6 +712,9 @@ _REJECT = {"type": "cashier", "m": "reject", "drawer": DRAWER, "ballot": [1, "po
     ({"voter": "-pos"}, False),
     ({"m": "ledger"}, False),  # a relay is not a quorum message
     ({"m": 7}, False),
+    ({"m": "\ud800"}, False),  # msgspec cannot word these refusals (a lone surrogate): still refused
+    ({"ballot": ["\ud800", "pos-1"]}, False),
+    ({"\ud800": 1}, False),
 ])
 def test_the_wire_accepts_exactly_its_shapes(change: dict[str, Any], accepted: bool) -> None:
     data = {**_REJECT, **change}

@@ -25,7 +25,7 @@ import msgspec
 
 from core.errors import InvalidInput
 from meshpos.cashier import ledger
-from meshpos.cashier.quorum import RELAY_CHUNK, BadMessage, Ledger, Send, Voter, ledger_chunks
+from meshpos.cashier.quorum import RELAY_CHUNK, BadMessage, Ledger, Send, Voter, ledger_chunks, wire_convert
 
 #: A gap in a peer's relays is asked for again after this long (seconds), not before.
 GAP_ASK_SECONDS = 1.0
@@ -123,18 +123,12 @@ class _WireRelay(msgspec.Struct, frozen=True):  # other fields are ignored, as t
 
 
 def heads_from_wire(data: dict[str, Any]) -> Heads:
-    try:
-        wire = msgspec.convert(data, _WireHeads)
-    except msgspec.ValidationError as exc:
-        raise BadMessage(f"heads: needs drawers (drawer -> ledger length) and all (bool): {exc}") from None
+    wire = wire_convert(data, _WireHeads, "heads: needs drawers (drawer -> ledger length) and all (bool)")
     return Heads(wire.drawers, wire.all)
 
 
 def relay_from_wire(data: dict[str, Any]) -> Ledger:
-    try:
-        wire = msgspec.convert(data, _WireRelay)
-    except msgspec.ValidationError as exc:
-        raise BadMessage(f"ledger: needs drawer, start and at most {RELAY_CHUNK} entries: {exc}") from None
+    wire = wire_convert(data, _WireRelay, f"ledger: needs drawer, start and at most {RELAY_CHUNK} entries")
     check_drawer_wire(wire.drawer)
     for entry in wire.entries:
         try:

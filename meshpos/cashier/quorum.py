@@ -702,6 +702,15 @@ _CORE: dict[type, type] = {_Prepare: Prepare, _Promise: Promise, _Reject: Reject
                            _Accepted: Accepted, _Commit: Commit, _Release: Release}
 
 
+def wire_convert(data: dict[str, Any], shape: Any, what: str) -> Any:
+    """``data`` as ``shape``, or :class:`BadMessage` saying why not.  (msgspec fails to *word*
+    some refusals of a string holding a lone surrogate, e.g. as an unknown kind: still a refusal.)"""
+    try:
+        return msgspec.convert(data, shape)
+    except (msgspec.ValidationError, UnicodeEncodeError) as exc:
+        raise BadMessage(f"{what}: {exc}") from None
+
+
 def _entries(what: str, entries: Any, check_entry: Any) -> None:
     if check_entry is None:
         return
@@ -714,10 +723,7 @@ def _entries(what: str, entries: Any, check_entry: Any) -> None:
 
 def from_wire(data: dict[str, Any], now: float, check_entry: Any = None) -> Message:
     """Parse a quorum message; ``check_entry(entry)`` raises ``ValueError`` for a malformed entry."""
-    try:
-        wire = msgspec.convert(data, _WireMessage)  # type: ignore[arg-type]
-    except msgspec.ValidationError as exc:
-        raise BadMessage(f"cashier {str(data.get('m'))[:40]} message: {exc}") from None
+    wire = wire_convert(data, _WireMessage, f"cashier {str(data.get('m'))[:40]!r} message")
     cls = _CORE[type(wire)]
     kw = {name: getattr(wire, name) for name in cls.__slots__ if name != "until"}
     if isinstance(wire, _Reject):
@@ -747,10 +753,7 @@ def query_to_wire(known: dict[str, int]) -> dict[str, Any]:
 
 def query_from_wire(data: dict[str, Any]) -> dict[str, int]:
     """Parse a ``recovery_query`` (raises :class:`BadMessage`); returns drawer -> ledger length."""
-    try:
-        return msgspec.convert(data, _WireQuery).known
-    except msgspec.ValidationError as exc:
-        raise BadMessage(f"recovery_query: needs known (drawer -> ledger length): {exc}") from None
+    return wire_convert(data, _WireQuery, "recovery_query: needs known (drawer -> ledger length)").known
 
 
 def report_to_wire(drawers: dict[str, DrawerReport], *, last: bool) -> dict[str, Any]:
@@ -776,11 +779,8 @@ class _WireReports(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def report_from_wire(data: dict[str, Any], check_entry: Any = None) -> tuple[dict[str, DrawerReport], bool]:
     """Parse a ``recovery_report`` (raises :class:`BadMessage`); returns (drawers, last)."""
-    try:
-        wire = msgspec.convert(data, _WireReports)
-    except msgspec.ValidationError as exc:
-        raise BadMessage(f"recovery_report needs drawers (drawer -> promised, committed, accepted) and last: "
-                         f"{exc}") from None
+    wire = wire_convert(data, _WireReports,
+                        "recovery_report needs drawers (drawer -> promised, committed, accepted) and last")
     for r in wire.drawers.values():
         _entries("recovery_report", [e for _, _, e in r.accepted], check_entry)
     return {drawer: DrawerReport(r.promised, r.committed, r.accepted) for drawer, r in wire.drawers.items()}, wire.last
