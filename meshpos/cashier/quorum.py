@@ -723,7 +723,9 @@ def _entries(what: str, entries: Any, check_entry: Any) -> None:
 
 def from_wire(data: dict[str, Any], now: float, check_entry: Any = None) -> Message:
     """Parse a quorum message; ``check_entry(entry)`` raises ``ValueError`` for a malformed entry."""
-    wire = wire_convert(data, _WireMessage, f"cashier {str(data.get('m'))[:40]!r} message")
+    kind = data.get("m")
+    wire = wire_convert(data, _WireMessage, f"cashier {kind} message" if isinstance(kind, str) and kind in _KINDS
+                        else f"unknown cashier message {kind!r:.40}")
     cls = _CORE[type(wire)]
     kw = {name: getattr(wire, name) for name in cls.__slots__ if name != "until"}
     if isinstance(wire, _Reject):
