@@ -1,12 +1,18 @@
 """The drawer quorum core under seeded chaos: partitions, crashes, loss, duplication, reordering.
 
-A deterministic simulator drives the real :mod:`meshpos.cashier.quorum` state machines (no
-sockets, virtual time) and checks after every run, per drawer:
+A deterministic simulator drives the real sans-I/O cores - :mod:`meshpos.cashier.quorum` (voters,
+holders, a far-behind voter's ledger answer, the MAX_AHEAD check, what a voter must store),
+:mod:`meshpos.cashier.learner` (relays, gaps, heads) and :mod:`meshpos.cashier.acquire` (when a
+failed acquisition retries, waits or gives up) - without sockets, in virtual time.  A voter's
+disk is only what its :class:`~meshpos.cashier.quorum.Persist` actions wrote, and a crash
+restarts it from that.  It checks after every run, per drawer:
 
 * agreement - every committed ledger anyone ever reported (voters' durable prefixes, holders'
-  completed ledgers) is a prefix of one sequence: no position committed with two entries;
+  completed ledgers, a non-voting learner's copy) is a prefix of one sequence: no position
+  committed with two entries;
 * durability - after the network heals, a fresh holder's completed ledger holds every entry a
-  holder ever acknowledged as committed, at its position, and no operation twice.
+  holder ever acknowledged as committed, at its position, and no operation twice; the learner,
+  linked to it, ends with the same ledger.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import pytest
 
 from core.errors import MeshposError
 from meshpos.cashier import ledger as ledger_rules
+from meshpos.cashier.acquire import Acquisition, Retry
+from meshpos.cashier.learner import Heads, Learner
 from meshpos.cashier.ledger import check_entry
 from meshpos.cashier.quorum import (
     LEASE_SECONDS,
@@ -33,6 +41,8 @@ from meshpos.cashier.quorum import (
     Committed,
     Deposed,
     Holder,
+    Ledger,
+    Persist,
     Prepare,
     Promise,
     Recovery,
@@ -41,6 +51,7 @@ from meshpos.cashier.quorum import (
     Send,
     Voter,
     VoterState,
+    check_positions,
     from_wire,
     learn,
     report,
@@ -49,6 +60,22 @@ from meshpos.cashier.quorum import (
 
 DRAWER = "drawer-1"
 STEP = 0.01  # virtual seconds per simulation step
+LEARNER = "till-1"  # a terminal that does not vote: it learns the ledger from relays only
+
+
+def write(disk: dict[str, VoterState], persist: Persist | None) -> None:
+    """What the shell's rows do on disk, applied to a voter's durable state."""
+    if persist is None:
+        return
+    st = disk.setdefault(persist.drawer, VoterState())
+    if persist.promised is not None:
+        st.promised = persist.promised
+    for pos, ballot, entry in persist.accepted:
+        st.accepted[pos] = (ballot, entry)
+    for offset, entry in enumerate(persist.committed):
+        st.accepted.pop(persist.start + offset, None)
+        if persist.start + offset == len(st.committed):
+            st.committed.append(entry)
 
 
 class Sim:
@@ -56,7 +83,9 @@ class Sim:
         self.rng = random.Random(seed)
         self.ids = [f"pos-{k}" for k in range(1, n + 1)]
         self.lease, self.delay = lease, delay
-        self.voters = {v: Voter(v, lease=lease) for v in self.ids}
+        self.voters = {v: Voter(v, lease=lease) for v in [*self.ids, LEARNER]}
+        self.disk: dict[str, dict[str, VoterState]] = {v: {} for v in self.voters}
+        self.learners = {v: Learner(voter) for v, voter in self.voters.items()}
         self.holders: dict[str, Holder | None] = dict.fromkeys(self.ids)
         self.max_round = dict.fromkeys(self.ids, 0)
         self.wire: list[tuple[float, str, str, Any]] = []  # (deliver at, from, to, message)
@@ -73,12 +102,19 @@ class Sim:
         self.amnesia = False
         self.recovering: dict[str, Recovery] = {}
         self.losses, self.last_loss = 0, float("-inf")
-        #: A holder that has not gathered its majority this long gives up (the shell's
-        #: ACQUIRE_TIMEOUT); ``None``: it keeps preparing.  Recovery's quarantine relies on it.
-        self.prepare_timeout: float | None = None
-        self.prepared_at: dict[str, float] = {}
+        #: Taking the drawer as the shell does (meshpos.cashier.acquire): per terminal, its
+        #: acquisition, the current attempt's deadline, its ledger length when the attempt
+        #: started, the refusal that ended it; and when a retry it was told to wait for is due.
+        self.acquiring: dict[str, Acquisition] = {}
+        self.attempt: dict[str, tuple[float, int]] = {}
+        self.deposed: dict[str, Deposed] = {}
+        self.retry_at: dict[str, float] = {}
+        #: How often the far-behind answer, the catch-up, the lease wait and the gap ask ran.
+        self.ledger_answers = self.catch_ups = self.lease_waits = self.gap_asks = 0
 
     def connected(self, a: str, b: str) -> bool:
+        if LEARNER in (a, b):  # on its own link to everyone (what reaches it is still lossy)
+            return a not in self.down and b not in self.down
         return a not in self.down and b not in self.down and any(a in g and b in g for g in self.groups)
 
     def post(self, sender: str, sends: list[Send]) -> None:
@@ -87,6 +123,9 @@ class Sim:
             for _ in range(copies):
                 if self.rng.random() >= self.loss:
                     self.wire.append((self.now + self.rng.uniform(0.0, self.delay), sender, s.to, s.message))
+
+    def store(self, tid: str, persist: Persist | None) -> None:
+        write(self.disk[tid], persist)
 
     def deliver_due(self) -> None:
         due = [m for m in self.wire if m[0] <= self.now]
@@ -101,13 +140,31 @@ class Sim:
                     self.wire.append((self.now + self.rng.uniform(0.0, self.delay), to, sender,
                                       ("report", report(self.voters[to].states), list(st.committed))))
                 elif msg[0] == "report" and to in self.recovering:
-                    learn(self.voters[to].state(DRAWER), 0, msg[2])  # the shell relays the ledger first
+                    self.store(to, self.voters[to].learn(DRAWER, 0, msg[2]))  # the shell relays the ledger first
                     self.recovering[to].take(sender, msg[1])
+                continue
+            if isinstance(msg, Heads):
+                self.post(to, self.learners[to].on_heads(sender, msg))
+                continue
+            check_positions(msg, len(self.voters[to].state(msg.drawer).committed))  # never refuses the honest
+            if isinstance(msg, Ledger):
+                relayed = self.learners[to].on_relay(sender, msg, self.now)
+                assert relayed.diverged is None, f"committed ledgers diverge: {relayed.diverged}"
+                if relayed.ask is not None:
+                    self.gap_asks += 1
+                    self.post(to, [Send(sender, relayed.ask)])  # type: ignore[arg-type]
+                if relayed.learn:
+                    self.store(to, self.voters[to].learn(msg.drawer, msg.start, msg.entries))
                 continue
             if to in self.recovering and isinstance(msg, Prepare | Accept):
                 continue  # neither votes until it has rebuilt what it forgot
-            if isinstance(msg, Prepare | Accept) or type(msg).__name__ == "Commit":
-                self.post(to, self.voters[to].handle(sender, msg, self.now))
+            if isinstance(msg, Prepare | Accept | Commit | Release):
+                if to == LEARNER:
+                    continue
+                sends, persist = self.voters[to].step(sender, msg, self.now)
+                self.ledger_answers += any(isinstance(s.message, Ledger) for s in sends)
+                self.store(to, persist)  # durable before the answers leave
+                self.post(to, sends)
             else:
                 holder = self.holders[to]
                 if isinstance(msg, Reject):
@@ -121,12 +178,18 @@ class Sim:
         for event in events:
             if isinstance(event, Acquired):
                 self.ledgers.append(list(event.ledger))
+                self.store(tid, self.voters[tid].learn(DRAWER, 0, event.ledger))  # its own copy, as the shell
             elif isinstance(event, Committed):
                 assert event.position not in self.acknowledged or self.acknowledged[event.position] == event.entry
                 self.acknowledged[event.position] = event.entry
                 self.ledgers.append(list(holder.ledger))
+                self.store(tid, self.voters[tid].learn(DRAWER, event.position, [event.entry]))
+                self.post(tid, [Send(LEARNER, Ledger(DRAWER, event.position, (event.entry,)))])  # the relay
             elif isinstance(event, Deposed):
-                self.holders[tid] = None
+                if tid in self.acquiring:
+                    self.deposed[tid] = event
+                else:
+                    self.holders[tid] = None
 
     def chaos(self) -> None:
         r = self.rng.random() * 8  # a fault every ~1.5 virtual seconds on average
@@ -137,10 +200,9 @@ class Sim:
             self.groups = [set(ids[:cut]), set(ids[cut:])]
         elif r < 0.008:
             self.groups = [set(self.ids)]
-        elif r < 0.010:  # crash: the voter keeps its disk, loses its memory; a holder is gone
+        elif r < 0.010:  # crash: the voter restarts from what it stored, loses its memory; a holder is gone
             victim = self.rng.choice(self.ids)
-            self.voters[victim] = Voter(victim, copy.deepcopy(self.voters[victim].states), lease=self.lease)
-            self.holders[victim] = None
+            self.restart(victim, copy.deepcopy(self.disk[victim]))
             self.down[victim] = self.now + self.rng.uniform(0.5, 5.0)  # back after a restart
         elif r < 0.014 and self.amnesia and not self.recovering and self.now > self.last_loss + 20.0:
             # One box's disk is lost (one at a time: if a majority forgot at once, no one could
@@ -148,14 +210,21 @@ class Sim:
             victim = self.rng.choice(self.ids)
             self.last_loss = self.now
             self.losses += 1
-            self.voters[victim] = Voter(victim, lease=self.lease)
-            self.holders[victim] = None
+            self.disk[victim] = {}
+            self.restart(victim, {})
             self.max_round[victim] = 0  # its cashier_rounds went with the disk
             back_at = self.down[victim] = self.now + self.rng.uniform(0.5, 5.0)
             self.recovering[victim] = Recovery(victim, started=back_at)
         for tid, back_at in list(self.down.items()):
             if back_at <= self.now:
                 del self.down[tid]
+
+    def restart(self, tid: str, states: dict[str, VoterState]) -> None:
+        self.voters[tid] = Voter(tid, states, lease=self.lease)
+        self.learners[tid] = Learner(self.voters[tid])
+        self.holders[tid] = None
+        for volatile in (self.acquiring, self.attempt, self.deposed, self.retry_at):
+            volatile.pop(tid, None)
 
     def recover(self) -> None:
         """The recovering terminals ask the voters they reach, and adopt once enough reported."""
@@ -167,7 +236,8 @@ class Sim:
                 self.wire.append((self.now + self.rng.uniform(0.0, self.delay), tid, v, ("query",)))
             if rec.complete(self.now, self.ids, self.voters[tid].states):
                 rounds = {DRAWER: self.max_round[tid]}
-                rec.adopt(self.voters[tid].states, rounds, self.ids)
+                for drawer in rec.adopt(self.voters[tid].states, rounds, self.ids):
+                    self.disk[tid][drawer] = copy.deepcopy(self.voters[tid].states[drawer])
                 self.max_round[tid] = rounds[DRAWER]
                 del self.recovering[tid]
 
@@ -183,23 +253,56 @@ class Sim:
             self.post(tid, holder.append({"op": f"{tid}#{self.counter}"}))
 
     def work_acquire(self, tid: str) -> None:
-        if self.rng.random() < self.eagerness:
-            # Starts from the committed prefix its own voter holds (as the real shell does):
-            # voters then report only what lies above it (Prepare.known).
-            known = self.voters[tid].state(DRAWER).committed if self.rng.random() < 0.5 else []
-            holder = Holder(tid, DRAWER, self.ids, round_above=self.max_round[tid], ledger=list(known))
-            self.max_round[tid] = holder.ballot[0]
-            self.holders[tid] = holder
-            self.prepared_at[tid] = self.now
-            self.post(tid, holder.acquire())
+        if tid not in self.acquiring and self.rng.random() < self.eagerness:
+            self.acquiring[tid] = Acquisition(tid, self.now, patient=self.rng.random() < 0.8)
+            # Half the time from nothing (a terminal far behind: voters answer with the ledger
+            # itself, quorum.PROMISE_MAX_ENTRIES); else from its own voter's committed prefix,
+            # as the shell does (voters then report only what lies above it, Prepare.known).
+            self.start_attempt(tid, known=None if self.rng.random() < 0.5 else [])
+
+    def start_attempt(self, tid: str, known: list[Any] | None = None) -> None:
+        st = self.voters[tid].state(DRAWER)
+        holder = Holder(tid, DRAWER, self.ids, round_above=max(self.max_round[tid], st.promised[0]),
+                        ledger=list(st.committed) if known is None else known)
+        self.max_round[tid] = holder.ballot[0]
+        self.holders[tid] = holder
+        self.attempt[tid] = (Acquisition.attempt(self.now), len(st.committed))
+        self.post(tid, holder.acquire())
+
+    def acquisitions(self) -> None:
+        """The shell's ``_hold`` loop: an attempt ends held, refused, by the deadline, or when
+        this terminal's ledger grew; the policy says what follows."""
+        for tid, acq in list(self.acquiring.items()):
+            if tid in self.down or tid in self.recovering:
+                continue
+            holder = self.holders[tid]
+            if holder is None:  # waiting to retry
+                if self.now >= self.retry_at.get(tid, float("inf")):
+                    del self.retry_at[tid]
+                    self.start_attempt(tid)
+                continue
+            if holder.phase == "holding":
+                del self.acquiring[tid]
+                continue
+            deadline, base = self.attempt[tid]
+            grown = len(self.voters[tid].state(DRAWER).committed) > base
+            deposed = self.deposed.pop(tid, None)
+            if deposed is None and not grown and self.now < deadline:
+                continue
+            self.post(tid, holder.release())
+            self.holders[tid] = None
+            decision = acq.failed(self.now, grown=grown, answered=deposed is not None, deposed=deposed, rng=self.rng)
+            if isinstance(decision, Retry):
+                self.catch_ups += grown and deposed is None
+                self.lease_waits += decision.wait > 0
+                self.retry_at[tid] = self.now + decision.wait
+            else:
+                del self.acquiring[tid]
 
     def tick(self) -> None:
+        self.acquisitions()
         for tid, holder in self.holders.items():
             if holder is not None and tid not in self.down:
-                if self.prepare_timeout is not None and holder.phase == "preparing" \
-                        and self.now - self.prepared_at[tid] > self.prepare_timeout:
-                    self.holders[tid] = None  # gave up (the shell releases the attempt)
-                    continue
                 self.post(tid, holder.tick(self.now))
 
     def run(self, steps: int) -> None:
@@ -212,28 +315,45 @@ class Sim:
             self.deliver_due()
 
     def settle(self) -> list[Any]:
-        """Heal everything, wait out the leases, and let one fresh holder complete the ledger."""
+        """Heal everything, wait out the leases, and let one fresh holder complete the ledger
+        (catching up through the voters' ledger answers when it is far behind); then link the
+        learner to it (``heads``), so it gets what it lacks."""
         self.groups, self.down, self.loss, self.dup = [set(self.ids)], {}, 0.0, 0.0
         self.now += LEASE_SECONDS + 1
         tid = self.ids[0]
-        for _attempt in range(20):
-            holder = Holder(tid, DRAWER, self.ids, round_above=max(self.max_round.values()) + 10)
-            self.holders = dict.fromkeys(self.ids)
-            self.holders[tid] = holder
-            self.prepared_at[tid] = self.now
-            self.post(tid, holder.acquire())
+        self.holders = dict.fromkeys(self.ids)
+        self.acquiring.clear()
+        self.max_round[tid] = max(self.max_round.values()) + 10
+        for _attempt in range(200):
+            self.start_attempt(tid)
+            holder, (_, base) = self.holders[tid], self.attempt[tid]
+            assert holder is not None
             for _ in range(200):
                 self.now += STEP
                 self.recover()
                 self.tick()
                 self.deliver_due()
+                if holder.phase == "holding" or len(self.voters[tid].state(DRAWER).committed) > base:
+                    break
             if holder.phase == "holding":
+                for _ in range(100):  # the learner links up to it and gets what it lacks
+                    if self.voters[LEARNER].state(DRAWER).committed == holder.ledger:
+                        break
+                    self.post(LEARNER, [Send(tid, self.learners[LEARNER].heads())])  # type: ignore[arg-type]
+                    for _ in range(20):
+                        self.now += STEP
+                        self.tick()
+                        self.deliver_due()
+                assert self.voters[LEARNER].state(DRAWER).committed == holder.ledger, "the learner never caught up"
                 return list(holder.ledger)
-            self.now += LEASE_SECONDS + 1
+            self.holders[tid] = None
+            if len(self.voters[tid].state(DRAWER).committed) == base:
+                self.now += LEASE_SECONDS + 1
         raise AssertionError("no holder could complete the ledger on a healed network")
 
     def check(self, final: list[Any]) -> None:
-        reported = [*self.ledgers, final, *[v.state(DRAWER).committed for v in self.voters.values()]]
+        reported = [*self.ledgers, final, *[v.state(DRAWER).committed for v in self.voters.values()],
+                    *[d[DRAWER].committed for d in self.disk.values() if DRAWER in d]]
         for ledger in reported:
             assert ledger == final[:len(ledger)], f"diverging committed ledgers:\n{ledger}\n{final}"
         for pos, entry in self.acknowledged.items():
@@ -256,6 +376,7 @@ def test_randomized_schedules_keep_the_ledger_safe(seed: int, voters: int, duel:
     final = sim.settle()
     sim.check(final)
     assert sim.acknowledged, "the schedule committed nothing: it tests nothing"
+    assert sim.ledger_answers and sim.catch_ups and sim.lease_waits and sim.gap_asks, "a shell rule never ran"
 
 
 @pytest.mark.parametrize("voters", [3, 5])
@@ -265,7 +386,7 @@ def test_a_voter_that_lost_its_disk_rebuilds_before_it_votes(seed: int, voters: 
     schedules; with the recovery protocol no two entries are ever committed at one position."""
     sim = Sim(seed, voters, lease=0.05, delay=0.3)
     sim.loss, sim.dup, sim.eagerness = 0.05, 0.05, 0.05
-    sim.amnesia, sim.prepare_timeout = True, 2.0
+    sim.amnesia = True
     sim.run(12000)
     final = sim.settle()
     sim.check(final)
@@ -381,8 +502,9 @@ class MoneySim(Sim):
 
     def __init__(self, seed: int, n: int, **kw: Any) -> None:
         super().__init__(seed, n, **kw)
-        for v in self.voters.values():
-            v.state(DRAWER).committed.append(OPENING)  # the drawer was opened before the schedule
+        for tid, v in self.voters.items():  # the drawer was opened before the schedule
+            v.state(DRAWER).committed.append(OPENING)
+            self.disk[tid][DRAWER] = VoterState(committed=[OPENING])
         self.provisional: dict[str, list[dict[str, Any]]] = {tid: [] for tid in self.ids}
 
     def payment(self, tid: str, known: list[Any]) -> dict[str, Any] | None:
@@ -568,6 +690,39 @@ def test_messages_survive_the_wire_and_leases_travel_as_time_left(msg: Any) -> N
 def test_malformed_messages_are_refused(data: dict[str, Any]) -> None:
     with pytest.raises(BadMessage):
         from_wire(data, 0.0, check_entry)
+
+
+_REJECT = {"type": "cashier", "m": "reject", "drawer": DRAWER, "ballot": [1, "pos-1"], "voter": "pos-2",
+           "promised": [2, "pos-3"], "locked_by": "pos-3", "lease_left": 1.5}
+
+
+@pytest.mark.parametrize(("change", "accepted"), [
+    ({}, True),
+    ({"lease_left": 0}, True),  # an integer number of seconds
+    ({"lease_left": float("nan")}, True),  # as it always was: a NaN end of lease holds nobody off
+    ({"lease_left": None, "locked_by": "", "promised": [0, ""]}, True),  # nobody's ballot
+    ({"lease_left": -0.5}, False),
+    ({"lease_left": True}, False),
+    ({"lease_left": "1"}, False),
+    ({"ballot": [2**53, "pos-1"]}, False),  # not a JS-safe integer
+    ({"ballot": [2**53 - 1, "pos-1"]}, True),
+    ({"ballot": [1, "pos-1\n"]}, False),
+    ({"ballot": [1, "pos-1", 2]}, False),
+    ({"voter": ""}, True),
+    ({"voter": "-pos"}, False),
+    ({"m": "ledger"}, False),  # a relay is not a quorum message
+    ({"m": 7}, False),
+    ({"m": "\ud800"}, False),  # msgspec cannot word these refusals (a lone surrogate): still refused
+    ({"ballot": ["\ud800", "pos-1"]}, False),
+    ({"\ud800": 1}, False),
+])
+def test_the_wire_accepts_exactly_its_shapes(change: dict[str, Any], accepted: bool) -> None:
+    data = {**_REJECT, **change}
+    if accepted:
+        assert isinstance(from_wire(data, 10.0, check_entry), Reject)
+    else:
+        with pytest.raises(BadMessage):
+            from_wire(data, 10.0, check_entry)
 
 
 def test_release_frees_the_drawer_for_another_terminal_at_once() -> None:

@@ -35,6 +35,14 @@ FIELDS: dict[str, dict[str, Any]] = {
 }
 #: Optional on any entry: where a provisional entry came from, and why an entry is in review.
 OPTIONAL = ("provisional", "review")
+_DRAWER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def check_drawer(name: str) -> str:
+    """A drawer's name: short and plain, as it becomes a key on disk, in URLs and on the wire."""
+    if not 1 <= len(name) <= 32 or not set(name) <= _DRAWER_CHARS:
+        raise InvalidInput(f"drawer name {name[:40]!r}: 1-32 letters, digits, '_' or '-'")
+    return name
 
 
 def check_entry(entry: Any) -> None:

@@ -30,7 +30,9 @@ never depends on clocks.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from core.errors import MessageRefused
 from core.names import ID_PATTERN
@@ -46,6 +48,15 @@ RETRY_SECONDS = 0.2
 #: links' 1 MB control-message limit.
 COMMIT_CHUNK = 64
 NOOP = {"kind": "noop"}  # fills a position no majority member had accepted anything at
+#: Committed entries per ``ledger`` relay message (keeps it far below the 1 MB control limit).
+RELAY_CHUNK = COMMIT_CHUNK
+#: A voter answers a prepare that is further behind its committed ledger than this with the
+#: ledger itself (relay chunks) instead of a promise, so a promise stays small; the holder then
+#: prepares again from where it got to (:mod:`meshpos.cashier.acquire`).
+PROMISE_MAX_ENTRIES = RELAY_CHUNK
+#: No honest holder proposes this far beyond the committed ledger (it appends one entry at a
+#: time); a peer's message that does is refused rather than looped over.
+MAX_AHEAD = 100_000
 
 
 # -- messages --------------------------------------------------------------------------------------
@@ -124,9 +135,51 @@ Message = Prepare | Promise | Reject | Accept | Accepted | Commit | Release
 
 
 @dataclass(frozen=True, slots=True)
+class Ledger:
+    """Committed entries ``[start, start + len(entries))`` relayed to a terminal that lacks them
+    (a learner, a peer at link-up, or a holder whose prepare was far behind).  Committed entries
+    are final whoever relays them: no ballot."""
+
+    drawer: str
+    start: int
+    entries: tuple[Any, ...]
+
+
+def ledger_chunks(drawer: str, committed: list[Any], start: int, chunks: int | None = None) -> list[Ledger]:
+    """``committed`` from ``start`` on as relay messages of :data:`RELAY_CHUNK` entries
+    (at most ``chunks`` of them)."""
+    end = len(committed) if chunks is None else min(len(committed), start + chunks * RELAY_CHUNK)
+    return [Ledger(drawer, at, tuple(committed[at:min(end, at + RELAY_CHUNK)]))
+            for at in range(start, end, RELAY_CHUNK)]
+
+
+def check_positions(msg: Message | Ledger, committed: int) -> None:
+    """Refuse a message naming a position more than :data:`MAX_AHEAD` beyond ``committed`` (this
+    terminal's ledger length for the drawer): nothing honest does, and a voter would loop to it."""
+    positions = [getattr(msg, name) for name in ("position", "start", "known") if hasattr(msg, name)]
+    positions += [pos for pos, _, _ in getattr(msg, "accepted", ())]
+    if any(pos > committed + MAX_AHEAD for pos in positions):
+        raise BadMessage(f"cashier {type(msg).__name__}: a position more than {MAX_AHEAD} beyond the ledger")
+
+
+@dataclass(frozen=True, slots=True)
 class Send:
     to: str
-    message: Message
+    message: Message | Ledger
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """What one voter step changed in a drawer's state: on disk before any answer it produced
+    leaves (the proof rests on it).  The shell turns it into rows; it never diffs states."""
+
+    drawer: str
+    promised: Ballot | None  # the new promise (``None``: unchanged)
+    #: Accepted entries to store; positions in ``[start, start + len(committed))`` are dropped
+    #: from the accepted ones, being committed now.
+    accepted: tuple[tuple[int, Ballot, Any], ...]
+    start: int
+    committed: tuple[Any, ...]  # newly committed entries from ``start`` on
 
 
 # -- voter -----------------------------------------------------------------------------------------
@@ -153,7 +206,35 @@ class Voter:
         return self.states.setdefault(drawer, VoterState())
 
     def handle(self, sender: str, msg: Message, now: float) -> list[Send]:
+        """:meth:`step` for a caller that keeps no disk (the state stays in memory)."""
+        return self.step(sender, msg, now)[0]
+
+    def step(self, sender: str, msg: Message, now: float) -> tuple[list[Send], Persist | None]:
+        """Answer ``msg``; the answers may leave only once the returned :class:`Persist` is durable."""
         st = self.state(msg.drawer)
+        promised, start = st.promised, len(st.committed)
+        stored: list[tuple[int, Ballot, Any]] = []
+        sends = self._answer(sender, msg, now, st, stored)
+        accepted = tuple((pos, b, e) for pos, b, e in stored if st.accepted.get(pos) == (b, e))
+        if st.promised == promised and not accepted and len(st.committed) == start:
+            return sends, None
+        return sends, Persist(msg.drawer, st.promised if st.promised != promised else None, accepted,
+                              start, tuple(st.committed[start:]))
+
+    def learn(self, drawer: str, start: int, entries: list[Any] | tuple[Any, ...]) -> Persist | None:
+        """:func:`learn` into ``drawer``'s state; what to store, if anything was new."""
+        st = self.state(drawer)
+        before = len(st.committed)
+        if learn(st, start, entries) == 0:
+            return None
+        return Persist(drawer, None, (), before, tuple(st.committed[before:]))
+
+    def _answer(self, sender: str, msg: Message, now: float, st: VoterState,
+                stored: list[tuple[int, Ballot, Any]]) -> list[Send]:
+        if isinstance(msg, Prepare) and len(st.committed) - msg.known > PROMISE_MAX_ENTRIES and sender != self.me:
+            # One chunk, not the whole gap: the holder learns it, prepares again from there and
+            # gets the next one - linear however far behind it is.
+            return [Send(sender, m) for m in ledger_chunks(msg.drawer, st.committed, msg.known, chunks=1)]
         if isinstance(msg, Prepare):
             holder = st.promised[1]
             lease = self._lease_until.get(msg.drawer, 0.0)
@@ -172,8 +253,9 @@ class Voter:
             # can be replaced by another terminal ``lease`` seconds after its last append.
             self._lease_until[msg.drawer] = now + self.lease
             st.promised = msg.ballot
-            if msg.position >= len(st.committed):
+            if msg.position >= len(st.committed) and st.accepted.get(msg.position) != (msg.ballot, msg.entry):
                 st.accepted[msg.position] = (msg.ballot, msg.entry)
+                stored.append((msg.position, msg.ballot, msg.entry))
             # A holder proposes one entry per position under its ballot, and commits in order:
             # what this voter accepted under ``msg.ballot`` below ``commit_upto`` is committed.
             while len(st.committed) < msg.commit_upto:
@@ -534,14 +616,14 @@ class Recovery:
 
 _KINDS: dict[str, type] = {"prepare": Prepare, "promise": Promise, "reject": Reject, "accept": Accept,
                            "accepted": Accepted, "commit": Commit, "release": Release}
-_NAMES = {cls: name for name, cls in _KINDS.items()}
+_NAMES = {cls: name for name, cls in _KINDS.items()} | {Ledger: "ledger"}  # a relay is parsed on its own
 
 
 class BadMessage(MessageRefused):
     """A quorum message that does not parse exactly (the link closes with 4006)."""
 
 
-def to_wire(msg: Message, now: float) -> dict[str, Any]:
+def to_wire(msg: Message | Ledger, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "cashier", "m": _NAMES[type(msg)]}
     for name in msg.__slots__:  # type: ignore[attr-defined]
         value = getattr(msg, name)
@@ -560,75 +642,120 @@ def to_wire(msg: Message, now: float) -> dict[str, Any]:
 #: voter's whole group commit in SQLite, taking other terminals' writes with it).
 MAX_WIRE_INT = 2**53 - 1
 
-
-def _terminal_id(value: Any, name: str) -> str:
-    if not isinstance(value, str) or not (value == "" or ID_PATTERN.fullmatch(value)):
-        raise BadMessage(f"{name} must be a terminal id, not {value!r:.40}")
-    return value
-
-
-def _ballot(value: Any) -> Ballot:
-    if (not isinstance(value, list) or len(value) != 2 or type(value[0]) is not int
-            or not 0 <= value[0] <= MAX_WIRE_INT):
-        raise BadMessage(f"ballot must be [round, terminal id], not {value!r:.80}")
-    return (value[0], _terminal_id(value[1], "a ballot's holder"))
+# The wire's shapes, checked by msgspec (exactly these fields, each of its type: a bool is no
+# integer, a float no position).  Only what msgspec cannot say is checked by hand: the entries
+# (``check_entry``) and a lease's seconds left (any number >= 0, as before).
+WireInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_WIRE_INT)]
+#: A terminal id, or ``""`` (the ballot of nobody: ``NO_BALLOT``).
+WireId = Annotated[str, msgspec.Meta(
+    pattern=f"^(?:{ID_PATTERN.pattern.removeprefix('^').removesuffix(chr(92) + 'Z')})?\\Z")]
+WireBallot = tuple[WireInt, WireId]
+WireAccepted = tuple[tuple[WireInt, WireBallot, Any], ...]
 
 
-def _count(value: Any, name: str) -> int:
-    if type(value) is not int or not 0 <= value <= MAX_WIRE_INT:
-        raise BadMessage(f"{name} must be an integer in 0..{MAX_WIRE_INT}")
-    return value
+class _Wire(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="m"):
+    type: Any  # "cashier": the link dispatched on it
+    drawer: str
+    ballot: WireBallot
+
+
+class _Prepare(_Wire, tag="prepare"):
+    known: WireInt
+
+
+class _Promise(_Wire, tag="promise"):
+    voter: WireId
+    accepted: WireAccepted
+    committed: WireInt
+
+
+class _Reject(_Wire, tag="reject"):
+    voter: WireId
+    promised: WireBallot
+    locked_by: WireId
+    lease_left: float | None
+
+
+class _Accept(_Wire, tag="accept"):
+    position: WireInt
+    entry: Any
+    commit_upto: WireInt
+
+
+class _Accepted(_Wire, tag="accepted"):
+    position: WireInt
+    voter: WireId
+    committed: WireInt
+
+
+class _Commit(_Wire, tag="commit"):
+    start: WireInt
+    entries: tuple[Any, ...]
+
+
+class _Release(_Wire, tag="release"):
+    pass
+
+
+_WireMessage = _Prepare | _Promise | _Reject | _Accept | _Accepted | _Commit | _Release
+_CORE: dict[type, type] = {_Prepare: Prepare, _Promise: Promise, _Reject: Reject, _Accept: Accept,
+                           _Accepted: Accepted, _Commit: Commit, _Release: Release}
+
+
+def wire_convert(data: dict[str, Any], shape: Any, what: str) -> Any:
+    """``data`` as ``shape``, or :class:`BadMessage` saying why not.  (msgspec fails to *word*
+    some refusals of a string holding a lone surrogate, e.g. as an unknown kind: still a refusal.)"""
+    try:
+        return msgspec.convert(data, shape)
+    except (msgspec.ValidationError, UnicodeEncodeError) as exc:
+        raise BadMessage(f"{what}: {exc}") from None
+
+
+def _entries(what: str, entries: Any, check_entry: Any) -> None:
+    if check_entry is None:
+        return
+    try:
+        for entry in entries:
+            check_entry(entry)
+    except ValueError as exc:
+        raise BadMessage(f"{what}: {exc}") from None
 
 
 def from_wire(data: dict[str, Any], now: float, check_entry: Any = None) -> Message:
     """Parse a quorum message; ``check_entry(entry)`` raises ``ValueError`` for a malformed entry."""
     kind = data.get("m")
-    cls = _KINDS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise BadMessage(f"unknown cashier message {data.get('m')!r:.40}")
-    fields = set(cls.__slots__) | {"type", "m"}
-    if "until" in fields:
-        fields = (fields - {"until"}) | {"lease_left"}
-    if set(data) != fields:
-        raise BadMessage(f"cashier {data['m']} message needs exactly {sorted(fields - {'type', 'm'})}")
-
-    def entry(e: Any) -> Any:
-        if check_entry is not None:
-            try:
-                check_entry(e)
-            except ValueError as exc:
-                raise BadMessage(f"cashier {data['m']}: {exc}") from None
-        return e
-
-    kw: dict[str, Any] = {}
-    for name, value in data.items():
-        if name in ("type", "m"):
-            continue
-        if name == "drawer":
-            if not isinstance(value, str):
-                raise BadMessage(f"{name} must be a string")
-            kw[name] = value
-        elif name in ("voter", "locked_by"):
-            kw[name] = _terminal_id(value, name)
-        elif name in ("ballot", "promised"):
-            kw[name] = _ballot(value)
-        elif name in ("known", "committed", "position", "start", "commit_upto"):
-            kw[name] = _count(value, name)
-        elif name == "lease_left":
-            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
-                raise BadMessage("lease_left must be seconds or null")
-            kw["until"] = None if value is None else now + float(value)
-        elif name == "accepted":
-            if not isinstance(value, list) or not all(isinstance(a, list) and len(a) == 3 for a in value):
-                raise BadMessage("accepted must be a list of [position, ballot, entry]")
-            kw[name] = tuple((_count(p, "position"), _ballot(b), entry(e)) for p, b, e in value)
-        elif name == "entries":
-            if not isinstance(value, list):
-                raise BadMessage("entries must be a list")
-            kw[name] = tuple(entry(e) for e in value)
-        elif name == "entry":
-            kw[name] = entry(value)
+    wire = wire_convert(data, _WireMessage, f"cashier {kind} message" if isinstance(kind, str) and kind in _KINDS
+                        else f"unknown cashier message {kind!r:.40}")
+    cls = _CORE[type(wire)]
+    kw = {name: getattr(wire, name) for name in cls.__slots__ if name != "until"}
+    if isinstance(wire, _Reject):
+        if wire.lease_left is not None and wire.lease_left < 0:
+            raise BadMessage("lease_left must be seconds or null")
+        kw["until"] = None if wire.lease_left is None else now + wire.lease_left
+    what = f"cashier {data['m']}"
+    if isinstance(wire, _Accept):
+        _entries(what, [wire.entry], check_entry)
+    elif isinstance(wire, _Commit):
+        _entries(what, wire.entries, check_entry)
+    elif isinstance(wire, _Promise):
+        _entries(what, [e for _, _, e in wire.accepted], check_entry)
     return cls(**kw)
+
+
+class _WireQuery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    type: Any
+    m: Any
+    known: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+
+
+def query_to_wire(known: dict[str, int]) -> dict[str, Any]:
+    """A ``recovery_query``: how far this terminal's ledgers go (the reporters relay the rest)."""
+    return {"type": "cashier", "m": "recovery_query", "known": known}
+
+
+def query_from_wire(data: dict[str, Any]) -> dict[str, int]:
+    """Parse a ``recovery_query`` (raises :class:`BadMessage`); returns drawer -> ledger length."""
+    return wire_convert(data, _WireQuery, "recovery_query: needs known (drawer -> ledger length)").known
 
 
 def report_to_wire(drawers: dict[str, DrawerReport], *, last: bool) -> dict[str, Any]:
@@ -639,24 +766,23 @@ def report_to_wire(drawers: dict[str, DrawerReport], *, last: bool) -> dict[str,
         for drawer, r in drawers.items()}}
 
 
+class _WireReport(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    promised: WireBallot
+    committed: WireInt
+    accepted: WireAccepted
+
+
+class _WireReports(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    type: Any
+    m: Any
+    drawers: dict[str, _WireReport]
+    last: bool
+
+
 def report_from_wire(data: dict[str, Any], check_entry: Any = None) -> tuple[dict[str, DrawerReport], bool]:
     """Parse a ``recovery_report`` (raises :class:`BadMessage`); returns (drawers, last)."""
-    drawers, last = data.get("drawers"), data.get("last")
-    if set(data) != {"type", "m", "drawers", "last"} or not isinstance(drawers, dict) or not isinstance(last, bool):
-        raise BadMessage("recovery_report needs exactly drawers (drawer -> state) and last (bool)")
-    out: dict[str, DrawerReport] = {}
-    for drawer, r in drawers.items():
-        if not isinstance(r, dict) or set(r) != {"promised", "committed", "accepted"} \
-                or not isinstance(r["accepted"], list) \
-                or not all(isinstance(a, list) and len(a) == 3 for a in r["accepted"]):
-            raise BadMessage(f"recovery_report: drawer {drawer!r:.40} needs promised, committed and accepted")
-        accepted = []
-        for pos, ballot, entry in r["accepted"]:
-            if check_entry is not None:
-                try:
-                    check_entry(entry)
-                except ValueError as exc:
-                    raise BadMessage(f"recovery_report: {exc}") from None
-            accepted.append((_count(pos, "position"), _ballot(ballot), entry))
-        out[drawer] = DrawerReport(_ballot(r["promised"]), _count(r["committed"], "committed"), tuple(accepted))
-    return out, last
+    wire = wire_convert(data, _WireReports,
+                        "recovery_report needs drawers (drawer -> promised, committed, accepted) and last")
+    for r in wire.drawers.values():
+        _entries("recovery_report", [e for _, _, e in r.accepted], check_entry)
+    return {drawer: DrawerReport(r.promised, r.committed, r.accepted) for drawer, r in wire.drawers.items()}, wire.last
