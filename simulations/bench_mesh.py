@@ -1,7 +1,7 @@
 """Mesh propagation latency and sustained throughput vs a star relay; prints JSON.
 
     pip install -e ".[bench]"
-    python simulations/bench_mesh.py [--terminals 3 5 10] [--backend asyncio|trio] [--no-star] [--processes]
+    python -m simulations.bench_mesh [--terminals 3 5 10] [--backend asyncio|trio] [--no-star] [--processes]
 
 For each mesh size, every terminal runs in this process (real TLS links on loopback, real SQLite
 files with fsync) - the same shape as the star baseline, whose clients also share this process
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -41,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from benchutil import Children, enrolled_store, link_up, run_child, summary
 
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
+from simulations.benchutil import Children, enrolled_store, link_up, run_child, summary
 
 #: The topology of a result whose terminals are the star relay's clients (see run_mesh).
 DURABLE_STAR = "star, meshpos terminals as clients"
@@ -101,7 +100,7 @@ async def run_mesh(n: int, *, latency_samples: int, interval: float, updates: in
                     while not all(len(t.mesh.links) == n - 1 for t in terminals):  # noqa: ASYNC110
                         await anyio.sleep(0.05)
             else:
-                from star_relay import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
+                from simulations.star_relay import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
 
                 for t in terminals:  # one at a time (see bench_own_core.star_latency)
                     await relays.start(TerminalRelayClient(t, relay_port).run)
@@ -208,7 +207,7 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
                 await link_up(t, arg[0], arg[1])
                 conn.send(("linked",))
             elif command == "relay":  # the durable star: synced through the relay at this port
-                from star_relay import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
+                from simulations.star_relay import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
 
                 conn.send(("relayed", await tg.start(TerminalRelayClient(t, arg[0]).run)))
             elif command == "product":
@@ -316,7 +315,7 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             results.append(await run_mesh(n, latency_samples=args.samples, interval=args.interval,
                                           updates=args.updates))
         if not args.no_star:
-            from star_relay import _relay_process, run_star  # noqa: PLC0415 - needs the [bench] extra
+            from simulations.star_relay import _relay_process, run_star  # noqa: PLC0415 - needs the [bench] extra
 
             results.append(await run_star(n, latency_samples=args.samples, interval=args.interval,
                                           throughput_updates=args.updates))
@@ -344,7 +343,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.backend == "trio":
         args.no_star = True  # the star baseline (pycrdt-websocket) is asyncio-only
-    sys.path.insert(0, str(Path(__file__).parent))
     started = time.perf_counter()
     try:
         out = anyio.run(main, args, backend=args.backend)

@@ -1,6 +1,6 @@
 """What one terminal with a core of its own does in a mesh of N; prints JSON.
 
-    python simulations/bench_own_core.py [--terminals 5] [--updates 1000] [--frame-updates 16]
+    python -m simulations.bench_own_core [--terminals 5] [--updates 1000] [--frame-updates 16]
 
 ``bench_mesh.py --processes`` runs N terminals on this machine's two cores: at N = 5 each gets
 0.4 of a core, so its figures are the machine's, not a terminal's.  A restaurant's terminals are
@@ -53,16 +53,14 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_mesh import ITEM, WRITERS_PER_TERMINAL, _terminal_process  # noqa: E402
-from benchutil import Children, enrolled_store, run_child, summary  # noqa: E402
-
-from meshpos.config import TerminalConfig  # noqa: E402
-from meshpos.terminal import Terminal  # noqa: E402
-from peer.identity import load_identity  # noqa: E402
-from peer.link import Binary, Closed, LinkCore, Opened, Send  # noqa: E402
-from peer.tls import client_context  # noqa: E402
-from peer.wire import PROTOCOL_VERSION, STEP1, STEP2, UPDATE, decode_sync, encode_sync  # noqa: E402
+from meshpos.config import TerminalConfig
+from meshpos.terminal import Terminal
+from peer.identity import load_identity
+from peer.link import Binary, Closed, LinkCore, Opened, Send
+from peer.tls import client_context
+from peer.wire import PROTOCOL_VERSION, STEP1, STEP2, UPDATE, decode_sync, encode_sync
+from simulations.bench_mesh import ITEM, WRITERS_PER_TERMINAL, _terminal_process
+from simulations.benchutil import Children, enrolled_store, run_child, summary
 
 #: An empty Yjs update (no structs, empty delete set): a replay peer's answer to a step 1.
 EMPTY_UPDATE = b"\x00\x00"
@@ -294,7 +292,8 @@ def pinned_star_client(conn: Connection, core: int, port: int, role: str, index:
 
 async def _star_client(conn: Connection, port: int, role: str, index: int, payload_bytes: int) -> None:
     from httpx_ws import aconnect_ws  # noqa: PLC0415 - the [bench] extra
-    from star_relay import ROOM, _Latencies, _OwnUpdatesProvider, _payload, _Terminal, _WsChannel  # noqa: PLC0415
+
+    from simulations.star_relay import ROOM, _Latencies, _OwnUpdatesProvider, _payload, _Terminal, _WsChannel  # noqa: PLC0415
 
     terminal = _Terminal(index, _Latencies(), record_own_updates=True)
     arrivals: dict[str, float] = {}
@@ -335,7 +334,8 @@ async def _star_client(conn: Connection, port: int, role: str, index: int, paylo
 
 async def _star_drains(conn: Connection, port: int, count: int, rooms: list[str] | None) -> None:
     from httpx_ws import aconnect_ws  # noqa: PLC0415
-    from star_relay import ROOM  # noqa: PLC0415
+
+    from simulations.star_relay import ROOM  # noqa: PLC0415
 
     async def drain(ws: Any) -> None:
         while True:
@@ -357,7 +357,7 @@ async def star_latency(n: int, samples: int, interval: float, payload_bytes: int
                        relay_core: int) -> dict[str, Any]:
     """The star's writer client on the first core; the receiver and n - 2 drains on the second;
     the relay on ``relay_core``."""
-    from star_relay import _relay_process  # noqa: PLC0415
+    from simulations.star_relay import _relay_process  # noqa: PLC0415
 
     async with _relay_process() as relay:
         _pin_process(relay.process.pid, relay_core)
@@ -393,7 +393,7 @@ async def durable_star_latency(n: int, samples: int, interval: float, backend: s
     writer terminal on the first core, the receiver terminal and n - 2 drains (in every room) on
     the second, the relay on ``relay_core``; the sample is the mesh's (write acknowledged on the
     writer to ``order:created`` on the receiver, both durable)."""
-    from star_relay import _relay_process  # noqa: PLC0415
+    from simulations.star_relay import _relay_process  # noqa: PLC0415
 
     async with _relay_process() as relay:
         _pin_process(relay.process.pid, relay_core)

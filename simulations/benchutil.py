@@ -1,7 +1,8 @@
 """What the benchmark scripts share: percentiles, a free port, an enrolled store, terminals in child processes.
 
-Imported by the scripts next to it (``python simulations/bench_*.py`` puts this directory on
-``sys.path``, and spawned children re-import their script the same way).
+Imported by the scripts next to it as ``simulations.benchutil``; spawned children re-import
+their script by module name (:func:`module_command`, or multiprocessing's spawn, which imports the
+target's module by its name).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import math
 import multiprocessing
 import socket
+import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,6 +25,16 @@ def percentile(values: list[float], p: float) -> float:
     figure is a sample that was measured, and the mesh and the star are ranked the same way."""
     ordered = sorted(values)
     return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    """The command that runs ``module`` (``simulations.partition``, ...) in a child process.
+
+    By module name, never by file: the child inherits the parent's working directory and
+    environment, so it imports the same ``simulations`` package (and the same product) the
+    parent did; a script run by its path would sit outside the package and not find its
+    neighbours."""
+    return [sys.executable, "-m", module, *args]
 
 
 def free_port() -> int:

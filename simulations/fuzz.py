@@ -1,7 +1,7 @@
 """Fuzzing every input path of a terminal, so the hardening of the decoders never quietly regresses.
 
-    python simulations/fuzz.py --inputs N --seed S [--jobs J] [--targets T ...] [--out DIR]
-    python simulations/fuzz.py --replay DIR/yupdate-s1-i1234.json      # run one saved crash input
+    python -m simulations.fuzz --inputs N --seed S [--jobs J] [--targets T ...] [--out DIR]
+    python -m simulations.fuzz --replay DIR/yupdate-s1-i1234.json      # run one saved crash input
 
 A hostile or buggy peer, a web page or a damaged file must never stop a terminal.  Each *target*
 below generates inputs for one of the paths such input takes - structure-aware (real pycrdt
@@ -79,11 +79,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(1, str(HERE.parent))
-
-import hostile  # noqa: E402
+from simulations import hostile
+from simulations.benchutil import module_command
 
 TARGETS = ("yupdate", "sync", "control", "link", "cashier", "roster", "api")
 #: Inputs per batch (one child call; the terminal targets start a fresh terminal per batch, which
@@ -2110,7 +2107,7 @@ class Child:
         self.log = self.log_path.open("wb")
         #: Its terminals' data directories (in memory when the box has a tmpfs).
         self.workdir = Path(tempfile.mkdtemp(prefix="fuzz-worker-", dir=scratch()))
-        argv = [sys.executable, str(Path(__file__).resolve()), "--worker", str(self.workdir)]
+        argv = module_command(__spec__.name, "--worker", str(self.workdir))
         if plant is not None:
             argv += ["--plant", str(plant)]
         env = {**os.environ, "PYTHONHASHSEED": "0", "RUST_BACKTRACE": "0"}
@@ -2243,7 +2240,7 @@ class Fuzzer:
         seconds = time.perf_counter() - started
         inputs = sum(t["inputs"] for t in self.totals.values())
         return {
-            "command": "python simulations/fuzz.py " + " ".join(self.args.argv),
+            "command": "python -m simulations.fuzz " + " ".join(self.args.argv),
             "seed": self.args.seed, "jobs": self.args.jobs, "inputs": inputs,
             "targets": self.totals,
             "crashes": sum(t["crash"] for t in self.totals.values()),
@@ -2417,7 +2414,7 @@ class Fuzzer:
 
     def _write(self, record: dict[str, Any], counted: bool = True) -> None:
         path = self.out / f"{record['target']}-s{record['seed']}-i{record['index']}.json"
-        record["replay"] = f"python simulations/fuzz.py --replay {path}"
+        record["replay"] = f"python -m simulations.fuzz --replay {path}"
         path.write_text(json.dumps(record, indent=1))
         kind = f"{record['target']}: {signature(record)}"
         with self.lock:

@@ -1,6 +1,6 @@
 """Seeded network-partition simulation of a restaurant's terminals; prints a JSON report.
 
-    python simulations/partition.py [--scenario NAME] [--terminals N] [--seed S] [--sweep N] [--shrink]
+    python -m simulations.partition [--scenario NAME] [--terminals N] [--seed S] [--sweep N] [--shrink]
 
 Real terminals - the product's documents, sync, TLS links, SQLite storage and cashier - run in
 this process on trio's virtual clock, joined by the in-memory network of ``peer/transport.py``:
@@ -56,6 +56,7 @@ from meshpos.documents.orders import ORDER_RANK, furthest
 from meshpos.terminal import Terminal
 from peer.identity import Authority, save_roster
 from peer.transport import MemoryNetwork, Radio
+from simulations.benchutil import module_command
 
 MENU = {"burger": 1590, "fries": 690, "salad": 1290, "soda": 450}
 STOCK = 10_000  # counted at the start; the checker adds the acknowledged moves
@@ -778,7 +779,7 @@ class Attempt:
     ops: int | None = None
 
     def command(self) -> str:
-        return "python simulations/partition.py " + " ".join(self._args())
+        return "python -m simulations.partition " + " ".join(self._args())
 
     def _args(self) -> list[str]:
         args = ["--scenario", self.scenario, "--terminals", str(self.terminals), "--seed", str(self.seed)]
@@ -791,7 +792,7 @@ class Attempt:
     def run(self) -> tuple[list[str] | None, int]:
         """``(failed checks, staff actions)``: ``None`` when it passed; a crash's last stderr line
         stands for its failed checks."""
-        done = subprocess.run([sys.executable, __file__, *self._args()], capture_output=True, text=True,
+        done = subprocess.run(module_command(__spec__.name, *self._args()), capture_output=True, text=True,
                               check=False)
         try:
             report = json.loads(done.stdout)

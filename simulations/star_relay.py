@@ -9,7 +9,7 @@ benchmark against such a relay and returns comparable numbers.
 
 How the relay is served, and why:
 
-* The relay runs in its own subprocess (``python simulations/star_relay.py --serve PORT``), so that,
+* The relay runs in its own subprocess (``python -m simulations.star_relay --serve PORT``), so that,
   like a real relay box, it has its own interpreter and its own core (the machine has two): the
   clients' CPU time must not be charged to the relay or the other way round.
 * It is pycrdt-websocket's own ``ASGIServer`` wrapping a ``WebsocketServer``, served by hypercorn.
@@ -83,7 +83,6 @@ from typing import IO, Any
 import anyio
 import anyio.lowlevel
 from anyio.abc import Process, TaskGroup
-from benchutil import free_port, percentile
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 from pycrdt import (
     Channel,
@@ -101,8 +100,7 @@ from pycrdt import (
     write_message,
 )
 
-THIS_FILE = Path(__file__).resolve()
-"""Run again as the relay subprocess (resolved at import: no blocking path calls in async code)."""
+from simulations.benchutil import free_port, module_command, percentile
 
 ROOM = "/star-bench"
 """The one room every terminal joins (pycrdt-websocket names rooms by the WebSocket path)."""
@@ -274,7 +272,7 @@ async def _relay_process() -> AsyncIterator[_Relay]:
     recorded a processing error, or did not shut down, and the run's numbers are not trusted.
     """
     port = free_port()
-    command = [sys.executable, str(THIS_FILE), "--serve", str(port)]
+    command = module_command(__spec__.name, "--serve", str(port))
     with tempfile.TemporaryFile() as stderr:
         process = await anyio.open_process(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         relay = _Relay(process, port, stderr)

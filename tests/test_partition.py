@@ -9,16 +9,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from simulations import partition
+from simulations.benchutil import module_command
 from tests.meshutil import handhelds_kept_up_through_the_wired_boxes
-
-SIM = Path(__file__).resolve().parent.parent / "simulations" / "partition.py"
-sys.path.insert(0, str(SIM.parent))
-import partition  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +37,8 @@ def test_scenario_holds_its_checks(scenario: str) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SIM), *args], capture_output=True, text=True, check=False, timeout=600)
+    return subprocess.run(module_command("simulations.partition", *args), capture_output=True, text=True, check=False,
+                          timeout=600)
 
 
 def test_one_seed_is_one_run() -> None:
@@ -48,7 +46,7 @@ def test_one_seed_is_one_run() -> None:
     args = ("--scenario", "flapping-wifi", "--terminals", "5", "--seed", "11")
     first = _cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
-    again = subprocess.run([sys.executable, str(SIM), *args], capture_output=True, text=True, check=False,
+    again = subprocess.run(module_command("simulations.partition", *args), capture_output=True, text=True, check=False,
                            timeout=600, env={**os.environ, "PYTHONHASHSEED": "7"})
     assert again.stdout == first.stdout
     other = _cli("--scenario", "flapping-wifi", "--terminals", "5", "--seed", "12")

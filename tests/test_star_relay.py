@@ -3,7 +3,6 @@ pycrdt-websocket relay must do what the mesh does, or the comparison in performa
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import anyio
@@ -14,8 +13,7 @@ from peer.identity import Authority
 from tests.meshutil import ITEM, PRODUCT, config_for, enroll, wait_for
 
 pytest.importorskip("pycrdt.websocket", reason="the star baseline needs the [bench] extra (pycrdt-websocket)")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "simulations"))
-from star_relay import TerminalRelayClient, _relay_process  # noqa: E402
+from simulations.star_relay import TerminalRelayClient, _relay_process
 
 pytestmark = pytest.mark.anyio
 
