@@ -4,7 +4,7 @@
 
 Each terminal is a ``meshpos run`` process in its own network namespace, plugged into a bridge
 (simulations/netlab.py): the terminals find each other by real mDNS, link over real TLS, keep
-real SQLite files.  The scenarios and the workload are simulations/partition.py's: a split is
+real SQLite files.  The scenarios and the workload are simulations/partition/'s: a split is
 the switch cut into groups (a lone box's port taken down, a larger group moved to a switch of
 its own), a crash is SIGKILL, a restart is a new process on the same data directory.  Every
 operation and every check goes through a terminal's local API, from inside its namespace.
@@ -62,7 +62,7 @@ class Refused(MeshposError):
 
 
 class ApiBox:
-    """simulations/partition.py's :class:`~partition.Box` over one terminal's local API."""
+    """simulations/partition's :class:`~simulations.partition.Box` over one terminal's local API."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
