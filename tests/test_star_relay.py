@@ -1,4 +1,4 @@
-"""The benchmarks' terminal-client star (``simulations/star_relay.py``): real terminals on the
+"""The benchmarks' terminal-client star (``simulations/star/terminal_client.py``): real terminals on the
 pycrdt-websocket relay must do what the mesh does, or the comparison in performance.md is void."""
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from peer.identity import Authority
 from tests.meshutil import ITEM, PRODUCT, config_for, enroll, wait_for
 
 pytest.importorskip("pycrdt.websocket", reason="the star baseline needs the [bench] extra (pycrdt-websocket)")
-from simulations.star_relay import TerminalRelayClient, _relay_process
+from simulations.star.relay import relay_process
+from simulations.star.terminal_client import TerminalRelayClient
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_terminals_on_the_relay_store_what_they_receive_and_emit_its_events(tmp_path: Path) -> None:
     a_dir, b_dir = enroll(Authority.init(tmp_path / "auth", "bench"), tmp_path, ["pos-a", "pos-b"])
-    async with (_relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a,
+    async with (relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a,
                 Terminal(config_for(b_dir, "pos-b")).running() as b, anyio.create_task_group() as tg):
         clients = [TerminalRelayClient(t, relay.port) for t in (a, b)]
         for client in clients:
@@ -46,7 +47,7 @@ async def test_terminals_on_the_relay_store_what_they_receive_and_emit_its_event
 
 async def test_a_document_opened_after_joining_fails_the_client(tmp_path: Path) -> None:
     (a_dir,) = enroll(Authority.init(tmp_path / "auth", "bench"), tmp_path, ["pos-a"])
-    async with _relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a:
+    async with relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a:
         client = TerminalRelayClient(a, relay.port)
         with pytest.raises(BaseExceptionGroup) as caught:
             async with anyio.create_task_group() as tg:
