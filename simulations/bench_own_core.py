@@ -362,7 +362,7 @@ async def star_latency(n: int, samples: int, interval: float, payload_bytes: int
     from simulations.star.relay import relay_process  # noqa: PLC0415
 
     async with relay_process() as relay:
-        _pin_process(relay.process.pid, relay_core)
+        _pin_process(relay.pid, relay_core)
 
         def run() -> dict[str, Any]:
             # One connection at a time, as the star's own benchmark (simulations/star/bare.py) connects:
@@ -398,7 +398,7 @@ async def durable_star_latency(n: int, samples: int, interval: float, backend: s
     from simulations.star.relay import relay_process  # noqa: PLC0415
 
     async with relay_process() as relay:
-        _pin_process(relay.process.pid, relay_core)
+        _pin_process(relay.pid, relay_core)
 
         def run() -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:

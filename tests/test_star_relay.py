@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from httpx_ws import aconnect_ws
 
 from meshpos.terminal import Terminal
 from peer.identity import Authority
@@ -56,6 +57,18 @@ async def test_a_document_opened_after_joining_fails_the_client(tmp_path: Path) 
                 client._on_update("orders/2001-01-02", b"\x00\x00", "local", None)
                 await anyio.sleep(5)
         assert caught.group_contains(RuntimeError, match="orders/2001-01-02 was opened after this terminal joined")
+
+
+
+async def test_a_relay_that_cannot_process_an_update_fails_the_run() -> None:
+    """The relay runs in a child process; an update it drops must fail the benchmark with the
+    relay's own error, not let the run report numbers (simulations/star/relay.py)."""
+    with pytest.raises(RuntimeError, match="star relay failed during the run: .*error processing a 9-byte message"):
+        async with relay_process() as relay:
+            async with aconnect_ws(f"http://127.0.0.1:{relay.port}/room", keepalive_ping_interval_seconds=None) as ws:
+                await ws.send_bytes(bytes([0, 2, 6]) + b"broken")  # a sync step 2 whose update is no update
+                with anyio.fail_after(20):
+                    await relay.watch(anyio.CancelScope())  # returns once the relay has exited
 
 
 async def _until(events, kind: str, count: int):  # noqa: ANN001, ANN202

@@ -19,7 +19,8 @@ from simulations.partition.shrink import Attempt, shrink
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=partition.__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m simulations.partition",
+                                     description=partition.__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="lunch-rush-kitchen-split")
     parser.add_argument("--terminals", type=int, default=6, help="3 to 50 boxes (default 6)")
     parser.add_argument("--seed", type=int, default=1)

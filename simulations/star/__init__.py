@@ -11,7 +11,4 @@ By job: :mod:`.relay` is the relay (its own process) and the benchmark side's ha
 the star benchmark that runs the mesh benchmark's two phases through them (``python -m
 simulations.star``); :mod:`.terminal_client` a real meshpos terminal as the relay's client.  bench_mesh.py and
 bench_own_core.py use all of them; the figures are in docs/performance.md.
-
-Nothing is imported here, so that ``python -m simulations.star.relay`` (the relay process) loads
-no more than the relay needs.
 """

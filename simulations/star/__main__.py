@@ -31,7 +31,8 @@ async def _main(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The star-relay baseline with bare pycrdt clients; prints JSON.")
+    parser = argparse.ArgumentParser(prog="python -m simulations.star",
+                                     description="The star-relay baseline with bare pycrdt clients; prints JSON.")
     parser.add_argument("--terminals", type=int, nargs="+", default=[3, 5, 10], help="terminal counts to run")
     parser.add_argument("--latency-samples", type=int, default=300)
     parser.add_argument("--interval", type=float, default=0.005, help="seconds between latency-phase writes")
