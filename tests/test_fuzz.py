@@ -1,4 +1,4 @@
-"""The fuzzer (simulations/fuzz.py) in CI: a short run of every target must find nothing, and the
+"""The fuzzer (simulations/fuzz/) in CI: a short run of every target must find nothing, and the
 crash detection must find what it is shown - a fuzzer that cannot see a segfault, or that only
 ever produces garbage every decoder refuses at its first byte, would pass forever and test nothing.
 
