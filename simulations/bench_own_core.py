@@ -29,10 +29,14 @@ do), so the terminal under test is the only thing that can fall behind.
   (``SCHED_IDLE``) on the second; pycrdt-websocket's relay next to the writer, then next to the
   receiver - both placements are reported.  Twice: with bare pycrdt clients that store nothing
   (``star_latency_ms_*``), and with real terminals as the relay's clients (``durable_star_*``,
-  ``simulations.star.terminal_client.TerminalRelayClient``: the same write, storage and event as the mesh's sample,
-  only the topology differs).
+  ``simulations.star.terminal_client.TerminalRelayClient``: the same write, storage and event as
+  the mesh's sample, only the topology differs).
 
 Needs at least two CPUs (``os.sched_setaffinity``).
+
+One module of ~460 lines on purpose: the mesh and the two stars are one measurement, arranged on
+the same two cores by the same pinning, and the durable star reuses the mesh's pinned terminals
+and its sample; the star's own pieces (relay, clients) are in simulations/star/.
 """
 
 from __future__ import annotations

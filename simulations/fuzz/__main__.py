@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from simulations import fuzz
 from simulations.fuzz.child import quiet, run_batch, worker
 from simulations.fuzz.parent import Fuzzer
 from simulations.fuzz.settings import TARGETS
@@ -63,7 +64,7 @@ def replay(path: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m simulations.fuzz", description=fuzz.__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", type=int, default=10_000, help="inputs in all, shared evenly by the targets")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)), help="child processes at a time")
