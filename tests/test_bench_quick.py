@@ -76,5 +76,7 @@ def test_it_measures_both_backends_and_fails_against_a_better_baseline(tmp_path:
     assert "regression against" in done.stderr and "trio.idle_rss_mb" in done.stderr
     assert json.loads(done.stdout)["regressions"]
     # A baseline measured on another size of day is refused rather than compared.
-    done = subprocess.run([*run[:3], "60", *run[4:]], capture_output=True, text=True, check=False, timeout=300)
+    orders = run.index("--orders") + 1
+    done = subprocess.run([*run[:orders], "60", *run[orders + 1:]], capture_output=True, text=True, check=False,
+                          timeout=300)
     assert done.returncode != 0 and "--orders 50" in done.stderr
