@@ -12,6 +12,17 @@ from simulations.benchutil import module_command
 
 pytestmark = pytest.mark.slow  # each test runs a benchmark script in its own processes
 
+SCRIPTS = ["partition", "netns", "bench_heal", "bench_partition", "bench_quick", "bench_mesh", "bench_own_core",
+           "bench_cashier", "bench_discovery", "bench_terminal", "fuzz", "star"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_runs_by_its_module_name(name: str) -> None:
+    """The docs, .ci/run and the scripts' own children run them as ``python -m simulations.<name>``:
+    each must import as a module of the package, with nothing added to ``sys.path``."""
+    done = subprocess.run(module_command(f"simulations.{name}", "--help"), capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage:"), done.stderr[-2000:]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="bench_own_core.py pins to two CPUs; this has one")
