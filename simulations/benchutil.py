@@ -67,8 +67,9 @@ def enrolled_store(root: Path, n: int, prefix: str = "t") -> list[str]:
 
 
 class Children:
-    """Terminal processes (spawned) and their pipes: ``target(conn, *args)`` runs in each child,
-    which answers ``(kind, *payload)`` tuples, or ``("error", text)`` when it fails."""
+    """Child processes (spawned: terminals, replay peers, the star's relay and clients) and their
+    pipes: ``target(conn, *args)`` runs in each child, which answers ``(kind, *payload)`` tuples,
+    or ``("error", text)`` when it fails."""
 
     def __init__(self, target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -83,12 +84,12 @@ class Children:
 
     def recv(self, i: int, expect: str, timeout: float = 300) -> tuple[Any, ...]:
         if not self.conns[i].poll(timeout):
-            raise TimeoutError(f"terminal {i} sent nothing within {timeout} s (waiting for {expect!r})")
+            raise TimeoutError(f"child {i} sent nothing within {timeout} s (waiting for {expect!r})")
         kind, *rest = self.conns[i].recv()
         if kind == "error":
             raise RuntimeError(rest[0])
         if kind != expect:
-            raise RuntimeError(f"terminal {i} answered {kind!r}, not {expect!r}")
+            raise RuntimeError(f"child {i} answered {kind!r}, not {expect!r}")
         return tuple(rest)
 
     def all(self, expect: str, timeout: float = 300) -> list[tuple[Any, ...]]:
