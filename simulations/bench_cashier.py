@@ -1,6 +1,6 @@
 """Cashier quorum: drawer-lock acquisition and commit latency, commits/s per drawer; prints JSON.
 
-    python simulations/bench_cashier.py [--voters 3 5] [--backend asyncio|trio] [--processes]
+    python -m simulations.bench_cashier [--voters 3 5] [--backend asyncio|trio] [--processes]
 
 For each voter count, a store of that many POS terminals (every one a voter; each holds the final
 roster before the cashier is used) is linked on loopback with real TLS links and real SQLite files
@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from benchutil import Children, enrolled_store, link_up, run_child, summary
 
 from meshpos.cashier import service
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
+from simulations.benchutil import Children, enrolled_store, link_up, run_child, summary
 
 TARGET_COMMIT_P99_MS = 20.0
 TARGET_COMMITS_PER_S = 200.0

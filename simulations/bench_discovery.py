@@ -1,6 +1,6 @@
 """Joining and leaving a mesh found by mDNS: real ``meshpos run`` processes on loopback; prints JSON.
 
-    python simulations/bench_discovery.py [--existing 5] [--runs 5] [--orders 200] [--backend asyncio|trio]
+    python -m simulations.bench_discovery [--existing 5] [--runs 5] [--orders 200] [--backend asyncio|trio]
 
 An existing mesh of ``--existing`` terminals (mDNS on 127.0.0.1, no addresses given) holds a
 catalog and ``--orders`` orders written on all of them.  Then, ``--runs`` times, a new terminal
@@ -33,9 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchutil import free_port
-
 from peer.identity import Authority
+from simulations.benchutil import free_port
 
 CLI = [sys.executable, "-m", "meshpos.cli"]
 ITEM = {"sku": "burger", "name": "Burger", "qty": 1, "unit_price_cents": 1590, "station": "grill"}

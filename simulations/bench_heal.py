@@ -1,7 +1,7 @@
 """Heal to converged with real terminals: after a split with thousands of writes on each side,
 how long until every terminal holds the same state?  Prints JSON.  Needs root.
 
-    sudo python simulations/bench_heal.py [--terminals 5 10] [--updates 5000]
+    sudo python -m simulations.bench_heal [--terminals 5 10] [--updates 5000]
 
 With simulations/netns.py's lab (one ``meshpos run`` per network namespace, real mDNS, TLS and
 SQLite): the boxes link, the switch is cut in two halves, each half takes ``--updates``
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,9 +31,8 @@ from typing import Any
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from netns import ApiBox, Restaurant, restaurant, until  # noqa: E402
-from partition import MENU, STOCK, kinds_for, missing_updates, union_state  # noqa: E402
+from simulations.netns import ApiBox, Restaurant, restaurant, until
+from simulations.partition import MENU, STOCK, kinds_for, missing_updates, union_state
 
 TARGET_SECONDS = 1.0
 

@@ -1,11 +1,11 @@
 """Mesh propagation latency and sustained throughput vs a star relay; prints JSON.
 
     pip install -e ".[bench]"
-    python simulations/bench_mesh.py [--terminals 3 5 10] [--backend asyncio|trio] [--no-star] [--processes]
+    python -m simulations.bench_mesh [--terminals 3 5 10] [--backend asyncio|trio] [--no-star] [--processes]
 
 For each mesh size, every terminal runs in this process (real TLS links on loopback, real SQLite
 files with fsync) - the same shape as the star baseline, whose clients also share this process
-while its relay gets its own (``simulations/star_relay.py``, pycrdt-websocket's WebsocketServer).
+while its relay gets its own (``simulations/star/``, pycrdt-websocket's WebsocketServer).
 With ``--processes`` each terminal runs in its own process instead (spawned, driven over a pipe),
 which is closer to real boxes: their CPU is no longer one interpreter's.
 
@@ -17,7 +17,7 @@ which is closer to real boxes: their CPU is no longer one interpreter's.
   twice: with bare pycrdt clients, whose sample is the time from the local transaction to the
   update observed on the last other client (nothing is stored anywhere, so it does less work
   per update than the mesh); and with the same terminals as the mesh's as its clients
-  (``star_relay.TerminalRelayClient``), whose sample is the mesh's - only the topology differs.
+  (``simulations.star.terminal_client.TerminalRelayClient``), whose sample is the mesh's - only the topology differs.
 * **throughput**: every terminal creates ``--updates`` orders as fast as it can (16 concurrent
   writers each); the time until every terminal has every order's event gives updates/s per
   terminal.
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -41,10 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from benchutil import Children, enrolled_store, link_up, run_child, summary
 
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
+from simulations.benchutil import Children, enrolled_store, link_up, run_child, summary
 
 #: The topology of a result whose terminals are the star relay's clients (see run_mesh).
 DURABLE_STAR = "star, meshpos terminals as clients"
@@ -82,7 +81,7 @@ class Observer:
 async def run_mesh(n: int, *, latency_samples: int, interval: float, updates: int,
                    relay_port: int | None = None) -> dict[str, Any]:
     """``relay_port``: the durable star instead - the same terminals, each synced through the
-    relay at that port (``star_relay.TerminalRelayClient``) rather than linked to the others."""
+    relay at that port (``simulations.star.terminal_client.TerminalRelayClient``) rather than linked to the others."""
     with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:
         root = Path(tmp)
         ids = enrolled_store(root, n)
@@ -101,7 +100,7 @@ async def run_mesh(n: int, *, latency_samples: int, interval: float, updates: in
                     while not all(len(t.mesh.links) == n - 1 for t in terminals):  # noqa: ASYNC110
                         await anyio.sleep(0.05)
             else:
-                from star_relay import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
+                from simulations.star.terminal_client import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
 
                 for t in terminals:  # one at a time (see bench_own_core.star_latency)
                     await relays.start(TerminalRelayClient(t, relay_port).run)
@@ -208,7 +207,7 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
                 await link_up(t, arg[0], arg[1])
                 conn.send(("linked",))
             elif command == "relay":  # the durable star: synced through the relay at this port
-                from star_relay import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
+                from simulations.star.terminal_client import TerminalRelayClient  # noqa: PLC0415 - the [bench] extra
 
                 conn.send(("relayed", await tg.start(TerminalRelayClient(t, arg[0]).run)))
             elif command == "product":
@@ -316,11 +315,12 @@ async def main(args: argparse.Namespace) -> list[dict[str, Any]]:
             results.append(await run_mesh(n, latency_samples=args.samples, interval=args.interval,
                                           updates=args.updates))
         if not args.no_star:
-            from star_relay import _relay_process, run_star  # noqa: PLC0415 - needs the [bench] extra
+            from simulations.star.bench import run_star  # noqa: PLC0415 - needs the [bench] extra
+            from simulations.star.relay import relay_process  # noqa: PLC0415
 
             results.append(await run_star(n, latency_samples=args.samples, interval=args.interval,
                                           throughput_updates=args.updates))
-            async with _relay_process() as relay:
+            async with relay_process() as relay:
                 if args.processes:
                     results.append(await anyio.to_thread.run_sync(functools.partial(
                         run_mesh_processes, n, latency_samples=args.samples, interval=args.interval,
@@ -344,7 +344,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.backend == "trio":
         args.no_star = True  # the star baseline (pycrdt-websocket) is asyncio-only
-    sys.path.insert(0, str(Path(__file__).parent))
     started = time.perf_counter()
     try:
         out = anyio.run(main, args, backend=args.backend)

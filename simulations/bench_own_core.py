@@ -1,6 +1,6 @@
 """What one terminal with a core of its own does in a mesh of N; prints JSON.
 
-    python simulations/bench_own_core.py [--terminals 5] [--updates 1000] [--frame-updates 16]
+    python -m simulations.bench_own_core [--terminals 5] [--updates 1000] [--frame-updates 16]
 
 ``bench_mesh.py --processes`` runs N terminals on this machine's two cores: at N = 5 each gets
 0.4 of a core, so its figures are the machine's, not a terminal's.  A restaurant's terminals are
@@ -29,10 +29,14 @@ do), so the terminal under test is the only thing that can fall behind.
   (``SCHED_IDLE``) on the second; pycrdt-websocket's relay next to the writer, then next to the
   receiver - both placements are reported.  Twice: with bare pycrdt clients that store nothing
   (``star_latency_ms_*``), and with real terminals as the relay's clients (``durable_star_*``,
-  ``star_relay.TerminalRelayClient``: the same write, storage and event as the mesh's sample,
-  only the topology differs).
+  ``simulations.star.terminal_client.TerminalRelayClient``: the same write, storage and event as
+  the mesh's sample, only the topology differs).
 
 Needs at least two CPUs (``os.sched_setaffinity``).
+
+One module of ~460 lines on purpose: the mesh and the two stars are one measurement, arranged on
+the same two cores by the same pinning, and the durable star reuses the mesh's pinned terminals
+and its sample; the star's own pieces (relay, clients) are in simulations/star/.
 """
 
 from __future__ import annotations
@@ -53,16 +57,14 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
-sys.path.insert(0, str(Path(__file__).parent))
-from bench_mesh import ITEM, WRITERS_PER_TERMINAL, _terminal_process  # noqa: E402
-from benchutil import Children, enrolled_store, run_child, summary  # noqa: E402
-
-from meshpos.config import TerminalConfig  # noqa: E402
-from meshpos.terminal import Terminal  # noqa: E402
-from peer.identity import load_identity  # noqa: E402
-from peer.link import Binary, Closed, LinkCore, Opened, Send  # noqa: E402
-from peer.tls import client_context  # noqa: E402
-from peer.wire import PROTOCOL_VERSION, STEP1, STEP2, UPDATE, decode_sync, encode_sync  # noqa: E402
+from meshpos.config import TerminalConfig
+from meshpos.terminal import Terminal
+from peer.identity import load_identity
+from peer.link import Binary, Closed, LinkCore, Opened, Send
+from peer.tls import client_context
+from peer.wire import PROTOCOL_VERSION, STEP1, STEP2, UPDATE, decode_sync, encode_sync
+from simulations.bench_mesh import ITEM, WRITERS_PER_TERMINAL, _terminal_process
+from simulations.benchutil import Children, enrolled_store, run_child, summary
 
 #: An empty Yjs update (no structs, empty delete set): a replay peer's answer to a step 1.
 EMPTY_UPDATE = b"\x00\x00"
@@ -294,9 +296,12 @@ def pinned_star_client(conn: Connection, core: int, port: int, role: str, index:
 
 async def _star_client(conn: Connection, port: int, role: str, index: int, payload_bytes: int) -> None:
     from httpx_ws import aconnect_ws  # noqa: PLC0415 - the [bench] extra
-    from star_relay import ROOM, _Latencies, _OwnUpdatesProvider, _payload, _Terminal, _WsChannel  # noqa: PLC0415
 
-    terminal = _Terminal(index, _Latencies(), record_own_updates=True)
+    from simulations.star.bare import BareTerminal, Latencies, OwnUpdatesProvider, payload  # noqa: PLC0415
+    from simulations.star.channel import WsChannel  # noqa: PLC0415
+    from simulations.star.relay import ROOM  # noqa: PLC0415
+
+    terminal = BareTerminal(index, Latencies(), record_own_updates=True)
     arrivals: dict[str, float] = {}
     enough = anyio.Event()
     expect = [0]
@@ -310,8 +315,8 @@ async def _star_client(conn: Connection, port: int, role: str, index: int, paylo
 
     terminal.bench.observe(seen)
     async with aconnect_ws(f"http://127.0.0.1:{port}{ROOM}", keepalive_ping_interval_seconds=None) as ws:
-        channel = _WsChannel(ws, f"{ROOM}#{index}")
-        async with _OwnUpdatesProvider(terminal.doc, channel, terminal.own_updates) as provider:
+        channel = WsChannel(ws, f"{ROOM}#{index}")
+        async with OwnUpdatesProvider(terminal.doc, channel, terminal.own_updates) as provider:
             with anyio.fail_after(20):
                 await provider.synced.wait()
             conn.send(("ready",))
@@ -320,7 +325,7 @@ async def _star_client(conn: Connection, port: int, role: str, index: int, paylo
                 acked = {}
                 for slot in range(total):
                     await anyio.sleep(max(0.0, start + slot * interval - time.perf_counter()))
-                    key, at = terminal.write(_payload(index, slot, payload_bytes))
+                    key, at = terminal.write(payload(index, slot, payload_bytes))
                     acked[key] = at
                 conn.send(("latency", acked))
             else:
@@ -335,7 +340,8 @@ async def _star_client(conn: Connection, port: int, role: str, index: int, paylo
 
 async def _star_drains(conn: Connection, port: int, count: int, rooms: list[str] | None) -> None:
     from httpx_ws import aconnect_ws  # noqa: PLC0415
-    from star_relay import ROOM  # noqa: PLC0415
+
+    from simulations.star.relay import ROOM  # noqa: PLC0415
 
     async def drain(ws: Any) -> None:
         while True:
@@ -357,14 +363,14 @@ async def star_latency(n: int, samples: int, interval: float, payload_bytes: int
                        relay_core: int) -> dict[str, Any]:
     """The star's writer client on the first core; the receiver and n - 2 drains on the second;
     the relay on ``relay_core``."""
-    from star_relay import _relay_process  # noqa: PLC0415
+    from simulations.star.relay import relay_process  # noqa: PLC0415
 
-    async with _relay_process() as relay:
-        _pin_process(relay.process.pid, relay_core)
+    async with relay_process() as relay:
+        _pin_process(relay.pid, relay_core)
 
         def run() -> dict[str, Any]:
-            # One connection at a time, as star_relay's own benchmark connects: clients joining a
-            # room pycrdt-websocket is still creating were seen to hang in their sync.
+            # One connection at a time, as the star's own benchmark (simulations/star/bare.py) connects:
+            # clients joining a room pycrdt-websocket is still creating were seen to hang in their sync.
             started: list[Children] = []
             try:
                 for role, core, index in (("writer", cores[0], 0), ("receiver", cores[1], 1),
@@ -389,14 +395,14 @@ async def star_latency(n: int, samples: int, interval: float, payload_bytes: int
 
 async def durable_star_latency(n: int, samples: int, interval: float, backend: str, cores: tuple[int, int],
                                relay_core: int) -> dict[str, Any]:
-    """The star with real terminals as its clients (``star_relay.TerminalRelayClient``): the
+    """The star with real terminals as its clients (``simulations.star.terminal_client.TerminalRelayClient``): the
     writer terminal on the first core, the receiver terminal and n - 2 drains (in every room) on
     the second, the relay on ``relay_core``; the sample is the mesh's (write acknowledged on the
     writer to ``order:created`` on the receiver, both durable)."""
-    from star_relay import _relay_process  # noqa: PLC0415
+    from simulations.star.relay import relay_process  # noqa: PLC0415
 
-    async with _relay_process() as relay:
-        _pin_process(relay.process.pid, relay_core)
+    async with relay_process() as relay:
+        _pin_process(relay.pid, relay_core)
 
         def run() -> dict[str, Any]:
             with tempfile.TemporaryDirectory(prefix="meshpos-bench-") as tmp:

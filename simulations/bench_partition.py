@@ -1,6 +1,6 @@
 """The partition simulator's own speed: simulated operations per real second; prints JSON.
 
-    python simulations/bench_partition.py [--terminals 6 12 20] [--scenario NAME] [--seed S]
+    python -m simulations.bench_partition [--terminals 6 12 20] [--scenario NAME] [--seed S]
 
 Each size runs in its own process (so its peak memory is its own): real seconds, virtual
 seconds, the workload's operations (orders, stock moves, kitchen and order stages, payments),
@@ -14,13 +14,10 @@ import argparse
 import json
 import resource
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import partition  # noqa: E402
+from simulations import partition
+from simulations.benchutil import module_command
 
 
 def one(scenario: str, n: int, seed: int) -> dict[str, object]:
@@ -50,8 +47,8 @@ def main() -> None:
         return
     results = []
     for n in args.terminals:
-        done = subprocess.run([sys.executable, __file__, "--scenario", args.scenario, "--seed", str(args.seed),
-                               "--one", str(n)], capture_output=True, text=True, check=True)
+        done = subprocess.run(module_command(__spec__.name, "--scenario", args.scenario, "--seed", str(args.seed),
+                                              "--one", str(n)), capture_output=True, text=True, check=True)
         results.append(json.loads(done.stdout))
     print(json.dumps({"scenario": args.scenario, "seed": args.seed, "results": results}, indent=1))
 

@@ -1,7 +1,7 @@
 """Regression guard for one terminal: figures that a noisy neighbour does not swing; prints JSON.
 
-    python simulations/bench_quick.py                    # measure, compare with the baseline
-    python simulations/bench_quick.py --write-baseline   # measure and record a new baseline
+    python -m simulations.bench_quick                    # measure, compare with the baseline
+    python -m simulations.bench_quick --write-baseline   # measure and record a new baseline
 
 Wall-clock throughput and latency move with whatever else runs on the machine, so they stay in
 the full benchmarks (bench_terminal.py and the others, docs/performance.md).  This script
@@ -38,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from simulations.benchutil import module_command
 
 HERE = Path(__file__).resolve().parent
 BASELINE = HERE / "bench_quick_baseline.json"
@@ -170,7 +172,7 @@ def child(task: str, backend: str, data_dir: str, orders: int) -> None:
 # -- in the parent ------------------------------------------------------------------------------
 
 def _in_child(task: str, backend: str, data_dir: Path, orders: int = 0) -> Any:
-    out = subprocess.run([sys.executable, __file__, "--child", task, backend, str(data_dir), str(orders)],
+    out = subprocess.run(module_command(__spec__.name, "--child", task, backend, str(data_dir), str(orders)),
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout) if out.stdout.strip() else None
 

@@ -1,7 +1,7 @@
 """Benchmark one terminal; prints JSON.  Targets (docs/performance.md): >= 2,000 durable writes/s
 through the Python API, cold start <= 1 s with a busy day loaded, RSS <= 80 MB.
 
-    python simulations/bench_terminal.py [--orders 5000] [--backend asyncio|trio]
+    python -m simulations.bench_terminal [--orders 5000] [--backend asyncio|trio]
 """
 
 from __future__ import annotations

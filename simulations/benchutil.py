@@ -1,7 +1,8 @@
 """What the benchmark scripts share: percentiles, a free port, an enrolled store, terminals in child processes.
 
-Imported by the scripts next to it (``python simulations/bench_*.py`` puts this directory on
-``sys.path``, and spawned children re-import their script the same way).
+Imported by the scripts next to it as ``simulations.benchutil``; spawned children re-import
+their script by module name (:func:`module_command`, or multiprocessing's spawn, which imports the
+target's module by its name).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import contextlib
 import math
 import multiprocessing
 import socket
+import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -23,6 +25,16 @@ def percentile(values: list[float], p: float) -> float:
     figure is a sample that was measured, and the mesh and the star are ranked the same way."""
     ordered = sorted(values)
     return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+def module_command(module: str, *args: str) -> list[str]:
+    """The command that runs ``module`` (``simulations.partition``, ...) in a child process.
+
+    By module name, never by file: the child inherits the parent's working directory and
+    environment, so it imports the same ``simulations`` package (and the same product) the
+    parent did; a script run by its path would sit outside the package and not find its
+    neighbours."""
+    return [sys.executable, "-m", module, *args]
 
 
 def free_port() -> int:
@@ -55,8 +67,9 @@ def enrolled_store(root: Path, n: int, prefix: str = "t") -> list[str]:
 
 
 class Children:
-    """Terminal processes (spawned) and their pipes: ``target(conn, *args)`` runs in each child,
-    which answers ``(kind, *payload)`` tuples, or ``("error", text)`` when it fails."""
+    """Child processes (spawned: terminals, replay peers, the star's relay and clients) and their
+    pipes: ``target(conn, *args)`` runs in each child, which answers ``(kind, *payload)`` tuples,
+    or ``("error", text)`` when it fails."""
 
     def __init__(self, target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -71,12 +84,12 @@ class Children:
 
     def recv(self, i: int, expect: str, timeout: float = 300) -> tuple[Any, ...]:
         if not self.conns[i].poll(timeout):
-            raise TimeoutError(f"terminal {i} sent nothing within {timeout} s (waiting for {expect!r})")
+            raise TimeoutError(f"child {i} sent nothing within {timeout} s (waiting for {expect!r})")
         kind, *rest = self.conns[i].recv()
         if kind == "error":
             raise RuntimeError(rest[0])
         if kind != expect:
-            raise RuntimeError(f"terminal {i} answered {kind!r}, not {expect!r}")
+            raise RuntimeError(f"child {i} answered {kind!r}, not {expect!r}")
         return tuple(rest)
 
     def all(self, expect: str, timeout: float = 300) -> list[tuple[Any, ...]]:

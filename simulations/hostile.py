@@ -1,6 +1,6 @@
 """Hostile inputs a peer, a web page or a damaged file can produce, built byte by byte.
 
-Used by the tests (tests/test_hostile_peers.py) and by the fuzzer (simulations/fuzz.py).  Each
+Used by the tests (tests/test_hostile_peers.py) and by the fuzzer (simulations/fuzz/).  Each
 one once stopped a terminal: deep JSON raised ``RecursionError`` out of a task group; a deep Yjs
 value overflowed the stack of pycrdt's Rust decoder (SIGSEGV); a chain of nested types did the
 same the first time it was read.

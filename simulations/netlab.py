@@ -5,7 +5,7 @@ plugged into that bridge, with an address from 10.211.0.0/24 (a range that exist
 these namespaces).  Cutting a host's switch port is a Wi-Fi split the host itself does not
 notice; :meth:`Lan.split` cuts the LAN into groups the same way.  A host's local API
 (127.0.0.1 inside its namespace) is reached from inside its namespace - curl for one request,
-an :class:`Agent` (this file run as ``python netlab.py agent PORT`` there) for many - so nothing
+an :class:`Agent` (this file run as ``python -m simulations.netlab agent PORT`` there) for many - so nothing
 outside the namespaces gets an address.
 
 Namespaces are named ``mplab-<pid>-…``; :meth:`Lan.close` removes them, and a new lab removes
@@ -26,6 +26,8 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+
+from simulations.benchutil import module_command
 
 SUBNET = "10.211.0"
 PREFIX = "mplab-"
@@ -80,7 +82,7 @@ class Host:
     async def agent(self, port: int) -> Agent:
         """A persistent HTTP client inside this host's namespace, for its ``127.0.0.1:port``."""
         agent = Agent(self)
-        agent.proc = await anyio.open_process(self.exec_args(sys.executable, "-u", __file__, "agent", str(port)),
+        agent.proc = await anyio.open_process(self.exec_args(*module_command(__spec__.name, "agent", str(port))),
                                               stderr=subprocess.DEVNULL)
         agent.reader = BufferedByteReceiveStream(agent.proc.stdout)  # type: ignore[arg-type]
         return agent

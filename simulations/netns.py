@@ -1,10 +1,10 @@
 """The partition scenarios with real terminals: ``meshpos run`` processes on separate hosts.
 
-    sudo python simulations/netns.py [--scenario NAME] [--terminals N] [--seed S] [--speed X] [--plot FILE.png]
+    sudo python -m simulations.netns [--scenario NAME] [--terminals N] [--seed S] [--speed X] [--plot FILE.png]
 
 Each terminal is a ``meshpos run`` process in its own network namespace, plugged into a bridge
 (simulations/netlab.py): the terminals find each other by real mDNS, link over real TLS, keep
-real SQLite files.  The scenarios and the workload are simulations/partition.py's: a split is
+real SQLite files.  The scenarios and the workload are simulations/partition/'s: a split is
 the switch cut into groups (a lone box's port taken down, a larger group moved to a switch of
 its own), a crash is SIGKILL, a restart is a new process on the same data directory.  Every
 operation and every check goes through a terminal's local API, from inside its namespace.
@@ -41,12 +41,10 @@ from typing import Any
 
 import anyio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import partition  # noqa: E402
-from netlab import Agent, LabUnavailable, Lan, sweep_leftovers  # noqa: E402
-from partition import MENU, STOCK, Scenario, Workload, check, drawer_of, kinds_for, missing_updates  # noqa: E402
-
-from core.errors import MeshposError  # noqa: E402
+from core.errors import MeshposError
+from simulations import partition
+from simulations.netlab import Agent, LabUnavailable, Lan, sweep_leftovers
+from simulations.partition import MENU, STOCK, Scenario, Workload, check, drawer_of, kinds_for, missing_updates
 
 API_PORT = 8700
 PEER_PORT = 8710
@@ -64,7 +62,7 @@ class Refused(MeshposError):
 
 
 class ApiBox:
-    """simulations/partition.py's :class:`~partition.Box` over one terminal's local API."""
+    """simulations/partition's :class:`~simulations.partition.Box` over one terminal's local API."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent

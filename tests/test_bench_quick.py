@@ -4,25 +4,20 @@ figure past its tolerance fails the run."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "simulations" / "bench_quick.py"
+from simulations import bench_quick
+from simulations.benchutil import module_command
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_quick", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_quick
 
 
 def test_a_figure_past_its_tolerance_is_a_regression_and_one_far_below_an_improvement(bench: ModuleType) -> None:
@@ -60,7 +55,7 @@ def test_cpu_is_judged_in_units_of_the_reference_work_and_memory_is_not(bench: M
 @pytest.mark.slow  # the script measures in child processes
 def test_it_measures_both_backends_and_fails_against_a_better_baseline(tmp_path: Path) -> None:
     baseline = tmp_path / "baseline.json"
-    run = [sys.executable, str(SCRIPT), "--orders", "50", "--baseline", str(baseline)]
+    run = module_command("simulations.bench_quick", "--orders", "50", "--baseline", str(baseline))
     done = subprocess.run([*run, "--write-baseline"], capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     recorded = json.loads(baseline.read_text())
@@ -81,5 +76,7 @@ def test_it_measures_both_backends_and_fails_against_a_better_baseline(tmp_path:
     assert "regression against" in done.stderr and "trio.idle_rss_mb" in done.stderr
     assert json.loads(done.stdout)["regressions"]
     # A baseline measured on another size of day is refused rather than compared.
-    done = subprocess.run([*run[:3], "60", *run[4:]], capture_output=True, text=True, check=False, timeout=300)
+    orders = run.index("--orders") + 1
+    done = subprocess.run([*run[:orders], "60", *run[orders + 1:]], capture_output=True, text=True, check=False,
+                          timeout=300)
     assert done.returncode != 0 and "--orders 50" in done.stderr

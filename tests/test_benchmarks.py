@@ -5,22 +5,32 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from simulations.benchutil import module_command
+
 pytestmark = pytest.mark.slow  # each test runs a benchmark script in its own processes
 
-SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
+SCRIPTS = ["partition", "netns", "bench_heal", "bench_partition", "bench_quick", "bench_mesh", "bench_own_core",
+           "bench_cashier", "bench_discovery", "bench_terminal", "fuzz", "star"]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_runs_by_its_module_name(name: str) -> None:
+    """The docs, .ci/run and the scripts' own children run them as ``python -m simulations.<name>``:
+    each must import as a module of the package, with nothing added to ``sys.path``."""
+    done = subprocess.run(module_command(f"simulations.{name}", "--help"), capture_output=True, text=True,
+                          check=False, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage:"), done.stderr[-2000:]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="bench_own_core.py pins to two CPUs; this has one")
 def test_own_core_benchmark_takes_in_every_peer_frame() -> None:
     """One terminal with its own core, two replay peers: every recorded frame reaches it over a
     real TLS link and is stored with its events (the run waits for all 3 x 64 orders' events)."""
-    done = subprocess.run([sys.executable, str(SIMULATIONS / "bench_own_core.py"), "--terminals", "3",
-                           "--updates", "64", "--frame-updates", "4", "--samples", "20", "--no-star"],
+    done = subprocess.run(module_command("simulations.bench_own_core", "--terminals", "3",
+                           "--updates", "64", "--frame-updates", "4", "--samples", "20", "--no-star"),
                           capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (result,) = json.loads(done.stdout)["results"]
@@ -33,7 +43,7 @@ def test_own_core_benchmark_takes_in_every_peer_frame() -> None:
 
 
 def test_own_core_benchmark_refuses_a_one_terminal_mesh() -> None:
-    done = subprocess.run([sys.executable, str(SIMULATIONS / "bench_own_core.py"), "--terminals", "1"],
+    done = subprocess.run(module_command("simulations.bench_own_core", "--terminals", "1"),
                           capture_output=True, text=True, check=False, timeout=60)
     assert done.returncode != 0
     assert "at least 2" in done.stderr or "two CPUs" in done.stderr
@@ -45,8 +55,8 @@ def test_mesh_benchmark_runs_the_star_with_bare_and_with_terminal_clients(mode: 
     clients (tests/test_star_relay.py checks what those do).  The run waits for every order's
     event on every terminal, and fails if the relay reports an error or drops a connection."""
     pytest.importorskip("pycrdt.websocket", reason="the star baseline needs the [bench] extra (pycrdt-websocket)")
-    done = subprocess.run([sys.executable, str(SIMULATIONS / "bench_mesh.py"), "--terminals", "3",
-                           "--samples", "10", "--updates", "32", *mode],
+    done = subprocess.run(module_command("simulations.bench_mesh", "--terminals", "3",
+                           "--samples", "10", "--updates", "32", *mode),
                           capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     mesh, star, durable = json.loads(done.stdout)["results"]
@@ -59,8 +69,8 @@ def test_mesh_benchmark_runs_the_star_with_bare_and_with_terminal_clients(mode: 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="bench_own_core.py pins to two CPUs; this has one")
 def test_own_core_benchmark_measures_both_stars_at_both_relay_placements() -> None:
     pytest.importorskip("pycrdt.websocket", reason="the star baseline needs the [bench] extra (pycrdt-websocket)")
-    done = subprocess.run([sys.executable, str(SIMULATIONS / "bench_own_core.py"), "--terminals", "3",
-                           "--updates", "32", "--samples", "10"],
+    done = subprocess.run(module_command("simulations.bench_own_core", "--terminals", "3",
+                           "--updates", "32", "--samples", "10"),
                           capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (result,) = json.loads(done.stdout)["results"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,10 +16,8 @@ from typing import Any
 import pytest
 
 from peer.identity import Authority
+from simulations.netlab import Host, LabUnavailable, Lan
 from tests.procutil import BURGER, CLI, Proc, clean_env, run_args
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "simulations"))
-from netlab import Host, LabUnavailable, Lan  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

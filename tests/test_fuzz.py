@@ -1,4 +1,4 @@
-"""The fuzzer (simulations/fuzz.py) in CI: a short run of every target must find nothing, and the
+"""The fuzzer (simulations/fuzz/) in CI: a short run of every target must find nothing, and the
 crash detection must find what it is shown - a fuzzer that cannot see a segfault, or that only
 ever produces garbage every decoder refuses at its first byte, would pass forever and test nothing.
 
@@ -12,20 +12,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from simulations.benchutil import module_command
+
 pytestmark = pytest.mark.slow  # each test spawns the fuzzer and its children
 
-FUZZ = Path(__file__).resolve().parent.parent / "simulations" / "fuzz.py"
+FUZZ = module_command("simulations.fuzz")
 TARGETS = ("yupdate", "sync", "control", "link", "cashier", "roster", "api")
 
 
 def fuzz(tmp_path: Path, *args: str, timeout: float = 300) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, str(FUZZ), *args, "--out", str(tmp_path / "crashes")],
+    done = subprocess.run([*FUZZ, *args, "--out", str(tmp_path / "crashes")],
                           capture_output=True, text=True, check=False, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
@@ -76,9 +77,9 @@ def test_a_planted_segfault_is_found_bisected_and_replayed(tmp_path: Path) -> No
     assert raised["kind"] == "exception" and "the planted exception" in raised["error"]
 
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # what a replay that segfaults leaves behind
-    replayed = subprocess.run([sys.executable, str(FUZZ), "--replay", str(saved[1234])],
+    replayed = subprocess.run([*FUZZ, "--replay", str(saved[1234])],
                               capture_output=True, text=True, check=False, timeout=60, env=env)
     assert replayed.returncode == -signal.SIGSEGV
-    replayed = subprocess.run([sys.executable, str(FUZZ), "--replay", str(saved[1241])],
+    replayed = subprocess.run([*FUZZ, "--replay", str(saved[1241])],
                               capture_output=True, text=True, check=False, timeout=60, env=env)
     assert replayed.returncode == 0 and json.loads(replayed.stdout)["crash"] is True

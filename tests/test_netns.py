@@ -11,16 +11,15 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from simulations.benchutil import module_command
 from tests.meshutil import handhelds_kept_up_through_the_wired_boxes
 
-SIMULATIONS = Path(__file__).resolve().parent.parent / "simulations"
-NETNS = SIMULATIONS / "netns.py"
+NETNS = module_command("simulations.netns")
 
 pytestmark = [
     pytest.mark.slow,
@@ -41,7 +40,7 @@ def _processes_using(path: Path) -> list[str]:
 def test_cashier_isolated_with_real_processes_holds_its_checks(tmp_path: Path) -> None:
     """One POS's switch port goes down: it takes payments provisionally; after the heal they are
     committed or in review, and every terminal's API shows the same documents and ledgers."""
-    done = subprocess.run([sys.executable, str(NETNS), "--scenario", "cashier-isolated", "--terminals", "5",
+    done = subprocess.run([*NETNS, "--scenario", "cashier-isolated", "--terminals", "5",
                            "--seed", "3", "--speed", "2", "--keep", str(tmp_path)],
                           capture_output=True, text=True, check=False, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -59,7 +58,7 @@ def test_cashier_isolated_with_real_processes_holds_its_checks(tmp_path: Path) -
 def test_wifi_client_isolation_with_real_processes_relays_through_the_wired_boxes(tmp_path: Path) -> None:
     """The handhelds' switch ports become isolated bridge ports: they reach the POS terminals and
     the KDS but not each other, yet get each other's writes through them; all checks hold."""
-    done = subprocess.run([sys.executable, str(NETNS), "--scenario", "wifi-client-isolation", "--terminals", "6",
+    done = subprocess.run([*NETNS, "--scenario", "wifi-client-isolation", "--terminals", "6",
                            "--seed", "2", "--speed", "2"], capture_output=True, text=True, check=False, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
@@ -70,7 +69,7 @@ def test_wifi_client_isolation_with_real_processes_relays_through_the_wired_boxe
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_an_interrupted_run_leaves_no_namespaces_or_terminals(tmp_path: Path, how: int) -> None:
-    runner = subprocess.Popen([sys.executable, str(NETNS), "--scenario", "wan-down-all-day", "--terminals", "3",
+    runner = subprocess.Popen([*NETNS, "--scenario", "wan-down-all-day", "--terminals", "3",
                                "--keep", str(tmp_path)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert runner.stderr is not None
@@ -89,7 +88,7 @@ def test_an_interrupted_run_leaves_no_namespaces_or_terminals(tmp_path: Path, ho
     if how == signal.SIGKILL:  # nothing could run in the runner: the next run (or --clean) sweeps
         left = _namespaces(runner.pid)
         assert left
-        cleaned = subprocess.run([sys.executable, str(NETNS), "--clean"], capture_output=True, text=True, check=True)
+        cleaned = subprocess.run([*NETNS, "--clean"], capture_output=True, text=True, check=True)
         assert set(left) <= set(json.loads(cleaned.stdout)["removed"])
         assert _namespaces(runner.pid) == []
     else:
@@ -99,8 +98,8 @@ def test_an_interrupted_run_leaves_no_namespaces_or_terminals(tmp_path: Path, ho
 
 def test_heal_benchmark_reports_convergence(tmp_path: Path) -> None:
     """A small run of simulations/bench_heal.py (the real figures are in docs/performance.md)."""
-    done = subprocess.run([sys.executable, str(SIMULATIONS / "bench_heal.py"), "--terminals", "4",
-                           "--updates", "300"], capture_output=True, text=True, check=False, timeout=600)
+    done = subprocess.run(module_command("simulations.bench_heal", "--terminals", "4",
+                           "--updates", "300"), capture_output=True, text=True, check=False, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (result,) = json.loads(done.stdout)["results"]
     assert result["terminals"] == 4 and result["updates_per_half"] == 300

@@ -1,4 +1,4 @@
-"""The partition simulator (simulations/partition.py): every named scenario holds its checks,
+"""The partition simulator (simulations/partition/): every named scenario holds its checks,
 and one seed is one run, byte for byte.
 
 A short sweep for CI; the long one is in docs/simulations.md.
@@ -9,20 +9,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import trio
 
+from simulations import partition
+from simulations.benchutil import module_command
 from tests.meshutil import handhelds_kept_up_through_the_wired_boxes
 
-SIM = Path(__file__).resolve().parent.parent / "simulations" / "partition.py"
-sys.path.insert(0, str(SIM.parent))
-import partition  # noqa: E402
 
-pytestmark = pytest.mark.slow
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", sorted(partition.SCENARIOS))
 def test_scenario_holds_its_checks(scenario: str) -> None:
     report = partition.run(scenario, 6, 1)
@@ -40,21 +37,24 @@ def test_scenario_holds_its_checks(scenario: str) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(SIM), *args], capture_output=True, text=True, check=False, timeout=600)
+    return subprocess.run(module_command("simulations.partition", *args), capture_output=True, text=True, check=False,
+                          timeout=600)
 
 
+@pytest.mark.slow
 def test_one_seed_is_one_run() -> None:
     """The same command prints the same report, byte for byte (Python's hash seed aside)."""
     args = ("--scenario", "flapping-wifi", "--terminals", "5", "--seed", "11")
     first = _cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
-    again = subprocess.run([sys.executable, str(SIM), *args], capture_output=True, text=True, check=False,
+    again = subprocess.run(module_command("simulations.partition", *args), capture_output=True, text=True, check=False,
                            timeout=600, env={**os.environ, "PYTHONHASHSEED": "7"})
     assert again.stdout == first.stdout
     other = _cli("--scenario", "flapping-wifi", "--terminals", "5", "--seed", "12")
     assert json.loads(other.stdout)["state_sha256"] != json.loads(first.stdout)["state_sha256"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scenario", sorted(partition.SCENARIOS))
 def test_short_sweep_of_eight_terminals(scenario: str) -> None:
     """CI's sweep: 4 seeds x 8 terminals per scenario (24 runs), two at a time."""
@@ -63,6 +63,7 @@ def test_short_sweep_of_eight_terminals(scenario: str) -> None:
     assert json.loads(done.stdout)["failed"] == [] and "4/4 failed 0" in done.stderr
 
 
+@pytest.mark.slow
 def test_the_plot_draws_the_timeline(tmp_path: Path) -> None:
     out = tmp_path / "run.png"
     done = _cli("--scenario", "cashier-isolated", "--terminals", "4", "--seed", "3", "--plot", str(out))
@@ -72,6 +73,7 @@ def test_the_plot_draws_the_timeline(tmp_path: Path) -> None:
     assert timeline["writes"] and timeline["divergence"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", sorted(partition.FAULTS))
 def test_each_planted_bug_is_caught_by_its_check(fault: str) -> None:
     """An acknowledged write that was not done - stock move, order stage, payment - fails the
@@ -80,13 +82,14 @@ def test_each_planted_bug_is_caught_by_its_check(fault: str) -> None:
     report = partition.run("cashier-isolated", 5, 2, fault)
     checks = report["checks"]
     assert not checks["ok"]
-    assert set(partition._failed(checks)) == set(partition.FAULTS[fault].catches), json.dumps(checks, indent=1)
+    assert set(partition.failed(checks)) == set(partition.FAULTS[fault].catches), json.dumps(checks, indent=1)
     assert [e["fault"] for e in report["events"] if e["event"] == "fault"] == [fault]
     if fault == "deaf-kitchen":  # it never converged: the run says so, and what the KDS lacks
         assert report["converged_after_heal_s"] is None
         assert list(checks["converged"]["missing_updates"]) == ["kds-1"]
 
 
+@pytest.mark.slow
 def test_a_failing_run_shrinks_to_the_shortest_that_still_fails() -> None:
     """A sweep with ``--shrink`` turns a failing seed into the fewest terminals and staff
     actions that still fail the same check; one action fewer passes."""
@@ -97,8 +100,18 @@ def test_a_failing_run_shrinks_to_the_shortest_that_still_fails() -> None:
     assert failure["failed"] == ["stock_equals_acknowledged_moves"]
     shrunk = failure["shrunk"]
     assert shrunk["terminals"] < 5 and 0 < shrunk["ops"] < failure["actions"], failure
-    again = _cli(*shrunk["repro"].split()[2:])
+    command = "python -m simulations.partition "
+    assert shrunk["repro"].startswith(command)
+    again = _cli(*shrunk["repro"].removeprefix(command).split())
     assert again.returncode == 1
-    assert partition._failed(json.loads(again.stdout)["checks"]) == ["stock_equals_acknowledged_moves"]
+    assert partition.failed(json.loads(again.stdout)["checks"]) == ["stock_equals_acknowledged_moves"]
     one_fewer = shrunk["repro"].replace(f"--ops {shrunk['ops']}", f"--ops {shrunk['ops'] - 1}")
-    assert _cli(*one_fewer.split()[2:]).returncode == 0
+    assert _cli(*one_fewer.removeprefix(command).split()).returncode == 0
+
+
+def test_a_trio_without_its_private_scheduler_hooks_is_refused_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One seed is one run only while trio's scheduler takes the seed: if a trio release moves
+    the private hooks, the simulator must say so rather than run unseeded."""
+    monkeypatch.delattr(trio._core._run, "_r")  # noqa: SLF001
+    with pytest.raises(RuntimeError, match="_ALLOW_DETERMINISTIC_SCHEDULING"):
+        partition.run("cashier-isolated", 3, 1)

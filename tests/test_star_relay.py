@@ -1,28 +1,28 @@
-"""The benchmarks' terminal-client star (``simulations/star_relay.py``): real terminals on the
+"""The benchmarks' terminal-client star (``simulations/star/terminal_client.py``): real terminals on the
 pycrdt-websocket relay must do what the mesh does, or the comparison in performance.md is void."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import anyio
 import pytest
+from httpx_ws import aconnect_ws
 
 from meshpos.terminal import Terminal
 from peer.identity import Authority
 from tests.meshutil import ITEM, PRODUCT, config_for, enroll, wait_for
 
 pytest.importorskip("pycrdt.websocket", reason="the star baseline needs the [bench] extra (pycrdt-websocket)")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "simulations"))
-from star_relay import TerminalRelayClient, _relay_process  # noqa: E402
+from simulations.star.relay import relay_process
+from simulations.star.terminal_client import TerminalRelayClient
 
 pytestmark = pytest.mark.anyio
 
 
 async def test_terminals_on_the_relay_store_what_they_receive_and_emit_its_events(tmp_path: Path) -> None:
     a_dir, b_dir = enroll(Authority.init(tmp_path / "auth", "bench"), tmp_path, ["pos-a", "pos-b"])
-    async with (_relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a,
+    async with (relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a,
                 Terminal(config_for(b_dir, "pos-b")).running() as b, anyio.create_task_group() as tg):
         clients = [TerminalRelayClient(t, relay.port) for t in (a, b)]
         for client in clients:
@@ -48,7 +48,7 @@ async def test_terminals_on_the_relay_store_what_they_receive_and_emit_its_event
 
 async def test_a_document_opened_after_joining_fails_the_client(tmp_path: Path) -> None:
     (a_dir,) = enroll(Authority.init(tmp_path / "auth", "bench"), tmp_path, ["pos-a"])
-    async with _relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a:
+    async with relay_process() as relay, Terminal(config_for(a_dir, "pos-a")).running() as a:
         client = TerminalRelayClient(a, relay.port)
         with pytest.raises(BaseExceptionGroup) as caught:
             async with anyio.create_task_group() as tg:
@@ -57,6 +57,18 @@ async def test_a_document_opened_after_joining_fails_the_client(tmp_path: Path) 
                 client._on_update("orders/2001-01-02", b"\x00\x00", "local", None)
                 await anyio.sleep(5)
         assert caught.group_contains(RuntimeError, match="orders/2001-01-02 was opened after this terminal joined")
+
+
+
+async def test_a_relay_that_cannot_process_an_update_fails_the_run() -> None:
+    """The relay runs in a child process; an update it drops must fail the benchmark with the
+    relay's own error, not let the run report numbers (simulations/star/relay.py)."""
+    with pytest.raises(RuntimeError, match="star relay failed during the run: .*error processing a 9-byte message"):
+        async with relay_process() as relay:
+            async with aconnect_ws(f"http://127.0.0.1:{relay.port}/room", keepalive_ping_interval_seconds=None) as ws:
+                await ws.send_bytes(bytes([0, 2, 6]) + b"broken")  # a sync step 2 whose update is no update
+                with anyio.fail_after(20):
+                    await relay.watch(anyio.CancelScope())  # returns once the relay has exited
 
 
 async def _until(events, kind: str, count: int):  # noqa: ANN001, ANN202
