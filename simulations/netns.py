@@ -20,6 +20,10 @@ the scenario script twice as fast.  Client isolation is the bridge's own port is
 It needs root (namespaces) and removes its namespaces and processes when it ends, fails or is
 interrupted (Ctrl-C, SIGTERM); a run killed with SIGKILL takes its terminals with it (they die
 with their parent) and the next run, or ``--clean``, removes the namespaces it left.
+
+Why one module of ~420 lines: it is one runner - its terminal processes, the scenario's faults as
+bridge and port changes, the wait for agreement and the report read one another's state; the
+hosts and the bridge are simulations/netlab.py, the scenarios and checks simulations/partition/.
 """
 
 from __future__ import annotations

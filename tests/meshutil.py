@@ -187,7 +187,7 @@ async def _send(stream: Any, actions: list[Any]) -> None:
 
 
 def handhelds_kept_up_through_the_wired_boxes(report: dict[str, Any]) -> None:
-    """In a ``wifi-client-isolation`` report (simulations/partition.py or netns.py): while
+    """In a ``wifi-client-isolation`` report (python -m simulations.partition or simulations.netns): while
     isolated, every handheld fell behind the others' writes and caught up on them more than once
     - through the POS terminals' and the KDS's state-vector exchange, the only way the other
     handhelds' writes could reach it - instead of only at the final heal."""

@@ -260,7 +260,7 @@ def test_descriptor_exhaustion_does_not_end_the_terminal(tmp_path: Path, nofile:
 
 
 
-# -- what the fuzzer found (simulations/fuzz.py; docs/simulations.md, "Fuzzing") ------------------
+# -- what the fuzzer found (simulations/fuzz/; docs/simulations.md, "Fuzzing") ------------------
 
 
 @pytest.mark.parametrize(("hex_update", "why"), [

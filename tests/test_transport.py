@@ -24,6 +24,7 @@ from meshpos.terminal import Terminal
 from peer.dialling import EAGER_CAP
 from peer.identity import Authority, save_roster
 from peer.transport import RTO_SECONDS, MemoryNetwork, Radio
+from simulations.determinism import seed_trio_scheduler
 from tests.meshutil import ITEM, enroll, fingerprint, wait_for
 
 IDS = ["pos-1", "pos-2", "kds-1"]
@@ -38,7 +39,7 @@ def anyio_backend() -> tuple[str, dict[str, Any]]:
 @asynccontextmanager
 async def _terminals(tmp: Path, seed: int, net: MemoryNetwork) -> AsyncIterator[list[Terminal]]:
     """The :data:`IDS` terminals on ``net`` as ``host-0``, ``host-1``, ..., each dialling all the others."""
-    trio._core._run._r.seed(seed)  # trio's own scheduling choices, from the seed  # noqa: SLF001
+    seed_trio_scheduler(seed)  # trio's own scheduling choices, from the seed
     authority = Authority.init(tmp / "auth", "Cantina")
     dirs = enroll(authority, tmp, IDS, KINDS)
     for d in dirs:
@@ -92,10 +93,9 @@ async def _run(tmp: Path, seed: int, timeline: list[tuple[float, str]]) -> dict[
 
 
 @pytest.mark.anyio
-async def test_a_split_heals_into_one_state_on_virtual_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tasks woken at the same virtual instant run in an order drawn from the seed, not in the
-    # order their timers tie in (object addresses) - as simulations/partition.py runs trio.
-    monkeypatch.setattr(trio._core._run, "_ALLOW_DETERMINISTIC_SCHEDULING", True)  # noqa: SLF001
+async def test_a_split_heals_into_one_state_on_virtual_time(tmp_path: Path) -> None:
+    # Tasks woken at the same virtual instant run in an order drawn from the seed (_terminals seeds
+    # trio's scheduler), not in the order their timers tie in - as the partition simulator runs trio.
     timeline: list[tuple[float, str]] = []
     result = await _run(tmp_path / "a", 7, timeline)
     assert result == {"orders": [3, 3, 3], "stock": [-2, -2, -2]}
@@ -148,7 +148,7 @@ async def test_the_first_link_after_a_heal_wakes_the_other_dial_loops(tmp_path: 
 async def _catch_up_bytes(tmp: Path, seed: int) -> list[int]:
     """``kds-1`` starts with an empty disk after the other two took 60 orders: it dials both at
     once; the bytes it received from each of them (largest first)."""
-    trio._core._run._r.seed(seed)  # noqa: SLF001
+    seed_trio_scheduler(seed)
     net = MemoryNetwork(latency=0.002)
     authority = Authority.init(tmp / "auth", "Cantina")
     dirs = enroll(authority, tmp, IDS, KINDS)
