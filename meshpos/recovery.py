@@ -14,7 +14,7 @@ explicit step out of that state:
    this terminal's provisional cashier entries and the audit trail;
 4. the cashier is marked as **recovering**: the voter's promises and the holder's ballot rounds
    are not copied - they may be older than what this terminal promised since - so it neither
-   votes nor holds a drawer until the other voters have reported (meshpos/cashier/quorum.py,
+   votes nor holds a drawer until the other voters have reported (meshpos/cashier/recovery.py,
    ``Recovery``; docs/cashier.md).  The terminal's peers send back everything else it lacks.
 """
 

@@ -29,34 +29,34 @@ from meshpos.cashier import ledger as ledger_rules
 from meshpos.cashier.acquire import Acquisition, Retry
 from meshpos.cashier.learner import Heads, Learner
 from meshpos.cashier.ledger import check_entry
+from meshpos.cashier.messages import (
+    Accept,
+    Accepted,
+    BadMessage,
+    Commit,
+    Ledger,
+    Prepare,
+    Promise,
+    Reject,
+    Release,
+    check_positions,
+    from_wire,
+    to_wire,
+)
 from meshpos.cashier.quorum import (
     LEASE_SECONDS,
     NOOP,
-    RECOVERY_QUARANTINE,
-    Accept,
-    Accepted,
     Acquired,
-    BadMessage,
-    Commit,
     Committed,
     Deposed,
     Holder,
-    Ledger,
     Persist,
-    Prepare,
-    Promise,
-    Recovery,
-    Reject,
-    Release,
     Send,
     Voter,
     VoterState,
-    check_positions,
-    from_wire,
     learn,
-    report,
-    to_wire,
 )
+from meshpos.cashier.recovery import RECOVERY_QUARANTINE, Recovery, report
 
 DRAWER = "drawer-1"
 STEP = 0.01  # virtual seconds per simulation step
@@ -97,7 +97,7 @@ class Sim:
         self.acknowledged: dict[int, Any] = {}
         self.counter = 0
         self.eagerness = 0.02  # chance per step that an idle terminal tries to take the drawer
-        #: Disk losses: the victim runs the recovery protocol (quorum.Recovery) before it votes
+        #: Disk losses: the victim runs the recovery protocol (recovery.Recovery) before it votes
         #: or holds again, as the shell does after ``meshpos recover``.
         self.amnesia = False
         self.recovering: dict[str, Recovery] = {}

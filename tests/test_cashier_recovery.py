@@ -1,5 +1,5 @@
 """A POS voter whose disk is lost rebuilds its cashier state from the other voters before it
-votes or holds a drawer (``meshpos recover``; quorum.Recovery; docs/cashier.md).  Real TLS links,
+votes or holds a drawer (``meshpos recover``; recovery.Recovery; docs/cashier.md).  Real TLS links,
 real SQLite files, both anyio backends."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import NoQuorum
-from meshpos.cashier import quorum
+from meshpos.cashier import recovery
 from meshpos.recovery import recover
 from meshpos.terminal import Terminal
 from peer.identity import Authority
@@ -27,7 +27,7 @@ def authority(tmp_path: Path) -> Authority:
 
 async def test_a_voter_that_lost_its_disk_counts_again_only_after_the_others_reported(
         authority: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(quorum, "RECOVERY_QUARANTINE", 0.5)
+    monkeypatch.setattr(recovery, "RECOVERY_QUARANTINE", 0.5)
     cfgs = configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3"])
     async with Terminal(cfgs[0]).running() as pos1:
         pos2_stack = AsyncExitStack()

@@ -23,25 +23,18 @@ from meshpos.cashier.acquire import (
     TimedOut,
 )
 from meshpos.cashier.learner import GAP_ASK_SECONDS, Diverged, Heads, Learner
-from meshpos.cashier.quorum import (
+from meshpos.cashier.messages import (
     MAX_AHEAD,
-    PROMISE_MAX_ENTRIES,
-    RELAY_CHUNK,
     Accept,
     Accepted,
     BadMessage,
     Commit,
-    Deposed,
-    Holder,
     Ledger,
-    Persist,
     Prepare,
     Promise,
-    Send,
-    Voter,
-    VoterState,
     check_positions,
 )
+from meshpos.cashier.quorum import PROMISE_MAX_ENTRIES, RELAY_CHUNK, Deposed, Holder, Persist, Send, Voter, VoterState
 
 D = "main"
 IDS = ["pos-1", "pos-2", "pos-3"]

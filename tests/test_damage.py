@@ -139,9 +139,9 @@ async def test_recover_keeps_the_damaged_file_and_what_is_readable(make_config, 
 
 async def test_a_lone_pos_resumes_voting_after_the_quarantine(make_config, tmp_path: Path,  # noqa: ANN001
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from meshpos.cashier import quorum
+    from meshpos.cashier import recovery
 
-    monkeypatch.setattr(quorum, "RECOVERY_QUARANTINE", 0.3)
+    monkeypatch.setattr(recovery, "RECOVERY_QUARANTINE", 0.3)
     config = make_config()
     async with Terminal(config).running():
         pass

@@ -332,7 +332,7 @@ async def test_a_gap_is_asked_for_and_a_pycrdt_panic_reloads_the_document(make_c
 
 def test_decoders_refuse_what_used_to_raise_something_else() -> None:
     from meshpos.cashier.ledger import check_entry
-    from meshpos.cashier.quorum import BadMessage, from_wire
+    from meshpos.cashier.messages import BadMessage, from_wire
     from peer.identity import IdentityError, verify_roster
     from peer.link import Closed, LinkCore
     from peer.wire import WireError, decode_control

@@ -17,7 +17,8 @@ import anyio
 from core.clock import iso
 from core.errors import NoQuorum, NotEnrolled, Unavailable
 from meshpos.cashier.acquire import ACQUIRE_TIMEOUT, Acquisition, Locked, Retry
-from meshpos.cashier.quorum import Acquired, Committed, Deposed, Holder, Message
+from meshpos.cashier.messages import Message
+from meshpos.cashier.quorum import Acquired, Committed, Deposed, Holder
 from meshpos.cashier.recovering import Recovering
 from meshpos.cashier.shell import Hold, InDoubt
 from storage import cashier_rows as rows

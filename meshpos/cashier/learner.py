@@ -1,7 +1,7 @@
 """The learner: how every terminal's copy of the committed ledgers is kept whole (sans-I/O).
 
 A terminal learns committed entries three ways: its own voter commits them (quorum.Voter), a
-holder or a voter relays them (:class:`~meshpos.cashier.quorum.Ledger`), or a peer lists how
+holder or a voter relays them (:class:`~meshpos.cashier.messages.Ledger`), or a peer lists how
 far its ledgers go at link-up (:class:`Heads`) and each side sends what the other lacks.  The
 rules for the last two live here, fed messages and the time and returning what to send:
 
@@ -25,7 +25,8 @@ import msgspec
 
 from core.errors import InvalidInput
 from meshpos.cashier import ledger
-from meshpos.cashier.quorum import RELAY_CHUNK, BadMessage, Ledger, Send, Voter, ledger_chunks, wire_convert
+from meshpos.cashier.messages import BadMessage, Ledger, wire_convert
+from meshpos.cashier.quorum import RELAY_CHUNK, Send, Voter, ledger_chunks
 
 #: A gap in a peer's relays is asked for again after this long (seconds), not before.
 GAP_ASK_SECONDS = 1.0
@@ -94,7 +95,7 @@ class Learner:
 
 # -- on the wire -----------------------------------------------------------------------------------
 # ``{"type": "cashier", "m": "heads", "drawers": {drawer: length}, "all": bool}`` and
-# ``{"type": "cashier", "m": "ledger", "drawer", "start", "entries"}`` (quorum.to_wire writes it).
+# ``{"type": "cashier", "m": "ledger", "drawer", "start", "entries"}`` (messages.to_wire writes it).
 
 
 def check_drawer_wire(name: str) -> None:

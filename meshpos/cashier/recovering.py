@@ -1,4 +1,4 @@
-"""Rebuilding a lost cashier state (``meshpos recover``): the shell around quorum.Recovery.
+"""Rebuilding a lost cashier state (``meshpos recover``): the shell around recovery.Recovery.
 
 Until the voters' reports bound what this terminal may have promised before it lost its state,
 it neither votes nor holds a drawer; a voter that is whole answers such a terminal's query with
@@ -14,17 +14,8 @@ import anyio
 
 from meshpos.cashier import ledger
 from meshpos.cashier.learner import check_drawer_wire
-from meshpos.cashier.quorum import (
-    RELAY_CHUNK,
-    Recovery,
-    Send,
-    ledger_chunks,
-    query_from_wire,
-    query_to_wire,
-    report,
-    report_from_wire,
-    report_to_wire,
-)
+from meshpos.cashier.quorum import RELAY_CHUNK, Send, ledger_chunks
+from meshpos.cashier.recovery import Recovery, query_from_wire, query_to_wire, report, report_from_wire, report_to_wire
 from meshpos.cashier.shell import Shell
 from storage import cashier_rows as rows
 

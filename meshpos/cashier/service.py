@@ -36,17 +36,8 @@ from meshpos.cashier import ledger
 from meshpos.cashier.acquire import ACQUIRE_TIMEOUT, IDLE_RELEASE_SECONDS
 from meshpos.cashier.learner import check_drawer_wire
 from meshpos.cashier.ledger import check_drawer
-from meshpos.cashier.quorum import (
-    PROMISE_MAX_ENTRIES,
-    RETRY_SECONDS,
-    Accept,
-    Commit,
-    Message,
-    Prepare,
-    Release,
-    check_positions,
-    from_wire,
-)
+from meshpos.cashier.messages import Accept, Commit, Message, Prepare, Release, check_positions, from_wire
+from meshpos.cashier.quorum import PROMISE_MAX_ENTRIES, RETRY_SECONDS
 from meshpos.cashier.review import Reviews
 
 log = logging.getLogger(__name__)

@@ -23,21 +23,10 @@ from core.ratelog import RateLimitedLog
 from meshpos.cashier import ledger
 from meshpos.cashier.event_map import events_of
 from meshpos.cashier.learner import Learner, heads_from_wire, heads_to_wire, relay_from_wire
+from meshpos.cashier.messages import Accept, Ledger, Message, Prepare, to_wire
 from meshpos.cashier.ports import CashierTerminal
-from meshpos.cashier.quorum import (
-    Accept,
-    Deposed,
-    Holder,
-    Ledger,
-    Message,
-    Persist,
-    Prepare,
-    Recovery,
-    Send,
-    Voter,
-    VoterState,
-    to_wire,
-)
+from meshpos.cashier.quorum import Deposed, Holder, Persist, Send, Voter, VoterState
+from meshpos.cashier.recovery import Recovery
 from storage import cashier_rows as rows
 from storage.store import Ticket
 
@@ -93,7 +82,7 @@ class Shell:
         self.stats = {"commits": 0, "acquisitions": 0, "provisional": 0, "reviews": 0}
         #: Set while this terminal rebuilds the cashier state it lost (``meshpos recover``): it
         #: neither votes nor holds a drawer until the voters' reports bound what it forgot
-        #: (quorum.Recovery; docs/cashier.md).  Reports arrive in parts: sender -> parts so far.
+        #: (recovery.Recovery; docs/cashier.md).  Reports arrive in parts: sender -> parts so far.
         self.recovery: Recovery | None = None
         self._report_parts: dict[str, dict[str, Any]] = {}
 

@@ -169,7 +169,8 @@ class CashierSession:
         import anyio  # noqa: PLC0415
 
         from meshpos.cashier.ledger import check_entry  # noqa: PLC0415
-        from meshpos.cashier.quorum import BadMessage, from_wire, report_from_wire  # noqa: PLC0415
+        from meshpos.cashier.messages import BadMessage, from_wire  # noqa: PLC0415
+        from meshpos.cashier.recovery import report_from_wire  # noqa: PLC0415
 
         message = inp["message"]
         if message.get("m") == "recovery_report":
