@@ -72,8 +72,8 @@ async def op_open(t: Terminal, drawer: str) -> float:
 
 
 async def op_release(t: Terminal, drawer: str) -> None:
-    async with t.cashier._lock(drawer):
-        await t.cashier._release(drawer)
+    async with t.cashier.state.lock(drawer):
+        await t.cashier.holding.release(drawer)
 
 
 async def op_move(t: Terminal, drawer: str) -> float:
@@ -96,8 +96,8 @@ async def op_reacquire(t: Terminal, drawer: str, count: int, pause: float) -> di
     for _ in range(count):
         await op_release(t, drawer)
         await anyio.sleep(pause)  # the release reaches the voters (they drop the lease)
-        async with t.cashier._lock(drawer):
-            alone.append(await _timed(t.cashier._hold(drawer)))
+        async with t.cashier.state.lock(drawer):
+            alone.append(await _timed(t.cashier.holding.hold(drawer)))
         await op_release(t, drawer)
         await anyio.sleep(pause)
         first.append(await op_move(t, drawer))

@@ -295,7 +295,7 @@ async def test_a_failed_voter_write_is_never_answered_and_the_state_reloads(auth
         await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")  # pos-1 + pos-3 suffice
         assert failures  # pos-2's promise or accept never reached its disk, and it did not answer
         await pos1.cashier.move_cash("main", direction="in", amount_cents=7, reason="x")
-        await wait_for(lambda: not pos2.cashier._stale)  # reloaded from disk at its next message
+        await wait_for(lambda: not pos2.cashier.disk.stale)  # reloaded from disk at its next message
         # Memory agrees with the disk again - once the vote pos-2 is making now is committed (its
         # promise is in memory a moment before the commit that lets it answer).
         with anyio.fail_after(15):
@@ -467,21 +467,21 @@ async def test_a_reload_during_a_request_never_validates_against_the_old_state(
         pos1 = ts[0]
         order = await pos1.create_order(table=None, waiter=None, items=[ITEM])
         await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
-        real_order = pos1.cashier._order
+        real_get_order = pos1.get_order
 
-        async def order_then_reload(entry: dict[str, Any]) -> dict[str, Any] | None:
-            result = await real_order(entry)
-            if entry["op_id"] == "p-1" and pos1.cashier.epoch < 10:  # a failed write elsewhere: reload
-                pos1.cashier._stale = True
-                await pos1.cashier._fresh()
+        async def order_then_reload(order_id: str) -> dict[str, Any]:
+            result = await real_get_order(order_id)
+            if pos1.cashier.state.epoch < 10:  # a failed write elsewhere: the cashier reloads
+                pos1.cashier.disk.stale = True
+                await pos1.cashier.disk.fresh()
             return result
 
-        monkeypatch.setattr(pos1.cashier, "_order", order_then_reload)
-        rounds_before = dict(pos1.cashier._rounds)
+        monkeypatch.setattr(pos1, "get_order", order_then_reload)  # the port the cashier reads orders by
+        rounds_before = dict(pos1.cashier.state.rounds)
         with pytest.raises(Unavailable, match="reloaded"):
             await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="cash", op_id="p-1")
-        assert pos1.cashier._rounds["main"] >= rounds_before["main"]  # never lowered by a reload
-        monkeypatch.setattr(pos1.cashier, "_order", real_order)
+        assert pos1.cashier.state.rounds["main"] >= rounds_before["main"]  # never lowered by a reload
+        monkeypatch.setattr(pos1, "get_order", real_get_order)
         paid = await pos1.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="cash", op_id="p-1")
         assert paid["entry"]["status"] == "committed"
         assert [e["op_id"] for e in ledger_of(pos1, "main")].count("p-1") == 1
@@ -498,10 +498,10 @@ async def test_a_failed_read_back_keeps_the_old_state_and_answers_503(
             raise sqlite3.OperationalError("disk I/O error")
 
         monkeypatch.setattr(pos1.store, "query", broken)
-        pos1.cashier._stale = True
+        pos1.cashier.disk.stale = True
         with pytest.raises(Unavailable, match="read back"):
             await pos1.cashier.move_cash("main", direction="in", amount_cents=1, reason="x")
-        assert ledger_of(pos1, "main") == before and pos1.cashier._stale  # nothing half-loaded
+        assert ledger_of(pos1, "main") == before and pos1.cashier.disk.stale  # nothing half-loaded
         monkeypatch.undo()
         await pos1.cashier.move_cash("main", direction="in", amount_cents=1, reason="x")  # recovered
         assert len(ledger_of(pos1, "main")) == 2

@@ -15,8 +15,10 @@ import anyio
 from core.clock import iso
 from core.errors import NoQuorum, NotFound
 from meshpos.cashier import ledger
+from meshpos.cashier.disk import Disk
+from meshpos.cashier.holding import Holding
 from meshpos.cashier.requests import Requests
-from meshpos.cashier.shell import InDoubt
+from meshpos.cashier.state import CashierState, InDoubt
 from storage import cashier_rows as rows
 
 log = logging.getLogger(__name__)
@@ -25,20 +27,27 @@ log = logging.getLogger(__name__)
 RECONCILE_SECONDS = 1.0
 
 
-class Reconciler(Requests):
-    """The cashier's part that settles provisional entries once a majority is back."""
+class Reconciler:
+    """Settles provisional entries once a majority is back."""
 
-    async def _reconciler(self) -> None:
+    def __init__(self, state: CashierState, disk: Disk, holding: Holding, requests: Requests) -> None:
+        self.s = state
+        self.disk = disk
+        self.holding = holding
+        self.requests = requests
+
+    async def run(self) -> None:
+        """Forever: orders whose mark failed, then each drawer's pending entries, every round."""
         while True:
-            with anyio.move_on_after(RECONCILE_SECONDS * self.rng.uniform(0.5, 1.5)):  # jittered, as above
-                await self._reconcile_now.wait()
-            self._reconcile_now = anyio.Event()
-            for order_id, user in sorted(self._to_mark, key=str):
-                self._to_mark.discard((order_id, user))
-                await self._mark_paid(order_id, user)
-            for drawer in [d for d in self.provisional if self._pending(d)]:
+            with anyio.move_on_after(RECONCILE_SECONDS * self.s.t.rng.uniform(0.5, 1.5)):  # jittered, as above
+                await self.s.reconcile_now.wait()
+            self.s.reconcile_now = anyio.Event()
+            for order_id, user in sorted(self.s.to_mark, key=str):
+                self.s.to_mark.discard((order_id, user))
+                await self.requests.mark_paid(order_id, user)
+            for drawer in [d for d in self.s.provisional if self.requests.pending(d)]:
                 try:
-                    if self._no_majority(drawer) is not None:
+                    if self.holding.no_majority(drawer) is not None:
                         continue
                     await self.reconcile(drawer)
                 except NoQuorum as exc:
@@ -48,13 +57,13 @@ class Reconciler(Requests):
 
     async def reconcile(self, drawer: str) -> None:
         """Commit the drawer's provisional entries that still fit; append the others ``in_review``."""
-        async with self._lock(drawer):
-            for row in self._pending(drawer):
+        async with self.s.lock(drawer):
+            for row in self.requests.pending(drawer):
                 entry = row["entry"]
-                epoch = self.epoch
-                hold = await self._hold(drawer, patient=False)
-                self._check_current(drawer, hold, epoch)
-                d = self.drawers.setdefault(drawer, ledger.Drawer(drawer))
+                epoch = self.s.epoch
+                hold = await self.holding.hold(drawer, patient=False)
+                self.holding.check_current(drawer, hold, epoch)
+                d = self.s.drawers.setdefault(drawer, ledger.Drawer(drawer))
                 done = _reconciled_at(d, entry)
                 if done is not None:  # an earlier round appended it (then crashed, or was in doubt)
                     await self._settle(drawer, row, d.entries[done]["status"], done)
@@ -64,7 +73,7 @@ class Reconciler(Requests):
                     await self._settle(drawer, row, "committed", pos)  # a committed attempt made it in
                     continue
                 try:
-                    order = await self._order(entry)
+                    order = await self.requests.order(entry)
                 except NotFound:
                     order = None
                 reason = ledger.conflict(d, entry, order)
@@ -75,21 +84,21 @@ class Reconciler(Requests):
                     final["status"] = "in_review"
                     final["review"] = {"reason": reason, "conflicts_with": ledger.conflicting_positions(d, entry)}
                 try:
-                    pos = await self._append(hold, final)
+                    pos = await self.holding.append(hold, final)
                 except InDoubt as exc:
                     raise NoQuorum(f"reconciling drawer {drawer}: in doubt ({exc}); retrying") from None
                 await self._settle(drawer, row, "committed" if reason is None else "in_review", pos)
-                if self.epoch != epoch:
+                if self.s.epoch != epoch:
                     return  # reloaded meanwhile: the next round goes on from the disk's state
                 if reason is None:
-                    await self._after_commit(drawer, pos)
+                    await self.requests.after_commit(drawer, pos)
                 else:
-                    self.stats["reviews"] += 1
+                    self.s.stats["reviews"] += 1
 
     async def _settle(self, drawer: str, row: dict[str, Any], state: str, pos: int) -> None:
         row["state"], row["position"] = state, pos
-        await self._durable(self._enqueue(
-            sql=[rows.settled(drawer, row["entry"]["op_id"], state, pos, iso(self.t.clock()))]))
+        await self.disk.durable(self.disk.enqueue(
+            sql=[rows.settled(drawer, row["entry"]["op_id"], state, pos, iso(self.s.t.clock()))]))
 
 
 def _reconciled_at(d: ledger.Drawer, entry: dict[str, Any]) -> int | None:

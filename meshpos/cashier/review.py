@@ -10,18 +10,22 @@ from typing import Any
 
 from core.errors import InvalidInput, NotFound
 from meshpos.cashier import ledger
-from meshpos.cashier.reconcile import Reconciler
-from meshpos.cashier.requests import check_cents
+from meshpos.cashier.requests import Requests, check_cents
+from meshpos.cashier.state import CashierState
 
 _RESOLVED = {"accept": "accepted", "reject": "rejected", "adjust": "adjusted"}
 
 
-class Reviews(Reconciler):
+class Reviews:
     """The cashier's review queue: its items and a person's decisions."""
+
+    def __init__(self, state: CashierState, requests: Requests) -> None:
+        self.s = state
+        self.requests = requests  # a decision is a request: appended under the drawer's lock
 
     def reviews(self, status: str = "open") -> list[dict[str, Any]]:
         out = []
-        for _name, d in sorted(self.drawers.items()):
+        for _name, d in sorted(self.s.drawers.items()):
             for pos in d.open_reviews if status == "open" else d.reviewed:
                 item = self._review_item(d, pos)
                 if status == "all" or (status == "open") == (item["status"] == "open"):
@@ -43,7 +47,7 @@ class Reviews(Reconciler):
 
     def _review_target(self, review_id: str) -> tuple[ledger.Drawer, int]:
         drawer, _, pos = review_id.rpartition(".")
-        d = self.drawers.get(drawer)
+        d = self.s.drawers.get(drawer)
         if d is None or not pos.isdigit() or int(pos) >= len(d.entries) \
                 or d.entries[int(pos)].get("status") != "in_review":
             raise NotFound(f"no review item {review_id!r} (ids look like <drawer>.<position>; see GET /api/v1/review)")
@@ -66,7 +70,7 @@ class Reviews(Reconciler):
             check_cents("amount_cents", amount_cents, 0)
         elif amount_cents is not None:
             raise InvalidInput("amount_cents goes with decision 'adjust' only")
-        entry = self._entry(d.name, "review_resolution", f"resolve:{pos}", operator, internal=True, of=pos,
+        entry = self.requests.entry(d.name, "review_resolution", f"resolve:{pos}", operator, internal=True, of=pos,
                             decision=decision, amount_cents=amount_cents, note=note, operator=operator)
-        await self.submit(d.name, entry)  # the same decision again returns the first; another is 409
+        await self.requests.submit(d.name, entry)  # the same decision again returns the first; another is 409
         return self.review(review_id)

@@ -201,4 +201,4 @@ class Simulation:
                      for t in self.terminals.values()]
             if not all(x == lists[0] for x in lists[1:]):
                 return False
-        return not any(t.cashier._pending(d) for t in self.terminals.values() for d in self.drawers)  # noqa: SLF001
+        return not any(t.cashier.requests.pending(d) for t in self.terminals.values() for d in self.drawers)
