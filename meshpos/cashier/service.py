@@ -77,8 +77,6 @@ class Cashier:
         # here so a request costs no extra call.
         self.load = self.disk.load
         self.voters = self.links.voters
-        self.quorum = self.links.quorum
-        self.submit = self.requests.submit
         self.open_drawer = self.requests.open_drawer
         self.pay = self.requests.pay
         self.move_cash = self.requests.move_cash
@@ -91,7 +89,6 @@ class Cashier:
         self.reviews = self.review_queue.reviews
         self.review = self.review_queue.review
         self.resolve = self.review_queue.resolve
-        self.recovery_status = self.recovering.status
 
     @property
     def recovery(self) -> Recovery | None:
