@@ -25,6 +25,10 @@ positions only grow.  docs/cashier.md carries the full argument.
 Leases only keep holders from duelling: a voter does not promise another terminal while the
 current holder's lease runs (measured on the voter's own clock, from when it promised).  Safety
 never depends on clocks.
+
+The voter and the holder stay in one module (a little over 400 lines): the argument above is
+about the two together, and each one's rules are read against the other's.  Their messages are
+:mod:`~meshpos.cashier.messages`; rebuilding a lost state is :mod:`~meshpos.cashier.recovery`.
 """
 
 from __future__ import annotations
