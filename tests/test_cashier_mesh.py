@@ -271,7 +271,7 @@ async def test_a_restarted_non_voter_never_reuses_its_ballot(authority: Authorit
         assert first[1] == "waiter-1"
     async with running_mesh(cfgs) as ts:
         waiter = ts[3]
-        assert waiter.cashier.voter.state("main").promised[1] == ""  # it votes on nothing
+        assert waiter.cashier.state.voter.state("main").promised[1] == ""  # it votes on nothing
         await waiter.cashier.move_cash("main", direction="in", amount_cents=5, reason="tips")
         again = waiter.cashier.summary("main")["ballot"]
         assert again[1] == "waiter-1" and again[0] > first[0]  # the round came back from its disk

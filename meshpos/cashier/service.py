@@ -71,7 +71,6 @@ class Cashier:
         self.review_queue = Reviews(self.state, self.requests)
         #: Per drawer: what this terminal's voter promised and accepted, and its committed ledger.
         self.states: dict[str, VoterState] = self.state.states  # never replaced: a reload fills it in place
-        self.voter = self.state.voter
         self.stats = self.state.stats
         # The request API, the drawer views and the review queue: the parts' own methods, bound
         # here so a request costs no extra call.
