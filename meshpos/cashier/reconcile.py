@@ -39,7 +39,8 @@ class Reconciler:
     async def run(self) -> None:
         """Forever: orders whose mark failed, then each drawer's pending entries, every round."""
         while True:
-            with anyio.move_on_after(RECONCILE_SECONDS * self.s.t.rng.uniform(0.5, 1.5)):  # jittered, as above
+            # jittered: terminals healed together do not retry in step
+            with anyio.move_on_after(RECONCILE_SECONDS * self.s.t.rng.uniform(0.5, 1.5)):
                 await self.s.reconcile_now.wait()
             self.s.reconcile_now = anyio.Event()
             for order_id, user in sorted(self.s.to_mark, key=str):

@@ -36,6 +36,8 @@ class Requests:
 
     def entry(self, drawer: str, kind: str, op_id: str | None, user: str | None, *, internal: bool = False,
                **fields: Any) -> dict[str, Any]:
+        """A new entry as this terminal takes it; a client's ``op_id`` is checked here (``internal``:
+        a review decision's own ``resolve:<position>`` id)."""
         if op_id is not None and not internal:
             if not 1 <= len(op_id) <= 64:
                 raise InvalidInput("op_id must be 1-64 characters")
@@ -156,6 +158,8 @@ class Requests:
         return out
 
     async def mark_paid(self, order_id: str, user: str | None) -> None:
+        """Mark the order paid if the payments of every drawer here cover it; a refused order
+        write is kept for the reconciler's next round."""
         try:
             order = await self.s.t.get_order(order_id)
             paid = sum(other.paid_by_order.get(order_id, 0) for other in self.s.drawers.values())
