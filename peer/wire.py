@@ -13,13 +13,12 @@ Anything else, or anything that does not parse exactly, is :class:`WireError` (c
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from pycrdt import Decoder, Encoder, YMessageType, YSyncMessageType
 
-from core.codec import decode_json
+from core.codec import decode_json, encode_json
 from core.errors import INVALID_MESSAGE
 from core.names import is_doc_name
 from core.yupdate import UpdateRefused, check_state_vector, decode_state_vector
@@ -100,7 +99,7 @@ def peer_state_vector(state_vector: bytes) -> dict[int, int]:
 
 
 def encode_control(message: dict[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"))
+    return encode_json(message)
 
 
 def decode_control(text: str) -> dict[str, Any]:

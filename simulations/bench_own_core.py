@@ -57,12 +57,14 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
+from core.yupdate import merge_run
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
+from peer.admission import hello_of
 from peer.identity import load_identity
 from peer.link import Binary, Closed, LinkCore, Opened, Send
 from peer.tls import client_context
-from peer.wire import PROTOCOL_VERSION, STEP1, STEP2, UPDATE, decode_sync, encode_sync
+from peer.wire import STEP1, STEP2, UPDATE, decode_sync, encode_sync
 from simulations.bench_mesh import ITEM, WRITERS_PER_TERMINAL, _terminal_process
 from simulations.benchutil import Children, enrolled_store, run_child, summary
 
@@ -101,8 +103,6 @@ async def record_orders(root: Path, tid: str, count: int, frame_updates: int) ->
     """``count`` orders created by the real terminal ``tid`` (16 concurrent writers), as the
     sync frames its link writer would send: runs of ``frame_updates`` consecutive updates of one
     document merged into one frame."""
-    from pycrdt import merge_updates  # noqa: PLC0415
-
     config = TerminalConfig(data_dir=root / tid, terminal_id=tid, api_port=0, peer_host="127.0.0.1", peer_port=0,
                             mdns=False)
     async with Terminal(config).running() as t:
@@ -122,7 +122,7 @@ async def record_orders(root: Path, tid: str, count: int, frame_updates: int) ->
         if not runs or runs[-1][0] != doc or len(runs[-1][1]) == frame_updates:
             runs.append((doc, []))
         runs[-1][1].append(bytes(data))
-    return [encode_sync(doc, UPDATE, run[0] if len(run) == 1 else merge_updates(*run)) for doc, run in runs]
+    return [encode_sync(doc, UPDATE, merge_run(run)) for doc, run in runs]
 
 
 # -- replay peers ------------------------------------------------------------------------------
@@ -144,10 +144,7 @@ class ReplayPeer:
         raw = await anyio.connect_tcp(host, int(port))
         self.stream = await TLSStream.wrap(raw, server_side=False, ssl_context=client_context(self.identity),
                                            standard_compatible=False)
-        ident = self.identity
-        hello = {"type": "hello", "protocol": PROTOCOL_VERSION, "terminal_id": ident.terminal_id,
-                 "terminal_type": ident.type, "store_id": ident.store_id, "boot_id": uuid.uuid4().hex,
-                 "roster": ident.roster.signed.decode()}
+        hello = hello_of(self.identity, self.identity.roster, uuid.uuid4().hex)
         self.core = LinkCore(client=True, hello=hello, authorize=lambda _: None, now=anyio.current_time())
         await self._send(self.core.start())
         started = False
@@ -168,7 +165,7 @@ class ReplayPeer:
                 elif isinstance(action, Send):
                     await self._send([action])
                 elif isinstance(action, Closed):
-                    raise RuntimeError(f"{ident.terminal_id}: link closed {action.code} {action.reason}")
+                    raise RuntimeError(f"{self.identity.terminal_id}: link closed {action.code} {action.reason}")
 
     async def _send(self, actions: list[Any]) -> None:
         data = b"".join(a.data for a in actions if isinstance(a, Send))
