@@ -8,7 +8,8 @@ from datetime import date
 #: Ids of skus, tables and terminals: safe in composite keys ("sku/replica") and URLs.
 #: ``\Z``, not ``$``: ``$`` also matches before a final newline, so every ``ID_PATTERN.match``
 #: would take ``"T1\n"`` for an id.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+ID_BODY = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"  # the API's path parameters take it too
+ID_PATTERN = re.compile(rf"^{ID_BODY}\Z")
 
 #: What a terminal may be; its certificate names one (docs/operations.md).
 TERMINAL_TYPES = ("pos", "kds", "waiter", "monitor")

@@ -17,6 +17,8 @@ from starlette.requests import Request
 
 from core import errors
 from core.codec import check_json_depth
+from core.names import ID_BODY
+from meshpos.cashier.ledger import DECISIONS, DIRECTIONS, DRAWER_PATTERN, METHODS
 from meshpos.documents.orders import KITCHEN_STAGES, ORDER_STAGES
 from meshpos.documents.tables import TABLE_STATUSES
 
@@ -34,12 +36,12 @@ def pattern(body: str) -> str:
 
 #: Path parameters, by name: the formats the terminal itself writes (see docs/api.md).
 PATH_PATTERNS = {
-    "table_id": r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}",  # meshpos.documents.values.ID_PATTERN
-    "sku": r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}",
+    "table_id": ID_BODY,
+    "sku": ID_BODY,
     "order_id": r"[0-9]{8}-[0-9a-hjkmnp-tv-z]{19}",  # business day, then core.clock.time_id
     "item_id": r"[0-9a-hjkmnp-tv-z]{8}",  # core.clock.random_id(8)
-    "drawer": r"[A-Za-z0-9_-]{1,32}",  # meshpos.cashier.service.check_drawer
-    "review_id": r"[A-Za-z0-9_-]{1,32}\.[0-9]{1,18}",  # <drawer>.<ledger position>
+    "drawer": DRAWER_PATTERN,
+    "review_id": rf"{DRAWER_PATTERN}\.[0-9]{{1,18}}",  # <drawer>.<ledger position>
 }
 _PATH_REGEXES = {name: re.compile(body) for name, body in PATH_PATTERNS.items()}
 #: Every integer a query may carry fits SQLite's INTEGER (larger ones overflowed into a 500).
@@ -208,7 +210,7 @@ class DrawerOpenIn(Strict):
 class PaymentIn(Strict):
     order_id: Id
     amount_cents: Amount
-    method: Literal["cash", "card", "pix", "voucher"]
+    method: Literal[METHODS]  # type: ignore[valid-type]
     tip_cents: Cents = 0
     op_id: OpId | None = None
     user: Text | None = None
@@ -216,7 +218,7 @@ class PaymentIn(Strict):
 
 
 class CashMovementIn(Strict):
-    direction: Literal["in", "out"]
+    direction: Literal[DIRECTIONS]  # type: ignore[valid-type]
     amount_cents: Amount
     reason: Text
     op_id: OpId | None = None
@@ -248,7 +250,7 @@ class ReviewQuery(Struct):
 
 
 class ResolveIn(Strict):
-    decision: Literal["accept", "reject", "adjust"]
+    decision: Literal[DECISIONS]  # type: ignore[valid-type]
     note: Text
     operator: Text
     amount_cents: Cents | None = None

@@ -12,6 +12,7 @@ a rejected one never counts.  docs/cashier.md has the rules in prose.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,18 +36,27 @@ FIELDS: dict[str, dict[str, Any]] = {
 }
 #: Optional on any entry: where a provisional entry came from, and why an entry is in review.
 OPTIONAL = ("provisional", "review")
-_DRAWER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+DIRECTIONS = ("in", "out")
+#: A drawer's name (the API's path parameter takes the same pattern).
+DRAWER_PATTERN = r"[A-Za-z0-9_-]{1,32}"
+_DRAWER = re.compile(DRAWER_PATTERN)
 
 
 def check_drawer(name: str) -> str:
     """A drawer's name: short and plain, as it becomes a key on disk, in URLs and on the wire."""
-    if not 1 <= len(name) <= 32 or not set(name) <= _DRAWER_CHARS:
+    if _DRAWER.fullmatch(name) is None:
         raise InvalidInput(f"drawer name {name[:40]!r}: 1-32 letters, digits, '_' or '-'")
     return name
 
 
 def check_entry(entry: Any) -> None:
-    """Raise ``ValueError`` unless ``entry`` is a well-formed ledger entry (peers' entries too)."""
+    """Raise ``ValueError`` unless ``entry`` is a well-formed ledger entry (peers' entries too).
+
+    Checked here rather than by a msgspec struct (the cashier's messages around it are structs,
+    meshpos/cashier/messages.py): an entry stays the dict it arrived as - stored and compared as
+    canonical JSON - and this check names every missing field at once and refuses in a fixed
+    order (kind, fields, types, status, choices), where a struct stops at the first field it
+    meets, in the order the peer sent them."""
     if not isinstance(entry, dict) or entry.get("kind") not in KINDS:
         raise ValueError(f"ledger entry needs a known kind, not {entry!r:.80}")
     if entry["kind"] == "noop":
@@ -85,7 +95,7 @@ def check_entry(entry: Any) -> None:
         raise ValueError("review.conflicts_with must be a list of positions")
 
 
-_CHOICES = {"method": METHODS, "direction": ("in", "out"), "decision": DECISIONS}
+_CHOICES = {"method": METHODS, "direction": DIRECTIONS, "decision": DECISIONS}
 
 
 def content(entry: dict[str, Any]) -> dict[str, Any]:
