@@ -128,7 +128,7 @@ class Terminal:
             self.events = EventBus(self.store)
             await self.host.open(tables_doc.DOC_NAME, TablesDoc)
             await self.host.open(inventory_doc.DOC_NAME, InventoryDoc)
-            await self._open_live_days()
+            await self.roll_over()
             self.cashier = Cashier(self)
             await self.cashier.load()
             self.mesh, self.discovery = self._make_mesh(identity), None
@@ -226,7 +226,10 @@ class Terminal:
         today = self.today()
         return [today - timedelta(days=n) for n in range(WRITABLE_PAST_DAYS, -1, -1)]
 
-    async def _open_live_days(self) -> None:
+    async def roll_over(self) -> None:
+        """Open the live business days and archive the older ones - what housekeeping does every
+        30 s and a write does when the day changed since; public so a clock that jumps (a test,
+        the simulator) need not wait for it."""
         live = {orders_doc.doc_name(d) for d in self.live_days()}
         for name in sorted(live):
             model = self.host.get(name)
@@ -265,7 +268,7 @@ class Terminal:
         if day is None:
             raise RuntimeError(f"{name} is always open")
         if day in self.live_days():
-            await self._open_live_days()
+            await self.roll_over()
         if self.host.get(name) is None:
             await self.host.open(name, OrdersDoc, read_only=True)
 
@@ -274,7 +277,7 @@ class Terminal:
             await anyio.sleep(HOUSEKEEPING_SECONDS)
             with contextlib.suppress(Unavailable):
                 await self._reload_stale()
-            await self._open_live_days()
+            await self.roll_over()
             if self.store.last_cursor > self.config.event_retention * 1.2:
                 await self.store.prune_events(self.config.event_retention)
 
@@ -293,7 +296,7 @@ class Terminal:
         live = self.live_days()
         model = self.host.get(name)
         if (model is None and day in live) or (model is not None and not model.read_only and day not in live):
-            await self._open_live_days()  # the day rolled over since housekeeping last ran
+            await self.roll_over()  # the day rolled over since housekeeping last ran
             model = self.host.get(name)
         if model is None:
             if day > self.today():

@@ -100,7 +100,7 @@ async def test_remote_updates_are_durable_and_emit_the_same_events(authority: Au
         remote = [(e.type, e.payload) for e in events if e.type == "inventory:updated"]
         assert remote and remote[-1] == local[-1]  # same event, same payload as the writer's own
         assert remote[-1][1]["item"]["quantity"] == 10
-        rows = await b.store._read("SELECT origin FROM updates WHERE doc = 'inventory'")
+        rows = await b.store.query("SELECT origin FROM updates WHERE doc = 'inventory'")
         assert ("peer:pos-1",) in rows  # stored through the same durable path, marked with its source
 
 
@@ -483,13 +483,13 @@ async def test_archived_days_recent_ones_synced_older_ones_on_request(authority:
             # A recent archived day goes in the same offer: once b has fetched it, b has read the
             # whole offer, so the old day's absence then means "not fetched", not "not yet".
             now[0] += dt.timedelta(days=days_ago - 3)
-            await a._open_live_days()
+            await a.roll_over()
             await a.create_order(table=None, waiter="bo", items=[ITEM])
             recent = f"orders/{now[0].date().isoformat()}"
             now[0] += dt.timedelta(days=3)
         else:
             now[0] += dt.timedelta(days=days_ago)
-        await a._open_live_days()  # housekeeping: the days are archived (state vectors remembered)
+        await a.roll_over()  # housekeeping: the days are archived (state vectors remembered)
         assert a.host.get("orders/2026-11-01") is None and a.host.get(recent) is None
         async with Terminal(cfgs[1], clock=lambda: now[0]).running() as b:  # a box that never saw that day
             b.mesh.dial(address(a))

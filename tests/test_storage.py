@@ -210,10 +210,10 @@ async def test_business_day_rollover_archives_old_days(make_config) -> None:  # 
     async with t.running():
         old = await t.create_order(table="T1", waiter="ana", items=[ITEM])
         now[0] += timedelta(days=1)
-        await t._open_live_days()
+        await t.roll_over()
         await t.set_order_status(old["id"], "sent")  # yesterday stays writable for late tables
         now[0] += timedelta(days=1)
-        await t._open_live_days()
+        await t.roll_over()
         assert [o["id"] for o in await t.list_orders()] == []
         archived = await t.get_order(old["id"])
         assert archived["status"] == "sent"
