@@ -18,6 +18,8 @@ letting seeds stop reproducing runs.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import trio
 
@@ -37,3 +39,17 @@ def seed_trio_scheduler(seed: int) -> None:
             "(_hypothesis_plugin_setup) and update simulations/determinism.py, or install an older trio.")
     run_module._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[union-attr]
     generator.seed(seed)
+
+
+@contextmanager
+def seeded_trio_scheduler(seed: int) -> Iterator[None]:
+    """:func:`seed_trio_scheduler` for the duration of a block, then trio's switch back as it
+    was: tests share one process, and a test that seeds must not make the next one's
+    scheduling deterministic behind its back."""
+    run_module = trio._core._run  # checked by seed_trio_scheduler before use  # noqa: SLF001
+    previous = getattr(run_module, "_ALLOW_DETERMINISTIC_SCHEDULING", False)
+    seed_trio_scheduler(seed)
+    try:
+        yield
+    finally:
+        run_module._ALLOW_DETERMINISTIC_SCHEDULING = previous  # noqa: SLF001

@@ -219,8 +219,9 @@ def test_an_outbid_terminal_prepares_again_a_few_times_and_silence_gives_up() ->
             2.0, grown=False, answered=False, deposed=None, rng=rng) == TimedOut(patient)
 
 
-def test_an_accepted_answer_is_not_a_refusal() -> None:
-    """The policy is asked only after a failed attempt; an ``Accepted`` never ends one."""
+def test_an_accepted_answer_for_nothing_proposed_changes_nothing() -> None:
+    """A holder that proposed nothing at a position ignores an ``Accepted`` for it: no send, no
+    event (a late or forged answer never commits or ends anything)."""
     h = Holder("pos-1", D, IDS)
     h.acquire()
     for v in IDS[:2]:

@@ -182,7 +182,10 @@ async def test_older_wider_files_are_narrowed(make_config) -> None:  # noqa: ANN
 def small_disk(where: Path, size: str = "4m") -> Iterator[Path]:
     """A real filesystem that fills up: a tmpfs of ``size`` mounted at ``where`` (root only)."""
     where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], check=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:  # root in a container that may not mount
+        pytest.skip(f"a real full disk is a small tmpfs, and this root may not mount one: {mounted.stderr.strip()}")
     try:
         yield where
     finally:

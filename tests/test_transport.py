@@ -24,7 +24,7 @@ from meshpos.terminal import Terminal
 from peer.dialling import EAGER_CAP
 from peer.identity import Authority, save_roster
 from peer.transport import RTO_SECONDS, MemoryNetwork, Radio
-from simulations.determinism import seed_trio_scheduler
+from simulations.determinism import seeded_trio_scheduler
 from tests.meshutil import ITEM, enroll, fingerprint, wait_for
 
 IDS = ["pos-1", "pos-2", "kds-1"]
@@ -39,12 +39,12 @@ def anyio_backend() -> tuple[str, dict[str, Any]]:
 @asynccontextmanager
 async def _terminals(tmp: Path, seed: int, net: MemoryNetwork) -> AsyncIterator[list[Terminal]]:
     """The :data:`IDS` terminals on ``net`` as ``host-0``, ``host-1``, ..., each dialling all the others."""
-    seed_trio_scheduler(seed)  # trio's own scheduling choices, from the seed
     authority = Authority.init(tmp / "auth", "Cantina")
     dirs = enroll(authority, tmp, IDS, KINDS)
     for d in dirs:
         save_roster(d, authority.roster)
     async with AsyncExitStack() as stack:
+        stack.enter_context(seeded_trio_scheduler(seed))  # trio's own scheduling choices, from the seed
         ts = []
         for n, (tid, d) in enumerate(zip(IDS, dirs, strict=True)):
             config = TerminalConfig(data_dir=d, terminal_id=tid, type=KINDS[n], api_port=0, mdns=False,
@@ -148,7 +148,11 @@ async def test_the_first_link_after_a_heal_wakes_the_other_dial_loops(tmp_path: 
 async def _catch_up_bytes(tmp: Path, seed: int) -> list[int]:
     """``kds-1`` starts with an empty disk after the other two took 60 orders: it dials both at
     once; the bytes it received from each of them (largest first)."""
-    seed_trio_scheduler(seed)
+    with seeded_trio_scheduler(seed):
+        return await _catch_up_bytes_seeded(tmp, seed)
+
+
+async def _catch_up_bytes_seeded(tmp: Path, seed: int) -> list[int]:
     net = MemoryNetwork(latency=0.002)
     authority = Authority.init(tmp / "auth", "Cantina")
     dirs = enroll(authority, tmp, IDS, KINDS)

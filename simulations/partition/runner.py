@@ -12,7 +12,7 @@ import anyio
 import trio
 import trio.testing
 
-from simulations.determinism import seed_trio_scheduler
+from simulations.determinism import seed_trio_scheduler, seeded_trio_scheduler
 from simulations.partition.checks import check
 from simulations.partition.faults import FAULTS, Fault
 from simulations.partition.restaurant import MENU, STOCK, drawer_of
@@ -78,8 +78,8 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault |
 def run(scenario: str, n: int, seed: int, fault: str | None = None, ops: int | None = None) -> dict[str, Any]:
     """One seeded run (its own temporary directory, its own trio run on a virtual clock), with
     the :data:`FAULTS` entry ``fault`` planted, the staff stopping after ``ops`` actions."""
-    # Trio's scheduler, made a function of the seed alone (simulations/determinism.py).
-    seed_trio_scheduler(seed)
+    # Trio's scheduler, made a function of the seed alone (simulations/determinism.py), for this
+    # run only: the tests run the simulator inside their own process.
     clock = trio.testing.MockClock(autojump_threshold=0)
-    with tempfile.TemporaryDirectory(prefix="meshpos-sim-") as tmp:
+    with seeded_trio_scheduler(seed), tempfile.TemporaryDirectory(prefix="meshpos-sim-") as tmp:
         return trio.run(_run, SCENARIOS[scenario], n, seed, Path(tmp), FAULTS.get(fault or ""), ops, clock=clock)
