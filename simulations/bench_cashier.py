@@ -38,7 +38,7 @@ from typing import Any
 
 import anyio
 
-from meshpos.cashier import service
+from meshpos.cashier import acquire, service
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
 from simulations.benchutil import Children, enrolled_store, link_up, run_child, summary
@@ -302,7 +302,7 @@ if __name__ == "__main__":
     print(json.dumps({
         "backend": args.backend, "processes": args.processes,
         "config": {k: getattr(args, k) for k in ("voters", "acquisitions", "commits", "seconds", "callers", "drawers")}
-        | {"acquire_timeout_s": service.ACQUIRE_TIMEOUT, "idle_release_s": service.IDLE_RELEASE_SECONDS},
+        | {"acquire_timeout_s": acquire.ACQUIRE_TIMEOUT, "idle_release_s": service.IDLE_RELEASE_SECONDS},
         "results": results,
         "targets": {
             "commit_p99_le_20ms_at_5_voters": None if at5 is None else at5["targets"]["commit_p99_le_20ms_at_5_voters"],

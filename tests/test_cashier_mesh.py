@@ -27,7 +27,7 @@ from core.errors import (
     NotFound,
     Unavailable,
 )
-from meshpos.cashier import service
+from meshpos.cashier import quorum, service
 from meshpos.terminal import Terminal
 from peer.identity import Authority
 from tests.cashierutil import configs, events_of, ledger_of, same_ledger
@@ -245,7 +245,7 @@ async def test_a_holder_far_behind_catches_up_before_it_prepares(authority: Auth
         connect_all([pos1, pos2])
         await wait_linked([pos1, pos2])
         await pos1.cashier.open_drawer("main", float_cents=0, operator="carla")
-        for n in range(service.PROMISE_MAX_ENTRIES + 50):
+        for n in range(quorum.PROMISE_MAX_ENTRIES + 50):
             await pos1.cashier.move_cash("main", direction="in", amount_cents=1, reason=f"tip jar {n}")
     # no ledger exchange at link-up: pos-3 prepares knowing nothing; the voters answer with the
     # ledger (in relay chunks) rather than a promise carrying 250 entries, and it prepares again
@@ -254,9 +254,9 @@ async def test_a_holder_far_behind_catches_up_before_it_prepares(authority: Auth
         pos3 = ts[2]
         assert ledger_of(pos3, "main") == []
         result = await pos3.cashier.move_cash("main", direction="out", amount_cents=10, reason="change")
-        assert result["entry"]["position"] == service.PROMISE_MAX_ENTRIES + 51
-        assert result["drawer"]["expected_cash_cents"] == service.PROMISE_MAX_ENTRIES + 50 - 10
-        await same_ledger(ts, "main", service.PROMISE_MAX_ENTRIES + 52)
+        assert result["entry"]["position"] == quorum.PROMISE_MAX_ENTRIES + 51
+        assert result["drawer"]["expected_cash_cents"] == quorum.PROMISE_MAX_ENTRIES + 50 - 10
+        await same_ledger(ts, "main", quorum.PROMISE_MAX_ENTRIES + 52)
 
 
 # -- the review's findings: each a scenario that used to go wrong ---------------------------------

@@ -34,15 +34,14 @@ import anyio
 
 from core.errors import Unavailable
 from meshpos.cashier import ledger
-from meshpos.cashier.acquire import ACQUIRE_TIMEOUT, IDLE_RELEASE_SECONDS
+from meshpos.cashier.acquire import IDLE_RELEASE_SECONDS
 from meshpos.cashier.disk import Disk
 from meshpos.cashier.holding import Holding
 from meshpos.cashier.learner import check_drawer_wire
-from meshpos.cashier.ledger import check_drawer
 from meshpos.cashier.links import Links
 from meshpos.cashier.messages import Accept, Commit, Message, Prepare, Release, check_positions, from_wire
 from meshpos.cashier.ports import CashierTerminal
-from meshpos.cashier.quorum import PROMISE_MAX_ENTRIES, RETRY_SECONDS, VoterState
+from meshpos.cashier.quorum import RETRY_SECONDS, VoterState
 from meshpos.cashier.reconcile import Reconciler
 from meshpos.cashier.recovering import Recovering
 from meshpos.cashier.recovery import Recovery
@@ -53,7 +52,7 @@ from meshpos.cashier.voting import Voting
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ACQUIRE_TIMEOUT", "IDLE_RELEASE_SECONDS", "PROMISE_MAX_ENTRIES", "Cashier", "check_drawer"]
+__all__ = ["Cashier"]
 
 
 class Cashier:
