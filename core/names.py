@@ -13,6 +13,11 @@ ID_PATTERN = re.compile(rf"^{ID_BODY}\Z")
 
 #: What a terminal may be; its certificate names one (docs/operations.md).
 TERMINAL_TYPES = ("pos", "kds", "waiter", "monitor")
+#: The type of a chain's HQ: enrolled by each store's authority like a terminal, but it runs as
+#: ``meshpos hq run``, never votes and writes only the catalog (docs/hq.md).
+HQ_TYPE = "hq"
+#: What a store authority may enroll.
+ENROLLABLE_TYPES = (*TERMINAL_TYPES, HQ_TYPE)
 
 #: The documents outside the per-day orders documents (docs/documents.md).
 FIXED_DOCS = ("tables", "inventory")

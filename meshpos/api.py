@@ -304,6 +304,12 @@ def create_app(terminal: Terminal, *, port: int | None = None) -> ASGIApp:
         """Terminal id and type, uptime, document and storage sizes."""
         return await t.status()
 
+    @r.add("GET", "/api/v1/hq/log", tag="mesh")
+    async def hq_log() -> dict[str, Any]:
+        """The WAN side: the HQ's status (as in ``/api/v1/status``) and its links, newest first -
+        when each opened and closed, what went up and down, how it ended."""
+        return {"hq": t.hq_status(), "links": t.wan.entries()}
+
     @r.add("GET", "/api/v1/peers", tag="mesh")
     async def peers() -> dict[str, Any]:
         """Every peer terminal: linked or not, address, since when, heartbeat, round trip, traffic."""

@@ -75,7 +75,12 @@ def _responses(e: Endpoint) -> dict[str, Any]:
     return out
 
 
-def openapi(endpoints: list[Endpoint], *, token: bool = False) -> dict[str, Any]:
+TERMINAL_INFO = {"title": "meshpos terminal API", "version": "1",
+                 "description": "Local API of one meshpos terminal. Every 2xx is durable. "
+                                "Errors are {code, message}; see docs/api.md."}
+
+
+def openapi(endpoints: list[Endpoint], *, token: bool = False, info: dict[str, str] | None = None) -> dict[str, Any]:
     """OpenAPI 3.1 from the route table; schemas come from the msgspec structs themselves.
 
     ``token``: the terminal has an ``api_token``, so the document says every call needs it
@@ -84,7 +89,8 @@ def openapi(endpoints: list[Endpoint], *, token: bool = False) -> dict[str, Any]
     bodies = sorted({e.body for e in endpoints if e.body is not None} | {Error}, key=lambda s: s.__name__)
     _, components = msgspec.json.schema_components(bodies, ref_template="#/components/schemas/{name}")
     for name, rules in _BODY_RULES.items():
-        components[name].update(rules)
+        if name in components:  # the HQ API has other bodies (meshpos/hq_api.py)
+            components[name].update(rules)
     paths: dict[str, dict[str, Any]] = {}
     for e in endpoints:
         op: dict[str, Any] = {
@@ -107,9 +113,7 @@ def openapi(endpoints: list[Endpoint], *, token: bool = False) -> dict[str, Any]
         paths.setdefault(e.path, {})[e.method.lower()] = op
     spec: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": "meshpos terminal API", "version": "1",
-                 "description": "Local API of one meshpos terminal. Every 2xx is durable. "
-                                "Errors are {code, message}; see docs/api.md."},
+        "info": info or TERMINAL_INFO,
         "paths": paths,
         "components": {"schemas": components},
     }

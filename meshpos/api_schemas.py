@@ -42,6 +42,7 @@ PATH_PATTERNS = {
     "item_id": r"[0-9a-hjkmnp-tv-z]{8}",  # core.clock.random_id(8)
     "drawer": DRAWER_PATTERN,
     "review_id": rf"{DRAWER_PATTERN}\.[0-9]{{1,18}}",  # <drawer>.<ledger position>
+    "store": r"[0-9a-f]{16}",  # peer.identity.store_id_of (the HQ API)
 }
 _PATH_REGEXES = {name: re.compile(body) for name, body in PATH_PATTERNS.items()}
 #: Every integer a query may carry fits SQLite's INTEGER (larger ones overflowed into a 500).
@@ -153,6 +154,20 @@ class ProductIn(Strict):
     category: Short | None = None
     active: bool = True
     user: Text | None = None
+
+
+class CatalogIn(Strict):
+    """What the HQ owns of a product (docs/hq.md): the store keeps station, category and stock."""
+
+    name: Text
+    price_cents: Cents
+    active: bool = True
+
+
+class SalesQuery(Strict):
+    from_: Annotated[str, Meta(pattern=pattern(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"))] = msgspec.field(name="from")
+    to: Annotated[str, Meta(pattern=pattern(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"))]
+    store: Annotated[str, Meta(pattern=pattern(r"[0-9a-f]{16}"))] | None = None
 
 
 class AdjustIn(Strict):
@@ -333,7 +348,7 @@ def check_path(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def decode_query(params: Any, model: type[Struct]) -> Any:
-    values = {k: v for k, v in params.items() if k in model.__struct_fields__}
+    values = {k: v for k, v in params.items() if k in model.__struct_encode_fields__}
     try:
         return msgspec.convert(values, type=model, strict=False)
     except msgspec.ValidationError as exc:

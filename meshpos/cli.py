@@ -17,9 +17,8 @@ import click
 
 from core.errors import ConfigError
 from core.names import TERMINAL_TYPES
-from meshpos import cli_client, cli_offline
-from meshpos.cli_client import read_token
-from meshpos.config import load_config
+from meshpos import cli_client, cli_hq, cli_offline
+from meshpos.config import load_config, read_token
 from meshpos.documents.host import DamagedDocument
 from meshpos.memory import tune_allocator
 from storage.database import DatabaseError
@@ -93,13 +92,15 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
 @click.option("--peer-host", help="address peer links listen on (default 0.0.0.0; enrolled terminals only)")
 @click.option("--peer-port", type=int, help="port peer links listen on (default 8710; 0 picks a free one)")
 @click.option("--peer", "peers", multiple=True, metavar="HOST:PORT", help="a peer to dial (repeatable)")
+@click.option("--hq", "hq", multiple=True, metavar="HOST:PORT",
+              help="the chain's HQ over the WAN, to upload to (repeatable; docs/hq.md)")
 @click.option("--mdns/--no-mdns", default=None, help="find the store's terminals over mDNS (default on)")
 @click.option("--mdns-interface", "mdns_interfaces", multiple=True, metavar="ADDRESS|NAME",
               help="IPv4 address or interface for mDNS (repeatable; default: see docs/operations.md)")
 @click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, envvar="MESHPOS_BACKEND")
 @click.option("--log-level", default="INFO", show_default=True)
 def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, api_token_file,  # noqa: ANN001
-        api_allowed_origins, api_allowed_hosts, peer_host, peer_port, peers, mdns, mdns_interfaces, backend,
+        api_allowed_origins, api_allowed_hosts, peer_host, peer_port, peers, hq, mdns, mdns_interfaces, backend,
         log_level) -> None:
     """Run one terminal until SIGTERM/SIGINT."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -111,7 +112,8 @@ def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, a
             "api_allowed_origins": list(api_allowed_origins) or None,
             "api_allowed_hosts": list(api_allowed_hosts) or None,
             "peer_host": peer_host, "peer_port": peer_port,
-            "peers": list(peers) or None, "mdns": mdns, "mdns_interfaces": list(mdns_interfaces) or None,
+            "peers": list(peers) or None, "hq": list(hq) or None,
+            "mdns": mdns, "mdns_interfaces": list(mdns_interfaces) or None,
         })
         from meshpos.api_guard import startup_warning
 
@@ -152,7 +154,7 @@ def demo(backend: str, keep_running: bool | None, api_port: int) -> None:
 
 
 for _command in (cli_client.status, cli_client.peers, cli_client.review, cli_client.roster,
-                 cli_offline.backup, cli_offline.recover, cli_offline.store):
+                 cli_offline.backup, cli_offline.recover, cli_offline.store, cli_hq.hq):
     main.add_command(_command)
 
 

@@ -19,23 +19,11 @@ import click
 
 from core.codec import decode_json, encode_json_bytes, format_json
 from core.errors import ConfigError
+from meshpos.config import read_token
 
 #: The largest answer read from a terminal (a review list of a long day is a few MB at most);
 #: whatever answers at ``--api`` is read with a bound, like every input.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
-
-
-def read_token(path: Path | None) -> str | None:
-    """The token file's first line (a trailing newline is not part of the token)."""
-    if path is None:
-        return None
-    try:
-        token = path.read_text().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--api-token-file: cannot read {path}: {exc}") from None
-    if not token:
-        raise ConfigError(f"--api-token-file: {path} is empty")
-    return token
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import anyio
 import click
 
 from core.errors import ConfigError
-from core.names import TERMINAL_TYPES
+from core.names import ENROLLABLE_TYPES, TERMINAL_TYPES
 from meshpos.config import load_config
 from storage.database import DatabaseError
 
@@ -101,7 +101,7 @@ def store_init(auth_dir: Path, name: str) -> None:
 @store.command("enroll")
 @click.option("--dir", "auth_dir", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--terminal-id", required=True)
-@click.option("--type", "terminal_type", required=True, type=click.Choice(TERMINAL_TYPES))
+@click.option("--type", "terminal_type", required=True, type=click.Choice(ENROLLABLE_TYPES))
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="the terminal's data dir")
 @click.option("--days", default=5 * 365, show_default=True, type=click.IntRange(1, 30 * 365),
               help="certificate validity")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from core.names import ID_PATTERN, TERMINAL_TYPES, parse_address
+from core.names import HQ_TYPE, ID_PATTERN, TERMINAL_TYPES, parse_address
 
 
 @dataclass(slots=True)
@@ -40,6 +40,9 @@ class TerminalConfig:
     peer_host: str = "0.0.0.0"
     peer_port: int = 8710
     peers: list[str] = field(default_factory=list)
+    #: The chain's HQ over the WAN (``HOST:PORT``; more than one: each is dialled): the terminal
+    #: uploads the store's documents and ledgers to it (docs/hq.md).  No mDNS across the WAN.
+    hq: list[str] = field(default_factory=list)
     #: Largest sync message a peer may send (a whole business day's step 2 must fit).
     peer_max_message_bytes: int = 64 * 1024 * 1024
     #: mDNS discovery (enrolled terminals only): advertise ``_meshpos._tcp`` and dial what it finds.
@@ -52,16 +55,19 @@ class TerminalConfig:
     def validate(self) -> TerminalConfig:
         if not isinstance(self.terminal_id, str) or not ID_PATTERN.match(self.terminal_id):
             raise ConfigError(f"terminal_id {self.terminal_id!r} is invalid (letters, digits, . _ : -)")
+        if self.type == HQ_TYPE:
+            raise ConfigError("type 'hq' is an HQ enrollment: run it with `meshpos hq run` (docs/hq.md)")
         if self.type not in TERMINAL_TYPES:
             raise ConfigError(f"type {self.type!r} is invalid; one of {', '.join(TERMINAL_TYPES)}")
         for name in ("api_port", "peer_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name} {getattr(self, name)} is out of range")
-        for address in self.peers:
-            try:
-                parse_address(address)
-            except ValueError as exc:
-                raise ConfigError(f"peers: {exc}") from None
+        for name in ("peers", "hq"):
+            for address in getattr(self, name):
+                try:
+                    parse_address(address)
+                except ValueError as exc:
+                    raise ConfigError(f"{name}: {exc}") from None
         if self.peer_max_message_bytes < 64 * 1024:
             raise ConfigError("peer_max_message_bytes must be at least 65536")
         if not 0 <= self.day_rollover_hour <= 23:
@@ -85,6 +91,19 @@ class TerminalConfig:
         for host in self.api_allowed_hosts:
             if not _HOST_NAME.fullmatch(host):
                 raise ConfigError(f"api_allowed_hosts: {host!r} is not a host name or address (without a port)")
+
+
+def read_token(path: Path | None) -> str | None:
+    """The token file's first line (a trailing newline is not part of the token)."""
+    if path is None:
+        return None
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--api-token-file: cannot read {path}: {exc}") from None
+    if not token:
+        raise ConfigError(f"--api-token-file: {path} is empty")
+    return token
 
 
 _TOKEN = re.compile(r"[\x21-\x7e]{16,512}")
@@ -143,7 +162,8 @@ def load_config(
                 f"{required} is required (--{required.replace('_', '-')}, {_ENV_PREFIX}{required.upper()} "
                 "or the config file)"
             )
-    for name, what in (("peers", "HOST:PORT strings"), ("mdns_interfaces", "addresses or interface names"),
+    for name, what in (("peers", "HOST:PORT strings"), ("hq", "HOST:PORT strings"),
+                       ("mdns_interfaces", "addresses or interface names"),
                        ("api_allowed_origins", "origins"), ("api_allowed_hosts", "host names")):
         if isinstance(values.get(name), str):  # environment: comma-separated
             values[name] = [p.strip() for p in values[name].split(",") if p.strip()]

@@ -28,8 +28,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from core.clock import BusinessCalendar, Clock, IdSource, id_bytes, iso, random_id, system_clock
-from core.errors import InvalidInput, NotEnrolled, NotFound, PermissionDenied, StoreError, Unavailable
-from core.names import orders_day
+from core.errors import (
+    InvalidInput,
+    MessageRefused,
+    NotEnrolled,
+    NotFound,
+    PermissionDenied,
+    StoreError,
+    Unavailable,
+)
+from core.names import HQ_TYPE, orders_day
 from core.yupdate import decode_state_vector
 from meshpos.cashier.service import Cashier
 from meshpos.config import TerminalConfig, match_certificate
@@ -39,6 +47,7 @@ from meshpos.documents import orders as orders_doc
 from meshpos.documents import tables as tables_doc
 from meshpos.documents.host import Operation, durable
 from meshpos.events import EventBus
+from meshpos.wan import HQ_FIELDS, WanView, catalog_items, landed_message
 from storage.database import lock_data_dir
 from storage.store import Store
 
@@ -97,6 +106,9 @@ class Terminal:
         self.events: EventBus
         #: Peer links; ``None`` for a terminal whose data directory is not enrolled in a store.
         self.mesh: Mesh | None = None
+        #: The WAN side: what the chain's HQ has landed, and its sync log (docs/hq.md).
+        self.wan = WanView(config.hq)
+        self._hq_since: dict[str, float] = {}
         #: mDNS discovery; ``None`` when not enrolled or turned off (``--no-mdns``).
         self.discovery: Discovery | None = None
         #: Drawers, payments and the review queue (outside the CRDT documents).
@@ -195,12 +207,89 @@ class Terminal:
         replica = TerminalReplica(self.host, self.store, open_doc=self.ensure_doc,
                                   archived_state_vectors=self.archived_state_vectors, today=self.today)
         mesh = Mesh(replica, identity, data_dir=self.config.data_dir, clock=self.clock,
-                    transport=transport, peers=self.config.peers, rng=self.rng,
+                    transport=transport, peers=self.config.peers, hq=self.config.hq, rng=self.rng,
                     limits=Limits(max_message_bytes=self.config.peer_max_message_bytes),
                     threads=self._storage_threads, id_source=self.id_source)
-        mesh.handle_control("cashier", self.cashier.receive)
+        mesh.handle_control("cashier", self._cashier_message)
+        mesh.handle_control("hq", self._hq_message)
         mesh.on_link_up(self.cashier.link_up)
+        mesh.on_link_up(self._hq_linked)
+        mesh.on_link_down(self._hq_unlinked)
         return mesh
+
+    # -- the WAN side (docs/hq.md) ---------------------------------------------------------------
+
+    def _peer_type(self, peer_id: str) -> str | None:
+        link = self.mesh.links.get(peer_id) if self.mesh is not None else None
+        return None if link is None else link.peer_type
+
+    async def _cashier_message(self, sender: str, data: dict[str, Any]) -> None:
+        """A cashier message; from an HQ only ``heads`` (what it has landed) - it never votes."""
+        if self._peer_type(sender) == HQ_TYPE:
+            if data.get("m") != "heads":
+                raise MessageRefused(f"an HQ sends no cashier {str(data.get('m'))[:20]!r} messages: it never votes")
+            drawers, complete = data.get("drawers"), data.get("all")
+            if isinstance(drawers, dict) and isinstance(complete, bool):
+                self.wan.heads({d: n for d, n in drawers.items() if isinstance(n, int)}, complete, iso(self.clock()))
+        await self.cashier.receive(sender, data)
+
+    async def _hq_message(self, sender: str, data: dict[str, Any]) -> None:
+        """The HQ's catalog: each product whose name, price or active flag differs is written
+        here through the durable path (audited as ``hq:<id>``; station, category and stock stay
+        the store's).  From anyone but an HQ, or malformed: refused, nothing applied."""
+        if self._peer_type(sender) != HQ_TYPE:
+            raise MessageRefused("only an HQ sends hq messages")
+        try:
+            if data.get("m") == "landed":
+                vectors, drawers = landed_message(data)
+                self.wan.landed(vectors, iso(self.clock()))
+                self.wan.heads(drawers, False, iso(self.clock()))
+                return
+            items = catalog_items(data)
+        except ValueError as exc:
+            raise MessageRefused(str(exc)) from None
+        inventory = self.inventory
+        for item in items:
+            sku = item["sku"]
+            current = inventory.product(sku) if sku in inventory.catalog else None
+            if current is not None and all(current[k] == item[k] for k in HQ_FIELDS):
+                continue
+            try:
+                await self.put_product(sku, user=f"hq:{sender}", name=item["name"], price_cents=item["price_cents"],
+                                       active=item["active"],
+                                       station=None if current is None else current["station"],
+                                       category=None if current is None else current["category"])
+            except InvalidInput as exc:
+                raise MessageRefused(f"hq catalog: {sku}: {exc.message}") from None
+        self.wan.last_sync_at = iso(self.clock())
+
+    def _hq_linked(self, peer_id: str) -> None:
+        link = self.mesh.links.get(peer_id) if self.mesh is not None else None
+        if link is not None and link.peer_type == HQ_TYPE:
+            self._hq_since[peer_id] = self.monotonic()
+            self.wan.linked(peer_id, link.address, iso(self.clock()))
+
+    def _hq_unlinked(self, peer_id: str, peer_type: str | None, closed: Any,
+                     traffic: tuple[int, int, int, int]) -> None:
+        if peer_type == HQ_TYPE:
+            since = self._hq_since.pop(peer_id, None)
+            self.wan.unlinked(peer_id, iso(self.clock()), None if since is None else self.monotonic() - since,
+                              closed.code, closed.reason, traffic)
+
+    def hq_status(self) -> dict[str, Any]:
+        mesh = self.mesh
+        linked = [] if mesh is None else sorted(p for p, link in mesh.links.items() if link.peer_type == HQ_TYPE)
+        if mesh is not None:
+            for vectors in mesh.syncing.uplink_vectors.values():  # what each HQ asked with
+                self.wan.landed(vectors, None)
+        last_error = None
+        if mesh is not None:
+            for address in self.wan.addresses:
+                state = mesh.book.by_address.get(address)
+                if state is not None and state.last_error is not None:
+                    last_error = {**state.last_error, "address": address}
+        return self.wan.status(linked=linked, documents={n: self.host.state_vector(n) for n in self.host.names()},
+                               ledgers=self.cashier.ledger_lengths(), last_error=last_error)
 
     def _make_discovery(self, mesh: Mesh) -> Discovery:
         from discovery.mdns import Discovery  # noqa: F811 - zeroconf only when enrolled
@@ -538,4 +627,5 @@ class Terminal:
             "uptime_seconds": round(self.monotonic() - self.started_monotonic, 3),
             "documents": docs, "storage": await self.store.size(), "last_event_cursor": self.store.last_cursor,
             "mesh": None if self.mesh is None else self.peers(),
+            "hq": self.hq_status(),
         }

@@ -12,6 +12,8 @@ roster either side knows - a terminal that missed a revocation learns it from th
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -92,3 +94,56 @@ def authorize(hello: dict[str, Any], cert: x509.Certificate, identity: TerminalI
                       f"{cert_id}'s certificate is not the one enrolled in roster v{newer.version}")
     if cert_id == identity.terminal_id:
         raise Refused(ALREADY_CONNECTED, "that is this terminal (a copied data directory?)")
+
+
+#: Connections accepted but not yet authenticated (TLS, upgrade and hello under way), in all and
+#: per remote host.  Beyond these a new connection is closed at once: a peer port listens on
+#: every interface (an HQ's on the WAN), and anyone who reaches it can open connections without
+#: a certificate.  A real peer needs one connection at a time; a store of 30 terminals all
+#: rebooting needs 29.
+MAX_UNAUTHENTICATED = 64
+MAX_UNAUTHENTICATED_PER_HOST = 8
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Gate:
+    """Counts the connections still authenticating, in all and per remote host."""
+
+    def __init__(self, most: int = MAX_UNAUTHENTICATED, per_host: int = MAX_UNAUTHENTICATED_PER_HOST) -> None:
+        self.most, self.per_host = most, per_host
+        self._pending: dict[str, int] = {}
+
+    @property
+    def pending(self) -> int:
+        return sum(self._pending.values())
+
+    def enter(self, address: str) -> Callable[[], None] | str:
+        """Let a connection from ``address`` (``HOST:PORT``) in: its release (call it once it
+        authenticated or ended; calling again does nothing), or why it is turned away."""
+        host = address.rpartition(":")[0] or address
+        pending = sum(self._pending.values())
+        per_host = self._pending.get(host, 0)
+        # Loopback is exempt from the per-host cap: several terminals on one machine (the demo,
+        # a test bench) all dial from 127.0.0.1; nothing on the LAN can come from there.
+        if pending >= self.most or (per_host >= self.per_host and not _loopback(host)):
+            return f"too many connections waiting to authenticate ({pending} in all, {per_host} from {host})"
+        self._pending[host] = per_host + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                left = self._pending[host] - 1
+                if left:
+                    self._pending[host] = left
+                else:
+                    del self._pending[host]
+
+        return release

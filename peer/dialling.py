@@ -77,8 +77,13 @@ class Dialler:
     """The dial loops of one terminal; they run in the task group :meth:`start` is given."""
 
     def __init__(self, *, me: str, transport: Transport, client_ctx: ssl.SSLContext, rng: random.Random,
-                 book: PeerBook, links: Mapping[str, Any], run_link: RunLink, static_peers: list[str]) -> None:
+                 book: PeerBook, links: Mapping[str, Any], run_link: RunLink, static_peers: list[str],
+                 server_name: str | None = None) -> None:
+        """``server_name``: sent as TLS SNI on every dial - the store id, which is how an HQ that
+        serves many stores on one port picks the certificate this store trusts (docs/hq.md);
+        terminals ignore it."""
         self.me = me
+        self.server_name = server_name
         self.transport = transport
         self._client_ctx = client_ctx
         self.rng = rng
@@ -233,8 +238,8 @@ class Dialler:
     async def _connect(self, host: str, port: int) -> TLSStream:
         raw = await self.transport.connect(host, port)
         try:
-            return await TLSStream.wrap(raw, server_side=False, ssl_context=self._client_ctx,
-                                        standard_compatible=False)
+            return await TLSStream.wrap(raw, server_side=False, hostname=self.server_name,
+                                        ssl_context=self._client_ctx, standard_compatible=False)
         except BaseException:
             await anyio.aclose_forcefully(raw)
             raise

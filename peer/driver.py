@@ -46,6 +46,9 @@ def failure_of(exc: BaseException, *, dialling: bool = False) -> tuple[int, str]
         if dialling and isinstance(e, ssl.SSLEOFError | ssl.SSLZeroReturnError):
             return ABNORMAL, "connection closed during the TLS handshake"
         if isinstance(e, ssl.SSLError):
+            if "UNRECOGNIZED_NAME" in str(e.reason or e).upper():
+                return AUTHENTICATION_FAILED, ("TLS handshake failed: the peer does not serve this store "
+                                               "(an HQ that holds no enrollment of it: UNRECOGNIZED_NAME)")
             return AUTHENTICATION_FAILED, f"TLS handshake failed: {e.reason or e}"
     if isinstance(exc, TimeoutError):
         return ABNORMAL, "timed out"

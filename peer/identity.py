@@ -33,7 +33,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from core.clock import iso, system_clock
 from core.codec import decode_json
-from core.names import ID_PATTERN, TERMINAL_TYPES
+from core.names import ENROLLABLE_TYPES, ID_PATTERN
 from peer.files import CA_CERT, CA_KEY, ROSTER, STORE_CA_CERT, TERMINAL_CERT, TERMINAL_KEY
 
 #: Terminal certificates are valid this long by default; renew by enrolling again.
@@ -256,8 +256,8 @@ class Authority:
         """Key, certificate and current roster for one terminal, written into its data directory."""
         if not ID_PATTERN.match(terminal_id):
             raise IdentityError(f"terminal id {terminal_id!r} is invalid (letters, digits, . _ : -)")
-        if terminal_type not in TERMINAL_TYPES:
-            raise IdentityError(f"type {terminal_type!r} is invalid; one of {', '.join(TERMINAL_TYPES)}")
+        if terminal_type not in ENROLLABLE_TYPES:
+            raise IdentityError(f"type {terminal_type!r} is invalid; one of {', '.join(ENROLLABLE_TYPES)}")
         if self.roster.is_revoked(terminal_id):
             raise IdentityError(f"terminal {terminal_id!r} is revoked; enroll the replacement under a new id")
         out.mkdir(parents=True, exist_ok=True)
@@ -367,7 +367,7 @@ def load_identity(data_dir: Path) -> TerminalIdentity:
 
 def save_roster(data_dir: Path, roster: Roster) -> None:
     """Replace the stored roster atomically (a crash leaves the old or the new one, never half)."""
-    tmp = data_dir / (ROSTER + ".tmp")
+    tmp = data_dir / f"{ROSTER}.{os.getpid()}.tmp"  # two HQ processes may share an enrollment directory
     with open(tmp, "wb") as f:
         f.write(roster.signed)
         f.flush()

@@ -17,7 +17,6 @@ replaces the old one at once instead of waiting for the old one's heartbeat to t
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import random
 from collections import deque
@@ -37,6 +36,7 @@ from core.errors import (
     RATE_LIMIT,
     StoreError,
 )
+from core.names import HQ_TYPE
 from peer import admission
 from peer.dialling import WRONG_TERMINAL, Dialler
 from peer.driver import GOING_AWAY, Link, LinkDriver, failure_of
@@ -49,24 +49,11 @@ from peer.syncing import Syncing
 from peer.tls import client_context, peer_certificate, server_context
 from peer.transport import Transport
 
-__all__ = ["Mesh"]
+__all__ = ["LinkDownListener", "Mesh"]
+
+LinkDownListener = Callable[[str, "str | None", Closed, tuple[int, int, int, int]], None]
 
 log = logging.getLogger(__name__)
-
-#: Connections accepted but not yet authenticated (TLS, upgrade and hello under way), in all and
-#: per remote host.  Beyond these a new connection is closed at once: the peer port listens on
-#: every interface, and anyone on the LAN can open connections without a certificate.  A real
-#: peer needs one connection at a time; a store of 30 terminals all rebooting needs 29.
-MAX_UNAUTHENTICATED = 64
-MAX_UNAUTHENTICATED_PER_HOST = 8
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
 
 class Mesh:
     """All peer links of one terminal.  :meth:`run` in the terminal's task group."""
@@ -74,8 +61,14 @@ class Mesh:
     def __init__(self, replica: Replica, identity: TerminalIdentity, *, data_dir: Path, clock: Clock,
                  transport: Transport, peers: list[str], limits: Limits | None = None,
                  rng: random.Random | None = None, max_queue_bytes: int | None = None,
-                 threads: bool = True, id_source: IdSource = id_bytes) -> None:
+                 threads: bool = True, id_source: IdSource = id_bytes, hq: list[str] | None = None,
+                 learn_only: bool = False) -> None:
+        """``hq``: the WAN addresses of the chain's HQ (dialled for good, like static peers);
+        ``learn_only``: this mesh is one store's side of an HQ process (docs/hq.md) - it takes
+        documents, gives none, and runs no anti-entropy of its own (the terminals' covers it)."""
         self.replica = replica
+        self.hq = list(dict.fromkeys(hq or []))
+        self.learn_only = learn_only
         self.data_dir = data_dir  # where an adopted roster is saved
         #: ``False``: the roster file is written inline, as the store does for a simulation on
         #: virtual time (a worker thread would make the order of events depend on the OS).
@@ -91,7 +84,7 @@ class Mesh:
         self.rng = rng or random.Random()
         self.transport = transport
         self.host, self.port = transport.host, transport.port
-        self._server_ctx = server_context(identity)
+        self.server_ctx = server_context(identity)
         #: Peer id -> its link, while linked (one per pair).
         self.links: dict[str, Link] = {}
         self.book = PeerBook(clock)
@@ -99,14 +92,15 @@ class Mesh:
         #: Recent refusals (either side), newest last: why a terminal that tried is not linked.
         self.refusals: deque[dict[str, Any]] = self.book.refusals
         self.dialler = Dialler(me=self.me, transport=transport, client_ctx=client_context(identity), rng=self.rng,
-                               book=self.book, links=self.links, static_peers=peers,
-                               run_link=lambda stream, address, expect: self._run_link(
+                               book=self.book, links=self.links, static_peers=[*peers, *self.hq],
+                               server_name=identity.store_id, run_link=lambda stream, address, expect: self._run_link(
                                    stream, address, client=True, expect=expect))
-        #: Remote host -> connections from it not authenticated yet (see MAX_UNAUTHENTICATED).
-        self._unauthenticated: dict[str, int] = {}
+        #: Connections accepted and not authenticated yet (see :class:`peer.admission.Gate`).
+        self.gate = admission.Gate()
         #: Callbacks for each link that opens.
         self._link_listeners: list[LinkListener] = []
-        self.syncing = Syncing(replica, self.links, self.rng, self._close)
+        self._down_listeners: list[LinkDownListener] = []
+        self.syncing = Syncing(replica, self.links, self.rng, self._close, learn_only=learn_only)
         self.driver = LinkDriver(act=self._act, closing=self._closing, ended=self._ended, book=self.book)
         self.router = Router(syncing=self.syncing, driver=self.driver, book=self.book,
                              adopt_roster=self.adopt_roster, opened=self._opened)
@@ -119,6 +113,11 @@ class Mesh:
     def on_link_up(self, listener: LinkListener) -> None:
         self._link_listeners.append(listener)
 
+    def on_link_down(self, listener: LinkDownListener) -> None:
+        """``listener(peer_id, peer_type, closed, traffic)`` each time a registered link ends;
+        ``traffic``: (bytes in, bytes out, updates in, updates out) over its life."""
+        self._down_listeners.append(listener)
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def close_socket(self) -> None:
@@ -130,7 +129,8 @@ class Mesh:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.transport.serve, self._accept)
                 self.dialler.start(tg)
-                tg.start_soon(self.syncing.anti_entropy)
+                if not self.learn_only:
+                    tg.start_soon(self.syncing.anti_entropy)
                 log.info("peer links on %s:%s (store %s, roster v%d)", self.host, self.port,
                          self.identity.store_id, self.roster.version)
                 task_status.started()
@@ -171,43 +171,31 @@ class Mesh:
     async def _accept(self, raw: ByteStream, address: str) -> None:
         """One inbound connection: TLS, upgrade and hello must all be done within
         ``limits.hello_timeout`` of the accept, and only so many may be under way at once."""
-        host = address.rpartition(":")[0] or address
-        pending = sum(self._unauthenticated.values())
-        per_host = self._unauthenticated.get(host, 0)
-        # Loopback is exempt from the per-host cap: several terminals on one machine (the demo,
-        # a test bench) all dial from 127.0.0.1; nothing on the LAN can come from there.
-        if pending >= MAX_UNAUTHENTICATED or (per_host >= MAX_UNAUTHENTICATED_PER_HOST and not _loopback(host)):
-            self.book.refused(None, address, RATE_LIMIT, f"too many connections waiting to authenticate "
-                              f"({pending} in all, {per_host} from {host})", inbound=True)
+        release = self.gate.enter(address)
+        if isinstance(release, str):
+            self.book.refused(None, address, RATE_LIMIT, release, inbound=True)
             await anyio.aclose_forcefully(raw)
             return
-        self._unauthenticated[host] = self._unauthenticated.get(host, 0) + 1
         accepted_at = anyio.current_time()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                left = self._unauthenticated[host] - 1
-                if left:
-                    self._unauthenticated[host] = left
-                else:
-                    del self._unauthenticated[host]
-
         try:
             try:
                 with anyio.fail_after(self.limits.hello_timeout):
-                    stream = await TLSStream.wrap(raw, server_side=True, ssl_context=self._server_ctx,
+                    stream = await TLSStream.wrap(raw, server_side=True, ssl_context=self.server_ctx,
                                                   standard_compatible=False)
             except Exception as exc:  # noqa: BLE001 - any handshake failure is one refused peer
                 code, reason = failure_of(exc)
                 self.book.refused(None, address, code, reason, inbound=True)
                 await anyio.aclose_forcefully(raw)
                 return
-            await self._run_link(stream, address, client=False, started=accepted_at, authenticated=release)
+            await self.admit(stream, address, started=accepted_at, authenticated=release)
         finally:
             release()
+
+    async def admit(self, stream: ByteStream, address: str, *, started: float,
+                    authenticated: Callable[[], None] | None = None) -> None:
+        """Run an inbound link whose TLS handshake is done (by :meth:`_accept`, or by an HQ's
+        front listener that picked this store's mesh, :mod:`peer.front`)."""
+        await self._run_link(stream, address, client=False, started=started, authenticated=authenticated)
 
     async def _run_link(self, stream: ByteStream, address: str, *, client: bool, expect: str | None = None,
                         started: float | None = None,
@@ -311,8 +299,11 @@ class Mesh:
             self.book.unlinked(peer_id, link.traffic, closed.code, closed.reason)
             log.log(logging.WARNING if refused else logging.INFO, "link to %s closed: %d %s",
                     peer_id, closed.code, closed.reason)
-            self._event("terminal:offline", {"terminal_id": peer_id, "code": closed.code, "reason": closed.reason})
+            self._event("hq:unlinked" if link.peer_type == HQ_TYPE else "terminal:offline",
+                        {"terminal_id": peer_id, "code": closed.code, "reason": closed.reason})
             self.syncing.peer_gone(peer_id)
+            for listener in self._down_listeners:
+                listener(peer_id, link.peer_type, closed, link.traffic())
 
     def _close(self, link: Link, code: int, reason: str) -> None:
         self.driver.close(link, code, reason)
@@ -340,11 +331,17 @@ class Mesh:
         state = self.book.linked(peer_id, link.peer_type, link.address, client=link.client)
         log.info("linked to %s (%s) at %s, %s", peer_id, link.peer_type, link.address, state.direction)
         if existing is None:
-            self._event("terminal:online", {"terminal_id": peer_id, "terminal_type": link.peer_type,
-                                            "address": link.address})
+            self._event("hq:linked" if link.peer_type == HQ_TYPE else "terminal:online",
+                        {"terminal_id": peer_id, "terminal_type": link.peer_type, "address": link.address})
         self.syncing.start(link)
         for listener in self._link_listeners:
             listener(peer_id)
+
+    def disconnect(self, peer_id: str, code: int, reason: str) -> None:
+        """Close ``peer_id``'s link (if any) with ``code`` - an HQ whose database is down does."""
+        link = self.links.get(peer_id)
+        if link is not None:
+            self._close(link, code, reason)
 
     # -- control messages and fetches -----------------------------------------------------------
 

@@ -161,19 +161,22 @@ class Replication(Generic[L]):
 
     # -- what is sent to whom ------------------------------------------------------------------
 
-    def forward_to(self, doc: str, origin: str, links: Iterable[L]) -> list[L]:
+    def forward_to(self, doc: str, origin: str, links: Iterable[L], uplinks: Collection[L] = ()) -> list[L]:
         """The links a change to ``doc`` applied here with ``origin`` is shipped to.
 
         This terminal's own changes go to every linked peer.  Changes that came from a peer are
-        not forwarded: in a full mesh the writer already sent them to everyone, and forwarding
-        would multiply each update by the number of peers.  A peer this one can reach but the
-        writer cannot (a half-broken mesh) gets them through the periodic state-vector exchange
-        (anti-entropy).  The one place that decides it, and an instance method so that what a
-        terminal learns per link (which peers each one reaches, their state vectors) can decide
+        not forwarded to other terminals: in a full mesh the writer already sent them to
+        everyone, and forwarding would multiply each update by the number of peers.  A peer this
+        one can reach but the writer cannot (a half-broken mesh) gets them through the periodic
+        state-vector exchange (anti-entropy).  They do go up the ``uplinks`` (links to an HQ other
+        than the one they came from, the shell leaves that out): the writer may have no WAN, and any terminal
+        that has one uploads for all (docs/hq.md) - the HQ lands each change once however many
+        terminals bring it.  The one place that decides it, and an instance method so that what
+        a terminal learns per link (which peers each one reaches, their state vectors) can decide
         it later without another call site changing.
         """
         if origin.startswith("peer:"):
-            return []
+            return list(uplinks)
         return list(links)
 
     @staticmethod

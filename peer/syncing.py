@@ -16,7 +16,8 @@ from typing import Any
 
 import anyio
 
-from core.errors import INVALID_MESSAGE, StoreError
+from core.errors import INVALID_MESSAGE, PERMISSION_DENIED, StoreError
+from core.names import HQ_TYPE
 from core.yupdate import UpdateGap
 from peer.driver import INTERNAL_ERROR, Link
 from peer.link import Closed
@@ -27,14 +28,20 @@ from peer.sync import AnswerStep1, Apply
 FETCH_TIMEOUT = 3.0
 #: How often linked peers re-compare state vectors (covers peers that cannot reach each other).
 ANTI_ENTROPY_SECONDS = 10.0
+#: A learner (the HQ) asks for every archived day a terminal lists that it lacks, however old.
+LEARN_ALL_DAYS = 100_000
 
 
 class Syncing:
     """Replication over ``links`` (peer id -> link, the mesh's registry)."""
 
     def __init__(self, replica: Replica, links: Mapping[str, Link], rng: random.Random,
-                 close: Callable[[Link, int, str], None]) -> None:
+                 close: Callable[[Link, int, str], None], *, learn_only: bool = False) -> None:
+        """``learn_only``: this side is an HQ - it takes what terminals hold and gives no
+        document data back (a step 1 is answered with its own step 1, which the terminal answers
+        with what the HQ lacks); see docs/hq.md."""
         self.replica = replica
+        self.learn_only = learn_only
         self.links = links
         self.rng = rng
         self._close = close
@@ -42,6 +49,9 @@ class Syncing:
         self.core: Replication[Link] = Replication(catch_up_wait=CATCH_UP_WAIT)
         #: Archived day -> set when its fetch is over (every asked peer answered or is gone).
         self._fetched: dict[str, anyio.Event] = {}
+        #: HQ peer id -> document -> the state vector it last asked with: what it has landed (an
+        #: HQ asks only once its landings of the document committed).  The terminal's WAN status.
+        self.uplink_vectors: dict[str, dict[str, bytes]] = {}
         replica.on_update(self._on_local_update)
 
     # -- a link's life -------------------------------------------------------------------------
@@ -79,7 +89,11 @@ class Syncing:
             self._fetch_over(doc)
 
     async def _send_archived(self, link: Link) -> None:
-        vectors = await self.replica.archived_state_vectors()
+        try:
+            vectors = await self.replica.archived_state_vectors()
+        except StoreError as exc:  # its own task: an error here must end this link, not the terminal
+            self._close(link, INTERNAL_ERROR, f"storage is failing ({exc}); resync later"[:120])
+            return
         archived = {name: base64.b64encode(sv).decode() for name, sv in vectors.items()}
         if link.core.state == "open":
             link.session.queue_control({"type": "docs", "archived": archived})
@@ -89,7 +103,11 @@ class Syncing:
 
     def _on_local_update(self, name: str, update: bytes, origin: str, ticket: Any) -> None:
         """Queue a change applied here for the links :meth:`Replication.forward_to` names."""
-        for link in self.core.forward_to(name, origin, self.links.values()):
+        if self.learn_only:
+            return
+        links = self.links.values()
+        uplinks = [link for link in links if link.peer_type == HQ_TYPE and origin != f"peer:{link.peer_id}"]
+        for link in self.core.forward_to(name, origin, links, uplinks):
             link.session.queue_update(name, update, ticket)
             link.wake.set()
 
@@ -108,6 +126,13 @@ class Syncing:
 
     async def answer_step1(self, link: Link, intent: AnswerStep1) -> None:
         await self.replica.open(intent.doc)
+        if link.peer_type == HQ_TYPE:
+            self.uplink_vectors.setdefault(link.peer_id or "", {})[intent.doc] = intent.state_vector
+        if self.learn_only:  # what the terminal lacks is not the HQ's to give: ask for what it holds
+            await self.replica.settled(intent.doc)  # what it asks with is landed, not just received
+            link.session.queue_step1(intent.doc, self.replica.state_vector(intent.doc))
+            link.wake.set()
+            return
         await self.replica.settled(intent.doc)
         try:
             update = self.replica.diff(intent.doc, intent.state_vector)
@@ -129,6 +154,9 @@ class Syncing:
         """Apply what one read brought, one transaction (one storage record) per document, and
         wait for the reads :class:`peer.replication.ReadWindow` says are due."""
         if not applies:
+            return
+        if link.peer_type == HQ_TYPE:
+            self._close(link, PERMISSION_DENIED, "an HQ writes only the catalog, and not as document updates")
             return
         tickets = []
         error: Closed | None = None
@@ -170,20 +198,22 @@ class Syncing:
     async def on_archived(self, link: Link, archived: dict[str, Any]) -> None:
         """Sync the archived days :meth:`Replication.archived_to_sync` picks."""
         ours = await self.replica.archived_state_vectors()
+        days = LEARN_ALL_DAYS if self.learn_only else AUTO_FETCH_DAYS
         for name in Replication.archived_to_sync(archived, ours, set(self.replica.names()), self.replica.today(),
-                                                 AUTO_FETCH_DAYS):
+                                                 days):
             await self.replica.open(name)
             link.session.queue_step1(name, self.replica.state_vector(name))
         link.wake.set()
 
     async def fetch(self, name: str) -> None:
         """Ask every linked peer for ``name`` (an archived day) and wait for their answers, briefly."""
-        if not self.links:
+        peers = {peer_id: link for peer_id, link in self.links.items() if link.peer_type != HQ_TYPE}
+        if not peers:
             return
         await self.replica.open(name)
-        self.core.fetch(name, self.links)
+        self.core.fetch(name, peers)
         done = self._fetched.setdefault(name, anyio.Event())
-        for link in self.links.values():
+        for link in peers.values():
             link.session.queue_step1(name, self.replica.state_vector(name))
             link.wake.set()
         with anyio.move_on_after(FETCH_TIMEOUT):

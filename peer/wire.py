@@ -30,7 +30,7 @@ LINK_PATH = "/meshpos/v1/link"
 
 STEP1, STEP2, UPDATE = int(YSyncMessageType.SYNC_STEP1), int(YSyncMessageType.SYNC_STEP2), \
     int(YSyncMessageType.SYNC_UPDATE)
-CONTROL_TYPES = frozenset({"hello", "docs", "resync", "roster", "cashier"})
+CONTROL_TYPES = frozenset({"hello", "docs", "resync", "roster", "cashier", "hq"})
 
 
 class WireError(Exception):

@@ -248,6 +248,7 @@ class NetnsRun:
         self.r, self.root, self.kinds, self.speed = r, r.root, r.kinds, speed
         self.skew: dict[str, float] = {}
         self.radios: dict[str, dict[str, float]] = {}
+        self.wan_changes = 0
         self._t0 = time.monotonic()
         self.timeline: list[dict[str, Any]] = []
         self.work = Workload(random.Random(seed), self.now)
@@ -283,6 +284,13 @@ class NetnsRun:
     def heal(self) -> None:
         self.r.lan.heal()
         self.mark("heal")
+
+    def wan(self, up: bool) -> None:
+        """Not applied: this runner has no HQ yet (no PostgreSQL, no ``meshpos hq run`` namespace),
+        so there is no WAN to cut; the report's ``not_simulated`` lists it.  The in-memory
+        simulator runs the HQ scenarios in full (docs/hq.md)."""
+        self.wan_changes += 1
+        self.mark("wan", up=up, applied=False)
 
     async def crash(self, tid: str) -> None:
         self.r.kill(tid)
@@ -364,7 +372,8 @@ async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: P
         "seconds": world.now(), **world.work.summary(),
         "peak_missing_updates": max((max(m.values(), default=0) for _, m in samples), default=0),
         "converged_after_heal_s": converged_after,
-        "not_simulated": {k: v for k, v in (("clock_skew", world.skew), ("radio", world.radios)) if v},
+        "not_simulated": {k: v for k, v in (("clock_skew", world.skew), ("radio", world.radios),
+                                             ("wan_with_hq", world.wan_changes)) if v},
         "checks": checks, "events": marks,
     }
 

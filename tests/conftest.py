@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 from meshpos.config import TerminalConfig
 from meshpos.server import serve_api
 from meshpos.terminal import Terminal
+from simulations.postgres import PostgresServer, PostgresUnavailable
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -66,3 +69,29 @@ BURGER = {"sku": "burger", "name": "Burger", "qty": 2, "unit_price_cents": 1590,
 
 # The subprocess fixture lives with the process tests; the mesh process tests use it too.
 from tests.procutil import launch  # noqa: E402, F401
+
+# -- real PostgreSQL (simulations/postgres.py) ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (fsync off).  Without the server binaries the
+    tests that need it skip - unless MESHPOS_REQUIRE_POSTGRES is set (CI), where they fail."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as missing:
+        if os.environ.get("MESHPOS_REQUIRE_POSTGRES"):
+            pytest.fail(f"MESHPOS_REQUIRE_POSTGRES is set but {missing}")
+        pytest.skip(str(missing))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: PostgresServer) -> Iterator[str]:
+    """The DSN of a fresh, empty database of its own for this test (dropped afterwards)."""
+    name = f"t_{secrets.token_hex(8)}"
+    dsn = postgres_server.create_database(name)
+    yield dsn
+    if postgres_server.running:
+        postgres_server.drop_database(name)

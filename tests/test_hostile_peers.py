@@ -157,16 +157,14 @@ async def test_deep_yjs_updates_close_the_link_with_4006_and_apply_nothing(targe
 @pytest.mark.anyio
 async def test_a_connection_flood_is_capped_and_the_terminal_serves_on(target, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
                                                                        caplog) -> None:
-    import peer.mesh
-
     caplog.set_level(logging.INFO)
-    monkeypatch.setattr(peer.mesh, "MAX_UNAUTHENTICATED", 8)
     a, b = target
+    a.mesh.gate.most = 8
     host, port = address(a).rsplit(":", 1)
     held = [await anyio.connect_tcp(host, int(port)) for _ in range(40)]  # no TLS: they just sit there
     try:
         await anyio.sleep(0.5)
-        assert sum(a.mesh._unauthenticated.values()) == 8
+        assert a.mesh.gate.pending == 8
         refusals = [r for r in a.mesh.refusals if "waiting to authenticate" in r["reason"]]
         assert len(refusals) >= 30
         logged = [r for r in caplog.records if "waiting to authenticate" in r.getMessage()]

@@ -115,3 +115,30 @@ def test_a_trio_without_its_private_scheduler_hooks_is_refused_loudly(monkeypatc
     monkeypatch.delattr(trio._core._run, "_r")  # noqa: SLF001
     with pytest.raises(RuntimeError, match="_ALLOW_DETERMINISTIC_SCHEDULING"):
         partition.run("cashier-isolated", 3, 1)
+
+
+def test_the_hq_checker_catches_what_the_hq_lost_or_mislabelled() -> None:
+    """``checks.hq`` fails on each way an HQ can be wrong, and passes on the truth."""
+    from simulations.partition.checks import check_hq
+    from simulations.partition.workload import Tally
+
+    tally = Tally(orders={"o1": {"open", "sent"}, "o2": {"open"}}, payments={"p1@pos-1": ("d", "committed")})
+    entries = [{"position": 0, "kind": "drawer_opened", "op_id": "open-1", "status": "committed"},
+               {"position": 1, "kind": "payment", "op_id": "p1@pos-1", "status": "committed"},
+               {"position": 2, "kind": "payment", "op_id": "p2@pos-2", "status": "committed",
+                "resolution": {"decision": "adjust"}}]
+    observed = [{"drawers": {"d": {"entries": entries, "provisional": []}}}]
+    truth = {"orders": {"o1": ["open", "sent"], "o2": ["open"]},
+             "ledgers": {"d": {0: "open-1", 1: "p1@pos-1", 2: "p2@pos-2"}},
+             "payments": {("d", 1): "committed", ("d", 2): "adjusted"}, "conflicts": 0}
+    assert check_hq(tally, observed, ["d"], truth)["ok"]
+    wrong = [
+        {**truth, "orders": {"o1": ["open"], "o2": ["open"]}},  # a stage lost
+        {**truth, "orders": {"o1": ["open", "sent"]}},  # an order lost
+        {**truth, "ledgers": {"d": {0: "open-1", 1: "p1@pos-1"}}},  # an entry lost
+        {**truth, "ledgers": {"d": {0: "open-1", 1: "p1@pos-1", 2: "p2@pos-2", 3: "p1@pos-1"}}},  # twice
+        {**truth, "payments": {("d", 1): "committed", ("d", 2): "committed"}},  # resolution not shown
+        {**truth, "conflicts": 1},
+    ]
+    for hq in wrong:
+        assert not check_hq(tally, observed, ["d"], hq)["ok"], hq

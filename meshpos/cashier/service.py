@@ -88,6 +88,10 @@ class Cashier:
         self.review = self.review_queue.review
         self.resolve = self.review_queue.resolve
 
+    def ledger_lengths(self) -> dict[str, int]:
+        """How far each committed ledger this terminal holds goes (what an HQ has yet to land)."""
+        return {drawer: len(st.committed) for drawer, st in self.states.items()}
+
     @property
     def recovery(self) -> Recovery | None:
         """The rebuilding of a lost state under way (``meshpos recover``), or ``None``."""

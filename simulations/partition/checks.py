@@ -84,3 +84,47 @@ def failed(checks: dict[str, Any]) -> list[str]:
 
 def _passed(check: Any) -> bool:
     return check is True or (isinstance(check, dict) and bool(check.get("ok")))
+
+
+def hq_snapshot(dsn: str) -> dict[str, Any]:
+    """What the HQ landed in PostgreSQL: each order's reached stages, each drawer's ledger
+    (position -> op id) and each payment's status."""
+    import psycopg  # noqa: PLC0415 - only the scenarios with an HQ need it
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        orders = {oid: sorted(view["stages"]) for oid, view in conn.execute("SELECT order_id, view FROM orders")}
+        ledgers: dict[str, dict[int, str]] = {}
+        for drawer, position, entry in conn.execute("SELECT drawer, position, entry FROM ledger_entries"):
+            ledgers.setdefault(drawer, {})[int(position)] = entry.get("op_id", "")
+        payments = {(d, int(p)): s for d, p, s in conn.execute("SELECT drawer, position, status FROM payments")}
+        conflicts = conn.execute("SELECT count(*) FROM ledger_conflicts").fetchone()[0]
+    return {"orders": orders, "ledgers": ledgers, "payments": payments, "conflicts": int(conflicts)}
+
+
+def check_hq(tally: Tally, observed: list[dict[str, Any]], drawers: list[str], hq: dict[str, Any]) -> dict[str, Any]:
+    """After the WAN is back: the HQ holds every acknowledged order with every acknowledged stage,
+    every drawer's committed ledger exactly (each entry once, at its position), and each payment
+    with its status - in review, resolved - as the terminals show it."""
+    lost = [oid for oid, stages in tally.orders.items()
+            if oid not in hq["orders"] or not stages <= set(hq["orders"][oid])]
+    wrong_ledgers, wrong_status = [], []
+    for drawer in drawers:
+        final = observed[0]["drawers"][drawer]["entries"]
+        landed = hq["ledgers"].get(drawer, {})
+        if {e["position"]: e.get("op_id", "") for e in final} != landed:
+            wrong_ledgers.append(drawer)
+        for e in final:
+            if e["kind"] != "payment":
+                continue
+            resolution = e.get("resolution")
+            want = ({"accept": "accepted", "adjust": "adjusted", "reject": "rejected"}[resolution["decision"]]
+                    if resolution else e["status"])
+            if hq["payments"].get((drawer, e["position"])) != want:
+                wrong_status.append(f"{drawer}.{e['position']}")
+    paid = {op for ops in hq["ledgers"].values() for op in ops.values()}
+    missing = [op for op in tally.payments if op not in paid and f"{op}~{op.split('@')[-1]}" not in paid]
+    return {"ok": not lost and not wrong_ledgers and not wrong_status and not missing and not hq["conflicts"],
+            "orders_landed": len(hq["orders"]), "acknowledged_orders_missing": lost[:10],
+            "ledgers_unlike_the_terminals": wrong_ledgers, "payment_status_wrong": wrong_status[:10],
+            "acknowledged_payments_missing": missing[:10], "ledger_conflicts": hq["conflicts"],
+            "payments_in_review": sum(1 for s in hq["payments"].values() if s == "in_review")}

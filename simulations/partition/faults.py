@@ -18,7 +18,7 @@ class Fault:
     about: str
     method: str
     nth: int
-    catches: tuple[str, ...]  # the checks that must fail, and only they
+    catches: tuple[str, ...]  # the checks that must fail, and only they (``hq``: the HQ lacks it too)
     only: str | None = None  # count only the calls with this argument
     on: str | None = None  # only on terminals of this type
     lasting: bool = False
@@ -32,9 +32,9 @@ FAULTS = {f.name: f for f in [
           ("stock_equals_acknowledged_moves",), answer={}),
     # "sent": no later step of the workload sends the order again, which would write the stage after all
     Fault("lose-order-stage", "the 10th order sent to the kitchen is acknowledged and not written",
-          "set_order_status", 10, ("no_acknowledged_write_lost",), only="sent", answer={}),
+          "set_order_status", 10, ("no_acknowledged_write_lost", "hq"), only="sent", answer={}),
     Fault("lose-payment", "the 3rd payment is acknowledged as committed and not recorded", "cashier.pay", 3,
-          ("cashier",), answer=_COMMITTED),
+          ("cashier", "hq"), answer=_COMMITTED),
     Fault("deaf-kitchen", "from its 100th batch on, the KDS drops what its peers send it (a sync bug)",
           "host.apply_remote", 100, ("converged", "documents_identical"), on="kds", lasting=True),
 ]}

@@ -28,11 +28,18 @@ def kinds_for(n: int) -> list[tuple[str, str]]:
     return out
 
 
-def enroll(root: Path, kinds: list[tuple[str, str]]) -> None:
-    """A store authority in ``root/auth`` and every box enrolled under ``root/<id>``, each holding
-    the final roster (the first-enrolled would otherwise know only itself as a voter)."""
+#: The chain's HQ of the scenarios that have one (its enrollment is ``root/hq-1``).
+HQ_ID = "hq-1"
+
+
+def enroll(root: Path, kinds: list[tuple[str, str]], *, hq: bool = False) -> None:
+    """A store authority in ``root/auth`` and every box enrolled under ``root/<id>`` (and, with
+    ``hq``, the HQ under ``root/hq-1``), each holding the final roster (the first-enrolled would
+    otherwise know only itself as a voter)."""
     authority = Authority.init(root / "auth", "Simulated Cantina")
     for tid, kind in kinds:
         authority.enroll(tid, kind, root / tid)
+    if hq:
+        authority.enroll(HQ_ID, "hq", root / HQ_ID)
     for tid, _ in kinds:
         save_roster(root / tid, authority.roster)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -13,18 +14,19 @@ import trio
 import trio.testing
 
 from simulations.determinism import seed_trio_scheduler, seeded_trio_scheduler
-from simulations.partition.checks import check
+from simulations.partition.checks import check, check_hq, hq_snapshot
 from simulations.partition.faults import FAULTS, Fault
 from simulations.partition.restaurant import MENU, STOCK, drawer_of
 from simulations.partition.scenarios import SCENARIOS, Scenario, ids_of
 from simulations.partition.workload import TerminalBox
 from simulations.partition.world import SETTLE_SECONDS, Simulation
+from simulations.postgres import PostgresServer
 
 
 async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault | None,
-               max_actions: int | None) -> dict[str, Any]:
+               max_actions: int | None, hq_dsn: str | None = None) -> dict[str, Any]:
     seed_trio_scheduler(seed)  # again inside the run: what trio drew while starting up does not count
-    sim = Simulation(root, n, seed, fault, max_actions)
+    sim = Simulation(root, n, seed, fault, max_actions, hq_dsn=hq_dsn)
     async with anyio.create_task_group() as tg:
         await sim.setup(tg)
         manager = sim.terminals[ids_of(sim, "pos")[0]]
@@ -47,6 +49,8 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault |
         for tid, _ in sim.kinds:
             if tid not in sim.terminals:
                 await sim.restart(tid)
+        if hq_dsn is not None:
+            sim.wan(True)  # after close: the HQ hears of the day now
         healed = sim.now()
         converged_after: float | None = None
         try:
@@ -57,6 +61,9 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault |
         observed = [await TerminalBox(t).observe(sim.drawers) for t in sim.terminals.values()]
         checks = check(sim.work.tally, observed, sim.drawers, converged=converged_after is not None,
                        missing=sim.divergence())
+        if hq_dsn is not None:
+            checks["hq"] = check_hq(sim.work.tally, observed, sim.drawers, hq_snapshot(hq_dsn))
+            checks["ok"] = checks["ok"] and checks["hq"]["ok"]
         state = json.dumps(observed[0], sort_keys=True, default=str)
         for tid in list(sim.terminals):
             await sim.stop(tid)
@@ -81,5 +88,11 @@ def run(scenario: str, n: int, seed: int, fault: str | None = None, ops: int | N
     # Trio's scheduler, made a function of the seed alone (simulations/determinism.py), for this
     # run only: the tests run the simulator inside their own process.
     clock = trio.testing.MockClock(autojump_threshold=0)
-    with seeded_trio_scheduler(seed), tempfile.TemporaryDirectory(prefix="meshpos-sim-") as tmp:
-        return trio.run(_run, SCENARIOS[scenario], n, seed, Path(tmp), FAULTS.get(fault or ""), ops, clock=clock)
+    chosen = SCENARIOS[scenario]
+    with contextlib.ExitStack() as stack:
+        dsn = None
+        if chosen.hq:  # a PostgreSQL server of the run's own, gone with it
+            dsn = stack.enter_context(PostgresServer()).create_database("hq")
+        stack.enter_context(seeded_trio_scheduler(seed))
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="meshpos-sim-"))
+        return trio.run(_run, chosen, n, seed, Path(tmp), FAULTS.get(fault or ""), ops, dsn, clock=clock)

@@ -15,22 +15,29 @@ import anyio.abc
 
 from core.yupdate import decode_state_vector
 from meshpos.config import TerminalConfig
+from meshpos.hq.service import Hq
 from meshpos.terminal import Terminal
 from peer.transport import MemoryNetwork, Radio
 from simulations.partition.checks import missing_updates
 from simulations.partition.faults import Fault
-from simulations.partition.restaurant import EPOCH, drawer_of, enroll, kinds_for
+from simulations.partition.restaurant import EPOCH, HQ_ID, drawer_of, enroll, kinds_for
 from simulations.partition.workload import Box, TerminalBox, Workload
 
 PORT = 7000
+HQ_HOST = "hq"  # the HQ's host on the in-memory network: across the WAN
 LAN_LATENCY = 0.001  # virtual seconds per message on the simulated LAN
 SETTLE_SECONDS = 120.0  # virtual: how long the final heal may take before the run fails
 
 
 class Simulation:
     def __init__(self, root: Path, n: int, seed: int, fault: Fault | None = None,
-                 max_actions: int | None = None) -> None:
+                 max_actions: int | None = None, hq_dsn: str | None = None) -> None:
+        """``hq_dsn``: the store has an HQ landing in that PostgreSQL database (on host ``hq``
+        of the in-memory network, behind the WAN: :meth:`wan`)."""
         self.root, self.seed, self.fault = root, seed, fault
+        self.hq_dsn = hq_dsn
+        self.hq: Hq | None = None
+        self.wan_up = True
         self._fault_calls = 0
         self.rng = random.Random(seed)
         self.kinds = kinds_for(n)
@@ -44,6 +51,7 @@ class Simulation:
         self.skew: dict[str, float] = {}  # terminal id -> clock offset (seconds)
         self._tg: anyio.abc.TaskGroup | None = None
         self._t0 = 0.0
+        self._lan_groups: list[list[str]] = [[tid for tid, _ in self.kinds]]
         self.drawers = [drawer_of(tid) for tid, kind in self.kinds if kind == "pos"]
 
     # -- the world -------------------------------------------------------------------------------
@@ -63,7 +71,9 @@ class Simulation:
     async def setup(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
         self._t0 = anyio.current_time()
-        enroll(self.root, self.kinds)
+        enroll(self.root, self.kinds, hq=self.hq_dsn is not None)
+        if self.hq_dsn is not None:
+            await self._start_hq()
         for tid, _ in self.kinds:
             await self.start(tid)
         await self.until(self.all_linked, "linked")
@@ -74,7 +84,8 @@ class Simulation:
         started = anyio.Event()
         peers = [f"{self.host(other)}:{PORT}" for other, _ in self.kinds if other != tid]
         config = TerminalConfig(data_dir=self.root / tid, terminal_id=tid, type=dict(self.kinds)[tid], api_port=0,
-                                mdns=False, peers=peers)
+                                mdns=False, peers=peers,
+                                hq=[f"{HQ_HOST}:{PORT}"] if self.hq_dsn is not None else [])
         self._lives[tid] = self._lives.get(tid, 0) + 1
         # Ids from the seed, the terminal and which life of it this is (a string seeds the same
         # generator in every process), without drawing on the world's generator.
@@ -93,6 +104,23 @@ class Simulation:
             finally:
                 self.terminals.pop(tid, None)
                 self._stopped[tid].set()
+
+        self._tg.start_soon(life)
+        await started.wait()
+
+    async def _start_hq(self) -> None:
+        """The chain's HQ on host ``hq``: PostgreSQL called inline (``threads=False``), so the
+        run stays on virtual time, one run per seed."""
+        assert self._tg is not None and self.hq_dsn is not None
+        hq = Hq(dsn=self.hq_dsn, enrollments=[self.root / HQ_ID], clock=self.clock_of(HQ_ID), process="hq-sim",
+                transport=self.net.transport(HQ_HOST, PORT), threads=False)
+        started = anyio.Event()
+
+        async def life() -> None:
+            async with hq.running():
+                self.hq = hq
+                started.set()
+                await anyio.sleep_forever()
 
         self._tg.start_soon(life)
         await started.wait()
@@ -139,12 +167,29 @@ class Simulation:
         self.mark("restart", terminal=tid)
 
     def split(self, *groups: list[str]) -> None:
-        """Cut the network into ``groups``; the terminals not named stay together (the rest)."""
+        """Cut the network into ``groups``; the terminals not named stay together (the rest).
+        The HQ stays reachable from every group while the WAN is up (each side has its uplink)."""
         named = {tid for g in groups for tid in g}
         rest = [tid for tid, _ in self.kinds if tid not in named]
         parts = [list(g) for g in groups] + ([rest] if rest else [])
-        self.net.split(*[{self.host(t) for t in g} for g in parts])
+        self._lan_groups = parts
+        self._apply_groups()
         self.mark("split", groups=[sorted(g) for g in parts])
+
+    def _apply_groups(self) -> None:
+        groups = [{self.host(t) for t in g} for g in self._lan_groups]
+        if self.hq_dsn is not None and self.wan_up:
+            groups = [g | {HQ_HOST} for g in groups]
+        if len(groups) == 1 and (self.hq_dsn is None or self.wan_up):
+            self.net.groups = None  # everyone reaches everyone
+        else:
+            self.net.split(*groups)  # a host in no group (the HQ while the WAN is down) is alone
+
+    def wan(self, up: bool) -> None:
+        """The store's internet: the HQ (when there is one) is reachable or not; the LAN is as it was."""
+        self.wan_up = up
+        self._apply_groups()
+        self.mark("wan", up=up, hq=self.hq_dsn is not None)
 
     def isolate(self, tids: list[str]) -> None:
         """Client isolation on the access point: ``tids`` reach the others but not each other."""
@@ -159,7 +204,10 @@ class Simulation:
         self.mark("radio", terminals=sorted(tids), jitter=jitter, loss=loss)
 
     def heal(self) -> None:
-        self.net.heal()
+        """The LAN whole again (the WAN stays as :meth:`wan` left it)."""
+        self.net.heal()  # client isolation ends too
+        self._lan_groups = [[tid for tid, _ in self.kinds]]
+        self._apply_groups()
         self.mark("heal")
 
     async def sleep(self, seconds: float) -> None:
@@ -171,9 +219,15 @@ class Simulation:
         return None if t is None else TerminalBox(t)
 
     def all_linked(self) -> bool:
-        want = len(self.kinds) - 1
-        return len(self.terminals) == len(self.kinds) and all(len(t.mesh.links) == want  # type: ignore[union-attr]
-                                                              for t in self.terminals.values())
+        """Every terminal up and linked to every other (and to the HQ while the WAN is up)."""
+        others = {tid for tid, _ in self.kinds}
+        if len(self.terminals) != len(self.kinds):
+            return False
+        for tid, t in self.terminals.items():
+            want = (others - {tid}) | ({HQ_ID} if self.hq_dsn is not None and self.wan_up else set())
+            if set(t.mesh.links) != want:  # type: ignore[union-attr]
+                return False
+        return True
 
     async def until(self, done: Callable[[], bool], what: str, within: float = SETTLE_SECONDS) -> None:
         with anyio.fail_after(within):
@@ -201,4 +255,11 @@ class Simulation:
                      for t in self.terminals.values()]
             if not all(x == lists[0] for x in lists[1:]):
                 return False
-        return not any(t.cashier.requests.pending(d) for t in self.terminals.values() for d in self.drawers)
+        if any(t.cashier.requests.pending(d) for t in self.terminals.values() for d in self.drawers):
+            return False
+        if self.hq_dsn is not None:  # the HQ says it landed everything (each terminal's view of it)
+            for t in self.terminals.values():
+                status = t.hq_status()
+                if status["pending_updates"] or status["pending_ledger_entries"]:
+                    return False
+        return True

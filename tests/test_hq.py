@@ -1,0 +1,301 @@
+"""The HQ against a real PostgreSQL server: terminals of real stores link to it over loopback
+mutual TLS, and what they hold lands in PostgreSQL once (docs/hq.md)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import psycopg
+import pytest
+
+from core.errors import AUTHENTICATION_FAILED, PERMISSION_DENIED, STORAGE_UNAVAILABLE, StoreError
+from core.net import bind_socket
+from meshpos.hq.service import Hq
+from meshpos.hq_api import access, serve_hq_api
+from meshpos.terminal import Terminal
+from peer.identity import Authority
+from tests.meshutil import ITEM, PRODUCT, config_for, connect_all, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+def rows(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql, args).fetchall()
+
+
+async def all_linked(ts: list[Terminal]) -> None:
+    """Each terminal linked to the others and to an HQ."""
+    ids = {t.config.terminal_id for t in ts} | {"hq-1"}
+    await wait_for(lambda: all(set(t.mesh.links) == ids - {t.config.terminal_id} for t in ts), within=20)
+
+
+def store(tmp: Path, name: str, terminals: list[str]) -> tuple[Authority, Path]:
+    authority = Authority.init(tmp / f"{name}-authority", name)
+    for tid in terminals:
+        authority.enroll(tid, "pos", tmp / name / tid)
+    authority.enroll("hq-1", "hq", tmp / name / "hq-1")
+    return authority, tmp / name / "hq-1"
+
+
+@asynccontextmanager
+async def hq_running(dsn: str, enrollments: list[Path], **kw: Any) -> AsyncIterator[Hq]:
+    hq = Hq(dsn=dsn, enrollments=enrollments, listen_host="127.0.0.1", listen_port=0, **kw)
+    async with hq.running():
+        yield hq
+
+
+@asynccontextmanager
+async def terminals(tmp: Path, name: str, ids: list[str], hq: Hq | None) -> AsyncIterator[list[Terminal]]:
+    async with AsyncExitStack() as stack:
+        out = []
+        for tid in ids:
+            extra = {"hq": [f"127.0.0.1:{hq.port}"]} if hq is not None else {}
+            out.append(await stack.enter_async_context(Terminal(config_for(tmp / name / tid, tid, **extra)).running()))
+        yield out
+
+
+async def test_orders_and_payments_land_once_and_project(tmp_path: Path, postgres_dsn: str) -> None:
+    _, enrollment = store(tmp_path, "centro", ["pos-1", "pos-2"])
+    async with hq_running(postgres_dsn, [enrollment]) as hq, \
+            terminals(tmp_path, "centro", ["pos-1", "pos-2"], hq) as (a, b):
+        connect_all([a, b])
+        await all_linked([a, b])
+        await a.put_product("burger", **PRODUCT)
+        order = await a.create_order(table=None, waiter=None, items=[ITEM, {**ITEM, "qty": 2}])
+        doc = f"orders/{order['business_day']}"
+        await wait_for(lambda: b.host.get(doc) is not None and order["id"] in b.host.get(doc).ids())
+        await b.set_order_status(order["id"], "sent")
+        await a.cashier.open_drawer("d1", float_cents=10_000, operator="ana", op_id="open-1")
+        await a.cashier.pay("d1", order_id=order["id"], amount_cents=order["total_cents"], method="card",
+                            tip_cents=300, user="ana", op_id="pay-1")
+        store_id = a.mesh.identity.store_id
+
+        def landed() -> bool:
+            got = rows(postgres_dsn, "SELECT status, total_cents, items_count FROM orders WHERE store_id = %s",
+                       store_id)
+            pays = rows(postgres_dsn, "SELECT status FROM payments WHERE store_id = %s", store_id)
+            return got == [("paid", order["total_cents"], 2)] and pays == [("committed",)]
+
+        await wait_for(lambda: landed(), within=20)
+        pay = rows(postgres_dsn, "SELECT op_id, order_id, amount_cents, method, tip_cents, business_day::text "
+                   "FROM payments WHERE store_id = %s", store_id)
+        assert pay == [("pay-1", order["id"], order["total_cents"], "card", 300, order["business_day"])]
+        assert rows(postgres_dsn, "SELECT sku, price_cents, active FROM stock WHERE store_id = %s", store_id) \
+            == [("burger", 1590, True)]
+        assert rows(postgres_dsn, "SELECT count(*) FROM order_items WHERE store_id = %s", store_id) == [(2,)]
+        # both terminals uploaded (each is linked to the HQ): still one row per change
+        before = rows(postgres_dsn, "SELECT count(*) FROM doc_updates WHERE store_id = %s AND doc = %s", store_id, doc)
+        for t in (a, b):
+            t.mesh.disconnect(hq.stores[store_id].identity.terminal_id, 1001, "test: relink")
+        await wait_for(lambda: all("hq-1" in t.mesh.links for t in (a, b)), within=20)
+        await anyio.sleep(0.5)
+        assert rows(postgres_dsn, "SELECT count(*) FROM doc_updates WHERE store_id = %s AND doc = %s",
+                    store_id, doc) == before
+        assert rows(postgres_dsn, "SELECT count(*) FROM ledger_entries WHERE store_id = %s", store_id) == [(2,)]
+        status = await a.status()
+        assert status["hq"]["configured"] and status["hq"]["linked"]
+        await wait_for(lambda: a.hq_status()["pending_updates"] == 0 and a.hq_status()["pending_ledger_entries"] == 0)
+
+
+async def test_two_hq_processes_land_each_change_once(tmp_path: Path, postgres_dsn: str) -> None:
+    """Two HQ processes against one database, each linked to another terminal of the store, both
+    receiving the same changes: the record holds each Yjs item once, and the projection is whole."""
+    _, enrollment = store(tmp_path, "norte", ["pos-1", "pos-2"])
+    async with hq_running(postgres_dsn, [enrollment], process="hq-a") as h1, \
+            hq_running(postgres_dsn, [enrollment], process="hq-b") as h2, \
+            terminals(tmp_path, "norte", ["pos-1", "pos-2"], None) as (a, b):
+        a.mesh.dial(f"127.0.0.1:{h1.port}")
+        b.mesh.dial(f"127.0.0.1:{h2.port}")
+        connect_all([a, b])
+        await all_linked([a, b])
+        created = [await (a if n % 2 else b).create_order(table=None, waiter=None, items=[ITEM]) for n in range(20)]
+        store_id = a.mesh.identity.store_id
+        await wait_for(lambda: rows(postgres_dsn, "SELECT count(*) FROM orders WHERE store_id = %s", store_id)
+                       == [(20,)], within=30)
+        doc = f"orders/{created[0]['business_day']}"
+        # rebuild the document from the record: every order there, and no item twice
+        bodies = [bytes(r[0]) for r in rows(postgres_dsn, "SELECT body FROM doc_updates WHERE store_id = %s AND "
+                                                          "doc = %s ORDER BY seq", store_id, doc)]
+        import pycrdt
+
+        rebuilt, seen = pycrdt.Doc(), {}
+        for body in bodies:
+            before = dict(seen)
+            rebuilt.apply_update(body)
+            seen = {c: k for c, k in _clocks(rebuilt).items()}
+            assert seen != before, "a row of the record added nothing: it was landed twice"
+        assert sorted(rebuilt.get("orders", type=pycrdt.Map).keys()) == sorted(o["id"] for o in created)
+        processes = {r[0] for r in rows(postgres_dsn, "SELECT DISTINCT hq_process FROM doc_updates")}
+        assert processes <= {"hq-a", "hq-b"} and processes
+
+
+def _clocks(doc: Any) -> dict[int, int]:
+    from core.yupdate import decode_state_vector
+
+    return decode_state_vector(doc.get_state())
+
+
+async def test_a_store_the_hq_does_not_hold_is_refused(tmp_path: Path, postgres_dsn: str) -> None:
+    _, enrollment = store(tmp_path, "sul", ["pos-1"])
+    store(tmp_path, "leste", ["pos-1"])
+    async with hq_running(postgres_dsn, [enrollment]) as hq, terminals(tmp_path, "leste", ["pos-1"], hq) as (t,):
+        address = f"127.0.0.1:{hq.port}"
+        await wait_for(lambda: (t.mesh.book.by_address.get(address) is not None
+                                and t.mesh.book.by_address[address].last_error is not None), within=10)
+        error = t.mesh.book.by_address[address].last_error
+        assert error["code"] == AUTHENTICATION_FAILED and "does not serve this store" in error["reason"], error
+        leste = t.mesh.identity.store_id
+        assert any(r["reason"] == f"store {leste!r} is not enrolled at this HQ" for r in hq.front.refusals)
+        assert t.hq_status()["last_error"]["code"] == AUTHENTICATION_FAILED
+        assert rows(postgres_dsn, "SELECT count(*) FROM stores") == [(0,)]
+
+
+async def test_an_hq_that_sends_document_updates_is_cut_off(tmp_path: Path, postgres_dsn: str) -> None:
+    """Terminals take no document data from an HQ (it writes only the catalog)."""
+    _, enrollment = store(tmp_path, "oeste", ["pos-1"])
+    async with hq_running(postgres_dsn, [enrollment]) as hq, terminals(tmp_path, "oeste", ["pos-1"], hq) as (t,):
+        await wait_for(lambda: "hq-1" in t.mesh.links)
+        side = next(iter(hq.stores.values()))
+        link = side.mesh.links["pos-1"]
+        import pycrdt
+
+        forged = pycrdt.Doc()
+        forged.get("orders", type=pycrdt.Map)["x"] = "y"
+        link.session.queue_step2("tables", forged.get_update())
+        link.wake.set()
+        await wait_for(lambda: any(e["close"]["code"] == PERMISSION_DENIED for e in t.wan.entries() if e["close"]),
+                       within=10)
+
+
+async def test_postgres_down_refuses_links_and_nothing_is_lost(tmp_path: Path, postgres_server: Any) -> None:
+    dsn = postgres_server.create_database("hq_down")
+    _, enrollment = store(tmp_path, "praia", ["pos-1"])
+    try:
+        async with hq_running(dsn, [enrollment]) as hq, terminals(tmp_path, "praia", ["pos-1"], hq) as (t,):
+            await wait_for(lambda: "hq-1" in t.mesh.links)
+            first = await t.create_order(table=None, waiter=None, items=[ITEM])
+            await wait_for(lambda: rows(dsn, "SELECT count(*) FROM orders") == [(1,)])
+            postgres_server.stop()
+            try:
+                second = await t.create_order(table=None, waiter=None, items=[ITEM])
+                await wait_for(lambda: any(e["close"] and e["close"]["code"] == STORAGE_UNAVAILABLE
+                                           for e in t.wan.entries()), within=20)
+                assert t.hq_status()["pending_updates"] > 0
+            finally:
+                postgres_server.start()
+            await wait_for(lambda: rows(dsn, "SELECT order_id FROM orders ORDER BY order_id")
+                           == sorted([(first["id"],), (second["id"],)]), within=30)
+            await wait_for(lambda: t.hq_status()["pending_updates"] == 0, within=15)
+    finally:
+        postgres_server.drop_database("hq_down")
+
+
+@asynccontextmanager
+async def hq_api(hq: Hq, token: str | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """The HQ API on a real loopback socket, and a client for it."""
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    shutdown = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: serve_hq_api(hq, sock, access("127.0.0.1", port, token), shutdown=shutdown))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for _ in range(100):
+                try:
+                    await client.get("/openapi.json")
+                    break
+                except httpx.TransportError:
+                    await anyio.sleep(0.05)
+            try:
+                yield client
+            finally:
+                shutdown.set()
+
+
+async def test_catalog_written_at_hq_reaches_the_store_and_the_api_reports(tmp_path: Path, postgres_dsn: str) -> None:
+    _, enrollment = store(tmp_path, "mercado", ["pos-1"])
+    async with hq_running(postgres_dsn, [enrollment]) as hq, hq_api(hq) as api, \
+            terminals(tmp_path, "mercado", ["pos-1"], hq) as (t,):
+        store_id = t.mesh.identity.store_id
+        await t.put_product("burger", **{**PRODUCT, "station": "grill"})
+        await wait_for(lambda: "hq-1" in t.mesh.links)
+        answer = await api.put(f"/hq/v1/stores/{store_id}/catalog/burger",
+                               json={"name": "Burger deluxe", "price_cents": 2190, "active": True})
+        assert answer.status_code == 200, answer.text
+        await wait_for(lambda: t.inventory.product("burger")["price_cents"] == 2190)
+        product = t.inventory.product("burger")
+        assert product["name"] == "Burger deluxe" and product["station"] == "grill"  # the store's fields stay
+        for _ in range(100):  # the in-memory write is seen first; its audit row commits with it
+            audit = await t.store.audit_rows(entity="inventory", entity_id="burger", after=0, limit=10)
+            if any(row["user_id"] == "hq:hq-1" for row in audit):
+                break
+            await anyio.sleep(0.05)
+        assert [row["user_id"] for row in audit][-1] == "hq:hq-1", audit
+        # a new sku written at HQ before the store has it
+        await api.put(f"/hq/v1/stores/{store_id}/catalog/fries", json={"name": "Fries", "price_cents": 650})
+        await wait_for(lambda: "fries" in t.inventory.catalog)
+        # bad input: a price that is no integer, a negative one, an unknown store, a bad sku
+        for body in ({"name": "x", "price_cents": 12.5}, {"name": "x", "price_cents": -1},
+                     {"name": "", "price_cents": 1}, {"name": "x", "price_cents": 1, "extra": 1}):
+            bad = await api.put(f"/hq/v1/stores/{store_id}/catalog/burger", json=body)
+            assert bad.status_code == 422 and set(bad.json()) == {"code", "message"}, (body, bad.text)
+        assert (await api.put("/hq/v1/stores/0123456789abcdef/catalog/burger",
+                              json={"name": "x", "price_cents": 1})).status_code == 404
+        assert (await api.put(f"/hq/v1/stores/{store_id}/catalog/bad%20sku",
+                              json={"name": "x", "price_cents": 1})).status_code == 422
+        assert (await api.put(f"/hq/v1/stores/{store_id}/catalog/burger", content=b'{"name":"x","price_cents":1}',
+                              headers={"content-type": "text/plain"})).status_code == 415
+        assert t.inventory.product("burger")["price_cents"] == 2190
+        # the sales report and the stores list
+        order = await t.create_order(table=None, waiter=None, items=[{**ITEM, "unit_price_cents": 2190}])
+        await t.cashier.open_drawer("d1", float_cents=0, operator="ana")
+        await t.cashier.pay("d1", order_id=order["id"], amount_cents=2190, method="pix", tip_cents=100, user="ana")
+        day = order["business_day"]
+
+        async def report() -> dict[str, Any]:
+            answer = await api.get("/hq/v1/reports/sales", params={"from": day, "to": day})
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+
+        for _ in range(200):
+            days = (await report())["days"]
+            if days and days[0]["payments"] == 1 and days[0]["orders"] == 1:
+                break
+            await anyio.sleep(0.05)
+        assert days == [{"store_id": store_id, "business_day": day, "orders": 1, "cancellations": 0,
+                         "voided_items": 0, "revenue_cents": 2190, "tips_cents": 100, "by_method": {"pix": 2190},
+                         "payments": 1, "in_review": 0}]
+        assert (await api.get("/hq/v1/reports/sales", params={"from": day, "to": "2020-01-01"})).status_code == 422
+        assert (await api.get("/hq/v1/reports/sales", params={"from": day})).status_code == 422
+        stores = (await api.get("/hq/v1/stores")).json()
+        assert [(s["store_id"], s["name"], s["linked"]) for s in stores] == [(store_id, "mercado", ["pos-1"])]
+        assert "pos-1" in stores[0]["terminals_seen"] and stores[0]["last_contact_at"]
+        status = (await api.get("/hq/v1/status")).json()
+        assert "password" not in str(status) and status["stores"][store_id]["linked"] == ["pos-1"]
+        spec = (await api.get("/openapi.json")).json()
+        assert set(spec["paths"]) >= {"/hq/v1/stores", "/hq/v1/reports/sales", "/hq/v1/stores/{store}/catalog/{sku}"}
+        # the guard: another Host, another origin
+        assert (await api.get("/hq/v1/stores", headers={"host": "evil.example"})).status_code in (400, 421, 403)
+        assert (await api.get("/hq/v1/stores", headers={"origin": "http://evil.example"})).status_code == 403
+
+
+async def test_the_dsn_password_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from simulations.postgres import PostgresServer
+
+    caplog.set_level("DEBUG")
+    _, enrollment = store(tmp_path, "segredo", ["pos-1"])
+    with PostgresServer(password="s3cr3t-Pa55") as server:
+        dsn = server.dsn()
+        async with hq_running(dsn, [enrollment]) as hq:
+            assert "s3cr3t-Pa55" not in str(hq.status())
+        server.stop()
+        with pytest.raises(StoreError) as raised:
+            async with hq_running(dsn, [enrollment]):
+                pass
+        assert "s3cr3t-Pa55" not in str(raised.value) and "not reachable" in str(raised.value)
+    assert "s3cr3t-Pa55" not in caplog.text
