@@ -8,14 +8,16 @@ import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
 
+if TYPE_CHECKING:
+    from meshpos.hq.service import Hq
+
 from core.yupdate import decode_state_vector
 from meshpos.config import TerminalConfig
-from meshpos.hq.service import Hq
 from meshpos.terminal import Terminal
 from peer.transport import MemoryNetwork, Radio
 from simulations.partition.checks import missing_updates
@@ -111,6 +113,8 @@ class Simulation:
     async def _start_hq(self) -> None:
         """The chain's HQ on host ``hq``: PostgreSQL called inline (``threads=False``), so the
         run stays on virtual time, one run per seed."""
+        from meshpos.hq.service import Hq  # noqa: PLC0415 - psycopg only in the runs that have an HQ
+
         assert self._tg is not None and self.hq_dsn is not None
         hq = Hq(dsn=self.hq_dsn, enrollments=[self.root / HQ_ID], clock=self.clock_of(HQ_ID), process="hq-sim",
                 transport=self.net.transport(HQ_HOST, PORT), threads=False)
