@@ -228,10 +228,9 @@ class Terminal:
         if self._peer_type(sender) == HQ_TYPE:
             if data.get("m") != "heads":
                 raise MessageRefused(f"an HQ sends no cashier {str(data.get('m'))[:20]!r} messages: it never votes")
-            drawers, complete = data.get("drawers"), data.get("all")
-            if isinstance(drawers, dict) and isinstance(complete, bool):
-                self.wan.heads({d: n for d, n in drawers.items() if isinstance(n, int)}, complete, iso(self.clock()))
-        await self.cashier.receive(sender, data)
+        await self.cashier.receive(sender, data)  # checks the message (a malformed one closes the link)
+        if self._peer_type(sender) == HQ_TYPE:
+            self.wan.heads(dict(data["drawers"]), bool(data["all"]), iso(self.clock()))
 
     async def _hq_message(self, sender: str, data: dict[str, Any]) -> None:
         """The HQ's catalog: each product whose name, price or active flag differs is written

@@ -12,11 +12,16 @@ the HQ has said something.
 from __future__ import annotations
 
 import base64
+import re
 from collections import deque
 from typing import Any
 
 from core.names import ID_PATTERN, is_doc_name
 from core.yupdate import decode_state_vector
+from meshpos.cashier.ledger import DRAWER_PATTERN
+from meshpos.documents.orders import MAX_PRICE_CENTS
+
+DRAWER = re.compile(DRAWER_PATTERN)
 
 #: Longest base64 state vector in a ``landed`` message (a document with thousands of writers).
 MAX_VECTOR_CHARS = 64 * 1024
@@ -47,8 +52,8 @@ def catalog_items(message: dict[str, Any]) -> list[dict[str, Any]]:
             raise ValueError(f"hq catalog: item {n} has no valid sku")
         if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME_CHARS:
             raise ValueError(f"hq catalog: {sku}: name must be 1-{MAX_NAME_CHARS} characters")
-        if isinstance(price, bool) or not isinstance(price, int) or price < 0:
-            raise ValueError(f"hq catalog: {sku}: price_cents must be a non-negative integer")
+        if isinstance(price, bool) or not isinstance(price, int) or not 0 <= price <= MAX_PRICE_CENTS:
+            raise ValueError(f"hq catalog: {sku}: price_cents must be an integer in 0..{MAX_PRICE_CENTS}")
         if not isinstance(active, bool):
             raise ValueError(f"hq catalog: {sku}: active must be true or false")
         out.append({"sku": sku, "name": name, "price_cents": price, "active": active})
@@ -78,7 +83,7 @@ def landed_message(message: dict[str, Any]) -> tuple[dict[str, bytes], dict[str,
             raise ValueError(f"hq landed: the state vector of {name} does not decode") from None
         vectors[name] = vector
     for drawer, length in drawers.items():
-        if not isinstance(drawer, str) or isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        if not DRAWER.fullmatch(drawer) or isinstance(length, bool) or not isinstance(length, int) or length < 0:
             raise ValueError("hq landed: drawers maps drawer names to lengths")
     return vectors, dict(drawers)
 
@@ -139,6 +144,9 @@ class WanView:
     def status(self, *, linked: list[str], documents: dict[str, bytes], ledgers: dict[str, int],
                last_error: dict[str, Any] | None) -> dict[str, Any]:
         """``documents``: this terminal's state vectors; ``ledgers``: its committed ledger lengths."""
+        if not self.configured:
+            return {"configured": False, "addresses": [], "linked": False, "hq_ids": [], "last_sync_at": None,
+                    "pending_updates": None, "pending_ledger_entries": None, "last_error": None}
         pending = sum(missing_operations(sv, self.landed_vectors.get(name)) for name, sv in documents.items())
         entries = sum(max(0, n - self.ledger_heads.get(drawer, 0)) for drawer, n in ledgers.items())
         return {"configured": self.configured, "addresses": self.addresses, "linked": bool(linked),

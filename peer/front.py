@@ -53,11 +53,11 @@ class Front:
     """Accepts on ``transport`` for ``meshes`` (store id -> that store's mesh)."""
 
     def __init__(self, transport: Transport, meshes: Mapping[str, Mesh], *, hello_timeout: float = 10.0,
-                 refused: Refusal | None = None) -> None:
+                 refused: Refusal | None = None, gate: Gate | None = None) -> None:
         self.transport = transport
         self.meshes = meshes
         self.hello_timeout = hello_timeout
-        self.gate = Gate()
+        self.gate = gate or Gate()
         #: Recent refusals, newest last (status: who tried and why they were turned away).
         self.refusals: deque[dict[str, Any]] = deque(maxlen=100)
         self._refused = refused or (lambda *_: None)

@@ -205,8 +205,8 @@ class Replication(Generic[L]):
         asked = []
         for name, encoded in archived.items():
             day = orders_day(check_doc_name(name))
-            if day is None or name in open_names:
-                continue
+            if day is None or name in open_names or (day - today).days > 1:
+                continue  # not an archived day (a day still to come: a peer's bad clock, or a flood)
             try:
                 theirs = base64.b64decode(encoded, validate=True) if isinstance(encoded, str) else None
             except ValueError:

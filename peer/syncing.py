@@ -65,7 +65,8 @@ class Syncing:
         assert link.tasks is not None  # opened from inside the link's task group
         if opening.later:
             link.tasks.start_soon(self._step1_after_catch_up, link, opening.wait)
-        link.tasks.start_soon(self._send_archived, link)
+        if not self.learn_only:  # an HQ lists no days: it has none to give, and a terminal would ask
+            link.tasks.start_soon(self._send_archived, link)
         link.wake.set()
 
     async def _step1_after_catch_up(self, link: Link, wait: float) -> None:

@@ -26,6 +26,17 @@ R = TypeVar("R")
 #: Connections per HQ process: landings of different documents run side by side up to this.
 POOL_SIZE = 8
 CONNECT_TIMEOUT = 5.0
+#: Server-side bounds on every connection: a frozen HQ process holding a document's advisory lock
+#: (or a statement stuck behind it) is cut off instead of stalling every other process for hours.
+SESSION_OPTIONS = ("-c statement_timeout=30000 -c lock_timeout=30000 "
+                   "-c idle_in_transaction_session_timeout=60000")
+#: What says the database is unavailable (as opposed to refusing what it was given).
+UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+
+
+class DataRefused(Exception):
+    """PostgreSQL refused what it was given (a value out of range, a key taken): the database is
+    up - the caller drops what it tried, it does not close the store's links."""
 
 
 def redacted(dsn: str) -> str:
@@ -50,7 +61,10 @@ class Database:
         self.threads = threads
         self.shown = redacted(dsn)
         self._pool = ConnectionPool(dsn, min_size=1, max_size=size, open=False, timeout=CONNECT_TIMEOUT,
-                                    kwargs={"connect_timeout": int(CONNECT_TIMEOUT)}, name="meshpos-hq")
+                                    kwargs={"connect_timeout": int(CONNECT_TIMEOUT), "options": SESSION_OPTIONS,
+                                            "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                                            "keepalives_count": 3},
+                                    name="meshpos-hq")
         self._limit = anyio.CapacityLimiter(size)
         #: ``None`` while the database answers; else why it did not, last time it was asked.
         self.down: str | None = None
@@ -70,6 +84,8 @@ class Database:
                 start()
         except (psycopg.Error, PoolTimeout) as exc:
             raise StoreError(f"PostgreSQL at {self.shown} is not reachable: {_reason(exc, self.dsn)}") from None
+        except hq_schema.SchemaTooNew as exc:
+            raise StoreError(f"PostgreSQL at {self.shown}: {exc}") from None
 
     async def close(self) -> None:
         if self.threads:
@@ -78,8 +94,9 @@ class Database:
             self._pool.close()
 
     async def run(self, fn: Callable[..., R], *args: Any) -> R:
-        """``fn(connection, *args)`` in a worker thread; :class:`StoreError` when PostgreSQL fails
-        (the connection is returned to the pool either way; a broken one is replaced)."""
+        """``fn(connection, *args)`` in a worker thread; :class:`StoreError` when PostgreSQL is
+        unavailable, :class:`DataRefused` when it refused the data (the connection is returned to
+        the pool either way; a broken one is replaced)."""
         def call() -> R:
             with self._pool.connection() as conn:
                 conn.autocommit = True  # each function opens its own transaction(s)
@@ -90,9 +107,12 @@ class Database:
             else:
                 await anyio.lowlevel.checkpoint()
                 result = call()
-        except (psycopg.Error, PoolTimeout) as exc:
+        except UNAVAILABLE as exc:
             self.down = _reason(exc, self.dsn)
             raise StoreError(f"PostgreSQL at {self.shown}: {self.down}") from None
+        except psycopg.Error as exc:
+            self.down = None
+            raise DataRefused(_reason(exc, self.dsn)) from None
         self.down = None
         return result
 

@@ -13,6 +13,25 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+_INT64 = 2**63 - 1
+
+
+def pg_safe(value: Any) -> Any:
+    """``value`` as PostgreSQL takes it: no NUL in any string (``text`` and ``jsonb`` refuse it;
+    a terminal's API does not), integers within ``bigint``.  What a store wrote is kept as it is in
+    the record (Yjs bytes); only what is projected or stored as JSON is made safe."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return max(-_INT64, min(_INT64, value))
+    if isinstance(value, dict):
+        return {pg_safe(k): pg_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [pg_safe(v) for v in value]
+    return value
+
 
 def lock_doc(conn: Any, store_id: str, doc: str) -> None:
     """Serialize every HQ process's landings of one store's document until the transaction ends."""
@@ -21,6 +40,13 @@ def lock_doc(conn: Any, store_id: str, doc: str) -> None:
 
 def lock_drawer(conn: Any, store_id: str, drawer: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"drawer:{store_id}/{drawer}",))
+
+
+def record_end(conn: Any, store_id: str, doc: str) -> int:
+    """The last ``seq`` of ``doc`` in the record (0: none)."""
+    row = conn.execute("SELECT coalesce(max(seq), 0) FROM doc_updates WHERE store_id = %s AND doc = %s",
+                       (store_id, doc)).fetchone()
+    return int(row[0])
 
 
 def updates_after(conn: Any, store_id: str, doc: str, seq: int) -> list[tuple[int, bytes]]:
@@ -49,7 +75,7 @@ def heads(conn: Any, store_id: str) -> dict[str, bytes]:
 
 def upsert_orders(conn: Any, store_id: str, orders: Iterable[dict[str, Any]]) -> None:
     """Replace the projection of each order (its row and its items) with ``orders``' views."""
-    orders = list(orders)
+    orders = [pg_safe(o) for o in orders]
     if not orders:
         return
     ids = [o["id"] for o in orders]
@@ -77,7 +103,7 @@ def upsert_orders(conn: Any, store_id: str, orders: Iterable[dict[str, Any]]) ->
 
 def upsert_stock(conn: Any, store_id: str, skus: Iterable[dict[str, Any]]) -> None:
     rows = [(store_id, v["sku"], v["name"], v["price_cents"], v["active"], v["quantity"], v["out_of_stock"])
-            for v in skus]
+            for v in map(pg_safe, skus)]
     if not rows:
         return
     with conn.cursor() as cur:
@@ -110,20 +136,22 @@ def append_entries(conn: Any, store_id: str, drawer: str, start: int, entries: l
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO ledger_entries (store_id, drawer, position, entry, received_from) "
                         "VALUES (%s, %s, %s, %s, %s)",
-                        [(store_id, drawer, start + k, Jsonb(e), received_from) for k, e in enumerate(entries)])
+                        [(store_id, drawer, start + k, Jsonb(pg_safe(e)), received_from)
+                         for k, e in enumerate(entries)])
 
 
 def record_conflict(conn: Any, store_id: str, drawer: str, position: int, landed: dict[str, Any],
                     offered: Any, offered_by: str) -> None:
     conn.execute("INSERT INTO ledger_conflicts (store_id, drawer, position, landed, offered, offered_by) "
                  "VALUES (%s, %s, %s, %s, %s, %s)",
-                 (store_id, drawer, position, Jsonb(landed), Jsonb(offered), offered_by))
+                 (store_id, drawer, position, Jsonb(pg_safe(landed)), Jsonb(pg_safe(offered)), offered_by))
 
 
 def upsert_drawer_rows(conn: Any, store_id: str, drawer: str, rows: list[dict[str, Any]],
                        payments: list[dict[str, Any]]) -> None:
     """``rows``: the ledger positions to (re)write, as :func:`meshpos.cashier.ledger.view` shows
     them; ``payments``: the payment rows among them."""
+    rows, payments = pg_safe(rows), pg_safe(payments)
     with conn.cursor() as cur:
         if rows:
             cur.executemany(

@@ -299,3 +299,23 @@ async def test_the_dsn_password_is_never_logged(tmp_path: Path, caplog: pytest.L
                 pass
         assert "s3cr3t-Pa55" not in str(raised.value) and "not reachable" in str(raised.value)
     assert "s3cr3t-Pa55" not in caplog.text
+
+
+async def test_what_postgresql_refuses_does_not_stop_the_landing(tmp_path: Path, postgres_dsn: str) -> None:
+    """A NUL character in a note (PostgreSQL's text and jsonb refuse it) is made safe in the
+    projection; the record lands, the link stays up, the terminal counts nothing pending."""
+    _, enrollment = store(tmp_path, "nulo", ["pos-1"])
+    async with hq_running(postgres_dsn, [enrollment]) as hq, terminals(tmp_path, "nulo", ["pos-1"], hq) as (t,):
+        await wait_for(lambda: "hq-1" in t.mesh.links)
+        order = await t.create_order(table=None, waiter=None, items=[ITEM], notes="sem\x00sal")
+        await wait_for(lambda: rows(postgres_dsn, "SELECT view->>'notes' FROM orders") == [("sem\ufffdsal",)])
+        await wait_for(lambda: t.hq_status()["pending_updates"] == 0)
+        assert "hq-1" in t.mesh.links and not any(e["close"] for e in t.wan.entries())
+        assert order["id"] == rows(postgres_dsn, "SELECT order_id FROM orders")[0][0]
+
+
+def test_a_terminal_without_an_hq_says_so() -> None:
+    from meshpos.wan import WanView
+
+    status = WanView([]).status(linked=[], documents={"tables": b"\x01\x01\x01"}, ledgers={"d": 3}, last_error=None)
+    assert status["configured"] is False and status["pending_updates"] is None

@@ -24,20 +24,32 @@ anything pending that a later row would have to release.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 import pycrdt
 
 from core.clock import system_clock
+from core.errors import StoreError
 from core.names import FIXED_DOCS, orders_day
 from meshpos.documents import InventoryDoc, OrdersDoc, TablesDoc
 from meshpos.documents.host import Model
 from storage import hq_rows
+from storage.hq_database import UNAVAILABLE
+
+log = logging.getLogger(__name__)
 
 #: The mirrors' model identity: they never write, so no replica key of theirs is ever used.
 HQ_REPLICA = "hq"
+
+
+class RecordBehind(StoreError):
+    """PostgreSQL holds less than this process landed (restored from a backup, or a replica that
+    lags): the in-memory copies are dropped and rebuilt from the record, and the terminals,
+    told the older state, upload the rest again."""
 
 
 def model_class(name: str) -> type[Model]:
@@ -115,6 +127,7 @@ class Landed:
 
     others: list[bytes]
     seq: int | None
+    unprojected: int = 0  # entities whose projection PostgreSQL refused (:func:`project`)
 
 
 def land(conn: Any, store_id: str, mirror: Mirror, updates: list[bytes], *, received_from: str,
@@ -123,6 +136,9 @@ def land(conn: Any, store_id: str, mirror: Mirror, updates: list[bytes], *, rece
     whatever PostgreSQL or pycrdt raise; the mirror is then unlike the record and must be dropped."""
     with conn.transaction():
         hq_rows.lock_doc(conn, store_id, mirror.name)
+        if hq_rows.record_end(conn, store_id, mirror.name) < mirror.seq:
+            raise RecordBehind(f"the record of {mirror.name} ends before this process's copy of it "
+                               "(a restored database?): both copies are rebuilt from the record")
         rows = hq_rows.updates_after(conn, store_id, mirror.name, mirror.seq)
         if rows:
             mirror.apply([body for _, body in rows])
@@ -135,9 +151,26 @@ def land(conn: Any, store_id: str, mirror: Mirror, updates: list[bytes], *, rece
                                   mirror.doc.get_state())
             mirror.seq = seq
         orders, skus = mirror.projected()
-        hq_rows.upsert_orders(conn, store_id, orders)
-        hq_rows.upsert_stock(conn, store_id, skus)
-    return Landed([body for _, body in rows], seq)
+        unprojected = project(conn, store_id, lambda: (hq_rows.upsert_orders(conn, store_id, orders),
+                                                       hq_rows.upsert_stock(conn, store_id, skus)),
+                              len(orders) + len(skus))
+    return Landed([body for _, body in rows], seq, unprojected)
+
+
+def project(conn: Any, store_id: str, write: Callable[[], object], count: int) -> int:
+    """Run the projection ``write`` in a savepoint: should PostgreSQL refuse a value anyway, the
+    projection of those ``count`` entities is lost (logged; returned) and the record still lands -
+    refusing the landing would have every terminal upload the same thing again, for ever."""
+    try:
+        with conn.transaction():
+            write()
+    except psycopg.Error as exc:
+        if isinstance(exc, UNAVAILABLE):
+            raise
+        log.error("store %s: %d entities left out of the projections (%s: %s)", store_id, count,
+                  type(exc).__name__, str(exc)[:200])
+        return count
+    return 0
 
 
 def load(conn: Any, store_id: str, name: str, into: Callable[[list[bytes]], None] | None = None) -> Mirror:

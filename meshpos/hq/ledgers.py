@@ -19,6 +19,7 @@ from typing import Any
 
 from meshpos.cashier import ledger
 from meshpos.documents.orders import ORDER_ID
+from meshpos.hq.landing import RecordBehind, project
 from storage import hq_rows
 
 
@@ -78,6 +79,9 @@ def land_entries(conn: Any, store_id: str, mirror: DrawerMirror, start: int, ent
     with conn.transaction():
         hq_rows.lock_drawer(conn, store_id, mirror.name)
         have = len(mirror.entries)
+        if hq_rows.ledger_lengths(conn, store_id).get(mirror.name, 0) < have:
+            raise RecordBehind(f"the ledger of {mirror.name} ends before this process's copy of it "
+                               "(a restored database?): it is rebuilt from the record")
         newer = hq_rows.ledger_of(conn, store_id, mirror.name, since=have)
         mirror.extend(newer)
         have = len(mirror.entries)
@@ -96,5 +100,6 @@ def land_entries(conn: Any, store_id: str, mirror: DrawerMirror, start: int, ent
             touched = set(range(have, have + len(new)))
             touched |= {e["of"] for e in new if e["kind"] == "review_resolution" and isinstance(e.get("of"), int)}
             rows, payments = _rows(mirror, sorted(p for p in touched if p < len(mirror.entries)))
-            hq_rows.upsert_drawer_rows(conn, store_id, mirror.name, rows, payments)
+            project(conn, store_id, lambda: hq_rows.upsert_drawer_rows(conn, store_id, mirror.name, rows, payments),
+                    len(rows))
     return LedgerLanded(len(mirror.entries), len(new), conflicts, gap=False)

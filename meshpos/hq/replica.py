@@ -68,6 +68,7 @@ class HqReplica:
         self._queued: dict[str, _Queued] = {}
         self._wake: dict[str, anyio.Event] = {}
         self._last: dict[str, Ticket] = {}
+        self._landed_sv: dict[str, bytes] = {}
         self._open_lock = anyio.Lock()
         self._listeners: list[UpdateListener] = []
         #: Documents whose live copy may hold what the record lacks: reloaded before use.
@@ -90,7 +91,10 @@ class HqReplica:
         return name in self._live
 
     def state_vector(self, name: str) -> bytes:
-        return self._live[name].doc.get_state()
+        """What the record holds of ``name`` (as of the last landing this process committed or
+        loaded): an HQ asks with it, and terminals count what lies beyond it as pending - so it
+        is never the live copy's, which may hold what is queued and not landed yet."""
+        return self._landed_sv[name]
 
     def diff(self, name: str, state_vector: bytes) -> bytes:
         return self._live[name].doc.get_update(state_vector)
@@ -111,9 +115,17 @@ class HqReplica:
                 return
             await self.settled(name)
             live = _Live(name)
-            mirror = await self.db.run(landing.load, self.store_id, name,
-                                       lambda rows: live.apply(rows, "load"))
+            try:
+                mirror = await self.db.run(landing.load, self.store_id, name,
+                                           lambda rows: live.apply(rows, "load"))
+            except BaseException as exc:
+                if isinstance(exc, StoreError) or not (is_panic(exc) or isinstance(exc, Exception)):
+                    raise
+                log.error("store %s: %s does not load from the record (%s: %s)", self.store_id, name,
+                          type(exc).__name__, str(exc)[:200])
+                raise StoreError(f"{name} does not load from the record ({type(exc).__name__})") from None
             self._live[name], self._mirrors[name] = live, mirror
+            self._landed_sv[name] = mirror.doc.get_state()  # loaded: the worker thread is done with it
             self.stale.discard(name)
             if name not in self._wake:
                 self._wake[name] = anyio.Event()
@@ -204,21 +216,27 @@ class HqReplica:
                                            self.store_id, mirror, batch.updates)
             except StoreError as exc:
                 error: BaseException = exc
-            except Exception as exc:  # noqa: BLE001 - a bug must not stop the other documents
+            except BaseException as exc:  # a bug (or a Yrs panic) must not stop the other documents
+                if not (is_panic(exc) or isinstance(exc, Exception)):
+                    raise  # cancellation
                 log.exception("store %s: landing %s failed", self.store_id, name)
                 error = exc
             else:
+                vector = mirror.doc.get_state()  # the worker thread is done with the mirror
+                self._landed_sv[name] = vector
                 if landed.others:  # another process landed them: the live copy learns them too
                     try:
                         self._live[name].apply(landed.others, "hq:record")
-                    except Exception as exc:  # noqa: BLE001
-                        self._stale(name, f"the record's rows did not apply ({exc})", close=True)
+                    except BaseException as exc:
+                        if not (is_panic(exc) or isinstance(exc, Exception)):
+                            raise
+                        self._stale(name, f"the record's rows did not apply ({type(exc).__name__})", close=True)
                 self.landings += 1
                 self.landed += len(batch.updates)
                 for ticket in batch.tickets:
                     ticket.done.set()
                 if self.on_landed is not None:
-                    self.on_landed(name, mirror.doc.get_state())
+                    self.on_landed(name, vector)
                 continue
             self._stale(name, str(error), close=True)
             self._fail(batch, error)

@@ -30,14 +30,19 @@ from meshpos.cashier.messages import BadMessage
 from meshpos.hq import ledgers
 from meshpos.hq.replica import HqReplica
 from meshpos.wan import MAX_CATALOG_ITEMS
+from peer.admission import Gate
 from peer.front import BehindFront, Front
 from peer.identity import IdentityError, TerminalIdentity, load_identity
 from peer.mesh import Mesh
 from peer.transport import TcpTransport, Transport
 from storage import hq_rows
-from storage.hq_database import Database
+from storage.hq_database import Database, DataRefused
 
 log = logging.getLogger(__name__)
+#: Connections still authenticating at the HQ's port, in all and per remote address: a port on
+#: the internet, where stores behind one carrier NAT or one load balancer share an address.
+FRONT_UNAUTHENTICATED = 1024
+FRONT_PER_HOST = 128
 #: How often a process looks for catalog changes another HQ process made.
 CATALOG_POLL_SECONDS = 2.0
 _gap_log = RateLimitedLog(log)
@@ -54,8 +59,9 @@ class StoreSide:
     drawer_locks: dict[str, anyio.Lock] = field(default_factory=dict)
     asked: dict[tuple[str, str], float] = field(default_factory=dict)
     link_ids: dict[str, int] = field(default_factory=dict)
-    #: The newest catalog version this process pushed to the store's linked terminals.
-    catalog_version: int = 0
+    #: How far this process's poll of the catalog has read (only the poll moves it: a local write
+    #: with a newer version must not hide an older one another process committed meanwhile).
+    catalog_polled: int = 0
     entries_landed: int = 0
     conflicts: int = 0
 
@@ -127,7 +133,7 @@ class Hq:
                     self.stores[store_id] = side
                     await tg.start(side.mesh.run)
                 self.front = Front(transport, {s: side.mesh for s, side in self.stores.items()},
-                                   refused=self._refused)
+                                   refused=self._refused, gate=Gate(FRONT_UNAUTHENTICATED, FRONT_PER_HOST))
                 tg.start_soon(self.front.serve)
                 tg.start_soon(self._catalog_poll)
                 log.info("HQ %s serving %d store(s) on %s:%s, PostgreSQL %s", self.process, len(self.stores),
@@ -180,6 +186,10 @@ class Hq:
         except StoreError as exc:
             side.mesh.disconnect(peer_id, STORAGE_UNAVAILABLE, f"HQ database unavailable: {exc}"[:120])
             return
+        except Exception:  # noqa: BLE001 - a bug ends this link, not the HQ
+            log.exception("store %s: logging the link of %s failed", side.store_id, peer_id)
+            side.mesh.disconnect(peer_id, 1011, "HQ internal error")
+            return
         side.link_ids[peer_id] = link_id
         for drawer, length in lengths.items():
             mirror = side.drawers.get(drawer)
@@ -203,7 +213,6 @@ class Hq:
         terminal writes those that differ from what it holds (:meth:`Terminal._hq_message`)."""
         if not items:
             return
-        side.catalog_version = max(side.catalog_version, max(i["version"] for i in items))
         wire = [{k: i[k] for k in ("sku", "name", "price_cents", "active")} for i in items]
         for start in range(0, len(wire), MAX_CATALOG_ITEMS):
             message = {"type": "hq", "m": "catalog", "items": wire[start:start + MAX_CATALOG_ITEMS]}
@@ -230,10 +239,13 @@ class Hq:
                 if not side.mesh.links:
                     continue
                 try:
-                    items = await self.db.run(hq_rows.catalog_since, side.store_id, side.catalog_version)
-                except StoreError:
+                    items = await self.db.run(hq_rows.catalog_since, side.store_id, side.catalog_polled)
+                except Exception:  # noqa: BLE001 - the next round tries again; the HQ serves on
+                    log.exception("store %s: the catalog poll failed", side.store_id)
                     continue
-                self._push_catalog(side, items)
+                if items:
+                    side.catalog_polled = max(i["version"] for i in items)
+                    self._push_catalog(side, items)
 
     def _link_event(self, side: StoreSide, kind: str, payload: dict[str, Any]) -> None:
         if kind != "terminal:offline" or self._tg is None:
@@ -247,7 +259,7 @@ class Hq:
             try:
                 await self.db.run(hq_rows.link_closed, link_id, at, int(payload.get("code", 0)),
                                   str(payload.get("reason", ""))[:200], side.replica.landed, side.entries_landed)
-            except StoreError:
+            except Exception:  # noqa: BLE001 - a log row is not worth the HQ
                 log.warning("store %s: could not log the end of link %d", side.store_id, link_id)
 
         self._tg.start_soon(closed)
@@ -295,6 +307,11 @@ class Hq:
             except StoreError as exc:
                 side.drawers.pop(relay.drawer, None)  # rebuilt from the record next time
                 self._database_failed(side.store_id, str(exc))
+                return
+            except DataRefused as exc:  # the database is up and refused this relay: drop it, not the links
+                side.drawers.pop(relay.drawer, None)
+                log.error("store %s: %s's relay of %s was refused by PostgreSQL (%s)", side.store_id, sender,
+                          relay.drawer, exc)
                 return
             except Exception:
                 side.drawers.pop(relay.drawer, None)
