@@ -308,7 +308,7 @@ def create_app(terminal: Terminal, *, port: int | None = None) -> ASGIApp:
     async def hq_log() -> dict[str, Any]:
         """The WAN side: the HQ's status (as in ``/api/v1/status``) and its links, newest first -
         when each opened and closed, what went up and down, how it ended."""
-        return {"hq": t.hq_status(), "links": t.wan.entries()}
+        return {"hq": t.hq_status(), "links": t.hq_log()}
 
     @r.add("GET", "/api/v1/peers", tag="mesh")
     async def peers() -> dict[str, Any]:

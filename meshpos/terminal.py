@@ -290,6 +290,13 @@ class Terminal:
         return self.wan.status(linked=linked, documents={n: self.host.state_vector(n) for n in self.host.names()},
                                ledgers=self.cashier.ledger_lengths(), last_error=last_error)
 
+    def hq_log(self) -> list[dict[str, Any]]:
+        """The WAN sync log (GET /api/v1/hq/log), the open links' traffic counted up to now."""
+        mesh = self.mesh
+        live = {} if mesh is None else {p: link.traffic() for p, link in mesh.links.items()
+                                        if link.peer_type == HQ_TYPE}
+        return self.wan.entries(live)
+
     def _make_discovery(self, mesh: Mesh) -> Discovery:
         from discovery.mdns import Discovery  # noqa: F811 - zeroconf only when enrolled
 

@@ -153,6 +153,14 @@ class WanView:
                 "hq_ids": linked, "last_sync_at": self.last_sync_at, "pending_updates": pending,
                 "pending_ledger_entries": entries, "last_error": last_error}
 
-    def entries(self) -> list[dict[str, Any]]:
-        """The sync log, newest first."""
-        return [dict(e) for e in reversed(self.log)]
+    def entries(self, live: dict[str, tuple[int, int, int, int]] | None = None) -> list[dict[str, Any]]:
+        """The sync log, newest first; ``live``: the traffic so far of the links still open, by
+        HQ id (their entries show it; a closed one shows its whole life's)."""
+        out = []
+        for entry in reversed(self.log):
+            e = dict(entry)
+            if live and e["hq"] in live and self._open.get(e["hq"]) is entry:
+                bytes_in, bytes_out, _updates_in, updates_out = live[e["hq"]]
+                e.update(bytes_up=bytes_out, bytes_down=bytes_in, updates_up=updates_out)
+            out.append(e)
+        return out

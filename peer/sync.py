@@ -79,6 +79,7 @@ class SyncSession:
 
     def queue_step2(self, doc: str, update: bytes) -> None:
         self._queue(Outgoing(data=encode_sync(doc, STEP2, update)))
+        self.updates_out += 1  # a catch-up is an update sent, as its receipt counts in updates_in
 
     def queue_control(self, message: dict[str, Any]) -> None:
         self._queue(Outgoing(control=message))

@@ -21,6 +21,8 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -28,8 +30,11 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from simulations.benchutil import module_command
+from simulations.postgres import remove_cluster
 
 SUBNET = "10.211.0"
+WAN_SUBNET = "10.212.0"  # the internet side (:meth:`Lan.add_wan`): also only inside these namespaces
+WAN_BRIDGE = "wan0"
 PREFIX = "mplab-"
 
 
@@ -44,14 +49,26 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def pg_prefix() -> str:
+    """The temporary-directory prefix of this process's PostgreSQL server (the HQ's), by which
+    :func:`sweep_leftovers` finds it once this process is gone."""
+    return f"{PREFIX}{os.getpid()}-pg-"
+
+
 def sweep_leftovers() -> list[str]:
-    """Remove namespaces of lab runs whose process is gone (a killed run leaves them); their names."""
+    """Remove what lab runs whose process is gone left behind (a SIGKILLed run cannot clean up):
+    their namespaces and PostgreSQL servers; their names."""
     listed = ip("netns", "list", check=False).stdout
     removed = []
     for full, pid in re.findall(rf"^({PREFIX}(\d+)-\S+)", listed, re.M):
         if not os.path.exists(f"/proc/{pid}"):
             ip("netns", "del", full, check=False)
             removed.append(full)
+    for root in Path(tempfile.gettempdir()).glob(f"{PREFIX}*-pg-*"):
+        pid = root.name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            remove_cluster(root)
+            removed.append(root.name)
     return removed
 
 
@@ -110,6 +127,7 @@ class Lan:
         self.prefix = f"{PREFIX}{os.getpid()}-"
         self.switch = f"{self.prefix}switch"
         self.hosts: list[Host] = []
+        self.wan_host: Host | None = None
         try:
             ip("netns", "add", self.switch)
         except RuntimeError as exc:
@@ -128,6 +146,43 @@ class Lan:
         ip("-n", host.ns, "link", "set", "eth0", "up")
         ip("-n", host.ns, "link", "set", "lo", "up")
         return host
+
+    def add_wan(self, name: str) -> Host:
+        """A host ``name`` across the internet (the chain's HQ), reached from every LAN host.
+
+        Each LAN host gets an ``eth1`` on a second bridge (:data:`WAN_SUBNET`), as an *isolated*
+        port: it reaches the WAN host and nothing else there, so a LAN split is not healed through
+        the WAN and mDNS (kept to ``eth0`` by the terminals' ``mdns_interfaces``) does not cross.
+        Every group of a split keeps its uplink, as a store's Wi-Fi split does; :meth:`wan` cuts
+        the line itself.  Call it once, after the LAN hosts are added."""
+        assert self.wan_host is None, "one WAN per lab"
+        ip("-n", self.switch, "link", "add", WAN_BRIDGE, "type", "bridge")
+        ip("-n", self.switch, "link", "set", WAN_BRIDGE, "up")
+        for host in self.hosts:
+            self._plug_wan(host.ns, "eth1", f"w{host.n}", f"{WAN_SUBNET}.{10 + host.n}", isolated=True)
+        host = Host(self, name, 0)
+        host.port, host.address = "w0", f"{WAN_SUBNET}.1"
+        ip("netns", "add", host.ns)
+        self.wan_host = host
+        self._plug_wan(host.ns, "eth0", host.port, host.address, isolated=False)
+        return host
+
+    def _plug_wan(self, ns: str, dev: str, port: str, address: str, *, isolated: bool) -> None:
+        ip("-n", ns, "link", "add", dev, "type", "veth", "peer", "name", port, "netns", self.switch)
+        ip("-n", self.switch, "link", "set", port, "master", WAN_BRIDGE, "up")
+        if isolated:
+            ip("-n", self.switch, "link", "set", "dev", port, "type", "bridge_slave", "isolated", "on")
+        ip("-n", ns, "addr", "add", f"{address}/24", "dev", dev)
+        ip("-n", ns, "link", "set", dev, "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+
+    def wan(self, up: bool) -> None:
+        """The internet line up or down (the WAN host's port); the LAN stays as it is."""
+        assert self.wan_host is not None, "no WAN: add_wan first"
+        if up:
+            self.wan_host.plug()
+        else:
+            self.wan_host.cut()
 
     def split(self, groups: list[list[Host]]) -> None:
         """Cut the LAN into ``groups`` (the hosts not named stay together on the main switch): a
@@ -160,10 +215,11 @@ class Lan:
             host.plug()
 
     def close(self) -> None:
-        for ns in [h.ns for h in self.hosts] + [self.switch]:
+        wan = [self.wan_host.ns] if self.wan_host is not None else []
+        for ns in [h.ns for h in self.hosts] + wan + [self.switch]:
             with contextlib.suppress(Exception):
                 ip("netns", "del", ns, check=False)
-        self.hosts = []
+        self.hosts, self.wan_host = [], None
 
 
 class Agent:

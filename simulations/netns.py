@@ -7,7 +7,9 @@ Each terminal is a ``meshpos run`` process in its own network namespace, plugged
 real SQLite files.  The scenarios and the workload are simulations/partition/'s: a split is
 the switch cut into groups (a lone box's port taken down, a larger group moved to a switch of
 its own), a crash is SIGKILL, a restart is a new process on the same data directory.  Every
-operation and every check goes through a terminal's local API, from inside its namespace.
+operation and every check goes through a terminal's local API, from inside its namespace.  A
+scenario with an HQ gets ``meshpos hq run`` on a host across a WAN bridge (the WAN cut is its
+port going down) and a PostgreSQL server of the run's own, reached over its unix socket.
 
 After the final heal it waits until the terminals agree (every one linked to every other, the
 same state vectors, the same drawer ledgers, nothing provisional pending), then runs the
@@ -19,7 +21,8 @@ the scenario script twice as fast.  Client isolation is the bridge's own port is
 
 It needs root (namespaces) and removes its namespaces and processes when it ends, fails or is
 interrupted (Ctrl-C, SIGTERM); a run killed with SIGKILL takes its terminals with it (they die
-with their parent) and the next run, or ``--clean``, removes the namespaces it left.
+with their parent) and the next run, or ``--clean``, removes the namespaces and the PostgreSQL
+server it left.
 
 Why one module of ~420 lines: it is one runner - its terminal processes, the scenario's faults as
 bridge and port changes, the wait for agreement and the report read one another's state; the
@@ -47,11 +50,16 @@ import anyio
 
 from core.errors import MeshposError
 from simulations import partition
-from simulations.netlab import Agent, LabUnavailable, Lan, sweep_leftovers
+from simulations.netlab import Agent, Host, LabUnavailable, Lan, pg_prefix, sweep_leftovers
 from simulations.partition import MENU, STOCK, Scenario, Workload, check, drawer_of, kinds_for, missing_updates
+from simulations.partition.checks import check_hq, hq_snapshot
+from simulations.partition.restaurant import HQ_ID
+from simulations.postgres import PostgresServer
 
 API_PORT = 8700
 PEER_PORT = 8710
+HQ_PORT = 8720  # the HQ's link port, on its WAN address
+HQ_API_PORT = 8730
 READY_SECONDS = 30.0
 SETTLE_SECONDS = 120.0  # after the final heal, before the run fails
 PR_SET_PDEATHSIG = 1
@@ -129,21 +137,33 @@ def _die_with_parent() -> None:
 
 
 class Restaurant:
-    """The boxes of one run: a lab LAN, a ``meshpos run`` per box, an API agent per box.
+    """The boxes of one run: a lab LAN, a ``meshpos run`` per box, an API agent per box; with
+    ``hq_dsn``, the chain's HQ too - ``meshpos hq run`` on a host across the WAN
+    (:meth:`~simulations.netlab.Lan.add_wan`) landing in the PostgreSQL database of that DSN.
 
     Also what simulations/bench_heal.py builds on.  Use :func:`restaurant`, which tears it down.
     """
 
-    def __init__(self, lan: Lan, root: Path, kinds: list[tuple[str, str]], log_level: str = "INFO") -> None:
+    def __init__(self, lan: Lan, root: Path, kinds: list[tuple[str, str]], log_level: str = "INFO",
+                 hq_dsn: str | None = None) -> None:
         self.lan, self.root, self.kinds, self.log_level = lan, root, kinds, log_level
         self.hosts = {tid: lan.add_host(tid) for tid, _ in kinds}
+        self.hq_dsn = hq_dsn
+        self.hq_host: Host | None = lan.add_wan("hq") if hq_dsn is not None else None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.agents: dict[str, Agent] = {}
         self.boxes: dict[str, ApiBox] = {}
         self.up: set[str] = set()  # started and answering
+        self.pg: PostgresServer | None = None  # the HQ's server (:func:`restaurant` sets it)
 
     async def open(self) -> None:
-        partition.enroll(self.root, self.kinds)
+        partition.enroll(self.root, self.kinds, hq=self.hq_host is not None)
+        if self.hq_host is not None:
+            self.agents[HQ_ID] = await self.hq_host.agent(HQ_API_PORT)
+            await self._spawn(HQ_ID, self.hq_host, [
+                "hq", "run", "--postgres", str(self.hq_dsn), "--enrollment", str(self.root / HQ_ID),
+                "--listen", f"{self.hq_host.address}:{HQ_PORT}", "--api-port", str(HQ_API_PORT),
+                "--process-name", "hq-netns"], "/hq/v1/status", {})
         for tid, _ in self.kinds:
             self.agents[tid] = await self.hosts[tid].agent(API_PORT)
             self.boxes[tid] = ApiBox(self.agents[tid])
@@ -153,21 +173,30 @@ class Restaurant:
 
     async def start(self, tid: str) -> None:
         """Start ``tid``'s terminal and wait until its API answers."""
-        log = (self.root / f"{tid}.log").open("ab")
-        args = [sys.executable, "-m", "meshpos.cli", "run", "--data-dir", str(self.root / tid),
-                "--api-port", str(API_PORT), "--peer-port", str(PEER_PORT), "--log-level", self.log_level]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MESHPOS_")}
-        self.procs[tid] = subprocess.Popen(  # noqa: ASYNC220 - fork and exec; readiness is polled below
-            self.hosts[tid].exec_args(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+        # With an HQ: its WAN address, and mDNS kept to the LAN (eth1 is the uplink).
+        env = {} if self.hq_host is None else {"MESHPOS_HQ": f"{self.hq_host.address}:{HQ_PORT}",
+                                               "MESHPOS_MDNS_INTERFACES": "eth0"}
+        await self._spawn(tid, self.hosts[tid], [
+            "run", "--data-dir", str(self.root / tid), "--api-port", str(API_PORT),
+            "--peer-port", str(PEER_PORT)], "/api/v1/status", env)
+        self.up.add(tid)
+
+    async def _spawn(self, name: str, host: Host, command: list[str], ready: str, env: dict[str, str]) -> None:
+        """``meshpos <command>`` in ``host``'s namespace, logging to ``<name>.log``; returns once
+        ``GET ready`` answers 200 through ``name``'s agent."""
+        log = (self.root / f"{name}.log").open("ab")
+        args = [sys.executable, "-m", "meshpos.cli", *command, "--log-level", self.log_level]
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("MESHPOS_")}, **env}
+        self.procs[name] = subprocess.Popen(  # noqa: ASYNC220 - fork and exec; readiness is polled below
+            host.exec_args(*args), stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
             preexec_fn=_die_with_parent)
         log.close()
         deadline = time.monotonic() + READY_SECONDS
-        while (await self.agents[tid].request("GET", "/api/v1/status"))[0] != 200:
-            if self.procs[tid].poll() is not None or time.monotonic() > deadline:
-                tail = (self.root / f"{tid}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{tid} did not start (exit {self.procs[tid].poll()}):\n{tail}")
+        while (await self.agents[name].request("GET", ready))[0] != 200:
+            if self.procs[name].poll() is not None or time.monotonic() > deadline:
+                tail = (self.root / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{name} did not start (exit {self.procs[name].poll()}):\n{tail}")
             await anyio.sleep(0.1)
-        self.up.add(tid)
 
     def kill(self, tid: str, sig: int = signal.SIGKILL) -> None:
         self.up.discard(tid)
@@ -204,6 +233,12 @@ class Restaurant:
         vectors = await self.each(lambda b: b.state_vectors(), tids)
         return not any(missing_updates(vectors).values())
 
+    async def hq_has_everything(self) -> bool:
+        """Every terminal linked to the HQ, and counting nothing it has not landed."""
+        statuses = await self.each(lambda b: b.call("GET", "/api/v1/status"))
+        return all(s["hq"]["linked"] and not s["hq"]["pending_updates"] and not s["hq"]["pending_ledger_entries"]
+                   for s in statuses.values())
+
     def close(self) -> None:
         for tid in list(self.procs):
             self.kill(tid, signal.SIGTERM)
@@ -211,14 +246,19 @@ class Restaurant:
 
 @contextlib.asynccontextmanager
 async def restaurant(kinds: list[tuple[str, str]], root: Path | None = None,
-                     log_level: str = "INFO") -> AsyncIterator[Restaurant]:
-    """A running :class:`Restaurant`; processes, agents and namespaces are gone when it exits."""
+                     log_level: str = "INFO", hq: bool = False) -> AsyncIterator[Restaurant]:
+    """A running :class:`Restaurant` (with ``hq``: its HQ and a PostgreSQL server of its own,
+    as :attr:`Restaurant.pg`); processes, agents, namespaces and the server are gone when it exits."""
     lan = Lan()
     try:
         with contextlib.ExitStack() as stack:
             if root is None:
                 root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="meshpos-netns-")))
-            r = Restaurant(lan, root, kinds, log_level)
+            pg = stack.enter_context(PostgresServer(prefix=pg_prefix())) if hq else None
+            if pg is not None:
+                pg.create_database("hq")
+            r = Restaurant(lan, root, kinds, log_level, hq_dsn=None if pg is None else pg.socket_dsn("hq"))
+            r.pg = pg
             try:
                 await r.open()
                 yield r
@@ -248,7 +288,6 @@ class NetnsRun:
         self.r, self.root, self.kinds, self.speed = r, r.root, r.kinds, speed
         self.skew: dict[str, float] = {}
         self.radios: dict[str, dict[str, float]] = {}
-        self.wan_changes = 0
         self._t0 = time.monotonic()
         self.timeline: list[dict[str, Any]] = []
         self.work = Workload(random.Random(seed), self.now)
@@ -286,11 +325,11 @@ class NetnsRun:
         self.mark("heal")
 
     def wan(self, up: bool) -> None:
-        """Not applied: this runner has no HQ yet (no PostgreSQL, no ``meshpos hq run`` namespace),
-        so there is no WAN to cut; the report's ``not_simulated`` lists it.  The in-memory
-        simulator runs the HQ scenarios in full (docs/hq.md)."""
-        self.wan_changes += 1
-        self.mark("wan", up=up, applied=False)
+        """The store's internet line: the HQ's port on the WAN bridge down or up (the terminals'
+        links to it die of silence, as they would); the LAN stays as it is."""
+        if self.r.hq_host is not None:
+            self.r.lan.wan(up)
+        self.mark("wan", up=up, hq=self.r.hq_host is not None)
 
     async def crash(self, tid: str) -> None:
         self.r.kill(tid)
@@ -317,12 +356,17 @@ class NetnsRun:
         except MeshposError:
             return False
         seen = [{d["drawer"]: (d["ledger_length"], d["provisional_pending"]) for d in s} for s in summaries.values()]
-        return all(x == seen[0] for x in seen) and not any(p for x in seen for _, p in x.values())
+        if not all(x == seen[0] for x in seen) or any(p for x in seen for _, p in x.values()):
+            return False
+        try:
+            return self.r.hq_host is None or await self.r.hq_has_everything()
+        except MeshposError:
+            return False
 
 
 async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: Path | None = None) -> dict[str, Any]:
     kinds = kinds_for(n)
-    async with restaurant(kinds, root) as r:
+    async with restaurant(kinds, root, hq=scenario.hq) as r:
         world = NetnsRun(r, seed, speed)
         world.mark("started")
         await until(r.all_linked, "every terminal linked to every other by mDNS", 60)
@@ -351,6 +395,8 @@ async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: P
             for tid in ids:
                 if tid not in r.up:
                     await world.restart(tid)
+            if scenario.hq:
+                world.wan(True)  # after close: the HQ hears of the day now
             healed = world.now()
             converged_after: float | None = None
             try:
@@ -364,6 +410,13 @@ async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: P
         missing = missing_updates(await r.each(lambda b: b.state_vectors()))
         checks = check(world.work.tally, observed, world.drawers, converged=converged_after is not None,
                        missing=missing)
+        uplinks = None
+        if r.pg is not None:
+            landed = await anyio.to_thread.run_sync(hq_snapshot, r.pg.dsn("hq"))
+            checks["hq"] = check_hq(world.work.tally, observed, world.drawers, landed)
+            checks["ok"] = checks["ok"] and checks["hq"]["ok"]
+            uplinks = {tid: log["links"] for tid, log in
+                       (await r.each(lambda b: b.call("GET", "/api/v1/hq/log"))).items()}
     marks = [e for e in world.timeline if e["event"] != "divergence"]
     samples = [(e["t"], e["missing"]) for e in world.timeline if e["event"] == "divergence"]
     return {
@@ -372,9 +425,9 @@ async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: P
         "seconds": world.now(), **world.work.summary(),
         "peak_missing_updates": max((max(m.values(), default=0) for _, m in samples), default=0),
         "converged_after_heal_s": converged_after,
-        "not_simulated": {k: v for k, v in (("clock_skew", world.skew), ("radio", world.radios),
-                                             ("wan_with_hq", world.wan_changes)) if v},
+        "not_simulated": {k: v for k, v in (("clock_skew", world.skew), ("radio", world.radios)) if v},
         "checks": checks, "events": marks,
+        **({"hq_sync_log": uplinks} if uplinks is not None else {}),  # each terminal's GET /api/v1/hq/log
     }
 
 

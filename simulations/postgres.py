@@ -90,9 +90,13 @@ class PostgresServer:
     every DSN carries it; by default anyone local gets in (trust).  ``durable``: keep fsync on.
     """
 
-    def __init__(self, *, password: str | None = None, durable: bool = False, bindir: Path | None = None) -> None:
+    def __init__(self, *, password: str | None = None, durable: bool = False, bindir: Path | None = None,
+                 prefix: str = "meshpos-pg-") -> None:
+        """``prefix``: of the temporary directory's name (a runner that may be SIGKILLed names its
+        own, so that the next run finds the cluster it left: :func:`remove_cluster`)."""
         self.bindir = bindir if bindir is not None else find_bindir()
         self.durable = durable
+        self.prefix = prefix
         self._password = password
         self._root: Path | None = None  # the temporary directory: data/, the log, the socket
         self._port: int | None = None
@@ -137,6 +141,12 @@ class PostgresServer:
         """The libpq URI of database ``dbname`` over TCP, password included when there is one."""
         auth = USER if self._password is None else f"{USER}:{quote(self._password, safe='')}"
         return f"postgresql://{auth}@127.0.0.1:{self.port}/{quote(dbname, safe='')}"
+
+    def socket_dsn(self, dbname: str = "postgres") -> str:
+        """The same over the unix socket: a socket is a file, so a process in another network
+        namespace of this machine reaches it where 127.0.0.1 would be its own loopback."""
+        auth = USER if self._password is None else f"{USER}:{quote(self._password, safe='')}"
+        return f"postgresql://{auth}@/{quote(dbname, safe='')}?host={quote(str(self.socket_dir))}&port={self.port}"
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -228,7 +238,7 @@ class PostgresServer:
             conn.execute(statement)
 
     def _create_cluster(self) -> None:
-        root = Path(tempfile.mkdtemp(prefix="meshpos-pg-"))
+        root = Path(tempfile.mkdtemp(prefix=self.prefix))
         self._root = root
         if os.geteuid() == 0:
             account = pwd.getpwnam(SYSTEM_USER)  # KeyError is clear enough: the package creates it
@@ -280,12 +290,25 @@ class PostgresServer:
         return "--- postgres.log (tail) ---\n" + "\n".join(tail)
 
     def _kill(self) -> None:
-        """Last resort when pg_ctl cannot stop it: SIGQUIT, then SIGKILL, the postmaster of postmaster.pid."""
-        with contextlib.suppress(OSError, ValueError, RuntimeError):
-            pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-            os.kill(pid, signal.SIGQUIT)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                os.kill(pid, 0)  # OSError once it is gone
-                time.sleep(0.05)
-            os.kill(pid, signal.SIGKILL)
+        """Last resort when pg_ctl cannot stop it."""
+        _kill_postmaster(self.data_dir)
+
+
+def _kill_postmaster(data_dir: Path) -> None:
+    """SIGQUIT, then SIGKILL, the postmaster of ``data_dir``'s postmaster.pid (its backends end
+    when it does)."""
+    with contextlib.suppress(OSError, ValueError, RuntimeError):
+        pid = int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        os.kill(pid, signal.SIGQUIT)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            os.kill(pid, 0)  # OSError once it is gone
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+
+def remove_cluster(root: Path) -> None:
+    """A :class:`PostgresServer` directory whose owner died without closing it (SIGKILL): its
+    server stopped, the directory removed."""
+    _kill_postmaster(root / "data")
+    shutil.rmtree(root, ignore_errors=True)

@@ -15,7 +15,7 @@ import pytest
 from meshpos.config import TerminalConfig
 from meshpos.server import serve_api
 from meshpos.terminal import Terminal
-from simulations.postgres import PostgresServer, PostgresUnavailable
+from simulations.postgres import PostgresServer, PostgresUnavailable, find_bindir
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -74,16 +74,22 @@ from tests.procutil import launch  # noqa: E402, F401
 
 
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL server for the session (fsync off).  Without the server binaries the
-    tests that need it skip - unless MESHPOS_REQUIRE_POSTGRES is set (CI), where they fail."""
+def postgres_binaries() -> None:
+    """The PostgreSQL server programs are here (for tests whose subprocess starts its own server).
+    Without them the tests that need them skip - unless MESHPOS_REQUIRE_POSTGRES is set (CI),
+    where they fail."""
     try:
-        server = PostgresServer()
+        find_bindir()
     except PostgresUnavailable as missing:
         if os.environ.get("MESHPOS_REQUIRE_POSTGRES"):
             pytest.fail(f"MESHPOS_REQUIRE_POSTGRES is set but {missing}")
         pytest.skip(str(missing))
-    with server:
+
+
+@pytest.fixture(scope="session")
+def postgres_server(postgres_binaries: None) -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (fsync off)."""
+    with PostgresServer() as server:
         yield server
 
 

@@ -89,6 +89,9 @@ async def test_orders_and_payments_land_once_and_project(tmp_path: Path, postgre
         assert rows(postgres_dsn, "SELECT sku, price_cents, active FROM stock WHERE store_id = %s", store_id) \
             == [("burger", 1590, True)]
         assert rows(postgres_dsn, "SELECT count(*) FROM order_items WHERE store_id = %s", store_id) == [(2,)]
+        # the sync log counts an open link's traffic as it goes, not only once it closed
+        open_link = a.hq_log()[0]
+        assert open_link["closed_at"] is None and open_link["bytes_up"] > 0 and open_link["updates_up"] > 0, open_link
         # both terminals uploaded (each is linked to the HQ): still one row per change
         before = rows(postgres_dsn, "SELECT count(*) FROM doc_updates WHERE store_id = %s AND doc = %s", store_id, doc)
         for t in (a, b):

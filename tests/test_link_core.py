@@ -27,7 +27,7 @@ from peer.link import (
     Send,
 )
 from peer.sync import AnswerStep1, Apply, SyncSession
-from peer.wire import STEP1, UPDATE, WireError, decode_sync, encode_sync
+from peer.wire import STEP1, STEP2, UPDATE, WireError, decode_sync, encode_sync
 
 HELLO = {"type": "hello", "terminal_id": "a"}
 
@@ -180,6 +180,12 @@ def test_session_decodes_intents() -> None:
     assert session.receive(encode_sync("tables", STEP1, b"\x00")) == AnswerStep1("tables", b"\x00")
     assert session.receive(encode_sync("tables", UPDATE, b"\x00\x00")) == Apply("tables", b"\x00\x00", step2=False)
     assert session.updates_in == 1
+    assert session.receive(encode_sync("tables", STEP2, b"\x00\x00")) == Apply("tables", b"\x00\x00", step2=True)
+    session.queue_step2("tables", b"\x00\x00")
+    session.queue_update("tables", b"\x00\x00", ticket=None)
+    session.queue_step1("tables", b"\x00")
+    session.take()
+    assert (session.updates_in, session.updates_out) == (2, 2)  # a catch-up counts both ways; a step 1 does not
 
 
 def test_a_run_of_updates_leaves_as_one_frame_that_holds_them_all() -> None:
