@@ -47,7 +47,7 @@ from meshpos.documents import orders as orders_doc
 from meshpos.documents import tables as tables_doc
 from meshpos.documents.host import Operation, durable
 from meshpos.events import EventBus
-from meshpos.wan import HQ_FIELDS, WanView, catalog_items, landed_message
+from meshpos.wan import HQ_FIELDS, WanView, catalog_items, landed_message, provisional_messages
 from storage.database import lock_data_dir
 from storage.store import Store
 
@@ -142,6 +142,7 @@ class Terminal:
             await self.host.open(inventory_doc.DOC_NAME, InventoryDoc)
             await self.roll_over()
             self.cashier = Cashier(self)
+            self.cashier.on_provisional(lambda drawer, entry: self._provisional_to_hq({drawer: [entry]}))
             await self.cashier.load()
             self.mesh, self.discovery = self._make_mesh(identity), None
             if self.mesh is not None and self.config.mdns:
@@ -267,6 +268,20 @@ class Terminal:
         if link is not None and link.peer_type == HQ_TYPE:
             self._hq_since[peer_id] = self.monotonic()
             self.wan.linked(peer_id, link.address, iso(self.clock()))
+            self._provisional_to_hq(self.cashier.provisional_pending(), [peer_id])
+
+    def _provisional_to_hq(self, entries: dict[str, list[dict[str, Any]]], peers: list[str] | None = None) -> None:
+        """This terminal's own provisional entries to its linked HQs (``peers``: these only): an
+        HQ shows them until their reconciled entry lands (docs/hq.md); one not linked now gets
+        the unsettled ones when it links."""
+        mesh = self.mesh
+        if mesh is None:
+            return
+        hqs = peers if peers is not None else [p for p, link in mesh.links.items() if link.peer_type == HQ_TYPE]
+        for drawer, rows in entries.items():
+            for message in provisional_messages(drawer, rows):
+                for peer_id in hqs:
+                    mesh.send_control(peer_id, message)
 
     def _hq_unlinked(self, peer_id: str, peer_type: str | None, closed: Any,
                      traffic: tuple[int, int, int, int]) -> None:

@@ -7,6 +7,10 @@ landing (``{"type": "hq", "m": "landed", "docs": {name: base64 state vector}, "d
 {drawer: length}}``).  Pending counts are the difference between those and what this terminal
 holds - as fresh as the HQ's last word, and everything counts as pending after a restart until
 the HQ has said something.
+
+The other way, besides the documents and the committed ledgers every linked terminal uploads, a
+terminal sends the HQ the provisional cashier entries it took itself (``provisional``: at
+link-up, and each time it takes one) - the HQ shows them until their reconciled entry lands.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import Any
 
 from core.names import ID_PATTERN, is_doc_name
 from core.yupdate import decode_state_vector
+from meshpos.cashier import ledger
 from meshpos.cashier.ledger import DRAWER_PATTERN
+from meshpos.cashier.quorum import RELAY_CHUNK
 from meshpos.documents.orders import MAX_PRICE_CENTS
 
 DRAWER = re.compile(DRAWER_PATTERN)
@@ -30,6 +36,8 @@ LOG_LINKS = 200
 #: Most catalog items one ``hq`` message may carry; longest product name.
 MAX_CATALOG_ITEMS = 10_000
 MAX_NAME_CHARS = 200
+#: Most provisional entries one ``provisional`` message carries (as many as a ledger relay).
+PROVISIONAL_CHUNK = RELAY_CHUNK
 #: What an HQ owns of a product (docs/hq.md, "What the HQ may write").
 HQ_FIELDS = ("name", "price_cents", "active")
 
@@ -58,6 +66,33 @@ def catalog_items(message: dict[str, Any]) -> list[dict[str, Any]]:
             raise ValueError(f"hq catalog: {sku}: active must be true or false")
         out.append({"sku": sku, "name": name, "price_cents": price, "active": active})
     return out
+
+
+def provisional_messages(drawer: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A terminal's provisional entries of ``drawer`` for its HQ (``{"type": "hq", "m":
+    "provisional", "drawer", "entries"}``), in chunks of at most :data:`PROVISIONAL_CHUNK`."""
+    return [{"type": "hq", "m": "provisional", "drawer": drawer, "entries": entries[k:k + PROVISIONAL_CHUNK]}
+            for k in range(0, len(entries), PROVISIONAL_CHUNK)]
+
+
+def provisional_from_wire(message: dict[str, Any], sender: str) -> tuple[str, list[dict[str, Any]]]:
+    """The drawer and entries of a terminal's ``provisional`` message, each a well-formed
+    ledger entry of that drawer that ``sender`` itself took provisionally (a terminal uploads its
+    own only); ``ValueError`` naming the first fault (nothing of the message is landed)."""
+    drawer, entries = message.get("drawer"), message.get("entries")
+    if not isinstance(drawer, str) or not DRAWER.fullmatch(drawer):
+        raise ValueError("hq provisional: drawer must be a drawer name")
+    if not isinstance(entries, list) or len(entries) > PROVISIONAL_CHUNK:
+        raise ValueError(f"hq provisional: entries must be a list of at most {PROVISIONAL_CHUNK}")
+    for n, entry in enumerate(entries):
+        ledger.check_entry(entry)
+        if entry["kind"] in ("noop", "review_resolution") or entry["drawer"] != drawer:
+            raise ValueError(f"hq provisional: entry {n} is no provisional entry of drawer {drawer}")
+        origin = entry.get("provisional")
+        if not isinstance(origin, dict) or origin.get("terminal_id") != sender \
+                or not isinstance(origin.get("reason"), str) or not isinstance(origin.get("created_at"), str):
+            raise ValueError(f"hq provisional: entry {n} was not taken provisionally by {sender}")
+    return drawer, entries
 
 
 def missing_operations(ours: bytes, known: dict[int, int] | None) -> int:

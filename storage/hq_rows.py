@@ -140,6 +140,41 @@ def append_entries(conn: Any, store_id: str, drawer: str, start: int, entries: l
                          for k, e in enumerate(entries)])
 
 
+def insert_provisional(conn: Any, store_id: str, drawer: str, terminal_id: str, rows: list[dict[str, Any]],
+                       process: str) -> int:
+    """The provisional entries ``terminal_id`` took on ``drawer`` (each once: an upload again adds
+    nothing); one whose reconciled entry is landed already is stored settled.  ``rows``: the
+    entries with ``business_day`` added.  How many were new."""
+    rows = pg_safe(rows)
+    added = 0
+    with conn.cursor() as cur:
+        for r in rows:
+            cur.execute(
+                "INSERT INTO provisional_entries (store_id, drawer, terminal_id, op_id, kind, order_id, business_day, "
+                "amount_cents, method, tip_cents, at, reason, entry, hq_process, position, settled_at) "
+                "SELECT %(s)s, %(d)s, %(t)s, %(op)s, %(kind)s, %(order)s, %(day)s, %(amount)s, %(method)s, %(tip)s, "
+                "%(at)s, %(reason)s, %(entry)s, %(process)s, l.position, CASE WHEN l.position IS NULL THEN NULL "
+                "ELSE now() END FROM (SELECT (SELECT position FROM ledger_entries WHERE store_id = %(s)s "
+                "AND drawer = %(d)s AND entry->>'op_id' IN (%(op)s, %(op)s || '~' || %(t)s) "
+                "AND entry->'provisional'->>'terminal_id' = %(t)s ORDER BY position LIMIT 1) AS position) l "
+                "ON CONFLICT DO NOTHING",
+                {"s": store_id, "d": drawer, "t": terminal_id, "op": r["op_id"], "kind": r["kind"],
+                 "order": r.get("order_id"), "day": r.get("business_day"), "amount": r.get("amount_cents"),
+                 "method": r.get("method"), "tip": r.get("tip_cents"), "at": r["at"],
+                 "reason": str(r["provisional"].get("reason", "")), "entry": Jsonb(r), "process": process})
+            added += cur.rowcount
+    return added
+
+
+def settle_provisional(conn: Any, store_id: str, drawer: str, settled: list[tuple[str, str, int]]) -> None:
+    """``settled``: (terminal id, provisional op id, position) of reconciled entries just landed."""
+    if settled:
+        with conn.cursor() as cur:
+            cur.executemany("UPDATE provisional_entries SET position = %s, settled_at = now() WHERE store_id = %s "
+                            "AND drawer = %s AND terminal_id = %s AND op_id = %s AND position IS NULL",
+                            [(pos, store_id, drawer, t, op) for t, op, pos in pg_safe(settled)])
+
+
 def record_conflict(conn: Any, store_id: str, drawer: str, position: int, landed: dict[str, Any],
                     offered: Any, offered_by: str) -> None:
     conn.execute("INSERT INTO ledger_conflicts (store_id, drawer, position, landed, offered, offered_by) "
@@ -237,7 +272,8 @@ def stores(conn: Any) -> list[dict[str, Any]]:
 
 def sales(conn: Any, day_from: str, day_to: str, store_id: str | None) -> list[dict[str, Any]]:
     """Per store and business day in ``[day_from, day_to]``: orders, cancellations, voided items,
-    revenue and tips by payment method (payments that count: :data:`COUNTED`), payments in review."""
+    revenue and tips by payment method (payments that count: :data:`COUNTED`), payments in review,
+    and provisional payments a terminal uploaded that are not in the ledger yet (not revenue)."""
     where, args = "business_day BETWEEN %s AND %s", [day_from, day_to]
     if store_id is not None:
         where += " AND store_id = %s"
@@ -249,7 +285,7 @@ def sales(conn: Any, day_from: str, day_to: str, store_id: str | None) -> list[d
         if key not in out:
             out[key] = {"store_id": store, "business_day": str(business_day), "orders": 0, "cancellations": 0,
                         "voided_items": 0, "revenue_cents": 0, "tips_cents": 0, "by_method": {},
-                        "payments": 0, "in_review": 0}
+                        "payments": 0, "in_review": 0, "provisional": 0, "provisional_cents": 0}
         return out[key]
 
     for store, business_day, orders, cancelled in conn.execute(
@@ -272,4 +308,9 @@ def sales(conn: Any, day_from: str, day_to: str, store_id: str | None) -> list[d
             d["by_method"][method] = d["by_method"].get(method, 0) + int(amount)
         elif status == "in_review":
             d["in_review"] += int(n)
+    for store, business_day, n, amount in conn.execute(
+            f"SELECT store_id, business_day, count(*), sum(amount_cents) FROM provisional_entries "
+            f"WHERE kind = 'payment' AND position IS NULL AND {where} GROUP BY 1, 2", args):
+        d = day(store, business_day)
+        d["provisional"], d["provisional_cents"] = int(n), int(amount)
     return [out[k] for k in sorted(out)]

@@ -6,8 +6,10 @@ code (a version it does not know) is refused instead of written with old rules.
 
 Two kinds of tables: the append-only record (``doc_updates``, ``ledger_entries``) - what the
 stores sent, each change once - and the projections rebuilt from it in the same transaction
-(``orders``, ``order_items``, ``payments``, ``drawer_ledger``, ``stock``).  The HQ's own writes
-live in ``catalog``.  ``stores`` and ``link_log`` say who was in contact and when.
+(``orders``, ``order_items``, ``payments``, ``drawer_ledger``, ``stock``).  The provisional
+cashier entries terminals upload (``provisional_entries``) are a record of their own, settled
+when the ledger lands their reconciled entry.  The HQ's own writes live in ``catalog``.
+``stores`` and ``link_log`` say who was in contact and when.
 """
 
 from __future__ import annotations
@@ -156,6 +158,41 @@ MIGRATIONS: list[str] = [
         updates_landed bigint NOT NULL DEFAULT 0,
         entries_landed bigint NOT NULL DEFAULT 0
     );
+    """,
+    # 2: provisional cashier entries, as the terminal that took them uploaded them; settled (the
+    # ledger position they got) once the reconciled entry lands.  all_payments adds the unsettled
+    # provisional payments to the ledger's.
+    """
+    CREATE TABLE provisional_entries (
+        store_id text NOT NULL,
+        drawer text NOT NULL,
+        terminal_id text NOT NULL,
+        op_id text NOT NULL,
+        kind text NOT NULL,
+        order_id text,
+        business_day date,
+        amount_cents bigint,
+        method text,
+        tip_cents bigint,
+        at text NOT NULL,
+        reason text NOT NULL,
+        entry jsonb NOT NULL,
+        hq_process text NOT NULL,
+        received_at timestamptz NOT NULL DEFAULT now(),
+        position integer,
+        settled_at timestamptz,
+        PRIMARY KEY (store_id, drawer, terminal_id, op_id)
+    );
+    CREATE INDEX provisional_by_day ON provisional_entries (store_id, business_day);
+    CREATE INDEX ledger_entries_by_op ON ledger_entries (store_id, drawer, (entry->>'op_id'));
+    CREATE VIEW all_payments AS
+        SELECT store_id, drawer, position, op_id, order_id, business_day, amount_cents, method, tip_cents,
+               terminal_id, at, status
+        FROM payments
+        UNION ALL
+        SELECT store_id, drawer, NULL, op_id, order_id, business_day, amount_cents, method, tip_cents,
+               terminal_id, at, 'provisional'
+        FROM provisional_entries WHERE kind = 'payment' AND position IS NULL;
     """,
 ]
 

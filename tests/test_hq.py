@@ -18,7 +18,9 @@ from core.net import bind_socket
 from meshpos.hq.service import Hq
 from meshpos.hq_api import access, serve_hq_api
 from meshpos.terminal import Terminal
-from peer.identity import Authority
+from meshpos.wan import PROVISIONAL_CHUNK, provisional_from_wire, provisional_messages
+from peer.identity import Authority, save_roster
+from storage import hq_rows, hq_schema
 from tests.meshutil import ITEM, PRODUCT, config_for, connect_all, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -272,7 +274,7 @@ async def test_catalog_written_at_hq_reaches_the_store_and_the_api_reports(tmp_p
             await anyio.sleep(0.05)
         assert days == [{"store_id": store_id, "business_day": day, "orders": 1, "cancellations": 0,
                          "voided_items": 0, "revenue_cents": 2190, "tips_cents": 100, "by_method": {"pix": 2190},
-                         "payments": 1, "in_review": 0}]
+                         "payments": 1, "in_review": 0, "provisional": 0, "provisional_cents": 0}]
         assert (await api.get("/hq/v1/reports/sales", params={"from": day, "to": "2020-01-01"})).status_code == 422
         assert (await api.get("/hq/v1/reports/sales", params={"from": day})).status_code == 422
         stores = (await api.get("/hq/v1/stores")).json()
@@ -285,6 +287,77 @@ async def test_catalog_written_at_hq_reaches_the_store_and_the_api_reports(tmp_p
         # the guard: another Host, another origin
         assert (await api.get("/hq/v1/stores", headers={"host": "evil.example"})).status_code in (400, 421, 403)
         assert (await api.get("/hq/v1/stores", headers={"origin": "http://evil.example"})).status_code == 403
+
+
+async def test_provisional_payments_show_at_hq_until_their_reconciled_entries_land(
+        tmp_path: Path, postgres_dsn: str) -> None:
+    """pos-1 alone of three voters (no majority) but linked to the HQ: what it takes provisionally
+    goes up and shows as provisional (all_payments, the sales report); once pos-2 is back the
+    reconciled entries land and settle those rows, each once - an upload again adds nothing."""
+    authority, enrollment = store(tmp_path, "praia", ["pos-1", "pos-2", "pos-3"])
+    for tid in ("pos-1", "pos-2", "pos-3"):
+        save_roster(tmp_path / "praia" / tid, authority.roster)
+    async with hq_running(postgres_dsn, [enrollment]) as hq, \
+            terminals(tmp_path, "praia", ["pos-1"], hq) as (a,):
+        store_id = a.mesh.identity.store_id
+        await wait_for(lambda: "hq-1" in a.mesh.links, within=20)
+        await a.put_product("burger", **PRODUCT)
+        order = await a.create_order(table=None, waiter=None, items=[ITEM])
+        opened = await a.cashier.open_drawer("d1", float_cents=5_000, operator="ana", op_id="open-p",
+                                             allow_provisional=True)
+        paid = await a.cashier.pay("d1", order_id=order["id"], amount_cents=order["total_cents"], method="cash",
+                                   tip_cents=50, user="ana", op_id="pay-p", allow_provisional=True)
+        assert opened["entry"]["status"] == paid["entry"]["status"] == "provisional"
+        query = "SELECT op_id, terminal_id, status, position, amount_cents FROM all_payments WHERE store_id = %s"
+        await wait_for(lambda: rows(postgres_dsn, query, store_id) == [
+            ("pay-p", "pos-1", "provisional", None, order["total_cents"])], within=20)
+        assert rows(postgres_dsn, "SELECT op_id, kind, position FROM provisional_entries WHERE store_id = %s "
+                    "ORDER BY op_id", store_id) == [("open-p", "drawer_opened", None), ("pay-p", "payment", None)]
+        day = rows(postgres_dsn, "SELECT business_day::text FROM provisional_entries WHERE op_id = 'pay-p'")
+        assert day == [(order["business_day"],)]
+        report = await hq.db.run(hq_rows.sales, order["business_day"], order["business_day"], store_id)
+        assert (report[0]["provisional"], report[0]["provisional_cents"], report[0]["payments"]) \
+            == (1, order["total_cents"], 0)
+        # the link again: the same entries go up again and land nowhere new
+        a.mesh.disconnect("hq-1", 1001, "test: relink")
+        await wait_for(lambda: "hq-1" in a.mesh.links, within=20)
+        await anyio.sleep(0.5)
+        assert rows(postgres_dsn, "SELECT count(*) FROM provisional_entries WHERE store_id = %s", store_id) == [(2,)]
+        # a majority again: reconciled, relayed, landed - and the provisional rows are settled
+        async with terminals(tmp_path, "praia", ["pos-2"], hq) as (b,):
+            connect_all([a, b])
+            await wait_for(lambda: not a.cashier.provisional_pending(), within=30)
+            settled = "SELECT op_id, position FROM provisional_entries WHERE store_id = %s ORDER BY op_id"
+            await wait_for(lambda: all(p is not None for _, p in rows(postgres_dsn, settled, store_id)), within=20)
+            landed = dict(rows(postgres_dsn, "SELECT entry->>'op_id', position FROM ledger_entries "
+                               "WHERE store_id = %s", store_id))
+            assert dict(rows(postgres_dsn, settled, store_id)) == {"open-p": landed["open-p"],
+                                                                   "pay-p": landed["pay-p"]}
+            assert rows(postgres_dsn, query, store_id) == [
+                ("pay-p", "pos-1", "committed", landed["pay-p"], order["total_cents"])]
+            report = await hq.db.run(hq_rows.sales, order["business_day"], order["business_day"], store_id)
+            assert (report[0]["provisional"], report[0]["payments"]) == (0, 1)
+
+
+def test_a_provisional_upload_is_checked_before_anything_lands() -> None:
+    """A terminal uploads only entries it took itself, of the drawer it names, well-formed, and
+    at most a chunk of them (a refusal closes its link; nothing lands)."""
+    entry = {"kind": "payment", "op_id": "p1", "drawer": "d1", "terminal_id": "pos-1", "user_id": "ana",
+             "at": "2026-12-06T10:00:00.000Z", "status": "committed", "order_id": "x", "amount_cents": 100,
+             "method": "cash", "tip_cents": 0, "order_total_cents": 0,
+             "provisional": {"terminal_id": "pos-1", "created_at": "2026-12-06T10:00:00.000Z", "reason": "no quorum"}}
+    good = {"type": "hq", "m": "provisional", "drawer": "d1", "entries": [entry]}
+    assert provisional_from_wire(good, "pos-1") == ("d1", [entry])
+    assert provisional_messages("d1", [entry] * (PROVISIONAL_CHUNK + 1))[1]["entries"] == [entry]
+    for bad, sender in [(good, "pos-2"),  # another terminal's
+                        ({**good, "drawer": "d2"}, "pos-1"),  # another drawer's
+                        ({**good, "drawer": "../x"}, "pos-1"),
+                        ({**good, "entries": [entry] * (PROVISIONAL_CHUNK + 1)}, "pos-1"),
+                        ({**good, "entries": [{**entry, "amount_cents": -1}]}, "pos-1"),
+                        ({**good, "entries": [{k: v for k, v in entry.items() if k != "provisional"}]}, "pos-1"),
+                        ({**good, "entries": "x"}, "pos-1")]:
+        with pytest.raises(ValueError):
+            provisional_from_wire(bad, sender)
 
 
 async def test_the_dsn_password_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -322,3 +395,20 @@ def test_a_terminal_without_an_hq_says_so() -> None:
 
     status = WanView([]).status(linked=[], documents={"tables": b"\x01\x01\x01"}, ledgers={"d": 3}, last_error=None)
     assert status["configured"] is False and status["pending_updates"] is None
+
+
+def test_the_schema_migrates_in_order_once_and_refuses_a_newer_one(postgres_dsn: str) -> None:
+    """A database at version 1 (before provisional entries) is brought to the current version;
+    again is a no-op; one that a newer meshpos migrated is refused rather than written."""
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        with conn.transaction():  # what a version-1 HQ left
+            conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, "
+                         "applied_at timestamptz NOT NULL DEFAULT now())")
+            conn.execute(hq_schema.MIGRATIONS[0])
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (1)")
+        assert hq_schema.migrate(conn) == 1
+        assert hq_schema.migrate(conn) == hq_schema.VERSION == 2
+        assert conn.execute("SELECT count(*) FROM all_payments").fetchone() == (0,)
+        conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (hq_schema.VERSION + 1,))
+        with pytest.raises(hq_schema.SchemaTooNew):
+            hq_schema.migrate(conn)

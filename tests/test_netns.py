@@ -53,6 +53,9 @@ def test_cashier_isolated_with_real_processes_holds_its_checks(tmp_path: Path) -
     report = json.loads(done.stdout)
     assert report["checks"]["ok"] and report["runner"] == "netns", json.dumps(report["checks"], indent=1)
     assert report["payments"]["provisional"] > 0, report["payments"]
+    # the lone POS kept its WAN uplink: its provisional payments went up, and settled
+    hq = report["checks"]["hq"]
+    assert hq["provisional_uploaded"] == report["payments"]["provisional"] and not hq["provisional_not_settled"], hq
     assert report["operations"]["order"] > 10, report["operations"]
     events = [e["event"] for e in report["events"]]
     assert events.index("split") < events.index("heal") < events.index("converged")

@@ -122,7 +122,8 @@ def test_the_hq_checker_catches_what_the_hq_lost_or_mislabelled() -> None:
     from simulations.partition.checks import check_hq
     from simulations.partition.workload import Tally
 
-    tally = Tally(orders={"o1": {"open", "sent"}, "o2": {"open"}}, payments={"p1@pos-1": ("d", "committed")})
+    tally = Tally(orders={"o1": {"open", "sent"}, "o2": {"open"}},
+                  payments={"p1@pos-1": ("d", "committed"), "p2@pos-2": ("d", "provisional")})
     entries = [{"position": 0, "kind": "drawer_opened", "op_id": "open-1", "status": "committed"},
                {"position": 1, "kind": "payment", "op_id": "p1@pos-1", "status": "committed"},
                {"position": 2, "kind": "payment", "op_id": "p2@pos-2", "status": "committed",
@@ -130,7 +131,8 @@ def test_the_hq_checker_catches_what_the_hq_lost_or_mislabelled() -> None:
     observed = [{"drawers": {"d": {"entries": entries, "provisional": []}}}]
     truth = {"orders": {"o1": ["open", "sent"], "o2": ["open"]},
              "ledgers": {"d": {0: "open-1", 1: "p1@pos-1", 2: "p2@pos-2"}},
-             "payments": {("d", 1): "committed", ("d", 2): "adjusted"}, "conflicts": 0}
+             "payments": {("d", 1): "committed", ("d", 2): "adjusted"}, "conflicts": 0,
+             "provisional": {("d", "pos-2", "p2@pos-2"): 2}}
     assert check_hq(tally, observed, ["d"], truth)["ok"]
     wrong = [
         {**truth, "orders": {"o1": ["open"], "o2": ["open"]}},  # a stage lost
@@ -139,6 +141,9 @@ def test_the_hq_checker_catches_what_the_hq_lost_or_mislabelled() -> None:
         {**truth, "ledgers": {"d": {0: "open-1", 1: "p1@pos-1", 2: "p2@pos-2", 3: "p1@pos-1"}}},  # twice
         {**truth, "payments": {("d", 1): "committed", ("d", 2): "committed"}},  # resolution not shown
         {**truth, "conflicts": 1},
+        {**truth, "provisional": {("d", "pos-2", "p2@pos-2"): None}},  # never settled
+        {**truth, "provisional": {("d", "pos-2", "p2@pos-2"): 1}},  # settled at another entry
+        {**truth, "provisional": {("d", "pos-2", "p2@pos-2"): 2, ("d", "pos-1", "p1@pos-1"): 1}},  # was never one
     ]
     for hq in wrong:
         assert not check_hq(tally, observed, ["d"], hq)["ok"], hq

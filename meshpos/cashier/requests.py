@@ -200,6 +200,8 @@ class Requests:
             self.s.provisional.setdefault(drawer, {})[entry["op_id"]] = row
             self.s.stats["provisional"] += 1
             self.s.reconcile_now.set()
+            for listener in self.s.provisional_listeners:
+                listener(drawer, entry)
             result = self._result(drawer, self._provisional_view(row))
             result["message"] = (f"stored provisionally ({why}); it is committed, or sent to the review queue "
                                  "if it conflicts, once a majority is reachable")

@@ -28,6 +28,7 @@ drives a recovery.  Everything runs in the terminal's task group.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -87,6 +88,17 @@ class Cashier:
         self.reviews = self.review_queue.reviews
         self.review = self.review_queue.review
         self.resolve = self.review_queue.resolve
+
+    def provisional_pending(self) -> dict[str, list[dict[str, Any]]]:
+        """Per drawer, the provisional entries this terminal took that are not settled yet, in the
+        order taken (what it shows its HQ)."""
+        return {drawer: [r["entry"] for r in rows] for drawer in sorted(self.state.provisional)
+                if (rows := self.requests.pending(drawer))}
+
+    def on_provisional(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        """``listener(drawer, entry)`` each time this terminal stores an entry provisionally
+        (once it is on disk)."""
+        self.state.provisional_listeners.append(listener)
 
     def ledger_lengths(self) -> dict[str, int]:
         """How far each committed ledger this terminal holds goes (what an HQ has yet to land)."""

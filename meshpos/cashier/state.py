@@ -11,6 +11,7 @@ state has no behaviour of its own beyond the per-drawer lock: a rule about it li
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ class CashierState:
         self.reconcile_now = anyio.Event()  # wakes the reconciler (a link, a provisional entry)
         self.to_mark: set[tuple[str, str | None]] = set()  # (order id, user) to mark paid, retried
         self.stats = {"commits": 0, "acquisitions": 0, "provisional": 0, "reviews": 0}
+        #: Called with (drawer, entry) once a provisional entry is on disk (Cashier.on_provisional).
+        self.provisional_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._locks: dict[str, anyio.Lock] = {}
 
     def lock(self, drawer: str) -> anyio.Lock:

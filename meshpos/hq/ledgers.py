@@ -15,6 +15,7 @@ relays terminals send to every peer that does not vote.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from meshpos.cashier import ledger
@@ -58,6 +59,34 @@ def payment_status(d: ledger.Drawer, pos: int) -> tuple[str, int | None]:
     return d.status.get(pos, "committed"), None
 
 
+def _business_day(order_id: Any) -> str | None:
+    """The business day an order id names, if it names a real date (a peer's id is hostile)."""
+    day = ORDER_ID.fullmatch(order_id) if isinstance(order_id, str) else None
+    try:
+        return date(int(day[1]), int(day[2]), int(day[3])).isoformat() if day else None
+    except ValueError:
+        return None
+
+
+def _provisional_origin(entry: dict[str, Any]) -> tuple[str, str] | None:
+    """(terminal, op id it was taken under) of a ledger entry that reconciled a provisional one
+    (a review entry's op id carries ``~terminal``: meshpos.cashier.reconcile)."""
+    origin = entry.get("provisional")
+    if not isinstance(origin, dict) or not isinstance(origin.get("terminal_id"), str):
+        return None
+    terminal, op_id = origin["terminal_id"], entry["op_id"]
+    return terminal, op_id.removesuffix(f"~{terminal}")
+
+
+def land_provisional(conn: Any, store_id: str, drawer: str, terminal_id: str, entries: list[dict[str, Any]],
+                     process: str) -> int:
+    """A terminal's provisional entries (checked by :func:`meshpos.wan.provisional_from_wire`), each
+    once; how many were new."""
+    rows = [{**e, "business_day": _business_day(e.get("order_id"))} for e in entries]
+    with conn.transaction():
+        return hq_rows.insert_provisional(conn, store_id, drawer, terminal_id, rows, process)
+
+
 def _rows(m: DrawerMirror, positions: list[int]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     rows, payments = [], []
     for pos in positions:
@@ -66,9 +95,8 @@ def _rows(m: DrawerMirror, positions: list[int]) -> tuple[list[dict[str, Any]], 
         amount = adjusted if adjusted is not None else view.get("amount_cents", view.get("float_cents"))
         rows.append({**view, "status": status, "amount_cents": amount})
         if view["kind"] == "payment":
-            day = ORDER_ID.fullmatch(view["order_id"])
             payments.append({**view, "status": status, "amount_cents": amount,
-                             "business_day": f"{day[1]}-{day[2]}-{day[3]}" if day else None})
+                             "business_day": _business_day(view["order_id"])})
     return rows, payments
 
 
@@ -96,6 +124,8 @@ def land_entries(conn: Any, store_id: str, mirror: DrawerMirror, start: int, ent
         new = entries[max(0, have - start):]
         if new:
             hq_rows.append_entries(conn, store_id, mirror.name, have, new, received_from)
+            hq_rows.settle_provisional(conn, store_id, mirror.name, [
+                (*origin, have + k) for k, e in enumerate(new) if (origin := _provisional_origin(e)) is not None])
             mirror.extend(new)
             touched = set(range(have, have + len(new)))
             touched |= {e["of"] for e in new if e["kind"] == "review_resolution" and isinstance(e.get("of"), int)}

@@ -29,7 +29,7 @@ from meshpos.cashier.learner import GAP_ASK_SECONDS, Heads, heads_from_wire, hea
 from meshpos.cashier.messages import BadMessage
 from meshpos.hq import ledgers
 from meshpos.hq.replica import HqReplica
-from meshpos.wan import MAX_CATALOG_ITEMS
+from meshpos.wan import MAX_CATALOG_ITEMS, provisional_from_wire
 from peer.admission import Gate
 from peer.front import BehindFront, Front
 from peer.identity import IdentityError, TerminalIdentity, load_identity
@@ -160,6 +160,7 @@ class Hq:
                     peers=[], learn_only=True)
         side = StoreSide(identity, replica, mesh)
         mesh.handle_control("cashier", lambda sender, data: self._cashier(side, sender, data))
+        mesh.handle_control("hq", lambda sender, data: self._from_terminal(side, sender, data))
         mesh.on_link_up(lambda peer_id: tg.start_soon(self._linked, side, peer_id))
         replica.on_event = lambda kind, payload: self._link_event(side, kind, payload)
         replica.on_landed = lambda name, vector: self._tell_landed(
@@ -330,6 +331,23 @@ class Hq:
                 _gap_log.log(sender, logging.INFO, "store %s: %s's relay of %s starts at %d, landed up to %d: "
                              "asking for the rest", side.store_id, sender, relay.drawer, relay.start, landed.length)
                 side.mesh.send_control(sender, heads_to_wire(Heads({relay.drawer: landed.length}, False)))
+
+    async def _from_terminal(self, side: StoreSide, sender: str, data: dict[str, Any]) -> None:
+        """The ``hq`` message a terminal sends: its own ``provisional`` cashier entries (landed
+        each once; docs/hq.md).  Anything else, or a malformed one, is refused (the link closes)."""
+        if data.get("m") != "provisional":
+            raise MessageRefused(f"hq message {str(data.get('m'))[:20]!r} is not one an HQ takes")
+        try:
+            drawer, entries = provisional_from_wire(data, sender)
+        except ValueError as exc:
+            raise MessageRefused(str(exc)) from None
+        try:
+            await self.db.run(ledgers.land_provisional, side.store_id, drawer, sender, entries, self.process)
+        except StoreError as exc:
+            self._database_failed(side.store_id, str(exc))
+        except DataRefused as exc:
+            log.error("store %s: %s's provisional entries of %s were refused by PostgreSQL (%s)", side.store_id,
+                      sender, drawer, exc)
 
     # -- status ----------------------------------------------------------------------------------
 

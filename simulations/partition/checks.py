@@ -98,13 +98,17 @@ def hq_snapshot(dsn: str) -> dict[str, Any]:
             ledgers.setdefault(drawer, {})[int(position)] = entry.get("op_id", "")
         payments = {(d, int(p)): s for d, p, s in conn.execute("SELECT drawer, position, status FROM payments")}
         conflicts = conn.execute("SELECT count(*) FROM ledger_conflicts").fetchone()[0]
-    return {"orders": orders, "ledgers": ledgers, "payments": payments, "conflicts": int(conflicts)}
+        provisional = {(d, t, op): (None if p is None else int(p)) for d, t, op, p in conn.execute(
+            "SELECT drawer, terminal_id, op_id, position FROM provisional_entries WHERE kind = 'payment'")}
+    return {"orders": orders, "ledgers": ledgers, "payments": payments, "conflicts": int(conflicts),
+            "provisional": provisional}
 
 
 def check_hq(tally: Tally, observed: list[dict[str, Any]], drawers: list[str], hq: dict[str, Any]) -> dict[str, Any]:
     """After the WAN is back: the HQ holds every acknowledged order with every acknowledged stage,
-    every drawer's committed ledger exactly (each entry once, at its position), and each payment
-    with its status - in review, resolved - as the terminals show it."""
+    every drawer's committed ledger exactly (each entry once, at its position), each payment
+    with its status - in review, resolved - as the terminals show it, and every provisional
+    payment a terminal uploaded settled where the ledger holds it."""
     lost = [oid for oid, stages in tally.orders.items()
             if oid not in hq["orders"] or not stages <= set(hq["orders"][oid])]
     wrong_ledgers, wrong_status = [], []
@@ -123,8 +127,17 @@ def check_hq(tally: Tally, observed: list[dict[str, Any]], drawers: list[str], h
                 wrong_status.append(f"{drawer}.{e['position']}")
     paid = {op for ops in hq["ledgers"].values() for op in ops.values()}
     missing = [op for op in tally.payments if op not in paid and f"{op}~{op.split('@')[-1]}" not in paid]
-    return {"ok": not lost and not wrong_ledgers and not wrong_status and not missing and not hq["conflicts"],
+    # Provisional payments a terminal uploaded: each one the staff were told was provisional,
+    # and settled at the position where the ledger holds it (under its op id, or op~terminal).
+    unsettled = []
+    for (drawer, terminal, op), pos in hq.get("provisional", {}).items():
+        at = hq["ledgers"].get(drawer, {}).get(pos) if pos is not None else None
+        if tally.payments.get(op, ("", ""))[1] != "provisional" or at not in (op, f"{op}~{terminal}"):
+            unsettled.append(f"{drawer}.{op}")
+    return {"ok": not lost and not wrong_ledgers and not wrong_status and not missing and not hq["conflicts"]
+            and not unsettled,
             "orders_landed": len(hq["orders"]), "acknowledged_orders_missing": lost[:10],
             "ledgers_unlike_the_terminals": wrong_ledgers, "payment_status_wrong": wrong_status[:10],
             "acknowledged_payments_missing": missing[:10], "ledger_conflicts": hq["conflicts"],
-            "payments_in_review": sum(1 for s in hq["payments"].values() if s == "in_review")}
+            "payments_in_review": sum(1 for s in hq["payments"].values() if s == "in_review"),
+            "provisional_uploaded": len(hq.get("provisional", {})), "provisional_not_settled": unsettled[:10]}
