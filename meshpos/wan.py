@@ -20,6 +20,7 @@ import re
 from collections import deque
 from typing import Any
 
+from core.errors import ALREADY_CONNECTED
 from core.names import ID_PATTERN, is_doc_name
 from core.yupdate import decode_state_vector
 from meshpos.cashier import ledger
@@ -161,6 +162,11 @@ class WanView:
         self.last_sync_at = at
 
     def linked(self, hq_id: str, address: str, at: str) -> None:
+        """A link to ``hq_id`` opened; one still open to it was replaced (a reboot of either side
+        links again before the old link's end is noticed) and is closed in the log as such."""
+        old = self._open.pop(hq_id, None)
+        if old is not None:
+            old.update(closed_at=at, close={"code": ALREADY_CONNECTED, "reason": "replaced by a new link"})
         entry = {"hq": hq_id, "address": address, "opened_at": at, "closed_at": None, "duration_s": None,
                  "bytes_up": 0, "bytes_down": 0, "updates_up": 0, "close": None}
         self._open[hq_id] = entry

@@ -412,3 +412,21 @@ def test_the_schema_migrates_in_order_once_and_refuses_a_newer_one(postgres_dsn:
         conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (hq_schema.VERSION + 1,))
         with pytest.raises(hq_schema.SchemaTooNew):
             hq_schema.migrate(conn)
+
+
+async def test_a_replaced_link_is_closed_in_both_logs(tmp_path: Path, postgres_dsn: str) -> None:
+    """A new link that takes the place of one whose end was never seen (a reboot of either side
+    links again first) closes the old one in the HQ's link_log and in the terminal's sync log."""
+    _, enrollment = store(tmp_path, "porto", ["pos-1"])
+    async with hq_running(postgres_dsn, [enrollment]) as hq, terminals(tmp_path, "porto", ["pos-1"], hq) as (t,):
+        await wait_for(lambda: "hq-1" in t.mesh.links, within=20)
+        side = hq.stores[t.mesh.identity.store_id]
+        await wait_for(lambda: "pos-1" in side.link_ids)
+        first = side.link_ids["pos-1"]
+        await hq._linked(side, "pos-1")  # noqa: SLF001 - what the mesh calls for a replacing link
+        await wait_for(lambda: rows(postgres_dsn, "SELECT close_code FROM link_log WHERE id = %s", first) == [(4004,)])
+        assert rows(postgres_dsn, "SELECT count(*) FROM link_log WHERE closed_at IS NULL") == [(1,)]
+        t.wan.linked("hq-1", "127.0.0.1:1", "2026-12-06T12:00:00.000Z")  # the terminal's side of the same
+        newest, replaced = t.hq_log()[:2]
+        assert newest["closed_at"] is None and replaced["close"] == {"code": 4004, "reason": "replaced by a new link"}
+        assert replaced["closed_at"] == "2026-12-06T12:00:00.000Z"

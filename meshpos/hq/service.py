@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from core.clock import Clock, iso, random_id, system_clock
-from core.errors import STORAGE_UNAVAILABLE, ConfigError, MessageRefused, NotFound, StoreError
+from core.errors import ALREADY_CONNECTED, STORAGE_UNAVAILABLE, ConfigError, MessageRefused, NotFound, StoreError
 from core.names import HQ_TYPE
 from core.net import bind_socket
 from core.ratelog import RateLimitedLog
@@ -191,7 +191,10 @@ class Hq:
             log.exception("store %s: logging the link of %s failed", side.store_id, peer_id)
             side.mesh.disconnect(peer_id, 1011, "HQ internal error")
             return
+        replaced = side.link_ids.get(peer_id)
         side.link_ids[peer_id] = link_id
+        if replaced is not None:  # a new link took the place of one whose end was never seen
+            self._close_link_row(side, replaced, ALREADY_CONNECTED, "replaced by a new link")
         for drawer, length in lengths.items():
             mirror = side.drawers.get(drawer)
             if mirror is not None and len(mirror.entries) > length:
@@ -252,14 +255,18 @@ class Hq:
         if kind != "terminal:offline" or self._tg is None:
             return
         link_id = side.link_ids.pop(payload.get("terminal_id", ""), None)
-        if link_id is None:
+        if link_id is not None:
+            self._close_link_row(side, link_id, int(payload.get("code", 0)), str(payload.get("reason", "")))
+
+    def _close_link_row(self, side: StoreSide, link_id: int, code: int, reason: str) -> None:
+        if self._tg is None:
             return
         at = iso(self.clock())
 
         async def closed() -> None:
             try:
-                await self.db.run(hq_rows.link_closed, link_id, at, int(payload.get("code", 0)),
-                                  str(payload.get("reason", ""))[:200], side.replica.landed, side.entries_landed)
+                await self.db.run(hq_rows.link_closed, link_id, at, code, reason[:200], side.replica.landed,
+                                  side.entries_landed)
             except Exception:  # noqa: BLE001 - a log row is not worth the HQ
                 log.warning("store %s: could not log the end of link %d", side.store_id, link_id)
 
