@@ -102,6 +102,10 @@ class Replication(Generic[L]):
             self._waiting[link] = _Wait(later, pending)
         return Opening(ask, later, self.catch_up_wait)
 
+    def holders(self) -> dict[str, L]:
+        """Each document being caught up on, and the link whose answer the others wait for."""
+        return {name: c.holder for name, c in self._catching_up.items()}
+
     def caught_up(self, link: L, doc: str | None = None) -> list[L]:
         """``link``'s catch-up of ``doc`` (of every document: the link ended) is over; returns the
         links whose wait that ended (ask them :meth:`wait_over` now)."""

@@ -22,7 +22,7 @@ from core.yupdate import UpdateGap
 from peer.driver import INTERNAL_ERROR, Link
 from peer.link import Closed
 from peer.replica import Replica
-from peer.replication import AUTO_FETCH_DAYS, CATCH_UP_WAIT, Replication, by_doc
+from peer.replication import AUTO_FETCH_DAYS, CATCH_UP_WAIT, Opening, Replication, by_doc
 from peer.sync import AnswerStep1, Apply
 
 FETCH_TIMEOUT = 3.0
@@ -59,7 +59,12 @@ class Syncing:
     def start(self, link: Link) -> None:
         """Ask the new peer for what this terminal lacks, one catch-up per document at a time
         (:meth:`peer.replication.Replication.link_opened` says why and decides)."""
-        opening = self.core.link_opened(link, self.replica.names(), anyio.current_time())
+        if link.peer_type == HQ_TYPE:
+            # An HQ answers a step 1 with its own, never with data: it holds no catch-up another
+            # link would wait for (a LAN peer linking just after it would wait CATCH_UP_WAIT).
+            opening = Opening(list(self.replica.names()), [], 0.0)
+        else:
+            opening = self.core.link_opened(link, self.replica.names(), anyio.current_time())
         for name in opening.ask:
             link.session.queue_step1(name, self.replica.state_vector(name))
         assert link.tasks is not None  # opened from inside the link's task group

@@ -430,3 +430,17 @@ async def test_a_replaced_link_is_closed_in_both_logs(tmp_path: Path, postgres_d
         newest, replaced = t.hq_log()[:2]
         assert newest["closed_at"] is None and replaced["close"] == {"code": 4004, "reason": "replaced by a new link"}
         assert replaced["closed_at"] == "2026-12-06T12:00:00.000Z"
+
+
+async def test_a_link_to_the_hq_holds_no_catch_up_a_lan_peer_would_wait_for(tmp_path: Path, postgres_dsn: str) -> None:
+    """An HQ answers a step 1 with its own, never with data: a terminal that links to it first
+    must not make its LAN peers' catch-ups wait behind it."""
+    _, enrollment = store(tmp_path, "lago", ["pos-1", "pos-2"])
+    async with hq_running(postgres_dsn, [enrollment]) as hq, \
+            terminals(tmp_path, "lago", ["pos-1"], hq) as (a,):
+        await wait_for(lambda: "hq-1" in a.mesh.links, within=20)
+        assert not any(link.peer_type == "hq" for link in a.mesh.syncing.core.holders().values())
+        async with terminals(tmp_path, "lago", ["pos-2"], None) as (b,):
+            await b.put_product("burger", **PRODUCT)
+            connect_all([a, b])
+            await wait_for(lambda: "burger" in a.inventory.catalog, within=20)
