@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -444,3 +445,34 @@ async def test_a_link_to_the_hq_holds_no_catch_up_a_lan_peer_would_wait_for(tmp_
             await b.put_product("burger", **PRODUCT)
             connect_all([a, b])
             await wait_for(lambda: "burger" in a.inventory.catalog, within=20)
+
+
+async def test_an_idle_archived_day_is_let_go_of_and_loads_again_when_needed(tmp_path: Path, postgres_dsn: str) -> None:
+    """An HQ process holds its stores' live days; an archived day nobody touched for a while is
+    dropped from memory (the record has it), and the next change to it loads it again and lands."""
+    _, enrollment = store(tmp_path, "serra", ["pos-1"])
+    later = lambda: datetime.now(UTC) + timedelta(days=3)  # noqa: E731 - the HQ's today is 3 days on
+    async with hq_running(postgres_dsn, [enrollment], clock=later) as hq, \
+            terminals(tmp_path, "serra", ["pos-1"], hq) as (t,):
+        store_id = t.mesh.identity.store_id
+        side = hq.stores[store_id]
+        await t.put_product("burger", **PRODUCT)
+        order = await t.create_order(table=None, waiter=None, items=[ITEM])
+        doc = f"orders/{order['business_day']}"
+        status = "SELECT status FROM orders WHERE store_id = %s"
+        await wait_for(lambda: rows(postgres_dsn, status, store_id) == [("open",)], within=20)
+        assert hq.evict_idle(3600) == {}  # touched just now: kept
+        assert doc in side.replica.names()
+        gone: list[str] = []  # archived days to this HQ (the terminal holds yesterday too), once nothing lands
+
+        def evicted() -> bool:
+            gone.extend(hq.evict_idle(0).get(store_id, []))
+            return doc in gone
+
+        await wait_for(evicted, within=20)
+        assert all(n.startswith("orders/") for n in gone), gone
+        assert doc not in side.replica.names() and "tables" in side.replica.names()  # live ones stay
+        await t.set_order_status(order["id"], "sent")  # the next change loads it from the record
+        await wait_for(lambda: rows(postgres_dsn, status, store_id) == [("sent",)], within=20)
+        assert doc in side.replica.names()
+        await wait_for(lambda: t.hq_status()["pending_updates"] == 0, within=20)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 from functools import partial
 from typing import Any
 
@@ -24,7 +24,7 @@ import anyio
 
 from core.clock import Clock, iso, system_clock
 from core.errors import StoreError
-from core.names import is_doc_name
+from core.names import is_doc_name, orders_day
 from core.yupdate import UpdateGap, check_update, decode_state_vector, is_panic
 from meshpos.hq import landing
 from peer.replica import UpdateListener
@@ -69,6 +69,7 @@ class HqReplica:
         self._wake: dict[str, anyio.Event] = {}
         self._last: dict[str, Ticket] = {}
         self._landed_sv: dict[str, bytes] = {}
+        self._used: dict[str, float] = {}  # when the mesh last touched each open document
         self._open_lock = anyio.Lock()
         self._listeners: list[UpdateListener] = []
         #: Documents whose live copy may hold what the record lacks: reloaded before use.
@@ -94,9 +95,11 @@ class HqReplica:
         """What the record holds of ``name`` (as of the last landing this process committed or
         loaded): an HQ asks with it, and terminals count what lies beyond it as pending - so it
         is never the live copy's, which may hold what is queued and not landed yet."""
+        self._used[name] = anyio.current_time()
         return self._landed_sv[name]
 
     def diff(self, name: str, state_vector: bytes) -> bytes:
+        self._used[name] = anyio.current_time()
         return self._live[name].doc.get_update(state_vector)
 
     async def settled(self, name: str) -> None:
@@ -105,7 +108,9 @@ class HqReplica:
             await ticket.done.wait()
 
     async def open(self, name: str) -> None:
-        """Load ``name`` from the record (again, if a failed landing left it stale)."""
+        """Load ``name`` from the record (again, if a failed landing left it stale, or
+        :meth:`evict_idle` let it go)."""
+        self._used[name] = anyio.current_time()
         if name in self._live and name not in self.stale:
             return
         if not is_doc_name(name):
@@ -125,12 +130,33 @@ class HqReplica:
                           type(exc).__name__, str(exc)[:200])
                 raise StoreError(f"{name} does not load from the record ({type(exc).__name__})") from None
             self._live[name], self._mirrors[name] = live, mirror
+            self._used[name] = anyio.current_time()
             self._landed_sv[name] = mirror.doc.get_state()  # loaded: the worker thread is done with it
             self.stale.discard(name)
             if name not in self._wake:
                 self._wake[name] = anyio.Event()
                 self._queued[name] = _Queued()
                 self._tg.start_soon(self._lander, name)
+
+    def evict_idle(self, idle: float) -> list[str]:
+        """Let go of the archived days (an ``orders`` day before yesterday, by this process's
+        clock) nobody has touched for ``idle`` seconds and that have nothing waiting to land: the
+        record holds them, and the next step 1 or update for one loads it again.  What an HQ
+        process holds in memory is then bounded by the live days of its stores, not by their
+        history.  Returns the names let go."""
+        now, oldest_live = anyio.current_time(), self.today() - timedelta(days=1)
+        out = []
+        for name in list(self._live):
+            day = orders_day(name)
+            last = self._last.get(name)
+            if day is None or day >= oldest_live or name in self.stale or self._open_lock.locked() \
+                    or self._queued[name].updates or (last is not None and not last.done.is_set()) \
+                    or now - self._used.get(name, now) < idle:
+                continue
+            del self._live[name], self._mirrors[name], self._landed_sv[name]
+            self._used.pop(name, None)
+            out.append(name)
+        return out
 
     async def recover(self) -> None:
         for name in sorted(self.stale):
@@ -166,6 +192,7 @@ class HqReplica:
         if name in self.stale:
             raise StoreError(f"{name} is being reloaded after a failed landing")
         live = self._live[name]
+        self._used[name] = anyio.current_time()
         state: dict[int, int] | None = decode_state_vector(live.doc.get_state())
         gap: UpdateGap | None = None
         for n, update in enumerate(updates):

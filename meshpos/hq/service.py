@@ -45,6 +45,9 @@ FRONT_UNAUTHENTICATED = 1024
 FRONT_PER_HOST = 128
 #: How often a process looks for catalog changes another HQ process made.
 CATALOG_POLL_SECONDS = 2.0
+#: An archived day untouched this long is let go of (HqReplica.evict_idle); looked for this often.
+EVICT_IDLE_SECONDS = 600.0
+EVICT_EVERY_SECONDS = 60.0
 _gap_log = RateLimitedLog(log)
 
 
@@ -136,6 +139,7 @@ class Hq:
                                    refused=self._refused, gate=Gate(FRONT_UNAUTHENTICATED, FRONT_PER_HOST))
                 tg.start_soon(self.front.serve)
                 tg.start_soon(self._catalog_poll)
+                tg.start_soon(self._evict_loop)
                 log.info("HQ %s serving %d store(s) on %s:%s, PostgreSQL %s", self.process, len(self.stores),
                          transport.host, transport.port, self.db.shown)
                 try:
@@ -250,6 +254,23 @@ class Hq:
                 if items:
                     side.catalog_polled = max(i["version"] for i in items)
                     self._push_catalog(side, items)
+
+    async def _evict_loop(self) -> None:
+        """What an HQ process holds in memory stays bounded by its stores' live days."""
+        while True:
+            await anyio.sleep(EVICT_EVERY_SECONDS)
+            self.evict_idle(EVICT_IDLE_SECONDS)
+
+    def evict_idle(self, idle: float) -> dict[str, list[str]]:
+        """Each store's archived days untouched for ``idle`` seconds, let go of (they load again
+        from the record when next asked for)."""
+        out = {}
+        for store_id, side in self.stores.items():
+            gone = side.replica.evict_idle(idle)
+            if gone:
+                log.info("store %s: %d archived day(s) let go of (idle %.0f s)", store_id, len(gone), idle)
+                out[store_id] = gone
+        return out
 
     def _link_event(self, side: StoreSide, kind: str, payload: dict[str, Any]) -> None:
         if kind != "terminal:offline" or self._tg is None:
