@@ -33,14 +33,18 @@ from peer.wire import PROTOCOL_VERSION, value_of
 MAX_BOOT_ID = 64
 
 
-def hello_of(identity: TerminalIdentity, roster: Roster, boot_id: str) -> dict[str, Any]:
+def hello_of(identity: TerminalIdentity, roster: Roster, boot_id: str, *, relays: bool = False) -> dict[str, Any]:
     """The hello this terminal sends: who it is, in which incarnation, and the roster it holds
-    (so a peer that missed a newer roster gets it before anything else)."""
-    return {
+    (so a peer that missed a newer roster gets it before anything else); ``relays``: it passes
+    changes on and announces its links (a terminal does, an HQ does not - docs/protocol.md)."""
+    hello = {
         "type": "hello", "protocol": PROTOCOL_VERSION, "terminal_id": identity.terminal_id,
         "terminal_type": identity.type, "store_id": identity.store_id, "boot_id": boot_id,
         "roster": roster.signed.decode(),
     }
+    if relays:
+        hello["relays"] = True
+    return hello
 
 
 def revoked(roster: Roster, cert: x509.Certificate, cert_id: str | None) -> Refused | None:

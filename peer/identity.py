@@ -365,6 +365,11 @@ def load_identity(data_dir: Path) -> TerminalIdentity:
                             data_dir / TERMINAL_KEY, data_dir / TERMINAL_CERT, data_dir / STORE_CA_CERT)
 
 
+def private_key(identity: TerminalIdentity) -> ec.EllipticCurvePrivateKey:
+    """The terminal's own key (signing what it sends through another terminal, peer/envelope.py)."""
+    return _load_key(identity.key_path)
+
+
 def save_roster(data_dir: Path, roster: Roster) -> None:
     """Replace the stored roster atomically (a crash leaves the old or the new one, never half)."""
     tmp = data_dir / f"{ROSTER}.{os.getpid()}.tmp"  # two HQ processes may share an enrollment directory

@@ -38,6 +38,7 @@ from core.errors import (
 )
 from core.names import HQ_TYPE
 from peer import admission
+from peer.carrying import Carrying
 from peer.dialling import WRONG_TERMINAL, Dialler
 from peer.driver import GOING_AWAY, Link, LinkDriver, failure_of
 from peer.identity import IdentityError, TerminalIdentity, save_roster, subject_of, verify_roster
@@ -100,10 +101,13 @@ class Mesh:
         #: Callbacks for each link that opens.
         self._link_listeners: list[LinkListener] = []
         self._down_listeners: list[LinkDownListener] = []
-        self.syncing = Syncing(replica, self.links, self.rng, self._close, learn_only=learn_only)
+        self.syncing = Syncing(replica, self.links, self.rng, self._close, learn_only=learn_only, me=self.me)
         self.driver = LinkDriver(act=self._act, closing=self._closing, ended=self._ended, book=self.book)
         self.router = Router(syncing=self.syncing, driver=self.driver, book=self.book,
                              adopt_roster=self.adopt_roster, opened=self._opened)
+        self.carrying = Carrying(identity=identity, roster=lambda: self.roster, clock=clock, links=self.links,
+                                 core=self.syncing.core, handlers=self.router.handlers)
+        self.router.carried = self.carrying.received
 
     def handle_control(self, kind: str, handler: ControlHandler) -> None:
         """Hand every control message of type ``kind`` (one of :data:`peer.wire.CONTROL_TYPES`
@@ -220,7 +224,7 @@ class Mesh:
                 if answered != expect:
                     await anyio.aclose_forcefully(stream)
                     return Closed(WRONG_TERMINAL, f"{address} is now {answered}, not {expect}", by_peer=False), False
-        hello = admission.hello_of(self.identity, self.roster, self.boot_id)
+        hello = admission.hello_of(self.identity, self.roster, self.boot_id, relays=not self.learn_only)
         cert_id = None
         with contextlib.suppress(IdentityError):
             cert_id = subject_of(cert)[0]
@@ -333,7 +337,7 @@ class Mesh:
         if existing is None:
             self._event("hq:linked" if link.peer_type == HQ_TYPE else "terminal:online",
                         {"terminal_id": peer_id, "terminal_type": link.peer_type, "address": link.address})
-        self.syncing.start(link)
+        self.syncing.start(link, relays=hello.get("relays") is True)
         for listener in self._link_listeners:
             listener(peer_id)
 
@@ -346,13 +350,19 @@ class Mesh:
     # -- control messages and fetches -----------------------------------------------------------
 
     def send_control(self, peer_id: str, message: dict[str, Any]) -> bool:
-        """Queue a control message (the cashier's) to a linked peer; ``False`` if not linked now."""
+        """Queue a control message (the cashier's) to ``peer_id``: on its link, or, not linked,
+        signed and through a terminal that reaches it (:mod:`peer.carrying`); ``False`` if
+        neither is there now."""
         link = self.links.get(peer_id)
         if link is None or link.core.state != "open":
-            return False
+            return self.carrying.send(peer_id, message)
         link.session.queue_control(message)
         link.wake.set()
         return True
+
+    def reaches(self, peer_id: str) -> bool:
+        """Linked to ``peer_id``, or linked to a terminal that says it is."""
+        return peer_id in self.links or self.carrying.carrier(peer_id) is not None
 
     async def fetch(self, name: str) -> None:
         """Ask every linked peer for ``name`` (an archived day) and wait for their answers, briefly."""

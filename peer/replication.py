@@ -15,7 +15,7 @@ Links are opaque keys here (the shell's link objects): the core only compares an
 from __future__ import annotations
 
 import base64
-from collections.abc import Collection, Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Generic, TypeVar
@@ -66,8 +66,14 @@ class Opening:
 class Replication(Generic[L]):
     """Catch-ups and fetches of one terminal, over all its links."""
 
-    def __init__(self, *, catch_up_wait: float = CATCH_UP_WAIT) -> None:
+    def __init__(self, *, catch_up_wait: float = CATCH_UP_WAIT, me: str = "") -> None:
         self.catch_up_wait = catch_up_wait
+        #: This terminal's id (the tie-break of :meth:`forward_to`).
+        self.me = me
+        #: Peer id -> the terminals it announced links to (its last ``links`` message).
+        self._neighbours: dict[str, frozenset[str]] = {}
+        #: Linked peers that pass changes on and announce their links (hello ``relays``).
+        self._relaying: set[str] = set()
         #: Document -> the link whose step 1 for it is unanswered (and since when).
         self._catching_up: dict[str, _CatchUp] = {}
         #: Link -> the documents it asks for once the catch-ups it waits for are over.
@@ -155,7 +161,10 @@ class Replication(Generic[L]):
         return not pending
 
     def peer_gone(self, peer_id: str) -> list[str]:
-        """``peer_id``'s link is down: it answers no fetch; returns the fetches that ended."""
+        """``peer_id``'s link is down: it answers no fetch, and what it announced is forgotten;
+        returns the fetches that ended."""
+        self._neighbours.pop(peer_id, None)
+        self._relaying.discard(peer_id)
         done = []
         for doc, pending in self._fetches.items():
             pending.discard(peer_id)
@@ -165,23 +174,60 @@ class Replication(Generic[L]):
 
     # -- what is sent to whom ------------------------------------------------------------------
 
-    def forward_to(self, doc: str, origin: str, links: Iterable[L], uplinks: Collection[L] = ()) -> list[L]:
+    def peer_linked(self, peer_id: str, relays: bool) -> None:
+        """``peer_id`` linked; ``relays``: its hello says it passes changes on and announces its
+        links (a terminal does; a JavaScript client or an HQ does neither)."""
+        self._neighbours.pop(peer_id, None)
+        if relays:
+            self._relaying.add(peer_id)
+        else:
+            self._relaying.discard(peer_id)
+
+    def relays(self, peer_id: str) -> bool:
+        return peer_id in self._relaying
+
+    def neighbours(self, peer_id: str) -> frozenset[str]:
+        """The terminals ``peer_id`` last announced links to (none known: empty)."""
+        return self._neighbours.get(peer_id, frozenset())
+
+    def links_announced(self, peer_id: str, peers: Iterable[str]) -> None:
+        """``peer_id`` says which terminals it is linked to now (its ``links`` message)."""
+        self._neighbours[peer_id] = frozenset(peers)
+
+    def forward_to(self, doc: str, origin: str, peers: Mapping[str, L], uplinks: Collection[L] = ()) -> list[L]:
         """The links a change to ``doc`` applied here with ``origin`` is shipped to.
 
-        This terminal's own changes go to every linked peer.  Changes that came from a peer are
-        not forwarded to other terminals: in a full mesh the writer already sent them to
-        everyone, and forwarding would multiply each update by the number of peers.  A peer this
-        one can reach but the writer cannot (a half-broken mesh) gets them through the periodic
-        state-vector exchange (anti-entropy).  They do go up the ``uplinks`` (links to an HQ other
-        than the one they came from, the shell leaves that out): the writer may have no WAN, and any terminal
-        that has one uploads for all (docs/hq.md) - the HQ lands each change once however many
-        terminals bring it.  The one place that decides it, and an instance method so that what
-        a terminal learns per link (which peers each one reaches, their state vectors) can decide
-        it later without another call site changing.
+        ``peers`` are the linked terminals by id; ``uplinks`` the links to an HQ other than the
+        one the change came from - every change goes up them: the writer may have no WAN, and an
+        HQ lands each change once however many terminals bring it (docs/hq.md).
+
+        This terminal's own changes go to every peer.  A change that came from peer ``S`` is
+        passed on to a peer ``Q`` unless ``S`` announced a link to ``Q`` (``S`` sent it there
+        itself, or the terminal ``S`` got it from did), and, of the terminals that announced
+        links to both ``S`` and ``Q``, only the one with the smallest id passes it on (all of
+        them got it from ``S``: the handhelds behind several access points get one copy, not one
+        per box).  pycrdt reports only what was new here, so a terminal passes a change on once,
+        when it first gets it.  What is not known is taken as "no link": a sender that never
+        announced reaches nobody else, a peer that never announced is linked to nobody - more
+        copies, never fewer.  docs/protocol.md ("Forwarding") gives the argument that this
+        reaches every terminal of a connected graph when each hop takes about as long as any
+        other, the measured copies per change, and the rare miss (a change overtaking itself by
+        several hops, or a link that closed a moment ago) that the periodic state-vector
+        exchange (anti-entropy) takes up.
         """
-        if origin.startswith("peer:"):
-            return list(uplinks)
-        return list(links)
+        if not origin.startswith("peer:"):
+            return [*peers.values(), *uplinks]
+        sender = origin[len("peer:"):]
+        chosen: list[L] = list(uplinks)
+        reached = self.neighbours(sender)
+        for peer_id, link in peers.items():
+            if peer_id == sender or peer_id in reached:
+                continue
+            also = reached & self.neighbours(peer_id)
+            if also and min(also) < self.me:
+                continue  # a smaller terminal linked to both passes it on
+            chosen.append(link)
+        return chosen
 
     @staticmethod
     def resync_docs(names: list[Any], open_names: Collection[str]) -> list[str]:

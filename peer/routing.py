@@ -2,8 +2,8 @@
 
 The link core reports actions (a hello that opened, a binary frame, a control message, a
 heartbeat, a close); this routes each one.  Sync frames of one read that carry updates are
-collected and applied together (one transaction per document); ``roster``, ``resync`` and
-``docs`` are the mesh's own control messages, every other type goes to the handler registered
+collected and applied together (one transaction per document); ``roster``, ``resync``,
+``links``, ``via`` and ``docs`` are the mesh's own control messages, every other type goes to the handler registered
 for it (the cashier's), whose refusal closes the link 4006.
 """
 
@@ -22,7 +22,7 @@ from peer.replica import ControlHandler
 from peer.status import PeerBook
 from peer.sync import Apply
 from peer.syncing import Syncing
-from peer.wire import WireError, value_of
+from peer.wire import WireError, links_of, value_of
 
 log = logging.getLogger("peer.mesh")
 
@@ -38,6 +38,8 @@ class Router:
         self._opened = opened
         #: Control message type -> its handler (the cashier's).
         self.handlers: dict[str, ControlHandler] = {}
+        #: Takes in a ``via`` envelope (:meth:`peer.carrying.Carrying.received`).
+        self.carried: Callable[[Link, dict[str, Any]], Awaitable[None]] | None = None
 
     async def act(self, link: Link, actions: list[Any]) -> None:
         applies: list[Apply] = []
@@ -88,6 +90,11 @@ class Router:
                 self.driver.close(link, INVALID_MESSAGE, f"relayed roster: {exc}")
         elif kind == "resync":
             self.syncing.resync(link, value_of(message, "docs", list))
+        elif kind == "via":
+            if self.carried is not None:
+                await self.carried(link, message)
+        elif kind == "links":
+            self.syncing.links_announced(link, links_of(message))
         elif kind == "docs":
             await self.syncing.on_archived(link, value_of(message, "archived", dict))
         elif (handler := self.handlers.get(kind)) is not None:

@@ -57,6 +57,8 @@ class SyncSession:
         self.resync_needed = False
         #: Documents whose updates were dropped: the peer is asked for their state vectors.
         self.dropped: set[str] = set()
+        #: The ``links`` announcement waiting in the outbox, if any.
+        self._links: Outgoing | None = None
         self.updates_in = 0
         self.updates_out = 0
         self.resyncs = 0
@@ -83,6 +85,15 @@ class SyncSession:
 
     def queue_control(self, message: dict[str, Any]) -> None:
         self._queue(Outgoing(control=message))
+
+    def queue_links(self, peers: list[str]) -> None:
+        """Announce the terminals this one is linked to; one not sent yet is replaced, not
+        followed by another (a restart links to every peer within a second)."""
+        if self._links is not None and any(item is self._links for item in self.outbox):
+            self._links.control = {"type": "links", "peers": peers}
+            return
+        self._links = Outgoing(control={"type": "links", "peers": peers})
+        self._queue(self._links)
 
     def _queue(self, item: Outgoing) -> None:
         self.outbox.append(item)

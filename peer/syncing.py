@@ -28,6 +28,8 @@ from peer.sync import AnswerStep1, Apply
 FETCH_TIMEOUT = 3.0
 #: How often linked peers re-compare state vectors (covers peers that cannot reach each other).
 ANTI_ENTROPY_SECONDS = 10.0
+#: Least time between two anti-entropy rounds (one brought forward by a lost link).
+EARLY_ROUND_GAP = 1.0
 #: A learner (the HQ) asks for every archived day a terminal lists that it lacks, however old.
 LEARN_ALL_DAYS = 100_000
 
@@ -36,7 +38,7 @@ class Syncing:
     """Replication over ``links`` (peer id -> link, the mesh's registry)."""
 
     def __init__(self, replica: Replica, links: Mapping[str, Link], rng: random.Random,
-                 close: Callable[[Link, int, str], None], *, learn_only: bool = False) -> None:
+                 close: Callable[[Link, int, str], None], *, learn_only: bool = False, me: str = "") -> None:
         """``learn_only``: this side is an HQ - it takes what terminals hold and gives no
         document data back (a step 1 is answered with its own step 1, which the terminal answers
         with what the HQ lacks); see docs/hq.md."""
@@ -46,19 +48,25 @@ class Syncing:
         self.rng = rng
         self._close = close
         #: Catch-ups and fetches across the links (the decisions; this shell waits and sends).
-        self.core: Replication[Link] = Replication(catch_up_wait=CATCH_UP_WAIT)
+        self.core: Replication[Link] = Replication(catch_up_wait=CATCH_UP_WAIT, me=me)
         #: Archived day -> set when its fetch is over (every asked peer answered or is gone).
         self._fetched: dict[str, anyio.Event] = {}
         #: HQ peer id -> document -> the state vector it last asked with: what it has landed (an
         #: HQ asks only once its landings of the document committed).  The terminal's WAN status.
         self.uplink_vectors: dict[str, dict[str, bytes]] = {}
+        #: Set to bring the next anti-entropy round forward (made by the round's task).
+        self._round_now: anyio.Event | None = None
         replica.on_update(self._on_local_update)
 
     # -- a link's life -------------------------------------------------------------------------
 
-    def start(self, link: Link) -> None:
+    def start(self, link: Link, *, relays: bool = False) -> None:
         """Ask the new peer for what this terminal lacks, one catch-up per document at a time
-        (:meth:`peer.replication.Replication.link_opened` says why and decides)."""
+        (:meth:`peer.replication.Replication.link_opened` says why and decides); tell the
+        terminals linked here that this one is too.  ``relays``: the peer's hello says so."""
+        if link.peer_type != HQ_TYPE and not self.learn_only:
+            self.core.peer_linked(link.peer_id or "", relays)
+            self.announce_links()
         if link.peer_type == HQ_TYPE:
             # An HQ answers a step 1 with its own, never with data: it holds no catch-up another
             # link would wait for (a LAN peer linking just after it would wait CATCH_UP_WAIT).
@@ -90,9 +98,31 @@ class Syncing:
             waiter.catch_up_done.set()
 
     def peer_gone(self, peer_id: str) -> None:
-        """``peer_id``'s link is down: the fetches waiting only for it are over."""
+        """``peer_id``'s link is down: the fetches waiting only for it are over, and the
+        terminals still linked learn this one no longer reaches it."""
+        relayed = self.core.relays(peer_id)
         for doc in self.core.peer_gone(peer_id):
             self._fetch_over(doc)
+        if not self.learn_only:
+            self.announce_links()
+            if relayed and self._round_now is not None:
+                self._round_now.set()
+
+    def _terminals(self) -> dict[str, Link]:
+        return {peer_id: link for peer_id, link in self.links.items() if link.peer_type != HQ_TYPE}
+
+    def announce_links(self) -> None:
+        """Send every relaying peer the terminals this one is linked to (the ``links`` message:
+        what :meth:`Replication.forward_to` decides by on their side)."""
+        terminals = self._terminals()
+        peers = sorted(terminals)
+        for peer_id, link in terminals.items():
+            if self.core.relays(peer_id) and link.core.state == "open":
+                link.session.queue_links(peers)
+                link.wake.set()
+
+    def links_announced(self, link: Link, peers: list[str]) -> None:
+        self.core.links_announced(link.peer_id or "", peers)
 
     async def _send_archived(self, link: Link) -> None:
         try:
@@ -111,9 +141,9 @@ class Syncing:
         """Queue a change applied here for the links :meth:`Replication.forward_to` names."""
         if self.learn_only:
             return
-        links = self.links.values()
-        uplinks = [link for link in links if link.peer_type == HQ_TYPE and origin != f"peer:{link.peer_id}"]
-        for link in self.core.forward_to(name, origin, links, uplinks):
+        uplinks = [link for link in self.links.values()
+                   if link.peer_type == HQ_TYPE and origin != f"peer:{link.peer_id}"]
+        for link in self.core.forward_to(name, origin, self._terminals(), uplinks):
             link.session.queue_update(name, update, ticket)
             link.wake.set()
 
@@ -121,14 +151,21 @@ class Syncing:
         """Every :data:`ANTI_ENTROPY_SECONDS`, ask each peer for what this terminal lacks (step 1).
 
         An answer is an empty step 2 when nothing is missing; otherwise it carries exactly the
-        changes that reached this terminal's peers but not it (relayed, in effect, by state vector).
+        changes that reached this terminal's peers but not it (a frame lost, or not passed on
+        because a peer was taken to reach this terminal over a link that had died unnoticed).
+        A lost link brings the next round forward (:meth:`peer_gone`), at most one round per
+        :data:`EARLY_ROUND_GAP` seconds: what the lost peer would have passed on is asked of the
+        others at once, not up to 12 s later.
         """
         while True:
-            await anyio.sleep(ANTI_ENTROPY_SECONDS * self.rng.uniform(0.8, 1.2))
+            self._round_now = anyio.Event()
+            with anyio.move_on_after(ANTI_ENTROPY_SECONDS * self.rng.uniform(0.8, 1.2)):
+                await self._round_now.wait()
             for link in list(self.links.values()):
                 for name in self.replica.names():
                     link.session.queue_step1(name, self.replica.state_vector(name))
                 link.wake.set()
+            await anyio.sleep(EARLY_ROUND_GAP)
 
     async def answer_step1(self, link: Link, intent: AnswerStep1) -> None:
         await self.replica.open(intent.doc)

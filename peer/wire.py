@@ -6,7 +6,7 @@ A link carries two kinds of WebSocket message:
   y-protocols sync message (``0``, sync type 0|1|2, ``varUint8Array(payload)``), the framing
   y-websocket uses, prefixed by the document name so one link multiplexes every document.  A JS
   peer encodes it with lib0's ``encoding.writeVarString`` and y-protocols' ``syncProtocol``;
-* **text** - one JSON control object with a ``"type"`` (hello, docs, resync, roster, cashier).
+* **text** - one JSON control object with a ``"type"`` (hello, docs, resync, roster, links, via, cashier, hq).
 
 Anything else, or anything that does not parse exactly, is :class:`WireError` (close 4006).
 """
@@ -20,7 +20,7 @@ from pycrdt import Decoder, Encoder, YMessageType, YSyncMessageType
 
 from core.codec import decode_json, encode_json
 from core.errors import INVALID_MESSAGE
-from core.names import is_doc_name
+from core.names import ID_PATTERN, is_doc_name
 from core.yupdate import UpdateRefused, check_state_vector, decode_state_vector
 
 PROTOCOL_VERSION = 1
@@ -30,7 +30,9 @@ LINK_PATH = "/meshpos/v1/link"
 
 STEP1, STEP2, UPDATE = int(YSyncMessageType.SYNC_STEP1), int(YSyncMessageType.SYNC_STEP2), \
     int(YSyncMessageType.SYNC_UPDATE)
-CONTROL_TYPES = frozenset({"hello", "docs", "resync", "roster", "cashier", "hq"})
+CONTROL_TYPES = frozenset({"hello", "docs", "resync", "roster", "links", "via", "cashier", "hq"})
+#: Most terminals one ``links`` message may name.
+MAX_LINKS_PER_MESSAGE = 1000
 
 
 class WireError(Exception):
@@ -119,3 +121,14 @@ def value_of(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) 
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise WireError(f"{message.get('type')} message: {name!r} is missing or not {getattr(kind, '__name__', kind)}")
     return value
+
+
+def links_of(message: dict[str, Any]) -> list[str]:
+    """The terminal ids of a ``links`` message (raises :class:`WireError` if malformed)."""
+    peers = value_of(message, "peers", list)
+    if len(peers) > MAX_LINKS_PER_MESSAGE:
+        raise WireError(f"links message names more than {MAX_LINKS_PER_MESSAGE} terminals")
+    for peer in peers:
+        if not isinstance(peer, str) or ID_PATTERN.match(peer) is None:
+            raise WireError(f"links message: {str(peer)[:80]!r} is not a terminal id")
+    return peers

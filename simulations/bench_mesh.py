@@ -232,6 +232,7 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
                 updates, expect = arg
                 cpu, began = time.process_time(), time.perf_counter()
                 frames = sum(link.session.updates_in for link in t.mesh.links.values())
+                sent = sum(link.core.bytes_out for link in t.mesh.links.values())
 
                 async def writer(count: int) -> None:
                     for _ in range(count):
@@ -245,7 +246,8 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
                     await seen(expect)
                 done = time.perf_counter()
                 frames = sum(link.session.updates_in for link in t.mesh.links.values()) - frames
-                conn.send(("throughput", began, written, done, time.process_time() - cpu, frames))
+                sent = sum(link.core.bytes_out for link in t.mesh.links.values()) - sent
+                conn.send(("throughput", began, written, done, time.process_time() - cpu, frames, sent))
             elif command == "stop":
                 tg.cancel_scope.cancel()
                 return
@@ -300,7 +302,10 @@ def run_mesh_processes(n: int, *, latency_samples: int, interval: float, updates
                        "updates_per_s_per_terminal_on_one_core": round(1 / per_update),
                        # how many of a peer's updates one received mesh frame carried, on average
                        "updates_per_frame_received": None if relay_port is not None
-                       else round(written * (n - 1) * n / max(1, sum(d[4] for d in done)), 1)},
+                       else round(written * (n - 1) * n / max(1, sum(d[4] for d in done)), 1),
+                       # every mesh link's bytes out (TLS, heartbeats, step 1s included) per order written
+                       "bytes_sent_per_update_written": None if relay_port is not None
+                       else round(sum(d[5] for d in done) / (written * n))},
     }
 
 

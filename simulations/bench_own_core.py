@@ -57,6 +57,7 @@ import anyio
 import anyio.abc
 from anyio.streams.tls import TLSStream
 
+from core.names import HQ_TYPE
 from core.yupdate import merge_run
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
@@ -144,7 +145,7 @@ class ReplayPeer:
         raw = await anyio.connect_tcp(host, int(port))
         self.stream = await TLSStream.wrap(raw, server_side=False, ssl_context=client_context(self.identity),
                                            standard_compatible=False)
-        hello = hello_of(self.identity, self.identity.roster, uuid.uuid4().hex)
+        hello = hello_of(self.identity, self.identity.roster, uuid.uuid4().hex, relays=True)
         self.core = LinkCore(client=True, hello=hello, authorize=lambda _: None, now=anyio.current_time())
         await self._send(self.core.start())
         started = False
@@ -156,6 +157,12 @@ class ReplayPeer:
             for action in self.core.receive(data, anyio.current_time()):
                 if isinstance(action, Opened) and not started:
                     started = True
+                    # as a terminal of a full mesh: linked to every other terminal of the store
+                    # (the terminal passes on nothing a replay peer sends: its writer reached all)
+                    roster = self.identity.roster
+                    everyone = sorted(t for t, e in roster.terminals.items()
+                                      if e["type"] != HQ_TYPE and t != self.identity.terminal_id)
+                    await self._send(self.core.send_control({"type": "links", "peers": everyone}))
                     self.opened.set()
                     task_status.started()
                 elif isinstance(action, Binary):
@@ -224,7 +231,7 @@ def throughput(n: int, updates: int, frame_updates: int, backend: str, cores: tu
             term.recv(0, "ready")
             term.send(0, "throughput", updates, written * n)
             peers.send(0, "go")
-            began, wrote, done, cpu, frames_in = term.recv(0, "throughput", 700)
+            began, wrote, done, cpu, frames_in, bytes_out = term.recv(0, "throughput", 700)
             sent_began, sent_done = peers.recv(0, "sent", 700)
         finally:
             peers.close()
@@ -235,7 +242,9 @@ def throughput(n: int, updates: int, frame_updates: int, backend: str, cores: tu
             "frames_received": frames_in,  # the sent ones, and the step 2s answering its step 1s
             "seconds": round(seconds, 3), "own_writes_done_after_s": round(wrote - began, 3),
             "peers_done_sending_after_s": round(sent_done - min(began, sent_began), 3),
-            "cpu_s": round(cpu, 3), "cpu_ms_per_update_written": round(cpu / written * 1000, 3)}
+            "cpu_s": round(cpu, 3), "cpu_ms_per_update_written": round(cpu / written * 1000, 3),
+            # every link's bytes (TLS records, heartbeats, step 1s included) per order it wrote
+            "bytes_sent_per_update_written": round(bytes_out / written)}
 
 
 def latency(n: int, samples: int, interval: float, backend: str, cores: tuple[int, int]) -> dict[str, Any]:

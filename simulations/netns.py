@@ -145,8 +145,11 @@ class Restaurant:
     """
 
     def __init__(self, lan: Lan, root: Path, kinds: list[tuple[str, str]], log_level: str = "INFO",
-                 hq_dsn: str | None = None) -> None:
+                 hq_dsn: str | None = None, env: Callable[[Restaurant, str], dict[str, str]] | None = None) -> None:
+        """``env(restaurant, terminal id)``: ``MESHPOS_*`` settings of that terminal's own (static
+        peers by their hosts' addresses, say)."""
         self.lan, self.root, self.kinds, self.log_level = lan, root, kinds, log_level
+        self.env = env
         self.hosts = {tid: lan.add_host(tid) for tid, _ in kinds}
         self.hq_dsn = hq_dsn
         self.hq_host: Host | None = lan.add_wan("hq") if hq_dsn is not None else None
@@ -176,6 +179,8 @@ class Restaurant:
         # With an HQ: its WAN address, and mDNS kept to the LAN (eth1 is the uplink).
         env = {} if self.hq_host is None else {"MESHPOS_HQ": f"{self.hq_host.address}:{HQ_PORT}",
                                                "MESHPOS_MDNS_INTERFACES": "eth0"}
+        if self.env is not None:
+            env.update(self.env(self, tid))
         await self._spawn(tid, self.hosts[tid], [
             "run", "--data-dir", str(self.root / tid), "--api-port", str(API_PORT),
             "--peer-port", str(PEER_PORT)], "/api/v1/status", env)
@@ -246,7 +251,8 @@ class Restaurant:
 
 @contextlib.asynccontextmanager
 async def restaurant(kinds: list[tuple[str, str]], root: Path | None = None,
-                     log_level: str = "INFO", hq: bool = False) -> AsyncIterator[Restaurant]:
+                     log_level: str = "INFO", hq: bool = False,
+                     env: Callable[[Restaurant, str], dict[str, str]] | None = None) -> AsyncIterator[Restaurant]:
     """A running :class:`Restaurant` (with ``hq``: its HQ and a PostgreSQL server of its own,
     as :attr:`Restaurant.pg`); processes, agents, namespaces and the server are gone when it exits."""
     lan = Lan()
@@ -257,7 +263,7 @@ async def restaurant(kinds: list[tuple[str, str]], root: Path | None = None,
             pg = stack.enter_context(PostgresServer(prefix=pg_prefix())) if hq else None
             if pg is not None:
                 pg.create_database("hq")
-            r = Restaurant(lan, root, kinds, log_level, hq_dsn=None if pg is None else pg.socket_dsn("hq"))
+            r = Restaurant(lan, root, kinds, log_level, hq_dsn=None if pg is None else pg.socket_dsn("hq"), env=env)
             r.pg = pg
             try:
                 await r.open()

@@ -188,13 +188,16 @@ async def _send(stream: Any, actions: list[Any]) -> None:
 
 def handhelds_kept_up_through_the_wired_boxes(report: dict[str, Any]) -> None:
     """In a ``wifi-client-isolation`` report (python -m simulations.partition or simulations.netns): while
-    isolated, every handheld fell behind the others' writes and caught up on them more than once
-    - through the POS terminals' and the KDS's state-vector exchange, the only way the other
-    handhelds' writes could reach it - instead of only at the final heal."""
+    isolated, the handhelds stay in step with each other's writes - the wired boxes pass them on
+    (docs/protocol.md, "Forwarding").  The first seconds are left out: until a handheld's
+    heartbeat finds its link to the other dead, the boxes take that link to carry the writes."""
     at = {e["event"]: e["t"] for e in report["events"] if e["event"] in ("isolate", "heal")}
-    during = [m for t, m in report["timeline"]["divergence"] if at["isolate"] + 1 < t < at["heal"]]
+    during = [m for t, m in report["timeline"]["divergence"] if at["isolate"] + NOTICED_DEAD_S < t < at["heal"]]
+    assert len(during) >= 20, during
     for tid in (tid for tid, kind in report["terminals"].items() if kind == "waiter"):
         missing = [m[tid] for m in during if tid in m]
-        caught_up = sum(1 for before, now in zip(missing, missing[1:], strict=False)
-                        if before >= 5 and now <= before / 2)
-        assert caught_up >= 2, (tid, missing)
+        assert missing and max(missing) <= 3, (tid, missing)
+
+
+#: A dead link's heartbeat timeout (3.5 s), the anti-entropy round it brings forward, and margin.
+NOTICED_DEAD_S = 5.0

@@ -12,8 +12,8 @@ from simulations.benchutil import module_command
 
 pytestmark = pytest.mark.slow  # each test runs a benchmark script in its own processes
 
-SCRIPTS = ["partition", "netns", "bench_heal", "bench_partition", "bench_quick", "bench_mesh", "bench_own_core",
-           "bench_cashier", "bench_discovery", "bench_terminal", "fuzz", "star"]
+SCRIPTS = ["partition", "netns", "bench_heal", "bench_forwarding", "bench_partition", "bench_quick", "bench_mesh",
+           "bench_own_core", "bench_cashier", "bench_discovery", "bench_terminal", "fuzz", "star"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

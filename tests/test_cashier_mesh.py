@@ -31,7 +31,7 @@ from meshpos.cashier import quorum, service
 from meshpos.terminal import Terminal
 from peer.identity import Authority
 from tests.cashierutil import configs, events_of, ledger_of, same_ledger
-from tests.meshutil import ITEM, connect_all, running_mesh, wait_for, wait_linked
+from tests.meshutil import ITEM, address, connect_all, running_mesh, wait_for, wait_linked
 
 pytestmark = pytest.mark.anyio
 
@@ -92,6 +92,31 @@ async def test_drawer_day_on_three_voters_and_a_learner(authority: Authority, tm
 def _status(t: Terminal, order_id: str) -> str | None:
     model = t.host.get(f"orders/{order_id[0:4]}-{order_id[4:6]}-{order_id[6:8]}")
     return None if model is None or order_id not in model.ids() else model.view(order_id)["status"]
+
+
+async def test_voters_that_reach_each_other_only_through_a_third_terminal_still_commit(
+        authority: Authority, tmp_path: Path) -> None:
+    """Three POS tablets behind client isolation, each linked only to the wired KDS: their quorum
+    messages travel signed through it (peer/envelope.py), so a payment commits instead of going
+    provisional; the KDS carries them and votes in nothing."""
+    ids = ["pos-1", "pos-2", "pos-3", "kds-1"]
+    async with running_mesh(configs(authority, tmp_path, ids, ["pos", "pos", "pos", "kds"]), link=False) as ts:
+        pos1, pos2, pos3, kds = ts
+        for pos in (pos1, pos2, pos3):
+            pos.mesh.dial(address(kds))
+        await wait_for(lambda: set(kds.mesh.links) == {"pos-1", "pos-2", "pos-3"})
+        await wait_for(lambda: all(pos.cashier.links.quorum()["reachable"] == ["pos-1", "pos-2", "pos-3"]
+                                   for pos in (pos1, pos2, pos3)))
+        assert set(pos1.mesh.links) == {"kds-1"}
+        order = await pos2.create_order(table=None, waiter="ana", items=[ITEM])
+        await wait_for(lambda: all(t.host.get(f"orders/{t.today().isoformat()}") is not None for t in ts))
+        opened = await pos1.cashier.open_drawer("main", float_cents=10_000, operator="carla")
+        assert opened["entry"]["status"] == "committed"
+        paid = await pos3.cashier.pay("main", order_id=order["id"], amount_cents=1590, method="card", op_id="p-1")
+        assert paid["entry"]["status"] == "committed" and paid["entry"]["position"] == 1
+        await same_ledger(ts, "main", 2)
+        assert kds.mesh.carrying.counts["carried"] > 0 and pos1.mesh.carrying.counts["sent"] > 0
+        assert pos3.mesh.carrying.counts["received"] > 0
 
 
 async def test_bad_requests_record_nothing(authority: Authority, tmp_path: Path) -> None:

@@ -467,6 +467,26 @@ async def test_half_broken_mesh_still_converges_through_state_vectors(
         assert linked(a) == {"pos-2"} and linked(c) == {"pos-2"}
 
 
+async def test_a_line_of_terminals_passes_changes_on_as_they_happen(
+        authority: Authority, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """a - b - c - d, each reaching only its neighbours: a change crosses the line hop by hop
+    (no anti-entropy round runs in this test), and each terminal knows what its neighbours reach."""
+    monkeypatch.setattr(peer.syncing, "ANTI_ENTROPY_SECONDS", 3600.0)
+    async with running_mesh(configs(authority, tmp_path, ["pos-1", "pos-2", "pos-3", "pos-4"]),
+                            link=False) as (a, b, c, d):
+        a.mesh.dial(address(b))
+        b.mesh.dial(address(c))
+        c.mesh.dial(address(d))
+        await wait_for(lambda: linked(b) == {"pos-1", "pos-3"} and linked(c) == {"pos-2", "pos-4"})
+        await wait_for(lambda: b.mesh.syncing.core.neighbours("pos-3") == {"pos-2", "pos-4"})
+        await a.put_product("burger", **PRODUCT)
+        await d.put_table("t9", name="Table 9", seats=2, area=None)
+        with anyio.fail_after(5):
+            await wait_for(lambda: "burger" in d.inventory.catalog and a.tables.exists("t9"))
+        await converged([a, b, c, d])
+        assert linked(a) == {"pos-2"} and linked(d) == {"pos-3"}
+
+
 @pytest.mark.parametrize("days_ago", [3, 20])
 async def test_archived_days_recent_ones_synced_older_ones_on_request(authority: Authority, tmp_path: Path,
                                                                       days_ago: int,

@@ -176,3 +176,16 @@ def test_heal_benchmark_reports_convergence(tmp_path: Path) -> None:
     assert result["converged_after_heal_s"] > 0
     # each terminal's own record of its last peer update comes before the poll that found it converged
     assert all(0 < t <= result["seen_by_poll_s"] + 0.01 for t in result["converged_per_terminal_s"].values())
+
+
+def test_forwarding_benchmark_times_every_arrival_on_both_topologies() -> None:
+    """A small run of simulations/bench_forwarding.py (the real figures are in docs/performance.md)."""
+    done = subprocess.run(module_command("simulations.bench_forwarding", "--samples", "6"), capture_output=True,
+                          text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    isolation, line = json.loads(done.stdout)
+    assert (isolation["topology"], isolation["arrivals_timed"]) == ("isolation", 12)  # 2 other handhelds each
+    assert (line["topology"], line["arrivals_timed"]) == ("line", 6)
+    for result in (isolation, line):
+        assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+        assert result["frames_in_per_arrival"] >= 1 and result["bytes_in_per_arrival"] > 0

@@ -36,8 +36,9 @@ class Links:
         return [self.me] if self.t.config.type == "pos" else []
 
     def reachable(self, voters: list[str]) -> list[str]:
-        links = self.t.mesh.links if self.t.mesh is not None else {}
-        return [v for v in voters if v == self.me or v in links]
+        """This terminal, and the voters it is linked to or reaches through another terminal."""
+        mesh = self.t.mesh
+        return [v for v in voters if v == self.me or (mesh is not None and mesh.reaches(v))]
 
     def quorum(self) -> dict[str, Any]:
         voters = self.voters()

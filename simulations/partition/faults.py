@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,12 @@ class Fault:
     nth: int
     catches: tuple[str, ...]  # the checks that must fail, and only they (``hq``: the HQ lacks it too)
     only: str | None = None  # count only the calls with this argument
+    where: Callable[[tuple[Any, ...]], bool] | None = None  # count only the calls whose arguments pass
     on: str | None = None  # only on terminals of this type
     lasting: bool = False
     answer: Any = None  # what the call that was not done returns
+    scenario: str = "cashier-isolated"  # where tests/test_partition.py plants it, with that many terminals
+    terminals: int = 5
 
 
 _COMMITTED = {"entry": {"status": "committed"}}  # what a payment that was not recorded answers
@@ -37,4 +41,7 @@ FAULTS = {f.name: f for f in [
           ("cashier", "hq"), answer=_COMMITTED),
     Fault("deaf-kitchen", "from its 100th batch on, the KDS drops what its peers send it (a sync bug)",
           "host.apply_remote", 100, ("converged", "documents_identical"), on="kds", lasting=True),
+    Fault("lazy-relay", "the terminals stop passing on what their peers send them (no forwarding, only "
+          "the anti-entropy rounds)", "mesh.syncing.core.forward_to", 1, ("propagation",), lasting=True, answer=[],
+          where=lambda args: str(args[1]).startswith("peer:"), scenario="wifi-client-isolation", terminals=6),
 ]}

@@ -61,6 +61,8 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault |
         observed = [await TerminalBox(t).observe(sim.drawers) for t in sim.terminals.values()]
         checks = check(sim.work.tally, observed, sim.drawers, converged=converged_after is not None,
                        missing=sim.divergence())
+        checks["propagation"] = sim.propagation.check()
+        checks["ok"] = checks["ok"] and checks["propagation"]["ok"]
         if hq_dsn is not None:
             checks["hq"] = check_hq(sim.work.tally, observed, sim.drawers, hq_snapshot(hq_dsn))
             checks["ok"] = checks["ok"] and checks["hq"]["ok"]
@@ -75,7 +77,10 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault |
         "scenario": scenario.name, "about": scenario.about, "seed": seed, "terminals": dict(sim.kinds),
         **({"injected": fault.name} if fault else {}), **({"ops": max_actions} if max_actions is not None else {}),
         "timeline": {"writes": sim.work.writes, "divergence": [(e["t"], e["missing"]) for e in sim.timeline
-                                                               if e["event"] == "divergence"]},
+                                                               if e["event"] == "divergence"],
+                     "propagation": [(round(at, 3), round(delay * 1000, 1), steady)
+                                     for at, delay, steady in sim.propagation.delays]},
+        "propagation": sim.propagation.report(),
         "virtual_seconds": sim.now(), **sim.work.summary(),
         "peak_missing_updates": peak, "converged_after_heal_s": converged_after,
         "state_sha256": hashlib.sha256(state.encode()).hexdigest(), "checks": checks, "events": marks,

@@ -22,6 +22,7 @@ from meshpos.terminal import Terminal
 from peer.transport import MemoryNetwork, Radio
 from simulations.partition.checks import missing_updates
 from simulations.partition.faults import Fault
+from simulations.partition.propagation import Propagation
 from simulations.partition.restaurant import EPOCH, HQ_ID, drawer_of, enroll, kinds_for
 from simulations.partition.workload import Box, TerminalBox, Workload
 
@@ -55,6 +56,12 @@ class Simulation:
         self._t0 = 0.0
         self._lan_groups: list[list[str]] = [[tid for tid, _ in self.kinds]]
         self.drawers = [drawer_of(tid) for tid, kind in self.kinds if kind == "pos"]
+        self.propagation = Propagation(self.now)
+
+    def _topology_changed(self) -> None:
+        clean = not any(r.jitter or r.loss for r in self.net.radios.values())
+        self.propagation.topology(connected=len(self._lan_groups) == 1 and clean, up=set(self.terminals),
+                                  every={tid for tid, _ in self.kinds})
 
     # -- the world -------------------------------------------------------------------------------
 
@@ -101,10 +108,13 @@ class Simulation:
                 async with terminal.running() as t:
                     self.terminals[tid] = t
                     self._plant(t)
+                    self.propagation.watch(tid, t)
+                    self._topology_changed()
                     started.set()
                     await self._stops[tid].wait()
             finally:
                 self.terminals.pop(tid, None)
+                self._topology_changed()
                 self._stopped[tid].set()
 
         self._tg.start_soon(life)
@@ -143,6 +153,8 @@ class Simulation:
         def hit(args: tuple[Any, ...]) -> bool:
             if fault.only is not None and fault.only not in args:
                 return False
+            if fault.where is not None and not fault.where(args):
+                return False
             self._fault_calls += 1
             if self._fault_calls == fault.nth:
                 self.mark("fault", fault=fault.name, terminal=t.config.terminal_id)
@@ -178,6 +190,7 @@ class Simulation:
         parts = [list(g) for g in groups] + ([rest] if rest else [])
         self._lan_groups = parts
         self._apply_groups()
+        self._topology_changed()
         self.mark("split", groups=[sorted(g) for g in parts])
 
     def _apply_groups(self) -> None:
@@ -198,6 +211,7 @@ class Simulation:
     def isolate(self, tids: list[str]) -> None:
         """Client isolation on the access point: ``tids`` reach the others but not each other."""
         self.net.isolate({self.host(t) for t in tids})
+        self._topology_changed()
         self.mark("isolate", terminals=sorted(tids))
 
     def radio(self, tids: list[str], *, jitter: float, loss: float) -> None:
@@ -205,6 +219,7 @@ class Simulation:
         segments lost (and sent again by TCP after its retransmission timeout)."""
         for t in tids:
             self.net.radios[self.host(t)] = Radio(jitter=jitter, loss=loss)
+        self._topology_changed()
         self.mark("radio", terminals=sorted(tids), jitter=jitter, loss=loss)
 
     def heal(self) -> None:
@@ -212,6 +227,7 @@ class Simulation:
         self.net.heal()  # client isolation ends too
         self._lan_groups = [[tid for tid, _ in self.kinds]]
         self._apply_groups()
+        self._topology_changed()
         self.mark("heal")
 
     async def sleep(self, seconds: float) -> None:
