@@ -135,7 +135,8 @@ def peers_report(status: dict) -> str:
             why, where = f"{p['last_error']['code']} {p['last_error']['reason']}", p["address"] or "-"
         else:
             why, where = "not seen by discovery and not a static peer", "-"
-        lines.append(f"  {p['terminal_id'] or '?':<14} {p['type'] or '?':<8} {where:<22} {why}")
+        through = f" (its changes and votes come through {p['through']})" if p.get("through") else ""
+        lines.append(f"  {p['terminal_id'] or '?':<14} {p['type'] or '?':<8} {where:<22} {why}{through}")
     for (store, tid), sighting in sorted(seen.items()):
         if store == status["store_id"] and sighting["linked"]:
             continue

@@ -378,8 +378,14 @@ class Mesh:
 
     def status(self) -> dict[str, Any]:
         traffic = {peer_id: link.traffic for peer_id, link in self.links.items()}
+        peers = self.book.peer_list(self.me, self.roster, traffic)
+        for peer in peers:  # what each linked terminal says it is linked to (forwarding decides by it)
+            tid = peer["terminal_id"]
+            peer["reaches"] = sorted(self.syncing.core.neighbours(tid)) if tid in self.links else None
+            peer["through"] = None if tid is None or tid in self.links else getattr(
+                self.carrying.carrier(tid), "peer_id", None)
         return {
             "terminal_id": self.me, "store_id": self.identity.store_id, "roster_version": self.roster.version,
             "listen": f"{self.host}:{self.port}", "static_peers": self.static_peers,
-            "peers": self.book.peer_list(self.me, self.roster, traffic), "refusals": list(self.refusals),
+            "peers": peers, "refusals": list(self.refusals), "carried": dict(self.carrying.counts),
         }

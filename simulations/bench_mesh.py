@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import resource
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -41,6 +42,7 @@ from typing import Any
 
 import anyio
 
+import meshpos.events
 from meshpos.config import TerminalConfig
 from meshpos.terminal import Terminal
 from simulations.benchutil import Children, enrolled_store, link_up, run_child, summary
@@ -179,6 +181,9 @@ def _terminal_process(conn: Connection, data_dir: str, tid: str, backend: str) -
 
 
 async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
+    # The benchmark's own watcher counts every order of the run: 30 terminals x 992 is more than
+    # a UI subscriber's buffer, and a watcher starved by the busy terminal must not be cut off.
+    meshpos.events.SUBSCRIBER_BUFFER = max(meshpos.events.SUBSCRIBER_BUFFER, 1_000_000)
     config = TerminalConfig(data_dir=data_dir, terminal_id=tid, api_port=0, peer_host="127.0.0.1", peer_port=0,
                             mdns=False)
     arrivals: dict[str, float] = {}
@@ -247,7 +252,8 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
                 done = time.perf_counter()
                 frames = sum(link.session.updates_in for link in t.mesh.links.values()) - frames
                 sent = sum(link.core.bytes_out for link in t.mesh.links.values()) - sent
-                conn.send(("throughput", began, written, done, time.process_time() - cpu, frames, sent))
+                conn.send(("throughput", began, written, done, time.process_time() - cpu, frames, sent,
+                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
             elif command == "stop":
                 tg.cancel_scope.cancel()
                 return

@@ -168,7 +168,10 @@ class ReplayPeer:
                 elif isinstance(action, Binary):
                     frame = decode_sync(action.data)
                     if frame.kind == STEP1:  # the terminal asks what it lacks: nothing yet
-                        await self._send(self.core.send_binary(encode_sync(frame.doc, STEP2, EMPTY_UPDATE)))
+                        try:
+                            await self._send(self.core.send_binary(encode_sync(frame.doc, STEP2, EMPTY_UPDATE)))
+                        except (anyio.BrokenResourceError, OSError):
+                            return  # the terminal is gone (the end of a measurement)
                 elif isinstance(action, Send):
                     await self._send([action])
                 elif isinstance(action, Closed):
@@ -231,7 +234,7 @@ def throughput(n: int, updates: int, frame_updates: int, backend: str, cores: tu
             term.recv(0, "ready")
             term.send(0, "throughput", updates, written * n)
             peers.send(0, "go")
-            began, wrote, done, cpu, frames_in, bytes_out = term.recv(0, "throughput", 700)
+            began, wrote, done, cpu, frames_in, bytes_out, peak_kb = term.recv(0, "throughput", 700)
             sent_began, sent_done = peers.recv(0, "sent", 700)
         finally:
             peers.close()
@@ -244,7 +247,8 @@ def throughput(n: int, updates: int, frame_updates: int, backend: str, cores: tu
             "peers_done_sending_after_s": round(sent_done - min(began, sent_began), 3),
             "cpu_s": round(cpu, 3), "cpu_ms_per_update_written": round(cpu / written * 1000, 3),
             # every link's bytes (TLS records, heartbeats, step 1s included) per order it wrote
-            "bytes_sent_per_update_written": round(bytes_out / written)}
+            "bytes_sent_per_update_written": round(bytes_out / written),
+            "terminal_peak_rss_mb": round(peak_kb / 1024, 1)}  # with its N - 1 links
 
 
 def latency(n: int, samples: int, interval: float, backend: str, cores: tuple[int, int]) -> dict[str, Any]:

@@ -485,6 +485,10 @@ async def test_a_line_of_terminals_passes_changes_on_as_they_happen(
             await wait_for(lambda: "burger" in d.inventory.catalog and a.tables.exists("t9"))
         await converged([a, b, c, d])
         assert linked(a) == {"pos-2"} and linked(d) == {"pos-3"}
+        peers = {p["terminal_id"]: p for p in a.mesh.status()["peers"]}
+        assert peers["pos-2"]["reaches"] == ["pos-1", "pos-3"] and peers["pos-2"]["through"] is None
+        assert peers["pos-3"]["reaches"] is None and peers["pos-3"]["through"] == "pos-2"
+        assert peers["pos-4"]["through"] is None  # two hops away: nobody a links to reaches it
 
 
 @pytest.mark.parametrize("days_ago", [3, 20])
