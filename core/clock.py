@@ -26,13 +26,6 @@ def iso(dt: datetime) -> str:
             f"{d.microsecond // 1000:03d}Z")
 
 
-def parse_iso(text: str) -> datetime:
-    """What :func:`iso` writes, back (any UTC ISO-8601 with a ``Z``); ``ValueError`` otherwise."""
-    if len(text) > 40 or not text.endswith("Z"):
-        raise ValueError(f"not a UTC ISO-8601 time: {text[:40]!r}")
-    return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
-
-
 #: Ids need uniqueness, not secrecy: a generator seeded from the OS (and reseeded in a forked
 #: child, which would otherwise repeat its parent's ids) costs no system call per id.
 _ids = random.Random(os.urandom(32))

@@ -62,7 +62,7 @@ class Carrying:
 
     async def received(self, link: Link, envelope: dict[str, Any]) -> None:
         """A ``via`` envelope from ``link``; raises :class:`peer.wire.WireError` if it is bad."""
-        opened = open_envelope(envelope, ca_cert=self.identity.ca_cert, roster=self._roster(), now=self.clock())
+        opened = open_envelope(envelope, ca_cert=self.identity.ca_cert, roster=self._roster())
         if opened.to != self.me:
             onward = self.links.get(opened.to)
             if opened.origin != link.peer_id or onward is None or onward.core.state != "open":

@@ -127,6 +127,28 @@ def sign_roster(ca_key: ec.EllipticCurvePrivateKey, body: dict[str, Any]) -> byt
 MAX_ROSTER_BYTES = 512 * 1024
 
 
+def signed_object(cert: x509.Certificate, signature: bytes, text: str, what: str, signer: str) -> dict[str, Any]:
+    """``text`` as a JSON object, once ``signature`` verifies over its exact bytes with
+    ``cert``'s key - nothing unsigned is parsed, and what is parsed is depth-bounded first.
+    Raises :class:`IdentityError` naming ``what`` (and ``signer``, whose signature it is not)."""
+    public_key = cert.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise IdentityError(f"{signer}'s certificate holds no ECDSA key")
+    try:
+        public_key.verify(signature, text.encode(), ec.ECDSA(hashes.SHA256()))
+    except UnicodeEncodeError:
+        raise IdentityError(f"{what} body is not UTF-8 text") from None
+    except InvalidSignature:
+        raise IdentityError(f"{what} signature does not verify against {signer}") from None
+    try:
+        body = decode_json(text)
+    except ValueError as exc:
+        raise IdentityError(f"{what} body is malformed: {exc}") from None
+    if not isinstance(body, dict):
+        raise IdentityError(f"{what} body is not an object")
+    return body
+
+
 def verify_roster(signed: bytes | str, ca_cert: x509.Certificate) -> Roster:
     """Parse and check a roster file (or its text, as a hello carries it) against the store
     authority; raises :class:`IdentityError`.
@@ -149,20 +171,7 @@ def verify_roster(signed: bytes | str, ca_cert: x509.Certificate) -> Roster:
         text, signature = outer["body"], base64.b64decode(outer["signature"], validate=True)
     except ValueError as exc:  # binascii.Error is one too
         raise IdentityError(f"roster is malformed: {exc}") from None
-    public_key = ca_cert.public_key()
-    assert isinstance(public_key, ec.EllipticCurvePublicKey)
-    try:
-        public_key.verify(signature, text.encode(), ec.ECDSA(hashes.SHA256()))
-    except UnicodeEncodeError:
-        raise IdentityError("roster body is not UTF-8 text") from None
-    except InvalidSignature:
-        raise IdentityError("roster signature does not verify against the store authority") from None
-    try:
-        body = decode_json(text)
-    except ValueError as exc:
-        raise IdentityError(f"roster body is malformed: {exc}") from None
-    if not isinstance(body, dict):
-        raise IdentityError("roster body is not an object")
+    body = signed_object(ca_cert, signature, text, "roster", "the store authority")
     if body.get("store_id") != store_id_of(ca_cert):
         raise IdentityError(f"roster is for store {body.get('store_id')!r}, not {store_id_of(ca_cert)!r}")
     version = body.get("version")

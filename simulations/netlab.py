@@ -251,16 +251,59 @@ class Agent:
         await self.proc.aclose()
 
 
+def _read_events(port: int, until: int) -> list[Any]:
+    """The events WebSocket from cursor 0 until cursor ``until``: ``[cursor, type, at, order_id]``
+    of each (``order_id`` ``None`` for events of other entities)."""
+    import socket  # noqa: PLC0415 - only the agent process needs these
+
+    from wsproto import ConnectionType, WSConnection  # noqa: PLC0415
+    from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage  # noqa: PLC0415
+
+    out: list[Any] = []
+    if until <= 0:
+        return out
+    ws = WSConnection(ConnectionType.CLIENT)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(ws.send(Request(host=f"127.0.0.1:{port}", target="/api/v1/events?cursor=0")))
+        text = ""
+        while True:
+            data = sock.recv(1 << 16)
+            if not data:
+                raise ConnectionError("the events WebSocket closed before the last event")
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, CloseConnection):
+                    raise ConnectionError(f"events WebSocket closed: {event.code} {event.reason}")
+                if isinstance(event, TextMessage | Message) and not isinstance(event, AcceptConnection):
+                    text += event.data if isinstance(event.data, str) else event.data.decode()
+                    if not event.message_finished:
+                        continue
+                    e, text = json.loads(text), ""
+                    out.append([e.get("cursor"), e.get("type"), e.get("at"), e.get("order_id")])
+                    if isinstance(e.get("cursor"), int) and e["cursor"] >= until:
+                        return out
+
+
 def _serve_agent(port: int) -> None:
-    """The agent's side: JSON lines ``[method, path, body]`` in, ``[status, body]`` out."""
+    """The agent's side: JSON lines ``[method, path, body]`` in, ``[status, body]`` out.  The
+    method ``EVENTS`` (``body``: the last cursor wanted) reads the events WebSocket instead
+    (:func:`_read_events`)."""
     import http.client  # noqa: PLC0415 - only the agent process needs it
 
     conn: http.client.HTTPConnection | None = None
     for line in sys.stdin:
         method, path, body = json.loads(line)
+        if method == "EVENTS":
+            try:
+                answer: list[Any] = [200, _read_events(port, int(body))]
+            except (OSError, ValueError) as exc:
+                answer = [0, {"code": 0, "message": f"{type(exc).__name__}: {exc}"}]
+            sys.stdout.write(json.dumps(answer) + "\n")
+            sys.stdout.flush()
+            continue
         data = None if body is None else json.dumps(body).encode()
         headers = {"content-type": "application/json"} if data is not None else {}
-        answer: list[Any] = [0, {"code": 0, "message": "no answer"}]
+        answer = [0, {"code": 0, "message": "no answer"}]
         for reused in (True, False):
             fresh = conn is None
             try:

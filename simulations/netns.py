@@ -43,6 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,9 @@ from simulations import partition
 from simulations.netlab import Agent, Host, LabUnavailable, Lan, pg_prefix, sweep_leftovers
 from simulations.partition import MENU, STOCK, Scenario, Workload, check, drawer_of, kinds_for, missing_updates
 from simulations.partition.checks import check_hq, hq_snapshot
+from simulations.partition.propagation import BOUND_S, REAL_BOUND_S, from_arrivals, links_connected
+from simulations.partition.propagation import check as propagation_check
+from simulations.partition.propagation import report as propagation_report
 from simulations.partition.restaurant import HQ_ID
 from simulations.postgres import PostgresServer
 
@@ -295,6 +299,7 @@ class NetnsRun:
         self.skew: dict[str, float] = {}
         self.radios: dict[str, dict[str, float]] = {}
         self._t0 = time.monotonic()
+        self._wall0 = time.time()  # the terminals' event times are wall-clock: the same machine's
         self.timeline: list[dict[str, Any]] = []
         self.work = Workload(random.Random(seed), self.now)
         self.drawers = [drawer_of(tid) for tid, kind in self.kinds if kind == "pos"]
@@ -346,12 +351,35 @@ class NetnsRun:
         self.mark("restart", terminal=tid)
 
     async def sample(self) -> None:
-        """Every second: the CRDT updates each running terminal lacks (the plot's divergence)."""
+        """Every second: the CRDT updates each running terminal lacks (the plot's divergence),
+        and whether the terminals' links form one connected graph (propagation's steady state)."""
         while True:
             with contextlib.suppress(MeshposError):
                 vectors = await self.r.each(lambda b: b.state_vectors())
                 self.timeline.append({"t": self.now(), "event": "divergence", "missing": missing_updates(vectors)})
+                online = await self.r.each(lambda b: b.online())
+                self.timeline.append({"t": self.now(), "event": "links", "connected": len(online) == len(self.kinds)
+                                      and links_connected(online)})
             await anyio.sleep(1.0)
+
+    async def propagation(self) -> list[tuple[float, float, bool]]:
+        """Every order's creation timed to each terminal: its ``order:created`` event's time
+        there (stored with the change, ms), read back over each terminal's events WebSocket."""
+        statuses = await self.r.each(lambda b: b.call("GET", "/api/v1/status"))
+        seen: dict[str, dict[str, float]] = {}
+        for tid in sorted(self.r.up):
+            status, events = await self.r.agents[tid].request("EVENTS", "", statuses[tid]["last_event_cursor"])
+            if status != 200:
+                raise MeshposError(f"{tid}: events could not be read: {events}")
+            for _, kind, at, order_id in events:
+                if kind == "order:created" and order_id is not None:
+                    moment = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() - self._wall0
+                    seen.setdefault(order_id, {})[tid] = round(moment, 3)
+        changes = []
+        for arrived in seen.values():
+            writer = min(arrived, key=arrived.__getitem__)  # the writer's event comes first
+            changes.append((writer, arrived[writer], arrived))
+        return from_arrivals(changes, self.timeline, {tid for tid, _ in self.kinds})
 
     async def settled(self) -> bool:
         """Every box up and linked to every other, one state, one ledger per drawer, nothing pending."""
@@ -416,6 +444,9 @@ async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: P
         missing = missing_updates(await r.each(lambda b: b.state_vectors()))
         checks = check(world.work.tally, observed, world.drawers, converged=converged_after is not None,
                        missing=missing)
+        delays = await world.propagation()
+        checks["propagation"] = propagation_check(delays, 0, bound=REAL_BOUND_S, p99_bound=BOUND_S)
+        checks["ok"] = checks["ok"] and checks["propagation"]["ok"]
         uplinks = None
         if r.pg is not None:
             landed = await anyio.to_thread.run_sync(hq_snapshot, r.pg.dsn("hq"))
@@ -423,11 +454,14 @@ async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: P
             checks["ok"] = checks["ok"] and checks["hq"]["ok"]
             uplinks = {tid: log["links"] for tid, log in
                        (await r.each(lambda b: b.call("GET", "/api/v1/hq/log"))).items()}
-    marks = [e for e in world.timeline if e["event"] != "divergence"]
+    marks = [e for e in world.timeline if e["event"] not in ("divergence", "links")]
     samples = [(e["t"], e["missing"]) for e in world.timeline if e["event"] == "divergence"]
     return {
         "scenario": scenario.name, "about": scenario.about, "runner": "netns", "seed": seed, "speed": speed,
-        "terminals": dict(kinds), "timeline": {"writes": world.work.writes, "divergence": samples},
+        "terminals": dict(kinds), "timeline": {"writes": world.work.writes, "divergence": samples,
+                                               "propagation": [(round(at, 3), round(d * 1000, 1), steady)
+                                                               for at, d, steady in delays]},
+        "propagation": propagation_report(delays, 0),
         "seconds": world.now(), **world.work.summary(),
         "peak_missing_updates": max((max(m.values(), default=0) for _, m in samples), default=0),
         "converged_after_heal_s": converged_after,

@@ -195,8 +195,11 @@ def handhelds_kept_up_through_the_wired_boxes(report: dict[str, Any]) -> None:
     during = [m for t, m in report["timeline"]["divergence"] if at["isolate"] + NOTICED_DEAD_S < t < at["heal"]]
     assert len(during) >= 20, during
     for tid in (tid for tid, kind in report["terminals"].items() if kind == "waiter"):
-        missing = [m[tid] for m in during if tid in m]
-        assert missing and max(missing) <= 3, (tid, missing)
+        missing = sorted(m[tid] for m in during if tid in m)
+        # in step at a typical sample; a burst in flight while a sample is read (real processes
+        # are polled one after the other) may show a few - never the anti-entropy saw-tooth,
+        # which climbs for up to 12 s between rounds
+        assert missing and missing[len(missing) // 2] <= 1 and missing[-1] <= 10, (tid, missing)
 
 
 #: A dead link's heartbeat timeout (3.5 s), the anti-entropy round it brings forward, and margin.

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.codec import encode_json
-from peer.envelope import MAX_AGE_SECONDS, open_envelope, seal
+from peer.envelope import open_envelope, seal
 from peer.identity import Authority, TerminalIdentity, load_identity, private_key
 from peer.wire import WireError
 
-NOW = datetime.now(UTC) + timedelta(hours=1)  # within the certificates' validity, enrolled below
+NOW = datetime(2020, 1, 1, tzinfo=UTC)  # the writer's clock: for the logs only, whatever it says
 VOTE = {"type": "cashier", "m": "promise", "drawer": "main", "ballot": [3, "pos-1"]}
 
 
@@ -40,8 +40,8 @@ def sealed(identity: TerminalIdentity, to: str = "pos-2", message: dict[str, Any
     return seal(private_key(identity), identity.cert, origin or identity.terminal_id, to, message, now)
 
 
-def opened(ids: dict[str, Any], envelope: dict[str, Any], *, roster: str = "full", now: datetime = NOW) -> Any:
-    return open_envelope(envelope, ca_cert=ids["pos-1"].ca_cert, roster=ids[roster], now=now)
+def opened(ids: dict[str, Any], envelope: dict[str, Any], *, roster: str = "full") -> Any:
+    return open_envelope(envelope, ca_cert=ids["pos-1"].ca_cert, roster=ids[roster])
 
 
 def refusal(ids: dict[str, Any], envelope: dict[str, Any], **kw: Any) -> str:
@@ -51,43 +51,44 @@ def refusal(ids: dict[str, Any], envelope: dict[str, Any], **kw: Any) -> str:
     return str(info.value)
 
 
-def test_a_sealed_message_opens_as_its_writer_s(ids: dict[str, Any]) -> None:
-    got = opened(ids, sealed(ids["pos-1"]), now=NOW + timedelta(seconds=MAX_AGE_SECONDS - 1))
-    assert (got.origin, got.to, got.message) == ("pos-1", "pos-2", VOTE)
+def test_a_sealed_message_opens_as_its_writer_s_whatever_the_clocks_say(ids: dict[str, Any]) -> None:
+    """No freshness window: a vote carried late or twice is what the quorum takes anyway, and a
+    box whose clock is off (no NTP while the WAN is down) still votes through a carrier."""
+    for now in (NOW, NOW + timedelta(days=3000)):
+        got = opened(ids, sealed(ids["pos-1"], now=now))
+        assert (got.origin, got.to, got.message) == ("pos-1", "pos-2", VOTE)
 
 
 def test_what_a_carrier_could_change_or_forge_is_refused(ids: dict[str, Any]) -> None:
     envelope = sealed(ids["pos-1"])
     body = json.loads(envelope["body"])
     changed = {**envelope, "body": encode_json({**body, "message": {**VOTE, "ballot": [9, "kds-1"]}})}
-    assert "signature is not pos-1's" in refusal(ids, changed)
+    assert "signature does not verify against pos-1" in refusal(ids, changed)
     # the carrier signs a vote in pos-1's name with its own key: from is not the signer
     assert "from is not the signer" in refusal(ids, sealed(ids["kds-1"], origin="pos-1"))
     # its own key under pos-1's certificate: the signature does not match the certificate
     forged = {**sealed(ids["kds-1"], origin="pos-1"), "cert": envelope["cert"]}
-    assert "signature is not pos-1's" in refusal(ids, forged)
+    assert "signature does not verify against pos-1" in refusal(ids, forged)
 
 
-@pytest.mark.parametrize("case", ["revoked", "other store", "stale", "future", "not carried", "bad to",
-                                  "bad cert", "no sig", "too large", "bad at"])
+@pytest.mark.parametrize("case", ["revoked", "other store", "not carried", "bad to", "bad cert", "no sig",
+                                  "too large", "no at"])
 def test_each_bad_envelope_is_refused_with_its_reason(ids: dict[str, Any], case: str) -> None:
     reasons = {
         "revoked": (sealed(ids["kds-1"]), {"roster": "revoked"}, "kds-1 is not admitted by roster v"),
         "other store": (sealed(ids["other-pos-2"], to="pos-1"), {}, "not issued by this store's authority"),
-        "stale": (sealed(ids["pos-1"]), {"now": NOW + timedelta(seconds=MAX_AGE_SECONDS + 1)}, "more than 120 s"),
-        "future": (sealed(ids["pos-1"], now=NOW + timedelta(minutes=5)), {}, "more than 120 s"),
         "not carried": (sealed(ids["pos-1"], message={"type": "roster", "roster": "x"}), {}, "is not carried"),
         "bad to": (sealed(ids["pos-1"], to="../etc"), {}, "to is not a terminal id"),
         "bad cert": ({**sealed(ids["pos-1"]), "cert": base64.b64encode(b"junk").decode()}, {}, "does not decode"),
         "no sig": ({k: v for k, v in sealed(ids["pos-1"]).items() if k != "sig"}, {}, "'sig' is missing"),
         "too large": ({**sealed(ids["pos-1"]), "body": "x" * (300 * 1024)}, {}, "too large"),
-        "bad at": (None, {}, "at is not a UTC ISO-8601 time"),
+        "no at": (None, {}, "'at' is missing"),
     }
     envelope, kw, reason = reasons[case]
-    if case == "bad at":  # a correctly signed body whose time does not parse
+    if case == "no at":  # a correctly signed body without its time
         identity = ids["pos-1"]
         good = sealed(identity)
-        body = encode_json({**json.loads(good["body"]), "at": "yesterday"})
+        body = encode_json({k: v for k, v in json.loads(good["body"]).items() if k != "at"})
         sig = private_key(identity).sign(body.encode(), ec.ECDSA(hashes.SHA256()))
         envelope = {**good, "body": body, "sig": base64.b64encode(sig).decode()}
     assert reason in refusal(ids, envelope, **kw)

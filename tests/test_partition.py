@@ -16,6 +16,7 @@ import trio
 
 from simulations import partition
 from simulations.benchutil import module_command
+from simulations.partition import propagation
 from tests.meshutil import handhelds_kept_up_through_the_wired_boxes
 
 
@@ -150,3 +151,28 @@ def test_the_hq_checker_catches_what_the_hq_lost_or_mislabelled() -> None:
     ]
     for hq in wrong:
         assert not check_hq(tally, observed, ["d"], hq)["ok"], hq
+
+
+def test_real_process_arrivals_are_steady_only_between_settled_topology_changes() -> None:
+    """simulations/netns.py's propagation: a change counts against the bound only when made
+    while the LAN was whole, every terminal up, the links sampled connected, 5 s after the last
+    change of topology, and everywhere before the next."""
+    every = {"a", "b", "c"}
+    marks = [{"t": 0.0, "event": "linked"}, {"t": 1.0, "event": "links", "connected": True},
+             {"t": 10.0, "event": "split"}, {"t": 20.0, "event": "heal"},
+             {"t": 21.0, "event": "links", "connected": False}, {"t": 24.5, "event": "links", "connected": True},
+             {"t": 30.0, "event": "radio", "applied": False}, {"t": 40.0, "event": "crash", "terminal": "c"}]
+    changes = [("a", 6.0, {"a": 6.0, "b": 6.002, "c": 6.004}),      # steady
+               ("a", 9.99, {"a": 9.99, "b": 9.995, "c": 10.5}),     # the split came first
+               ("b", 12.0, {"b": 12.0, "a": 12.001, "c": 20.3}),    # during the split
+               ("b", 24.0, {"b": 24.0, "a": 24.001, "c": 24.002}),  # links not back yet at the sample
+               ("c", 26.0, {"c": 26.0, "a": 26.01, "b": 26.02}),    # steady (a radio not applied)
+               ("c", 3.0, {"c": 3.0, "a": 3.001})]                  # b never got it
+    delays = propagation.from_arrivals(changes, marks, every)
+    steady = {(round(at, 3), round(d * 1000)) for at, d, s in delays if s}
+    assert steady == {(6.0, 2), (6.0, 4), (26.0, 10), (26.0, 20)}
+    assert len(delays) == 11  # every arrival but the writers' own is reported
+    result = propagation.check(delays, 0, bound=0.015, p99_bound=0.05)
+    assert not result["ok"] and result["over_bound"] == 1 and result["p99_ms"] == 20.0
+    assert propagation.links_connected({"a": {"b"}, "b": {"a", "c"}, "c": {"b"}})
+    assert not propagation.links_connected({"a": {"b"}, "b": {"a"}, "c": set()})
