@@ -18,13 +18,17 @@ from typing import Any
 from core.clock import Clock
 from core.errors import MessageRefused
 from core.names import HQ_TYPE
+from core.ratelog import RateLimitedLog
 from peer.driver import Link
-from peer.envelope import open_envelope, seal
+from peer.envelope import open_envelope, seal, writer_of
 from peer.identity import Roster, TerminalIdentity, private_key
 from peer.replica import ControlHandler
 from peer.replication import Replication
+from peer.wire import WireError
 
 log = logging.getLogger("peer.mesh")
+#: Dropped envelopes, logged at most a few times a second per carrier.
+_bad_log = RateLimitedLog(log)
 
 
 class Carrying:
@@ -61,8 +65,19 @@ class Carrying:
         return True
 
     async def received(self, link: Link, envelope: dict[str, Any]) -> None:
-        """A ``via`` envelope from ``link``; raises :class:`peer.wire.WireError` if it is bad."""
-        opened = open_envelope(envelope, ca_cert=self.identity.ca_cert, roster=self._roster())
+        """A ``via`` envelope from ``link``.  A bad one from its writer raises
+        :class:`peer.wire.WireError` (the writer's link closes 4006); a bad one a carrier brought
+        is dropped - the carrier checked it against its own roster, which may be a moment older
+        than this terminal's (a revocation on its way), and its link must not pay for that."""
+        try:
+            opened = open_envelope(envelope, ca_cert=self.identity.ca_cert, roster=self._roster())
+        except WireError as exc:
+            if writer_of(envelope) == link.peer_id:
+                raise
+            self.counts["dropped"] += 1
+            _bad_log.log(link.peer_id or "?", logging.WARNING, "dropped a via envelope %s carried: %s",
+                         link.peer_id, exc)
+            return
         if opened.to != self.me:
             onward = self.links.get(opened.to)
             if opened.origin != link.peer_id or onward is None or onward.core.state != "open":

@@ -96,3 +96,14 @@ def open_envelope(envelope: dict[str, Any], *, ca_cert: x509.Certificate, roster
     if message.get("type") not in CARRIED_TYPES:
         raise WireError(f"via envelope: a {str(message.get('type'))[:32]!r} message is not carried")
     return Opened(origin, to, message)
+
+
+def writer_of(envelope: dict[str, Any]) -> str | None:
+    """The terminal the envelope's certificate names, unchecked (``None`` if it names none):
+    whether the link it came on is its writer's decides who answers for a bad one."""
+    try:
+        cert = x509.load_der_x509_certificate(base64.b64decode(str(envelope.get("cert", ""))[:MAX_CERT * 2],
+                                                                validate=True))
+        return subject_of(cert)[0]
+    except (binascii.Error, ValueError, IdentityError):
+        return None

@@ -72,6 +72,8 @@ class Replication(Generic[L]):
         self.me = me
         #: Peer id -> the terminals it announced links to (its last ``links`` message).
         self._neighbours: dict[str, frozenset[str]] = {}
+        #: Peer id -> those of its announced links that pass changes on.
+        self._relays_of: dict[str, frozenset[str]] = {}
         #: Linked peers that pass changes on and announce their links (hello ``relays``).
         self._relaying: set[str] = set()
         #: Document -> the link whose step 1 for it is unanswered (and since when).
@@ -164,6 +166,7 @@ class Replication(Generic[L]):
         """``peer_id``'s link is down: it answers no fetch, and what it announced is forgotten;
         returns the fetches that ended."""
         self._neighbours.pop(peer_id, None)
+        self._relays_of.pop(peer_id, None)
         self._relaying.discard(peer_id)
         done = []
         for doc, pending in self._fetches.items():
@@ -178,6 +181,7 @@ class Replication(Generic[L]):
         """``peer_id`` linked; ``relays``: its hello says it passes changes on and announces its
         links (a terminal does; a JavaScript client or an HQ does neither)."""
         self._neighbours.pop(peer_id, None)
+        self._relays_of.pop(peer_id, None)
         if relays:
             self._relaying.add(peer_id)
         else:
@@ -190,9 +194,11 @@ class Replication(Generic[L]):
         """The terminals ``peer_id`` last announced links to (none known: empty)."""
         return self._neighbours.get(peer_id, frozenset())
 
-    def links_announced(self, peer_id: str, peers: Iterable[str]) -> None:
-        """``peer_id`` says which terminals it is linked to now (its ``links`` message)."""
+    def links_announced(self, peer_id: str, peers: Iterable[str], relays: Iterable[str] = ()) -> None:
+        """``peer_id`` says which terminals it is linked to now, and which of them pass changes
+        on (its ``links`` message)."""
         self._neighbours[peer_id] = frozenset(peers)
+        self._relays_of[peer_id] = frozenset(relays)
 
     def forward_to(self, doc: str, origin: str, peers: Mapping[str, L], uplinks: Collection[L] = ()) -> list[L]:
         """The links a change to ``doc`` applied here with ``origin`` is shipped to.
@@ -203,10 +209,11 @@ class Replication(Generic[L]):
 
         This terminal's own changes go to every peer.  A change that came from peer ``S`` is
         passed on to a peer ``Q`` unless ``S`` announced a link to ``Q`` (``S`` sent it there
-        itself, or the terminal ``S`` got it from did), and, of the terminals that announced
-        links to both ``S`` and ``Q``, only the one with the smallest id passes it on (all of
-        them got it from ``S``: the handhelds behind several access points get one copy, not one
-        per box).  pycrdt reports only what was new here, so a terminal passes a change on once,
+        itself, or the terminal ``S`` got it from did), and, of the terminals that pass changes
+        on and announced links to both ``S`` and ``Q``, only the one with the smallest id passes
+        it on (all of them got it from ``S``: the handhelds behind several access points get one
+        copy, not one per box; a JavaScript client linked to both passes nothing on, so it is
+        not counted).  pycrdt reports only what was new here, so a terminal passes a change on once,
         when it first gets it.  What is not known is taken as "no link": a sender that never
         announced reaches nobody else, a peer that never announced is linked to nobody - more
         copies, never fewer.  docs/protocol.md ("Forwarding") gives the argument that this
@@ -220,10 +227,11 @@ class Replication(Generic[L]):
         sender = origin[len("peer:"):]
         chosen: list[L] = list(uplinks)
         reached = self.neighbours(sender)
+        relaying = self._relays_of.get(sender, frozenset())
         for peer_id, link in peers.items():
             if peer_id == sender or peer_id in reached:
                 continue
-            also = reached & self.neighbours(peer_id)
+            also = relaying & self.neighbours(peer_id)
             if also and min(also) < self.me:
                 continue  # a smaller terminal linked to both passes it on
             chosen.append(link)

@@ -94,7 +94,7 @@ class Router:
             if self.carried is not None:
                 await self.carried(link, message)
         elif kind == "links":
-            self.syncing.links_announced(link, links_of(message))
+            self.syncing.links_announced(link, *links_of(message))
         elif kind == "docs":
             await self.syncing.on_archived(link, value_of(message, "archived", dict))
         elif (handler := self.handlers.get(kind)) is not None:

@@ -86,13 +86,15 @@ class SyncSession:
     def queue_control(self, message: dict[str, Any]) -> None:
         self._queue(Outgoing(control=message))
 
-    def queue_links(self, peers: list[str]) -> None:
-        """Announce the terminals this one is linked to; one not sent yet is replaced, not
-        followed by another (a restart links to every peer within a second)."""
+    def queue_links(self, peers: list[str], relays: list[str]) -> None:
+        """Announce the terminals this one is linked to (and which of them pass changes on);
+        one not sent yet is replaced, not followed by another (a restart links to every peer
+        within a second)."""
+        message = {"type": "links", "peers": peers, "relays": relays}
         if self._links is not None and any(item is self._links for item in self.outbox):
-            self._links.control = {"type": "links", "peers": peers}
+            self._links.control = message
             return
-        self._links = Outgoing(control={"type": "links", "peers": peers})
+        self._links = Outgoing(control=message)
         self._queue(self._links)
 
     def _queue(self, item: Outgoing) -> None:

@@ -116,13 +116,14 @@ class Syncing:
         what :meth:`Replication.forward_to` decides by on their side)."""
         terminals = self._terminals()
         peers = sorted(terminals)
+        relays = [peer_id for peer_id in peers if self.core.relays(peer_id)]
         for peer_id, link in terminals.items():
             if self.core.relays(peer_id) and link.core.state == "open":
-                link.session.queue_links(peers)
+                link.session.queue_links(peers, relays)
                 link.wake.set()
 
-    def links_announced(self, link: Link, peers: list[str]) -> None:
-        self.core.links_announced(link.peer_id or "", peers)
+    def links_announced(self, link: Link, peers: list[str], relays: list[str]) -> None:
+        self.core.links_announced(link.peer_id or "", peers, relays)
 
     async def _send_archived(self, link: Link) -> None:
         try:
@@ -159,13 +160,13 @@ class Syncing:
         """
         while True:
             self._round_now = anyio.Event()
-            with anyio.move_on_after(ANTI_ENTROPY_SECONDS * self.rng.uniform(0.8, 1.2)):
+            await anyio.sleep(EARLY_ROUND_GAP)
+            with anyio.move_on_after(ANTI_ENTROPY_SECONDS * self.rng.uniform(0.8, 1.2) - EARLY_ROUND_GAP):
                 await self._round_now.wait()
             for link in list(self.links.values()):
                 for name in self.replica.names():
                     link.session.queue_step1(name, self.replica.state_vector(name))
                 link.wake.set()
-            await anyio.sleep(EARLY_ROUND_GAP)
 
     async def answer_step1(self, link: Link, intent: AnswerStep1) -> None:
         await self.replica.open(intent.doc)

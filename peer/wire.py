@@ -123,12 +123,19 @@ def value_of(message: dict[str, Any], name: str, kind: type | tuple[type, ...]) 
     return value
 
 
-def links_of(message: dict[str, Any]) -> list[str]:
-    """The terminal ids of a ``links`` message (raises :class:`WireError` if malformed)."""
-    peers = value_of(message, "peers", list)
-    if len(peers) > MAX_LINKS_PER_MESSAGE:
-        raise WireError(f"links message names more than {MAX_LINKS_PER_MESSAGE} terminals")
-    for peer in peers:
-        if not isinstance(peer, str) or ID_PATTERN.match(peer) is None:
-            raise WireError(f"links message: {str(peer)[:80]!r} is not a terminal id")
-    return peers
+def links_of(message: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The terminal ids of a ``links`` message, and those of them that pass changes on (its
+    ``relays``, a subset; absent: none); raises :class:`WireError` if malformed."""
+    lists = []
+    for key in ("peers", "relays"):
+        ids = value_of(message, key, list) if key == "peers" or key in message else []
+        if len(ids) > MAX_LINKS_PER_MESSAGE:
+            raise WireError(f"links message: {key} names more than {MAX_LINKS_PER_MESSAGE} terminals")
+        for peer in ids:
+            if not isinstance(peer, str) or ID_PATTERN.match(peer) is None:
+                raise WireError(f"links message: {str(peer)[:80]!r} is not a terminal id")
+        lists.append(ids)
+    peers, relays = lists
+    if not set(relays) <= set(peers):
+        raise WireError("links message: relays must be a subset of peers")
+    return peers, relays

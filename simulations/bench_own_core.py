@@ -162,7 +162,8 @@ class ReplayPeer:
                     roster = self.identity.roster
                     everyone = sorted(t for t, e in roster.terminals.items()
                                       if e["type"] != HQ_TYPE and t != self.identity.terminal_id)
-                    await self._send(self.core.send_control({"type": "links", "peers": everyone}))
+                    await self._send(self.core.send_control({"type": "links", "peers": everyone,
+                                                             "relays": everyone}))
                     self.opened.set()
                     task_status.started()
                 elif isinstance(action, Binary):

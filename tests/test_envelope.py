@@ -6,6 +6,7 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -13,8 +14,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from core.codec import encode_json
+from peer.carrying import Carrying
 from peer.envelope import open_envelope, seal
 from peer.identity import Authority, TerminalIdentity, load_identity, private_key
+from peer.replication import Replication
 from peer.wire import WireError
 
 NOW = datetime(2020, 1, 1, tzinfo=UTC)  # the writer's clock: for the logs only, whatever it says
@@ -92,3 +95,42 @@ def test_each_bad_envelope_is_refused_with_its_reason(ids: dict[str, Any], case:
         sig = private_key(identity).sign(body.encode(), ec.ECDSA(hashes.SHA256()))
         envelope = {**good, "body": body, "sig": base64.b64encode(sig).decode()}
     assert reason in refusal(ids, envelope, **kw)
+
+
+class _Session:
+    def __init__(self) -> None:
+        self.queued: list[dict[str, Any]] = []
+
+    def queue_control(self, message: dict[str, Any]) -> None:
+        self.queued.append(message)
+
+
+def _link(peer_id: str) -> Any:
+    return SimpleNamespace(peer_id=peer_id, peer_type="pos", core=SimpleNamespace(state="open"),
+                           session=_Session(), wake=SimpleNamespace(set=lambda: None))
+
+
+@pytest.mark.anyio
+async def test_a_bad_envelope_closes_its_writer_s_link_and_is_dropped_from_a_carrier(ids: dict[str, Any]) -> None:
+    """pos-2 holds the roster that revoked kds-1; pos-1, the carrier, had not heard of it yet."""
+    got: list[tuple[str, dict[str, Any]]] = []
+
+    async def handler(origin: str, message: dict[str, Any]) -> None:
+        got.append((origin, message))
+
+    links = {"pos-1": _link("pos-1"), "kds-1": _link("kds-1")}
+    carrying = Carrying(identity=ids["pos-2"], roster=lambda: ids["revoked"], clock=lambda: NOW, links=links,
+                        core=Replication(me="pos-2"), handlers={"cashier": handler})
+    revoked = sealed(ids["kds-1"], to="pos-2")
+    await carrying.received(links["pos-1"], revoked)  # carried: dropped, pos-1's link stays
+    assert carrying.counts["dropped"] == 1 and got == []
+    with pytest.raises(WireError, match="kds-1 is not admitted"):
+        await carrying.received(links["kds-1"], revoked)  # its writer's own link: closed 4006
+    await carrying.received(links["pos-1"], sealed(ids["pos-1"], to="pos-2"))
+    assert got == [("pos-1", VOTE)] and carrying.counts["received"] == 1
+    # for someone else: passed on only straight from its writer, to a terminal linked here
+    onward = sealed(ids["pos-1"], to="kds-1")
+    await carrying.received(links["pos-1"], onward)
+    assert links["kds-1"].session.queued == [onward] and carrying.counts["carried"] == 1
+    await carrying.received(links["kds-1"], sealed(ids["pos-1"], to="pos-3"))
+    assert carrying.counts["dropped"] == 2  # not from its writer: no second hop

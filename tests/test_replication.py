@@ -89,9 +89,15 @@ def test_of_the_terminals_linked_to_the_sender_and_a_peer_only_the_smallest_pass
         core: Replication[str] = Replication(me=box)
         for hh in handhelds:
             core.peer_linked(hh, relays=True)
-            core.links_announced(hh, boxes)
+            core.links_announced(hh, boxes, boxes)
         passed[box] = core.forward_to("tables", "peer:hh-1", {p: link for p, link in links.items() if p != box})
     assert passed == {"box-1": ["hh-2"], "box-2": [], "box-3": []}
+    # a JavaScript client ("app-1", smaller than every box) linked to both passes nothing on: it
+    # is not a candidate, or hh-2 would never get the change
+    core = Replication(me="box-1")
+    core.links_announced("hh-1", [*boxes, "app-1"], boxes)
+    core.links_announced("hh-2", [*boxes, "app-1"], boxes)
+    assert core.forward_to("tables", "peer:hh-1", {"hh-1": "hh-1", "hh-2": "hh-2", "app-1": "app-1"}) == ["hh-2"]
 
 
 def _graph(edges: list[tuple[str, str]]) -> dict[str, set[str]]:
@@ -112,7 +118,7 @@ def _flood(graph: dict[str, set[str]], writer: str, jitter: float = 0.0,
         core: Replication[str] = Replication(me=node)
         for peer in neighbours:
             core.peer_linked(peer, relays=True)
-            core.links_announced(peer, graph[peer])
+            core.links_announced(peer, graph[peer], graph[peer])
         cores[node] = core
     rng = rng or random.Random(0)
     frames: list[tuple[float, int, str, str]] = []
@@ -167,10 +173,15 @@ def test_a_change_reaches_every_terminal_of_random_connected_graphs() -> None:
 
 
 def test_links_messages_are_bounded_and_name_terminals() -> None:
-    assert links_of({"type": "links", "peers": ["pos-1", "kds-2"]}) == ["pos-1", "kds-2"]
+    assert links_of({"type": "links", "peers": ["pos-1", "kds-2"]}) == (["pos-1", "kds-2"], [])
+    assert links_of({"type": "links", "peers": ["pos-1", "app"], "relays": ["pos-1"]}) == (["pos-1", "app"], ["pos-1"])
     for bad in (["pos-1"] * (MAX_LINKS_PER_MESSAGE + 1), ["../x"], [7], "pos-1"):
         with pytest.raises(WireError):
             links_of({"type": "links", "peers": bad})
+    with pytest.raises(WireError, match="subset"):
+        links_of({"type": "links", "peers": ["pos-1"], "relays": ["pos-2"]})
+    with pytest.raises(WireError):
+        links_of({"type": "links", "peers": ["pos-1"], "relays": "pos-1"})
 
 
 def test_resync_asks_only_for_open_documents_and_refuses_malformed_lists() -> None:
