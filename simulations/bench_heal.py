@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 
+from simulations.benchutil import utc
 from simulations.netns import ApiBox, Restaurant, restaurant, until
 from simulations.partition import MENU, STOCK, kinds_for, missing_updates, union_state
 
@@ -47,10 +48,6 @@ async def _write(box: ApiBox, tid: str, count: int) -> None:
                 {"sku": sku, "name": sku, "qty": 1, "unit_price_cents": MENU[sku], "station": "grill"}])
         else:
             await box.adjust_stock(sku, -1, "sale")
-
-
-def _utc(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def _cpu_seconds(r: Restaurant) -> dict[str, float]:
@@ -115,7 +112,7 @@ async def one(n: int, updates: int, poll: float, keep: Path | None = None) -> di
                 sv = {name: doc["state_vector"] for name, doc in status["documents"].items()}
                 if not missing_updates({tid: sv, **target})[tid]:
                     heard = max(doc["last_peer_update_at"] or "" for doc in status["documents"].values())
-                    reached[tid] = (_utc(heard) - healed_at).total_seconds()
+                    reached[tid] = (utc(heard) - healed_at).total_seconds()
                     seen[tid] = now
                     return
                 if now > 120:
@@ -134,7 +131,7 @@ async def one(n: int, updates: int, poll: float, keep: Path | None = None) -> di
         # a terminal can hold everything before its last link is up (it caught up through another).
         await until(r.all_linked, "every link back", 30)
         peers = await r.each(lambda box: box.call("GET", "/api/v1/peers"), a)
-        back = [(_utc(p["connected_since"]) - healed_at).total_seconds()
+        back = [(utc(p["connected_since"]) - healed_at).total_seconds()
                 for tid in a for p in peers[tid]["peers"] if p["terminal_id"] in b and p["online"]]
         assert len(back) == len(a) * len(b), back
     return {

@@ -13,6 +13,7 @@ import multiprocessing
 import socket
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ def percentile(values: list[float], p: float) -> float:
     figure is a sample that was measured, and the mesh and the star are ranked the same way."""
     ordered = sorted(values)
     return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
+
+
+def utc(text: str) -> datetime:
+    """A terminal's UTC ISO-8601 time (``...Z``, as ``core.clock.iso`` writes it) as a datetime."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def module_command(module: str, *args: str) -> list[str]:

@@ -257,7 +257,7 @@ def _read_events(port: int, until: int) -> list[Any]:
     import socket  # noqa: PLC0415 - only the agent process needs these
 
     from wsproto import ConnectionType, WSConnection  # noqa: PLC0415
-    from wsproto.events import AcceptConnection, CloseConnection, Message, Request, TextMessage  # noqa: PLC0415
+    from wsproto.events import CloseConnection, Request, TextMessage  # noqa: PLC0415
 
     out: list[Any] = []
     if until <= 0:
@@ -274,8 +274,8 @@ def _read_events(port: int, until: int) -> list[Any]:
             for event in ws.events():
                 if isinstance(event, CloseConnection):
                     raise ConnectionError(f"events WebSocket closed: {event.code} {event.reason}")
-                if isinstance(event, TextMessage | Message) and not isinstance(event, AcceptConnection):
-                    text += event.data if isinstance(event.data, str) else event.data.decode()
+                if isinstance(event, TextMessage):
+                    text += event.data
                     if not event.message_finished:
                         continue
                     e, text = json.loads(text), ""

@@ -43,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +50,14 @@ import anyio
 
 from core.errors import MeshposError
 from simulations import partition
+from simulations.benchutil import utc
 from simulations.netlab import Agent, Host, LabUnavailable, Lan, pg_prefix, sweep_leftovers
 from simulations.partition import MENU, STOCK, Scenario, Workload, check, drawer_of, kinds_for, missing_updates
 from simulations.partition.checks import check_hq, hq_snapshot
 from simulations.partition.propagation import BOUND_S, REAL_BOUND_S, from_arrivals, links_connected
 from simulations.partition.propagation import check as propagation_check
 from simulations.partition.propagation import report as propagation_report
+from simulations.partition.propagation import timeline as propagation_timeline
 from simulations.partition.restaurant import HQ_ID
 from simulations.postgres import PostgresServer
 
@@ -373,7 +374,7 @@ class NetnsRun:
                 raise MeshposError(f"{tid}: events could not be read: {events}")
             for _, kind, at, order_id in events:
                 if kind == "order:created" and order_id is not None:
-                    moment = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp() - self._wall0
+                    moment = utc(at).timestamp() - self._wall0
                     seen.setdefault(order_id, {})[tid] = round(moment, 3)
         changes = []
         for arrived in seen.values():
@@ -459,8 +460,7 @@ async def run(scenario: Scenario, n: int, seed: int, speed: float = 1.0, root: P
     return {
         "scenario": scenario.name, "about": scenario.about, "runner": "netns", "seed": seed, "speed": speed,
         "terminals": dict(kinds), "timeline": {"writes": world.work.writes, "divergence": samples,
-                                               "propagation": [(round(at, 3), round(d * 1000, 1), steady)
-                                                               for at, d, steady in delays]},
+                                               "propagation": propagation_timeline(delays)},
         "propagation": propagation_report(delays, 0),
         "seconds": world.now(), **world.work.summary(),
         "peak_missing_updates": max((max(m.values(), default=0) for _, m in samples), default=0),

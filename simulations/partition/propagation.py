@@ -24,6 +24,7 @@ from typing import Any
 
 from core.yupdate import decode_state_vector
 from meshpos.documents.host import LOCAL_ORIGIN
+from simulations.benchutil import percentile
 
 #: Heartbeat timeout (3.5 s) plus the anti-entropy round a lost link brings forward, with margin.
 NOTICE_S = 5.0
@@ -113,12 +114,13 @@ class Propagation:
 def _stats(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"arrivals": 0}
-    ordered = sorted(values)
+    return {"arrivals": len(values), "p50_ms": round(percentile(values, 50) * 1000, 1),
+            "p99_ms": round(percentile(values, 99) * 1000, 1), "max_ms": round(max(values) * 1000, 1)}
 
-    def pick(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1)
 
-    return {"arrivals": len(ordered), "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": round(ordered[-1] * 1000, 1)}
+def timeline(delays: list[tuple[float, float, bool]]) -> list[tuple[float, float, bool]]:
+    """The report's ``timeline.propagation``: ``(written at, ms to one terminal, steady)``."""
+    return [(round(at, 3), round(delay * 1000, 1), steady) for at, delay, steady in delays]
 
 
 def report(delays: list[tuple[float, float, bool]], not_reached: int) -> dict[str, Any]:
@@ -135,7 +137,7 @@ def check(delays: list[tuple[float, float, bool]], not_reached: int, *, bound: f
     out: dict[str, Any] = {"ok": not slow and not not_reached, "bound_ms": bound * 1000, "over_bound": len(slow),
                            "slowest_ms": slow[-5:], "not_reached": not_reached}
     if p99_bound is not None:
-        p99 = steady[min(len(steady) - 1, int(0.99 * len(steady)))] if steady else 0.0
+        p99 = percentile(steady, 99) if steady else 0.0
         out.update(p99_ms=round(p99 * 1000, 1), p99_bound_ms=p99_bound * 1000)
         out["ok"] = out["ok"] and p99 <= p99_bound
     return out

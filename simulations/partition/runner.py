@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from simulations.determinism import seed_trio_scheduler, seeded_trio_scheduler
+from simulations.partition import propagation
 from simulations.partition.checks import check, check_hq, hq_snapshot
 from simulations.partition.faults import FAULTS, Fault
 from simulations.partition.restaurant import MENU, STOCK, drawer_of
@@ -78,8 +79,7 @@ async def _run(scenario: Scenario, n: int, seed: int, root: Path, fault: Fault |
         **({"injected": fault.name} if fault else {}), **({"ops": max_actions} if max_actions is not None else {}),
         "timeline": {"writes": sim.work.writes, "divergence": [(e["t"], e["missing"]) for e in sim.timeline
                                                                if e["event"] == "divergence"],
-                     "propagation": [(round(at, 3), round(delay * 1000, 1), steady)
-                                     for at, delay, steady in sim.propagation.delays]},
+                     "propagation": propagation.timeline(sim.propagation.delays)},
         "propagation": sim.propagation.report(),
         "virtual_seconds": sim.now(), **sim.work.summary(),
         "peak_missing_updates": peak, "converged_after_heal_s": converged_after,
