@@ -73,6 +73,8 @@ from meshpos.api_schemas import (
     decode_query,
 )
 from meshpos.events import Lagged, Reset
+from meshpos.metrics import exposition
+from meshpos.metrics import stats as terminal_stats
 from meshpos.terminal import Terminal
 
 log = logging.getLogger(__name__)
@@ -304,6 +306,11 @@ def create_app(terminal: Terminal, *, port: int | None = None) -> ASGIApp:
         """Terminal id and type, uptime, document and storage sizes."""
         return await t.status()
 
+    @r.add("GET", "/api/v1/stats", tag="terminal")
+    async def stats() -> dict[str, Any]:
+        """Connections by terminal type, frames per second, mean round trip, conflict rate, uptime."""
+        return terminal_stats(t)
+
     @r.add("GET", "/api/v1/hq/log", tag="mesh")
     async def hq_log() -> dict[str, Any]:
         """The WAN side: the HQ's status (as in ``/api/v1/status``) and its links, newest first -
@@ -359,10 +366,15 @@ def create_app(terminal: Terminal, *, port: int | None = None) -> ASGIApp:
     async def openapi_json(_: Request) -> Response:
         return json_response(spec)
 
+    async def metrics(request: Request) -> Response:
+        body, content_type = await exposition(t, request.headers.get("accept"))
+        return Response(body, media_type=content_type)
+
     app = Starlette(
         routes=r.routes() + [
             WebSocketRoute("/api/v1/events", events),
             Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
+            Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
         ],
         exception_handlers={errors.MeshposError: on_meshpos_error, HTTPException: on_http_error},
     )

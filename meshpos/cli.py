@@ -20,6 +20,7 @@ from core.names import TERMINAL_TYPES
 from meshpos import cli_client, cli_hq, cli_offline
 from meshpos.config import load_config, read_token
 from meshpos.documents.host import DamagedDocument
+from meshpos.logs import LOG_FORMATS, notify, setup_logging
 from meshpos.memory import tune_allocator
 from storage.database import DatabaseError
 from storage.store import IdentityMismatch
@@ -52,6 +53,7 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
                 print(f"meshpos terminal {config.terminal_id} links on {m.host}:{m.port} "
                       f"(store {m.identity.store_id}, roster v{m.roster.version})", flush=True)
             print(f"meshpos terminal {config.terminal_id} ({config.type}) serving {url}", flush=True)
+        notify("READY=1")
 
     async def serve_then_release() -> None:
         try:
@@ -68,6 +70,7 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
                 async for signum in signals:
                     logging.getLogger("meshpos").info("received %s, stopping", signal.Signals(signum).name)
                     break
+                notify("STOPPING=1")
                 shutdown.set()
 
             tg.start_soon(wait_signal)
@@ -99,11 +102,13 @@ async def _run_until_signal(config, ready_message: bool = True) -> None:  # noqa
               help="IPv4 address or interface for mDNS (repeatable; default: see docs/operations.md)")
 @click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, envvar="MESHPOS_BACKEND")
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="json: one JSON object per line (docs/operations.md)")
 def run(config_file, data_dir, terminal_id, terminal_type, api_host, api_port, api_token_file,  # noqa: ANN001
         api_allowed_origins, api_allowed_hosts, peer_host, peer_port, peers, hq, mdns, mdns_interfaces, backend,
-        log_level) -> None:
+        log_level, log_format) -> None:
     """Run one terminal until SIGTERM/SIGINT."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level, log_format)
     tune_allocator()
     try:
         config = load_config(config_file=config_file, overrides={

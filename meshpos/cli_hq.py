@@ -14,6 +14,7 @@ from core.errors import ConfigError, StoreError
 from core.names import parse_address
 from core.net import bind_socket
 from meshpos.config import TerminalConfig, read_token
+from meshpos.logs import LOG_FORMATS, notify, setup_logging
 
 BACKENDS = click.Choice(["asyncio", "trio"])
 
@@ -38,10 +39,13 @@ def hq() -> None:
 @click.option("--process-name", default=None, help="this process's name in the record (default host:random)")
 @click.option("--backend", type=BACKENDS, default="asyncio", show_default=True, envvar="MESHPOS_BACKEND")
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="json: one JSON object per line (docs/operations.md)")
 def hq_run(dsn: str, enrollments: tuple[Path, ...], listen: str, api_host: str, api_port: int,
-           api_token_file: Path | None, process_name: str | None, backend: str, log_level: str) -> None:
+           api_token_file: Path | None, process_name: str | None, backend: str, log_level: str,
+           log_format: str) -> None:
     """Serve the stores of the given enrollments until SIGTERM/SIGINT."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level, log_format)
     try:
         host, port = parse_address(listen) if not listen.endswith(":0") else (listen[:-2].strip("[]"), 0)
     except ValueError as exc:
@@ -79,7 +83,9 @@ async def _serve(dsn: str, enrollments: list[Path], host: str, port: int, proces
             print(f"meshpos hq {hq_process.process} (pid {os.getpid()}) links on {host}:{hq_process.port} "
                   f"for {stores}; API http://{settings.api_host}:{api_port}; PostgreSQL {hq_process.db.shown}",
                   flush=True)
+            notify("READY=1")
             async for signum in signals:
                 logging.getLogger("meshpos.hq").info("received %s, stopping", signal.Signals(signum).name)
                 break
+            notify("STOPPING=1")
             shutdown.set()

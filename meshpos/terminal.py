@@ -47,6 +47,7 @@ from meshpos.documents import orders as orders_doc
 from meshpos.documents import tables as tables_doc
 from meshpos.documents.host import Operation, durable
 from meshpos.events import EventBus
+from meshpos.metrics import TerminalMetrics
 from meshpos.wan import HQ_FIELDS, WanView, catalog_items, landed_message, provisional_messages
 from storage.database import lock_data_dir
 from storage.store import Store
@@ -104,6 +105,8 @@ class Terminal:
         self.store: Store
         self.host: DocumentHost
         self.events: EventBus
+        #: What /metrics and /api/v1/stats read that cannot be read back later (meshpos/metrics.py).
+        self.metrics: TerminalMetrics
         #: Peer links; ``None`` for a terminal whose data directory is not enrolled in a store.
         self.mesh: Mesh | None = None
         #: The WAN side: what the chain's HQ has landed, and its sync log (docs/hq.md).
@@ -138,6 +141,9 @@ class Terminal:
                 rng=self._rng, id_source=self.id_source,
             )
             self.events = EventBus(self.store)
+            self.metrics = TerminalMetrics(self.config.terminal_id, self.clock, self.monotonic)
+            self.host.on_update(self.metrics.on_update)
+            self.store.on_commit(self.metrics.on_commit)
             await self.host.open(tables_doc.DOC_NAME, TablesDoc)
             await self.host.open(inventory_doc.DOC_NAME, InventoryDoc)
             await self.roll_over()
@@ -145,8 +151,10 @@ class Terminal:
             self.cashier.on_provisional(lambda drawer, entry: self._provisional_to_hq({drawer: [entry]}))
             await self.cashier.load()
             self.mesh, self.discovery = self._make_mesh(identity), None
-            if self.mesh is not None and self.config.mdns:
-                self.discovery = self._make_discovery(self.mesh)
+            if self.mesh is not None:
+                self.mesh.on_link_down(self.metrics.on_link_down)
+                if self.config.mdns:
+                    self.discovery = self._make_discovery(self.mesh)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 await tg.start(self.store.run)
@@ -156,6 +164,7 @@ class Terminal:
                 if self.discovery is not None:
                     await tg.start(self.discovery.run)
                 tg.start_soon(self._housekeeping)
+                tg.start_soon(self.metrics.run, self.live_traffic)
                 self.started_monotonic = self.monotonic()
                 try:
                     yield self
@@ -594,6 +603,10 @@ class Terminal:
             raise NotEnrolled(f"{self.config.data_dir} is not enrolled in a store: no peer links "
                               "(see 'meshpos store enroll' in docs/operations.md)")
         return self.mesh
+
+    def live_traffic(self) -> dict[str, tuple[int, int, int, int]]:
+        """Per linked peer, its open link's traffic so far (bytes and frames, in and out)."""
+        return {} if self.mesh is None else {p: link.traffic() for p, link in self.mesh.links.items()}
 
     def peers(self) -> dict[str, Any]:
         return {**self._require_mesh().status(), "discovery": self._discovery_status()}

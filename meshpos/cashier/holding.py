@@ -148,7 +148,7 @@ class Holding:
         if hold.holder.phase != "holding":  # deposed since it was taken (a late reject)
             raise InDoubt(f"op {entry['op_id']}: the drawer was lost before appending")
         pos = hold.holder.next_position
-        hold.last_used = anyio.current_time()
+        hold.last_used = began = anyio.current_time()
         done = hold.waiting[pos] = anyio.Event()
         self.links.send(hold.holder.append(entry))
         with anyio.move_on_after(COMMIT_TIMEOUT):
@@ -167,6 +167,7 @@ class Holding:
         if self.disk.stale:
             raise Unavailable("the cashier could not store its copy of the entry; retry with the same op_id")
         self.s.stats["commits"] += 1
+        self.s.commit_seconds.observe(anyio.current_time() - began)
         return pos
 
     async def release(self, drawer: str) -> None:

@@ -72,6 +72,7 @@ class Cashier:
         #: Per drawer: what this terminal's voter promised and accepted, and its committed ledger.
         self.states: dict[str, VoterState] = self.state.states  # never replaced: a reload fills it in place
         self.stats = self.state.stats
+        self.commit_seconds = self.state.commit_seconds
         # The request API, the drawer views and the review queue: the parts' own methods, bound
         # here so a request costs no extra call.
         self.load = self.disk.load

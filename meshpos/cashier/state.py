@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 
+from core.histogram import Histogram
 from meshpos.cashier import ledger
 from meshpos.cashier.learner import Learner
 from meshpos.cashier.ports import CashierTerminal
@@ -67,6 +68,8 @@ class CashierState:
         self.reconcile_now = anyio.Event()  # wakes the reconciler (a link, a provisional entry)
         self.to_mark: set[tuple[str, str | None]] = set()  # (order id, user) to mark paid, retried
         self.stats = {"commits": 0, "acquisitions": 0, "provisional": 0, "reviews": 0}
+        #: Seconds from handing an entry to the voters to its being on disk here (GET /metrics).
+        self.commit_seconds = Histogram()
         #: Called with (drawer, entry) once a provisional entry is on disk (Cashier.on_provisional).
         self.provisional_listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._locks: dict[str, anyio.Lock] = {}
