@@ -72,6 +72,7 @@ from meshpos.api_schemas import (
     UnmergeIn,
     decode_query,
 )
+from meshpos.api_screens import PUBLIC_PATHS, screen_routes
 from meshpos.events import Lagged, Reset
 from meshpos.metrics import exposition
 from meshpos.metrics import stats as terminal_stats
@@ -375,9 +376,10 @@ def create_app(terminal: Terminal, *, port: int | None = None) -> ASGIApp:
             WebSocketRoute("/api/v1/events", events),
             Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
             Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
+            *screen_routes(),
         ],
         exception_handlers={errors.MeshposError: on_meshpos_error, HTTPException: on_http_error},
     )
     methods = {e.method for e in r.endpoints}
     return guarded(BodyLimit(app, terminal.config.max_body_bytes), terminal.config,
-                   port=terminal.config.api_port if port is None else port, methods=methods)
+                   port=terminal.config.api_port if port is None else port, methods=methods, public=PUBLIC_PATHS)

@@ -13,9 +13,12 @@ origin, so it can read every answer.  Each rule below closes one of those doors:
   meshpos/api.py, after routing, so an unknown path or method stays a 404 or 405): that is not a
   "simple" type, so a browser cannot send it cross-origin without a preflight, which only
   configured origins pass.
-- **Token** (``api_token``): callers that are not a browser on this box (no Origin, or a remote
-  client address) must present it.  A browser on the box cannot set headers on a WebSocket nor
-  read a token it was never given, and the checks above already bound what it can do.
+- **Token** (``api_token``): callers that are not a browser on this box must present it.  A
+  browser on the box is a loopback client whose request names an allowed Origin or - a
+  same-origin read, which browsers send without Origin - carries ``Sec-Fetch-Site:
+  same-origin``.  It cannot set headers on a WebSocket nor read a token it was never given, and
+  the checks above already bound what it can do.  The screens' own files (code, no data) need
+  no token: a browser must load the page before it can ask anything.
 
 Refusals are JSON ``{code, message}`` like every other error; a refused WebSocket upgrade gets
 its HTTP status and JSON body through the ASGI denial-response extension (bare 403 otherwise).
@@ -124,9 +127,12 @@ class Refusal(Exception):
 class ApiGuard:
     """Size, Host, Origin and token checks, then the app (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, config: TerminalConfig, *, port: int) -> None:
+    def __init__(self, app: ASGIApp, config: TerminalConfig, *, port: int,
+                 public: Collection[str] = ()) -> None:
         config.validate_api_access()  # ConfigError, e.g. for a non-loopback api_host without a token
         self.app = app
+        #: Paths whose GET needs no token (the screens' files: code, no data).
+        self.public = frozenset(public)
         self.hosts = allowed_hosts(config)
         self.extra_origins = frozenset(o.lower().rstrip("/") for o in config.api_allowed_origins)
         self.origins = own_origins(self.hosts, port) | self.extra_origins
@@ -162,7 +168,15 @@ class ApiGuard:
         method = scope.get("method", "GET")
         if method == "OPTIONS" and origin is not None and "access-control-request-method" in headers:
             return  # a CORS preflight carries no credentials and no body; CORSMiddleware answers it
-        if self.token is not None and not (origin is not None and _is_loopback_client(scope)):
+        if self.token is None or (method in ("GET", "HEAD") and scope["path"] in self.public):
+            return
+        # A browser on this box, on a page of an allowed origin: it names the origin (every write,
+        # every WebSocket), or - a same-origin read, where browsers send no Origin - says the
+        # request comes from a page of the very origin it goes to (Sec-Fetch-Site, which no page
+        # can set: browsers forbid it to scripts).
+        browser_here = _is_loopback_client(scope) and (
+            origin is not None or headers.get("sec-fetch-site") == "same-origin")
+        if not browser_here:
             self.check_token(scope, headers)
 
     def check_host(self, host_header: str | None) -> None:
@@ -214,9 +228,11 @@ class JsonCORSMiddleware(CORSMiddleware):
         return Response(body, response.status_code, headers=headers, media_type="application/json")
 
 
-def guarded(app: ASGIApp, config: TerminalConfig, *, port: int, methods: Collection[str]) -> ASGIApp:
-    """``app`` behind the guard, with CORS for the configured extra origins (the own origin needs none)."""
+def guarded(app: ASGIApp, config: TerminalConfig, *, port: int, methods: Collection[str],
+            public: Collection[str] = ()) -> ASGIApp:
+    """``app`` behind the guard, with CORS for the configured extra origins (the own origin needs
+    none); ``public``: paths a GET may read without the token."""
     if config.api_allowed_origins:
         app = JsonCORSMiddleware(app, allow_origins=sorted(o.lower().rstrip("/") for o in config.api_allowed_origins),
                                  allow_methods=sorted(methods), allow_headers=["Authorization", "Content-Type"])
-    return ApiGuard(app, config, port=port)
+    return ApiGuard(app, config, port=port, public=public)
