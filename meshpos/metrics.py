@@ -53,8 +53,8 @@ class TerminalMetrics:
         for event in events:
             if event.type != "order:created":
                 continue
-            order = event.payload.get("order") or {}
-            if order.get("created_by") == self.terminal_id:
+            order = event.payload.get("order")
+            if not isinstance(order, dict) or order.get("created_by") == self.terminal_id:
                 continue
             try:
                 written = datetime.fromisoformat(order["created_at"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.histogram import BOUNDS, Histogram
 from meshpos.config import TerminalConfig
-from meshpos.metrics import exposition
+from meshpos.metrics import TerminalMetrics, exposition
 from meshpos.terminal import Terminal
 from peer.identity import Authority
+from storage.store import StoredEvent
 from tests.apiutil import assert_error, create_order
 from tests.conftest import serving
 from tests.meshutil import ITEM, PRODUCT, config_for, connect_all, enroll, wait_for, wait_linked
@@ -140,3 +142,25 @@ async def test_the_hq_backlog_shows_when_an_hq_is_configured(served: Callable[..
         got = await scrape(client)
         assert value(got, "meshpos_hq_pending_updates") >= 1  # the order, not landed anywhere
         assert value(got, "meshpos_hq_pending_ledger_entries") == 0
+
+
+def test_propagation_counts_only_well_formed_orders_of_other_terminals() -> None:
+    now = datetime(2026, 12, 6, 12, 0, 0, 250_000, tzinfo=UTC)
+    metrics = TerminalMetrics("pos-1", lambda: now, lambda: 0.0)
+
+    def created(order: Any) -> StoredEvent:
+        return StoredEvent(1, "order:created", "2026-12-06T12:00:00.250Z", {"order_id": "x", "order": order})
+
+    metrics.on_commit([
+        created({"created_by": "pos-2", "created_at": "2026-12-06T12:00:00.200Z"}),  # 50 ms
+        created({"created_by": "pos-3", "created_at": "2026-12-06T12:00:01.000Z"}),  # its clock ahead: 0
+        created({"created_by": "pos-1", "created_at": "2026-12-06T11:00:00.000Z"}),  # this terminal's own
+        created({"created_by": "pos-2", "created_at": "not a time"}),
+        created({"created_by": "pos-2", "created_at": "2026-12-06T12:00:00"}),  # no zone: not comparable
+        created({"created_by": "pos-2"}),
+        created(["not", "an", "order"]),
+        StoredEvent(2, "order:updated", "2026-12-06T12:00:00.250Z", {"order_id": "x", "order": {}}),
+    ])
+    assert metrics.propagation.count == 2
+    assert metrics.propagation.total == pytest.approx(0.05)
+    assert dict(metrics.propagation.buckets())["0.05"] == 2
