@@ -134,8 +134,12 @@ async def exposition(terminal: Any, accept: str | None = None) -> tuple[bytes, s
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Snapshot())
-    encode, content_type = choose_encoder(accept)
-    return encode(registry), content_type
+    try:
+        encode, content_type = choose_encoder(accept)
+        return encode(registry), content_type
+    except (TypeError, ValueError):  # the library fails on some Accept values (version=abc)
+        encode, content_type = choose_encoder(None)  # a preference it cannot read: the default
+        return encode(registry), content_type
 
 
 async def _families(terminal: Any) -> list[Any]:

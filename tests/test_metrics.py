@@ -85,6 +85,9 @@ async def test_one_terminal_counts_its_writes_and_commits(served: Callable[..., 
         open_metrics = await client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
         assert open_metrics.headers["content-type"].startswith("application/openmetrics-text")
         assert open_metrics.text.endswith("# EOF\n")
+        for accept in ("application/openmetrics-text; version=abc", "\x7f;;=", "text/plain;version=7;escaping=x"):
+            odd = await client.get("/metrics", headers={"Accept": accept})  # a preference it cannot read
+            assert odd.status_code == 200 and odd.headers["content-type"].startswith("text/plain"), accept
 
         # the guard covers /metrics like every route: a web page of another origin reads nothing
         assert_error(await client.get("/metrics", headers={"Origin": "http://evil.example"}), 403, 4008)

@@ -712,6 +712,6 @@ def test_demo_runs_to_completion(tmp_path: Path, backend: str) -> None:
     assert summaries[0][1] == "drawer ledger 6 entries", out  # open, four payments, close: learned by all
     assert "drawer closed: expected 164.00 in cash, counted 164.00; card 53.70" in out
     for url in urls.values():
-        assert f"{url}  (OpenAPI: {url}/openapi.json" in out
+        assert f"{url}  (OpenAPI: {url}/openapi.json" in out and f"monitor: {url}/monitor)" in out
     assert "Traceback" not in result.stderr and "WARNING" not in result.stderr, result.stderr
     assert not Path(match.group(1)).exists(), "the demo's temporary data dir is removed on exit"

@@ -13,9 +13,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from meshpos.api_screens import PUBLIC_PATHS
 from simulations import hostile
 from simulations.fuzz.target import Target, running_terminal, scratch
 from simulations.fuzz.values import dump_json, json_value, mutate_bytes, mutate_value, text, weird_str
+
+#: What answers 2xx with something other than JSON, by design: the screens' pages and files, and
+#: the Prometheus exposition.  Their errors are JSON like every other.
+NOT_JSON = PUBLIC_PATHS | {"/metrics"}
 
 ID_RULE = "[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
 #: Body fields and path parameters that name things the terminal holds: mostly a known one
@@ -277,7 +282,8 @@ class ApiSession:
             if "location" not in answer.headers:
                 raise AssertionError(f"{method} {path}: HTTP {status} without a Location")
             return "refused"
-        if method != "HEAD" and not (method == "OPTIONS" and status < 400 and not answer.content):
+        if method != "HEAD" and not (method == "OPTIONS" and status < 400 and not answer.content) and not (
+                status < 400 and answer.url.path in NOT_JSON):
             try:
                 payload = answer.json()
             except ValueError:
