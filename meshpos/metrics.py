@@ -66,8 +66,7 @@ class TerminalMetrics:
                 self.propagation.observe(max(0.0, (now - written).total_seconds()))
 
     def on_link_down(self, peer_id: str, peer_type: str | None, closed: Any, traffic: tuple[int, ...]) -> None:
-        before = self.ended.get(peer_id, (0, 0, 0, 0))
-        self.ended[peer_id] = tuple(a + b for a, b in zip(before, traffic, strict=True))  # type: ignore[assignment]
+        self.ended[peer_id] = _plus(self.ended.get(peer_id), traffic)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -76,8 +75,7 @@ class TerminalMetrics:
         open link's so far)."""
         out = dict(self.ended)
         for peer_id, now in live.items():
-            before = out.get(peer_id, (0, 0, 0, 0))
-            out[peer_id] = tuple(a + b for a, b in zip(before, now, strict=True))  # type: ignore[assignment]
+            out[peer_id] = _plus(out.get(peer_id), now)
         return out
 
     async def run(self, live: Callable[[], dict[str, tuple[int, int, int, int]]]) -> None:
@@ -97,6 +95,13 @@ class TerminalMetrics:
         began, frames = self.samples[0]
         seconds = self.monotonic() - began
         return round((self._frames(live) - frames) / seconds, 3) if seconds > 0 else 0.0
+
+
+def _plus(total: tuple[int, int, int, int] | None, more: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """Two traffic tuples (:data:`TRAFFIC`) added field by field."""
+    a, b, c, d = total or (0, 0, 0, 0)
+    e, f, g, h = more
+    return a + e, b + f, c + g, d + h
 
 
 def stats(terminal: Any) -> dict[str, Any]:
@@ -168,9 +173,9 @@ async def _families(terminal: Any) -> list[Any]:
     gauge("meshpos_uptime_seconds", "Seconds since the terminal started.",
           terminal.monotonic() - terminal.started_monotonic)
 
-    mesh = terminal.mesh
-    if mesh is not None:
-        peers = [p for p in mesh.status()["peers"] if p.get("terminal_id")]
+    status = await terminal.status()  # one read of the terminal: links, documents, storage, HQ
+    if status["mesh"] is not None:
+        peers = [p for p in status["mesh"]["peers"] if p.get("terminal_id")]
         gauge("meshpos_peer_up", "1 while a link to the peer is open, else 0.", labels=["peer", "type"],
               rows=[([p["terminal_id"], p.get("type") or ""], 1.0 if p.get("online") else 0.0) for p in peers])
         gauge("meshpos_peer_rtt_seconds", "Last heartbeat round trip of an open link.", labels=["peer"],
@@ -196,7 +201,6 @@ async def _families(terminal: Any) -> list[Any]:
               "durable here (the two clocks' skew included).", metrics.propagation)
     histogram("meshpos_storage_commit_seconds", "SQLite group commits, fsync included.",
               terminal.store.commit_seconds)
-    status = await terminal.status()
     gauge("meshpos_document_bytes", "Encoded size of each open document.", labels=["document"],
           rows=[([name], d["bytes"]) for name, d in sorted(status["documents"].items())])
     gauge("meshpos_document_pending_updates", "Update rows stored since the document's last snapshot.",

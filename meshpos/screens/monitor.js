@@ -169,6 +169,7 @@ function showDay(orders, drawers) {
 // -- polling and the event log ------------------------------------------------------------------
 
 let lastCursor = null;
+let drawersSeen = [];  // the last poll's drawers: the day's figures read their totals
 
 async function poll() {
   try {
@@ -185,7 +186,8 @@ async function poll() {
     banner(`Cannot read this terminal's status: ${error.message}`);
   }
   try {
-    showDrawers(await get('/api/v1/cashier/drawers'), await get('/api/v1/review'));
+    drawersSeen = await get('/api/v1/cashier/drawers');
+    showDrawers(drawersSeen, await get('/api/v1/review'));
   } catch (error) {
     $('reviews').textContent = `Drawers: ${error.message}`;
   }
@@ -193,8 +195,7 @@ async function poll() {
 
 async function pollDay() {
   try {
-    const [orders, drawers] = await Promise.all([get('/api/v1/orders'), get('/api/v1/cashier/drawers')]);
-    showDay(orders, drawers);
+    showDay(await get('/api/v1/orders'), drawersSeen);
   } catch (error) {
     $('figures').replaceChildren(el('p', `Cannot read today's orders: ${error.message}`, 'bad'));
   }
@@ -228,7 +229,6 @@ function follow() {
   socket.onclose = () => setTimeout(follow, POLL_MS);  // the terminal restarted, or the network blinked
 }
 
-poll();
-pollDay();
+poll().then(pollDay);  // the day's figures want the first poll's drawers
 setInterval(poll, POLL_MS);
 setInterval(pollDay, DAY_POLL_MS);
