@@ -80,7 +80,7 @@ def check_update(data: bytes, shape: Shape, state: dict[int, int] | None = None)
     panics and a SIGSEGV, so a terminal never feeds it anything.  Returns the state after the
     update (chain it through a batch), or ``None`` without ``state``.
     """
-    reader = _Reader(bytes(data), shape, state)
+    reader = Lib0Reader(bytes(data), shape, state)
     reader.update()
     return reader.complete()
 
@@ -101,7 +101,7 @@ def merge_run(updates: Sequence[bytes]) -> bytes:
 def decode_state_vector(data: bytes) -> dict[int, int]:
     """``{client id: clock}`` of an encoded state vector; compare these, not the bytes (equal
     states may encode in any order).  :class:`UpdateRefused` unless well-formed."""
-    reader = _Reader(bytes(data), Shape(frozenset()))
+    reader = Lib0Reader(bytes(data), Shape(frozenset()))
     out: dict[int, int] = {}
     for _ in range(reader.count("client", 2)):
         client = reader.uint()
@@ -119,10 +119,13 @@ def check_state_vector(data: bytes) -> None:
     decode_state_vector(data)
 
 
-class _Reader:
+class Lib0Reader:
+    """lib0's encodings read with bounds (every number at most 53 bits, every length within the
+    bytes left), and the v1 update itself; :mod:`core.ymessages` reads y-websocket messages with it."""
+
     __slots__ = ("data", "end", "pos", "ranges", "refs", "shape", "state")
 
-    def __init__(self, data: bytes, shape: Shape, state: dict[int, int] | None = None) -> None:
+    def __init__(self, data: bytes, shape: Shape = Shape(frozenset()), state: dict[int, int] | None = None) -> None:
         self.data, self.end, self.pos, self.shape = data, len(data), 0, shape
         self.state = state
         #: client -> [first clock, clock after the last struct] of its run in this update
@@ -207,6 +210,13 @@ class _Reader:
             return self.data[start:self.pos].decode()
         except UnicodeDecodeError:
             raise self.fail("a string is not UTF-8") from None
+
+    def chunk(self) -> bytes:
+        """A lib0 varUint8Array."""
+        n = self.uint()
+        start = self.pos
+        self.skip(n)
+        return self.data[start:self.pos]
 
     def skip_string(self) -> None:
         self.skip(self.uint())

@@ -38,7 +38,7 @@ from meshpos.api_routing import (
     BodyLimit,
     Routes,
     cashier_answer,
-    error_response,
+    deny_websocket,
     json_response,
     on_http_error,
     on_meshpos_error,
@@ -73,6 +73,7 @@ from meshpos.api_schemas import (
     decode_query,
 )
 from meshpos.api_screens import PUBLIC_PATHS, screen_routes
+from meshpos.api_yjs import yjs_route
 from meshpos.events import Lagged, Reset
 from meshpos.metrics import exposition
 from meshpos.metrics import stats as terminal_stats
@@ -336,12 +337,7 @@ def create_app(terminal: Terminal, *, port: int | None = None) -> ASGIApp:
         try:
             cursor = decode_query(ws.query_params, EventsQuery).cursor
         except errors.MeshposError as exc:  # before accept: the handshake fails with an HTTP answer
-            if "websocket.http.response" in ws.scope.get("extensions", {}):
-                denial = error_response(exc.http_status, exc.code, exc.message)
-                denial.headers["connection"] = "close"  # the server closes it after a refused upgrade
-                await ws.send_denial_response(denial)
-            else:
-                await ws.close(code=1008)  # the server answers a bare 403
+            await deny_websocket(ws, exc)
             return
         await ws.accept()
 
@@ -374,6 +370,7 @@ def create_app(terminal: Terminal, *, port: int | None = None) -> ASGIApp:
     app = Starlette(
         routes=r.routes() + [
             WebSocketRoute("/api/v1/events", events),
+            yjs_route(t),
             Route("/openapi.json", openapi_json, methods=["GET"], include_in_schema=False),
             Route("/metrics", metrics, methods=["GET"], include_in_schema=False),
             *screen_routes(),

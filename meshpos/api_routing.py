@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from core import errors
 from core.codec import encode_json_bytes
@@ -45,6 +46,17 @@ def error_response(status: int, code: int, message: str) -> Response:
 async def on_meshpos_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.MeshposError)
     return error_response(exc.http_status, exc.code, exc.message)
+
+
+async def deny_websocket(ws: WebSocket, exc: errors.MeshposError) -> None:
+    """Refuse a WebSocket upgrade before accepting it: the HTTP status and ``{code, message}``
+    through the ASGI denial-response extension, a bare 403 where the server lacks it."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        denial = error_response(exc.http_status, exc.code, exc.message)
+        denial.headers["connection"] = "close"  # the server closes it after a refused upgrade
+        await ws.send_denial_response(denial)
+    else:
+        await ws.close(code=1008)
 
 
 async def on_http_error(_: Request, exc: Exception) -> Response:

@@ -1,5 +1,6 @@
-"""The screens every terminal serves to a browser on its box (docs/screens.md): ``/`` and
-``/monitor``, and their files under ``/screens/``.
+"""The screens every terminal serves to a browser on its box (docs/screens.md): ``/``,
+``/kds``, ``/tables`` and ``/monitor``, and their files under ``/screens/`` (the kitchen display's
+and the floor plan's bundles are built from js/ by ``npm run build`` and committed).
 
 They ship inside the package (no CDN: they work with the WAN down) and hold no data: a page
 reads everything from the API with the browser's own requests, which the guard treats like any
@@ -21,8 +22,8 @@ from meshpos.api_routing import error_response
 
 SCREENS = Path(__file__).parent / "screens"
 #: Pages by path, and the files under /screens/ (read once: the set is fixed for the process).
-PAGES = {"/": "index.html", "/monitor": "monitor.html"}
-FILES = {p.name: p for p in SCREENS.iterdir() if p.is_file() and p.suffix in (".html", ".js", ".css")}
+PAGES = {"/": "index.html", "/monitor": "monitor.html", "/kds": "kds.html", "/tables": "tables.html"}
+FILES = {p.name: p for p in SCREENS.iterdir() if p.is_file() and p.suffix in (".html", ".js", ".css", ".txt")}
 PUBLIC_PATHS = frozenset(PAGES) | {f"/screens/{name}" for name in FILES}
 #: The pages load only this terminal's own files and talk only to its own API (a value a peer
 #: wrote and the page shows cannot load or run anything); no other site may frame them.

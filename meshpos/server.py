@@ -34,4 +34,5 @@ async def serve_api(
     app = create_app(terminal, port=port)  # the real port: the terminal's own UI origin names it
     if on_ready is not None:
         on_ready(f"http://{host}:{port}")
-    await serve_asgi(app, sock, shutdown=shutdown)
+    # A browser's Yjs message (an edit, or the offline edits of its step 2) is a request body too.
+    await serve_asgi(app, sock, shutdown=shutdown, max_message_bytes=terminal.config.max_body_bytes)

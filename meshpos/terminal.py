@@ -46,8 +46,10 @@ from meshpos.documents import inventory as inventory_doc
 from meshpos.documents import orders as orders_doc
 from meshpos.documents import tables as tables_doc
 from meshpos.documents.host import Operation, durable
+from meshpos.documents.ui_writes import check_ui_update
 from meshpos.events import EventBus
 from meshpos.metrics import TerminalMetrics
+from meshpos.ui_rooms import UiRooms
 from meshpos.wan import HQ_FIELDS, WanView, catalog_items, landed_message, provisional_messages
 from storage.database import lock_data_dir
 from storage.store import Store
@@ -107,6 +109,8 @@ class Terminal:
         self.events: EventBus
         #: What /metrics and /api/v1/stats read that cannot be read back later (meshpos/metrics.py).
         self.metrics: TerminalMetrics
+        #: Browser clients on the Yjs route, per document (meshpos/ui_rooms.py).
+        self.ui_rooms = UiRooms()
         #: Peer links; ``None`` for a terminal whose data directory is not enrolled in a store.
         self.mesh: Mesh | None = None
         #: The WAN side: what the chain's HQ has landed, and its sync log (docs/hq.md).
@@ -143,6 +147,7 @@ class Terminal:
             self.events = EventBus(self.store)
             self.metrics = TerminalMetrics(self.config.terminal_id, self.clock, self.monotonic)
             self.host.on_update(self.metrics.on_update)
+            self.host.on_update(self.ui_rooms.on_update)
             self.store.on_commit(self.metrics.on_commit)
             await self.host.open(tables_doc.DOC_NAME, TablesDoc)
             await self.host.open(inventory_doc.DOC_NAME, InventoryDoc)
@@ -431,6 +436,37 @@ class Terminal:
                 model = await self.host.open(name, OrdersDoc, read_only=True)
         return model  # type: ignore[return-value]
 
+    async def ui_document(self, name: str) -> str:
+        """Open ``name`` for a browser on the Yjs route (an archived day read-only); its name.
+        Raises :class:`NotFound` for a document this terminal does not hold."""
+        day = orders_day(name)
+        if day is not None:
+            await self.orders_of_day(day)
+        elif self.host.get(name) is None:
+            raise NotFound(f"no document {name[:80]!r}; one of tables, inventory, orders/<YYYY-MM-DD>")
+        return name
+
+    async def apply_ui_update(self, name: str, update: bytes, user: str, rooms_client: Any = None) -> None:
+        """A browser's update of ``name``: checked on a scratch copy (meshpos/documents/ui_writes.py),
+        then applied and stored like any write, audited as ``user`` (``ui:<client>``), passed on to
+        the peers and the document's other browsers; returns once durable.  Raises the
+        ``MeshposError`` that refuses it - nothing of a refused update stays."""
+        await self._reload_stale()
+        model = self.host.get(name) if orders_day(name) is None else await self.orders_of_day(orders_day(name))
+        if model is None:
+            raise NotFound(f"no document {name[:80]!r}")
+        ops = check_ui_update(model, update, user)
+        try:
+            self.ui_rooms.applying = rooms_client  # the sender has the change: not sent it back
+            try:
+                ticket = self.host.apply_remote(name, [update], user, audits=ops)  # no await since the check
+            finally:
+                self.ui_rooms.applying = None
+            await durable(ticket)
+        except StoreError as exc:
+            await self._reload_stale()
+            raise Unavailable(f"the change could not be stored durably ({exc.__cause__ or exc}); retry") from exc
+
     async def _orders_for(self, order_id: str) -> OrdersDoc:
         try:
             day = date(int(order_id[0:4]), int(order_id[4:6]), int(order_id[6:8]))
@@ -656,7 +692,7 @@ class Terminal:
                 "malformed": model.malformed_summary(),  # type: ignore[attr-defined]
             }
         return {
-            "terminal_id": self.config.terminal_id, "type": self.config.type,
+            "terminal_id": self.config.terminal_id, "type": self.config.type, "replica_id": self.host.replica_id,
             "business_day": self.today().isoformat(),
             "uptime_seconds": round(self.monotonic() - self.started_monotonic, 3),
             "documents": docs, "storage": await self.store.size(), "last_event_cursor": self.store.last_cursor,

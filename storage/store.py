@@ -108,7 +108,7 @@ class _Record:
     origin: str
     at: str
     events: list[tuple[str, dict[str, Any]]]
-    audit: AuditRecord | None
+    audits: list[AuditRecord]
     ticket: Ticket
     snapshot: bytes | None = None
     sql: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
@@ -217,10 +217,10 @@ class Store:
         origin: str,
         at: str,
         events: Iterable[tuple[str, dict[str, Any]]] = (),
-        audit: AuditRecord | None = None,
+        audits: Iterable[AuditRecord] = (),
         sql: Iterable[tuple[str, tuple[Any, ...]]] = (),
     ) -> Ticket:
-        """Queue one update (with the events it produced and its audit row) for the next commit.
+        """Queue one update (with the events it produced and its audit rows) for the next commit.
 
         ``sql``: statements of another subsystem (the cashier ledger) that must be durable
         together with the events; they run in the batch's transaction, in enqueue order.
@@ -230,7 +230,7 @@ class Store:
         if doc in self.stale_docs:
             raise StoreError(f"document {doc} must be reloaded after a failed commit")
         ticket = Ticket()
-        self._queue.append(_Record(doc, update, origin, at, list(events), audit, ticket, sql=list(sql)))
+        self._queue.append(_Record(doc, update, origin, at, list(events), list(audits), ticket, sql=list(sql)))
         self._wakeup.set()
         return ticket
 
@@ -244,7 +244,7 @@ class Store:
     def enqueue_snapshot(self, doc: str, state: bytes, at: str) -> Ticket:
         """Fold ``doc``'s update rows written so far into ``state`` (its full encoded state now)."""
         ticket = Ticket()
-        self._queue.append(_Record(doc, None, "compaction", at, [], None, ticket, snapshot=state))
+        self._queue.append(_Record(doc, None, "compaction", at, [], [], ticket, snapshot=state))
         self._wakeup.set()
         return ticket
 
@@ -293,8 +293,7 @@ class Store:
                 next_cursor += 1
             per_record_events.append(stored)
             statements.extend(rec.sql)
-            if rec.audit is not None:
-                a = rec.audit
+            for a in rec.audits:
                 audit_rows.append((
                     a.op_id, a.entity, a.entity_id, a.operation, a.terminal_id, a.user_id, a.at,
                     None if a.before is None else encode_json(a.before),

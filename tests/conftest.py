@@ -15,6 +15,7 @@ import pytest
 from meshpos.config import TerminalConfig
 from meshpos.server import serve_api
 from meshpos.terminal import Terminal
+from simulations.jsdeps import ensure_node_modules, node_missing
 from simulations.postgres import PostgresServer, PostgresUnavailable, find_bindir
 
 
@@ -69,6 +70,18 @@ BURGER = {"sku": "burger", "name": "Burger", "qty": 2, "unit_price_cents": 1590,
 
 # The subprocess fixture lives with the process tests; the mesh process tests use it too.
 from tests.procutil import launch  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> None:
+    """Node and js/'s locked npm packages (``npm ci`` the first time); without Node the test
+    skips - unless MESHPOS_REQUIRE_NODE is set (CI installs it), where it fails."""
+    if (missing := node_missing()) is not None:
+        if os.environ.get("MESHPOS_REQUIRE_NODE"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    ensure_node_modules()
+
 
 # -- real PostgreSQL (simulations/postgres.py) ---------------------------------------------------
 

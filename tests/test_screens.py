@@ -15,7 +15,7 @@ import pytest
 from meshpos.api_screens import FILES, PAGES
 from simulations.browser import chromium_missing, headless_chromium
 from tests.apiutil import assert_error
-from tests.procutil import Proc, Store, ok, start
+from tests.procutil import Proc, Store, ok, online, start, wait
 
 pytestmark = pytest.mark.anyio
 
@@ -118,3 +118,75 @@ def test_the_monitor_follows_a_peer_going_away_and_coming_back(launch: Callable[
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors  # no script error, no refused request
     assert not browser.find_element("id", "banner").is_displayed()
+
+
+def _ticket_items(driver: Any, order_id: str) -> list[str]:
+    return _text(driver, f'article.ticket[data-order-id="{order_id}"] li.item', "className")
+
+
+@pytest.mark.slow
+def test_the_kitchen_display_shows_bumps_and_refuses_like_the_api(launch: Callable[..., Proc], tmp_path: Path,
+                                                                  browser: Any) -> None:
+    store = Store(tmp_path, ["pos-1", "kds-1"], ["pos", "kds"])
+    pos, kds = start(launch, store, "pos-1", "asyncio"), start(launch, store, "kds-1", "trio")
+    with pos.client() as c:
+        wait(lambda: online(c) == {"kds-1"}, what="kds-1 linked")
+        ok(c.put("/api/v1/catalog/burger", json={"name": "Burger", "price_cents": 1590, "station": "grill"}))
+        ok(c.patch("/api/v1/inventory/burger", json={"out_of_stock": True}))
+        browser.get(f"{kds.url}/kds?station=grill")
+        _wait(browser, lambda d: d.execute_script("return document.body.dataset.rendered") == "0", 10,
+              "an empty kitchen")
+        # an order taken on pos-1 appears on kds-1's page, without a reload
+        order = ok(c.post("/api/v1/orders", json={"table": "T4", "items": [
+            {"sku": "burger", "name": "Burger", "qty": 2, "unit_price_cents": 1590, "station": "grill"},
+            {"sku": "cola", "name": "Cola", "qty": 1, "unit_price_cents": 300, "station": "bar"}]}))
+        oid = order["id"]
+        _wait(browser, lambda d: _ticket_items(d, oid) == ["item k-queued"], 5, "the ticket (grill items only)")
+        assert _text(browser, f'article[data-order-id="{oid}"] header b') == ["Table T4"]
+        _wait(browser, lambda d: _text(d, "#eightysix") == ["86: Burger"], 5, "the 86'd burger")
+        # a tap on the item moves it on, and pos-1 sees it through the mesh
+        browser.find_element("css selector", f'article[data-order-id="{oid}"] li.item button').click()
+        _wait(browser, lambda d: _ticket_items(d, oid) == ["item k-preparing"], 5, "the item preparing")
+        grill = next(i for i in order["items"] if i["station"] == "grill")
+        wait(lambda: next(i for i in ok(c.get(f"/api/v1/orders/{oid}"))["items"]
+                          if i["id"] == grill["id"])["kitchen_status"] == "preparing", 10, "the bump on pos-1")
+        # a write the rules refuse (kitchen status backwards): the page says why, nothing changes
+        browser.execute_script(
+            "const o = window.meshposKds.orders.doc.getMap('orders').get(arguments[0]);"
+            "o.set(`kitchen:${arguments[1]}:queued`, new Date().toISOString())", oid, grill["id"])
+        _wait(browser, lambda d: "forward only" in _text(d, "#banner")[0], 5, "the refusal")
+        assert browser.find_element("id", "banner").is_displayed()
+        _wait(browser, lambda d: _ticket_items(d, oid) == ["item k-preparing"], 5, "the ticket as it was")
+        for client in (c, kds.client()):
+            assert next(i for i in ok(client.get(f"/api/v1/orders/{oid}"))["items"]
+                        if i["id"] == grill["id"])["kitchen_status"] == "preparing"
+        # the ticket's bump: ready, then served - off the screen
+        browser.find_element("css selector", f'article[data-order-id="{oid}"] button.bump').click()
+        _wait(browser, lambda d: _ticket_items(d, oid) == ["item k-ready"], 5, "the item ready")
+        browser.find_element("css selector", f'article[data-order-id="{oid}"] button.bump').click()
+        _wait(browser, lambda d: _ticket_items(d, oid) == [], 5, "the ticket gone")
+        wait(lambda: {i["id"]: i["kitchen_status"] for i in ok(c.get(f"/api/v1/orders/{oid}"))["items"]}
+             == {grill["id"]: "served", next(i["id"] for i in order["items"] if i is not grill): "queued"},
+             10, "the grill item served on pos-1, the bar's untouched")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+@pytest.mark.slow
+def test_the_floor_plan_follows_the_tables(launch: Callable[..., Proc], tmp_path: Path, browser: Any) -> None:
+    pos = launch(tmp_path / "pos-1")
+    with pos.client() as c:
+        for tid, area in (("T1", "patio"), ("T2", "patio"), ("B1", "bar")):
+            ok(c.put(f"/api/v1/tables/{tid}", json={"name": tid, "seats": 4, "area": area}))
+        browser.get(f"{pos.url}/tables")
+        _wait(browser, lambda d: d.execute_script("return document.body.dataset.rendered") == "3", 10, "3 tables")
+        assert _text(browser, "section h2") == ["bar", "patio"]
+        ok(c.patch("/api/v1/tables/T1", json={"status": "occupied", "waiter": "ana", "guests": 3}))
+        ok(c.post("/api/v1/tables/T2/merge", json={"into": "T1"}))
+        _wait(browser, lambda d: _text(d, 'article[data-table-id="T1"]', "className") == ["table occupied"], 5,
+              "T1 occupied")
+        assert "ana" in _text(browser, 'article[data-table-id="T1"]')[0]
+        assert "with T2" in _text(browser, 'article[data-table-id="T1"]')[0]
+        assert "merged into T1" in _text(browser, 'article[data-table-id="T2"]')[0]
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors

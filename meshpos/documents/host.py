@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -205,6 +205,15 @@ class DocumentHost:
         if name in self.store.stale_docs:
             await self.reload_stale()
 
+    async def durable_now(self, name: str) -> None:
+        """:meth:`settled`, again until no change of ``name`` is in flight: a diff computed right
+        after it returns (no await between) holds only what is on disk - what a browser is sent."""
+        while True:
+            await self.settled(name)
+            ticket = self._last_ticket.get(name)
+            if (ticket is None or ticket.done.is_set()) and name not in self.store.stale_docs:
+                return
+
     # -- writes --------------------------------------------------------------------------------
 
     def write(self, name: str, mutate: Callable[[], R], op: Operation | None) -> tuple[R, Ticket | None]:
@@ -218,9 +227,9 @@ class DocumentHost:
             raise StoreError(f"document {name} is being reloaded after a failed commit")
         with hosted.model.doc.transaction(origin=LOCAL_ORIGIN):
             result = mutate()
-        audit = None if op is None else self.audit_record(op)
+        audits = [] if op is None else [self.audit_record(op)]
         known = {op.entity_id: op.after} if op is not None and isinstance(op.after, dict) else None
-        return result, self._finish(hosted, LOCAL_ORIGIN, audit, known)
+        return result, self._finish(hosted, LOCAL_ORIGIN, audits, known)
 
     def audit_record(self, op: Operation) -> AuditRecord:
         before, after = changed_fields(op.before, op.after)
@@ -230,8 +239,11 @@ class DocumentHost:
             before=before, after=after,
         )
 
-    def apply_remote(self, name: str, updates: list[bytes], origin: str) -> Ticket | None:
+    def apply_remote(self, name: str, updates: list[bytes], origin: str,
+                     audits: Sequence[Operation] = ()) -> Ticket | None:
         """Apply updates from a peer in one transaction (one storage record); ``None``: nothing new.
+        ``audits``: the audit rows of what they change, stored with them (a browser UI's write,
+        checked by ``meshpos.documents.ui_writes`` first).
 
         Every update is checked first (:func:`check_update`): its shape, and that it is complete
         against the document - Yrs never holds anything "pending".  A refused one
@@ -272,8 +284,8 @@ class DocumentHost:
             log.warning("%s: pycrdt failed on an update from %s (%s: %s); reloading the document from disk",
                         name, origin, type(exc).__name__, str(exc)[:200])
             raise UpdateRefused(f"pycrdt could not apply it ({type(exc).__name__}: {str(exc)[:100]})") from None
-        ticket = self._finish(hosted, origin, None)
-        if ticket is not None:
+        ticket = self._finish(hosted, origin, [self.audit_record(op) for op in audits])
+        if ticket is not None and not audits:  # audited: a browser's write, not the mesh's
             self.last_peer_update_at[name] = iso(self.clock())
         if error is not None:
             raise error
@@ -282,7 +294,7 @@ class DocumentHost:
             raise gap
         return ticket
 
-    def _finish(self, hosted: _Hosted, origin: str, audit: AuditRecord | None,
+    def _finish(self, hosted: _Hosted, origin: str, audits: list[AuditRecord],
                 known: dict[str, dict[str, Any]] | None = None) -> Ticket | None:
         updates, hosted.updates = hosted.updates, []
         try:
@@ -298,7 +310,7 @@ class DocumentHost:
             return None
         update = merge_run(updates)
         ticket = self.store.enqueue(
-            doc=hosted.name, update=update, origin=origin, at=iso(self.clock()), events=events, audit=audit
+            doc=hosted.name, update=update, origin=origin, at=iso(self.clock()), events=events, audits=audits
         )
         self._last_ticket[hosted.name] = ticket
         for listener in self._update_listeners:
