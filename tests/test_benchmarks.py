@@ -13,7 +13,7 @@ from simulations.benchutil import module_command
 pytestmark = pytest.mark.slow  # each test runs a benchmark script in its own processes
 
 SCRIPTS = ["partition", "netns", "bench_heal", "bench_forwarding", "bench_partition", "bench_quick", "bench_mesh",
-           "bench_own_core", "bench_cashier", "bench_discovery", "bench_terminal", "fuzz", "star"]
+           "bench_own_core", "bench_cashier", "bench_discovery", "bench_terminal", "bench_screens", "fuzz", "star"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -78,3 +78,20 @@ def test_own_core_benchmark_measures_both_stars_at_both_relay_placements() -> No
             for star in ("star", "durable_star") for side in ("writer", "receiver")]
     for key in ["latency_ms", *keys]:
         assert result[key]["samples"] == 10 and 0 < result[key]["p50"] <= result[key]["max"], key
+
+
+def test_screens_benchmark_times_every_ticket_and_the_day_load() -> None:
+    """Two real terminals and Debian's headless Chromium: each order taken on pos-1 is timed into
+    kds-1's page, and the page's loads with the whole day open are timed (a small run)."""
+    from simulations.browser import chromium_missing  # noqa: PLC0415
+
+    if (missing := chromium_missing()) is not None:
+        if os.environ.get("MESHPOS_REQUIRE_CHROMIUM"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    done = subprocess.run(module_command("simulations.bench_screens", "--orders", "5", "--day", "12"),
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["order_to_ticket_ms"]["samples"] == 5 and result["order_to_ticket_ms"]["p50"] > 0
+    assert result["day_tickets"] == 12 and len(result["day_load_ms"]) == 3 and min(result["day_load_ms"]) > 0

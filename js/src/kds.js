@@ -8,7 +8,7 @@ import { RANK, nextKitchenStage, orderViews, setKitchenStatus } from './orders.j
 const params = new URLSearchParams(location.search)
 const station = params.get('station') || ''
 const client = params.get('client') || 'kds'
-//: Minutes after which a ticket turns amber, then red.
+// Minutes after which a ticket turns amber, then red.
 const WARN_MIN = Number(params.get('warn') || 8)
 const LATE_MIN = Number(params.get('late') || 15)
 const LIVE = new Set(['open', 'sent', 'preparing', 'ready'])
@@ -97,7 +97,10 @@ function render () {
     return a
   }))
   document.body.dataset.rendered = String(live.length)
-  window.meshposKds.renders++
+  // the last renders and when (ms since the page began loading): simulations/bench_screens.py
+  const log = window.meshposKds.renders_log
+  log.push({ tickets: live.length, at: performance.now() })
+  if (log.length > 20) log.shift()
 }
 
 function render86 () {
@@ -128,5 +131,5 @@ async function start () {
   }, 60000)
 }
 
-window.meshposKds = { renders: 0, RANK }
+window.meshposKds = { renders_log: [], RANK }
 start().catch(err => banner(err.message))
