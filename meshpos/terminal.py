@@ -50,7 +50,14 @@ from meshpos.documents.ui_writes import check_ui_update
 from meshpos.events import EventBus
 from meshpos.metrics import TerminalMetrics
 from meshpos.ui_rooms import UiRooms
-from meshpos.wan import HQ_FIELDS, WanView, catalog_items, landed_message, provisional_messages
+from meshpos.wan import (
+    HQ_FIELDS,
+    WanView,
+    catalog_items,
+    landed_message,
+    missing_operations,
+    provisional_messages,
+)
 from storage.database import lock_data_dir
 from storage.store import Store
 
@@ -308,8 +315,9 @@ class Terminal:
         mesh = self.mesh
         linked = [] if mesh is None else sorted(p for p, link in mesh.links.items() if link.peer_type == HQ_TYPE)
         if mesh is not None:
-            for vectors in mesh.syncing.uplink_vectors.values():  # what each HQ asked with
-                self.wan.landed(vectors, None)
+            for hq_id in mesh.syncing.hq_peers:  # what each HQ asked with: what it has landed
+                asked = mesh.syncing.asked_with.get(hq_id, {})
+                self.wan.landed({name: record[0] for name, record in asked.items() if record[0] is not None}, None)
         last_error = None
         if mesh is not None:
             for address in self.wan.addresses:
@@ -645,7 +653,14 @@ class Terminal:
         return {} if self.mesh is None else {p: link.traffic() for p, link in self.mesh.links.items()}
 
     def peers(self) -> dict[str, Any]:
-        return {**self._require_mesh().status(), "discovery": self._discovery_status()}
+        mesh = self._require_mesh()
+        status = mesh.status()
+        ours = {name: self.host.state_vector(name) for name in self.host.names()}
+        for peer in status["peers"]:
+            asked = mesh.syncing.asked_with.get(peer["terminal_id"] or "")
+            peer["documents"] = None if asked is None else {
+                name: sync_state(ours[name], *record) for name, record in sorted(asked.items()) if name in ours}
+        return {**status, "discovery": self._discovery_status()}
 
     def _discovery_status(self) -> dict[str, Any]:
         if self.discovery is None:
@@ -699,3 +714,18 @@ class Terminal:
             "mesh": None if self.mesh is None else self.peers(),
             "hq": self.hq_status(),
         }
+
+
+def sync_state(ours: bytes, theirs: Any, answered: Any, until: Any) -> dict[str, int]:
+    """One document against one peer, in Yjs operations (docs/api.md, GET /api/v1/peers), from
+    the state vector it last asked with (``theirs``), this terminal's when it answered
+    (``answered``) and when the link ended (``until``, ``None`` while linked): how far apart the
+    two were at that exchange - each side got the rest in it - and what changed here since it, or
+    since the link ended: a linked peer gets that as it happens, one that is not linked lacks it."""
+    them, then = decode_state_vector(theirs), decode_state_vector(answered)
+    known: dict[int, int] = {}
+    for vector in (them, then, decode_state_vector(until) if until is not None else {}):
+        for client, clock in vector.items():
+            known[client] = max(known.get(client, 0), clock)
+    return {"they_lacked": missing_operations(answered, them), "we_lacked": missing_operations(theirs, then),
+            "changed_since": missing_operations(ours, known)}

@@ -51,9 +51,15 @@ class Syncing:
         self.core: Replication[Link] = Replication(catch_up_wait=CATCH_UP_WAIT, me=me)
         #: Archived day -> set when its fetch is over (every asked peer answered or is gone).
         self._fetched: dict[str, anyio.Event] = {}
-        #: HQ peer id -> document -> the state vector it last asked with: what it has landed (an
-        #: HQ asks only once its landings of the document committed).  The terminal's WAN status.
-        self.uplink_vectors: dict[str, dict[str, bytes]] = {}
+        #: Peer id -> document -> [the state vector it last asked with - its step 1, on each
+        #: link's catch-up and every anti-entropy round -, this terminal's when it answered, this
+        #: terminal's when the link ended (``None`` while linked: changes go to it live)], kept
+        #: after the link ends: how far apart the two copies were then, and what changed here since
+        #: (the monitor's sync state per peer).  An HQ asks only once its landings of the document
+        #: committed, so for the ids in :attr:`hq_peers` it is what the HQ has landed (the
+        #: terminal's WAN status).
+        self.asked_with: dict[str, dict[str, list[bytes | None]]] = {}
+        self.hq_peers: set[str] = set()
         #: Set to bring the next anti-entropy round forward (made by the round's task).
         self._round_now: anyio.Event | None = None
         replica.on_update(self._on_local_update)
@@ -101,6 +107,10 @@ class Syncing:
         """``peer_id``'s link is down: the fetches waiting only for it are over, and the
         terminals still linked learn this one no longer reaches it."""
         relayed = self.core.relays(peer_id)
+        open_docs = set(self.replica.names())
+        for doc, record in self.asked_with.get(peer_id, {}).items():
+            if doc in open_docs:  # what it was sent live, up to now, is taken as received
+                record[2] = self.replica.state_vector(doc)
         for doc in self.core.peer_gone(peer_id):
             self._fetch_over(doc)
         if not self.learn_only:
@@ -170,8 +180,10 @@ class Syncing:
 
     async def answer_step1(self, link: Link, intent: AnswerStep1) -> None:
         await self.replica.open(intent.doc)
+        self.asked_with.setdefault(link.peer_id or "", {})[intent.doc] = [
+            intent.state_vector, self.replica.state_vector(intent.doc), None]
         if link.peer_type == HQ_TYPE:
-            self.uplink_vectors.setdefault(link.peer_id or "", {})[intent.doc] = intent.state_vector
+            self.hq_peers.add(link.peer_id or "")
         if self.learn_only:  # what the terminal lacks is not the HQ's to give: ask for what it holds
             await self.replica.settled(intent.doc)  # what it asks with is landed, not just received
             link.session.queue_step1(intent.doc, self.replica.state_vector(intent.doc))

@@ -218,7 +218,20 @@ async def test_peers_status_and_online_offline_events(authority: Authority, tmp_
             assert kds["bytes_in"] > 0 and kds["bytes_out"] > 0 and kds["updates_out"] >= 1
             assert kds["enrolled"] and not kds["revoked"]
             assert (await a.status())["mesh"]["roster_version"] == 3
+            # each document against the peer: what its catch-up's step 1 found apart, what changed since
+            assert kds["documents"]["tables"] == {"they_lacked": 0, "we_lacked": 0, "changed_since": 0}
+            assert kds["documents"]["inventory"]["changed_since"] == 1  # the product came after the catch-up
         await wait_for(lambda: not a.mesh.peers["kds-1"].online)
+        day = f"orders/{a.today().isoformat()}"
+        def state(doc: str) -> dict[str, int]:
+            return next(p for p in a.peers()["peers"] if p["terminal_id"] == "kds-1")["documents"][doc]
+
+        # what it got live before its link ended is taken as received
+        assert state("inventory") == {"they_lacked": 0, "we_lacked": 0, "changed_since": 0}
+        assert sum(a.host.versions(day).values()) == 0  # the day held nothing while kds-1 was linked
+        await a.create_order(table=None, waiter="ana", items=[ITEM])  # kds-1 is gone: it lacks this
+        assert state(day) == {"they_lacked": 0, "we_lacked": 0, "changed_since": sum(a.host.versions(day).values())}
+        assert state(day)["changed_since"] > 0
         events = [e for e in await a.store.events_after(cursor) if e.type.startswith("terminal:")]
         assert [(e.type, e.payload["terminal_id"]) for e in events] == [
             ("terminal:online", "kds-1"), ("terminal:offline", "kds-1")]

@@ -79,6 +79,11 @@ def _row_state(driver: Any, peer: str) -> str | None:
     return states[0] if states else None
 
 
+def _sync_cell(driver: Any, document: str, peer: str) -> str | None:
+    cells = _text(driver, f'#sync tr[data-document="{document}"] td[data-peer="{peer}"]')
+    return cells[0] if cells else None
+
+
 def _wait(driver: Any, predicate: Callable[[Any], Any], within: float, what: str) -> None:
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
@@ -110,8 +115,16 @@ def test_the_monitor_follows_a_peer_going_away_and_coming_back(launch: Callable[
           5, "the new order in the event log")
     _wait(browser, lambda d: _text(d, '[data-figure="orders"] .value') == ["1"], 10, "one order in today's figures")
 
+    _wait(browser, lambda d: _sync_cell(d, "tables", "kds-1") == "live, in sync", 5, "tables in sync with kds-1")
+
     kds.stop()
     _wait(browser, lambda d: _row_state(d, "kds-1") == "offline", 5, "kds-1 offline")
+    day = f"orders/{order['business_day']}"
+    with httpx.Client(base_url=pos.url, headers={"Authorization": f"Bearer {token.read_text()}"}) as c:
+        ok(c.post("/api/v1/orders", json={"items": [{"sku": "burger", "name": "Burger", "qty": 1,
+                                                      "unit_price_cents": 1590}]}))
+    _wait(browser, lambda d: (_sync_cell(d, day, "kds-1") or "").startswith("offline; lacks "), 5,
+          "what kds-1 lacks of the day")
     start(launch, store, "kds-1", "asyncio")
     _wait(browser, lambda d: _row_state(d, "kds-1") == "online", 15, "kds-1 online again")
 

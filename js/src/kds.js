@@ -53,7 +53,7 @@ function ticket (view) {
   const items = view.items.filter(forStation)
   const since = view.stages.sent || view.created_at
   const age = minutesSince(since)
-  const node = el('article', null, `ticket ${age >= LATE_MIN ? 'late' : age >= WARN_MIN ? 'warn' : 'ok'}`)
+  const node = el('article', null, `ticket ${age >= LATE_MIN ? 'age-late' : age >= WARN_MIN ? 'age-warn' : 'age-ok'}`)
   node.dataset.orderId = view.id
   const head = el('header')
   head.append(el('b', view.table ? `Table ${view.table}` : 'Counter'), el('span', `${age} min`, 'age'))

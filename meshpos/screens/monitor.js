@@ -114,6 +114,35 @@ function showDocuments(documents) {
   }));
 }
 
+// One cell: a document against a peer (GET /api/v1/peers, `documents`).
+function syncCell(peer, state) {
+  if (!state) return td('-', 'dim');
+  if (peer.online) {
+    const apart = state.they_lacked + state.we_lacked;
+    return apart ? td(`live; last check: ${state.they_lacked} sent, ${state.we_lacked} received`, 'warn')
+      : td('live, in sync', 'ok');
+  }
+  const behind = state.changed_since;
+  return behind ? td(`offline; lacks ${behind} change${behind === 1 ? '' : 's'}`, 'bad') : td('offline; up to date', 'dim');
+}
+
+function showSync(mesh, documents) {
+  const peers = mesh ? mesh.peers.filter((p) => p.terminal_id && p.documents) : [];
+  const head = $('sync').tHead.rows[0];
+  head.replaceChildren(el('th', 'document'), ...peers.map((p) => el('th', p.terminal_id)));
+  fill($('sync').tBodies[0], Object.keys(documents).map((name) => {
+    const tr = document.createElement('tr');
+    tr.dataset.document = name;
+    tr.append(td(name));
+    for (const peer of peers) {
+      const cell = syncCell(peer, peer.documents[name]);
+      cell.dataset.peer = peer.terminal_id;
+      tr.append(cell);
+    }
+    return tr;
+  }));
+}
+
 function showDrawers(drawers, reviews) {
   const rows = drawers.map((d) => {
     const tr = document.createElement('tr');
@@ -177,6 +206,7 @@ async function poll() {
     showHeader(status, stats);
     showPeers(status.mesh);
     showDocuments(status.documents);
+    showSync(status.mesh, status.documents);
     if (lastCursor === null) {
       lastCursor = Math.max(0, status.last_event_cursor - EVENTS_SHOWN);
       follow();
