@@ -295,3 +295,30 @@ def test_a_peer_value_that_is_not_an_order_map_is_refused_not_read() -> None:
     # deriving its events skips it (the update itself is stored), and status shows why
     assert r.model.drain_events() == []
     assert "expected an order map" in r.model.malformed["20261123-bogus"]["reason"]
+
+
+def test_a_ui_update_is_checked_on_a_scratch_copy_and_an_archived_day_takes_none() -> None:
+    """meshpos/documents/ui_writes.py without a socket: the live document is only read; an
+    archived business day refuses any update that changes it, and an empty one passes."""
+    from core.errors import PermissionDenied
+    from meshpos.documents.ui_writes import check_ui_update
+
+    pos = Replica(OrdersDoc, "pos-1")
+    pos.model.named(f"orders/{DAY.isoformat()}")
+    pos.write(lambda m: m.create(day=DAY, table="T1", waiter=None, items=items()))
+    (oid,) = pos.model.ids()
+    item = pos.model.view(oid)["items"][0]["id"]
+    ui = pycrdt.Doc()
+    ui.apply_update(pos.model.doc.get_update())
+    before = ui.get_state()
+    ui.get("orders", type=pycrdt.Map)[oid][f"kitchen:{item}:ready"] = "2026-11-23T12:05:00.000Z"
+    bump = ui.get_update(before)
+    live = pos.model.doc.get_state()
+    (op,) = check_ui_update(pos.model, bump, "ui:kds")
+    assert (op.entity, op.entity_id, op.operation, op.user_id) == ("order", oid, "ui_write", "ui:kds")
+    assert op.after["items"][0]["kitchen_status"] == "ready" and op.before["items"][0]["kitchen_status"] == "queued"
+    assert pos.model.doc.get_state() == live and pos.model.view(oid)["items"][0]["kitchen_status"] == "queued"
+    pos.model.read_only = True
+    with pytest.raises(PermissionDenied, match="archived business day"):
+        check_ui_update(pos.model, bump, "ui:kds")
+    assert check_ui_update(pos.model, b"\x00\x00", "ui:kds") == []  # nothing new: nothing refused
