@@ -211,7 +211,8 @@ async def run_demo(api_port: int = 0, keep_running: bool = False) -> None:
                  "/api/v1/cashier/drawers/main):")
             for tid, url in urls.items():
                 _say(f"   {tid}: {url}  (OpenAPI: {url}/openapi.json, events: "
-                     f"ws://{url.removeprefix('http://')}/api/v1/events?cursor=0, monitor: {url}/monitor)")
+                     f"ws://{url.removeprefix('http://')}/api/v1/events?cursor=0, kitchen: {url}/kds, "
+                     f"floor: {url}/tables, monitor: {url}/monitor)")
             if keep_running:
                 _say("serving; press Ctrl-C to stop (the data directories are removed on exit)")
                 with anyio.open_signal_receiver(2, 15) as signals:

@@ -141,7 +141,7 @@ def _refusals(order: dict[str, Any], replica: str) -> list[tuple[str, str, Any, 
     ]
 
 
-async def test_a_refused_write_closes_with_its_code_and_leaves_nothing(served: Any) -> None:
+async def test_a_refused_write_closes_with_its_code_and_leaves_nothing(served: Any, caplog: Any) -> None:
     async with served() as (terminal, http):
         await put_table(http, "T1")
         await put_product(http)
@@ -161,8 +161,10 @@ async def test_a_refused_write_closes_with_its_code_and_leaves_nothing(served: A
             assert reason, what
             assert await written(http) == before, what
             assert {n: terminal.host.state_vector(n) for n in terminal.host.names()} == states, what
-        # and the terminal goes on serving everyone
+        # and the terminal goes on serving everyone; a refused write is not a malformed document
         assert (await http.get(f"/api/v1/orders/{order['id']}")).json()["status"] == "preparing"
+        assert not [r for r in caplog.records if r.getMessage().startswith("malformed")]
+        assert (await http.get("/api/v1/status")).json()["documents"]["tables"]["malformed"]["count"] == 0
         async with bound(http, "tables") as y:
             assert "T1" in y.doc.get("tables", type=pycrdt.Map)
 

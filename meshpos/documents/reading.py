@@ -140,6 +140,9 @@ class CheckedModel(Model):
 
     #: The kind of entity the document holds, in messages ("order", "table", "sku").
     entity = ""
+    #: A scratch copy (meshpos/documents/ui_writes.py) logs nothing: what it finds malformed is
+    #: a refused write, not a document's state, and the refusal is logged where it is answered.
+    quiet = False
 
     def __init__(self, doc: pycrdt.Doc, *, terminal_id: str, replica_id: str, clock: Clock,
                  id_source: IdSource = id_bytes) -> None:
@@ -166,8 +169,9 @@ class CheckedModel(Model):
         if known is None or known["reason"] != reason:
             # Once per entity (and again only if a new bad value replaces the old): not per request.
             # An unexpected exception gets its traceback - it may be a reader bug, not only bad data.
-            log.warning("malformed %s %s in document %s, left out of listings until a valid value replaces "
-                        "it: %s", self.entity, shown, self.name, reason, exc_info=not isinstance(exc, Flaw))
+            if not self.quiet:
+                log.warning("malformed %s %s in document %s, left out of listings until a valid value replaces "
+                            "it: %s", self.entity, shown, self.name, reason, exc_info=not isinstance(exc, Flaw))
             self.malformed[entity_id] = {"reason": reason,
                                          "first_seen_at": known["first_seen_at"] if known else self.now()}
         return MalformedEntity(f"{self.entity} {shown} is malformed in document {self.name}: {reason}; it is "

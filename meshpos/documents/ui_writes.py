@@ -115,6 +115,7 @@ def check_ui_update(live: Model, update: bytes, user: str) -> list[Operation]:
     scratch = type(live)(scratch_doc, terminal_id=live.terminal_id, replica_id=live.replica_id,
                          clock=live.clock, id_source=live.id_source)
     scratch.named(live.name)
+    scratch.quiet = True  # type: ignore[attr-defined]
     log = _ChangeLog(scratch_doc, scratch)
     try:
         with scratch_doc.transaction(origin="ui-check"):
@@ -123,8 +124,8 @@ def check_ui_update(live: Model, update: bytes, user: str) -> list[Operation]:
         if not (is_panic(exc) or isinstance(exc, Exception)):
             raise
         raise InvalidInput(f"the update does not apply ({type(exc).__name__}: {str(exc)[:100]})") from None
-    if not log.changes and scratch_doc.get_state() == live.doc.get_state():
-        return []  # nothing new
+    if not log.changes and decode_state_vector(scratch_doc.get_state()) == decode_state_vector(live.doc.get_state()):
+        return []  # nothing new (state vectors compared decoded: equal ones may encode in any order)
     if live.read_only:
         raise PermissionDenied(f"{live.name} is an archived business day; it is read-only")
     changes = _group_counters(log.changes, live.replica_id) if live.kind == "inventory" else log.changes

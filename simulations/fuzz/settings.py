@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-TARGETS = ("yupdate", "sync", "control", "link", "cashier", "roster", "api")
+TARGETS = ("yupdate", "sync", "control", "link", "cashier", "roster", "api", "ui")
 #: Inputs per batch (one child call; the terminal targets start a fresh terminal per batch, which
 #: keeps memory bounded and makes a batch's outcome independent of the batches before it).
 BATCH = {"yupdate": 500, "sync": 10_000, "control": 10_000, "link": 4_000, "cashier": 500, "roster": 4_000,
-         "api": 500, "planted": 1_000}
+         "api": 500, "ui": 500, "planted": 1_000}
 #: The terminal targets' fixed clock: "today" (the orders document's name, ids that match it)
 #: must not depend on when the fuzzer runs, or a seed would not give the same outcomes.
 TODAY = date(2026, 6, 15)

@@ -12,6 +12,7 @@ from simulations.fuzz.peers import ControlTarget, SyncTarget, YUpdateTarget
 from simulations.fuzz.roster import RosterTarget
 from simulations.fuzz.settings import MAGIC_RAISE, MAGIC_SEGV
 from simulations.fuzz.target import Target
+from simulations.fuzz.ui import UiTarget
 
 
 class PlantedTarget(Target):
@@ -37,7 +38,8 @@ class PlantedTarget(Target):
 
 TARGET_CLASSES: dict[str, type[Target]] = {
     "yupdate": YUpdateTarget, "sync": SyncTarget, "control": ControlTarget, "link": LinkTarget,
-    "cashier": CashierTarget, "roster": RosterTarget, "api": ApiTarget, "planted": PlantedTarget}
+    "cashier": CashierTarget, "roster": RosterTarget, "api": ApiTarget, "ui": UiTarget,
+    "planted": PlantedTarget}
 _TARGETS: dict[tuple[str, int, int | None], Target] = {}
 
 
