@@ -99,7 +99,7 @@ def _awareness_entries(reader: Lib0Reader) -> tuple[AwarenessEntry, ...]:
     for _ in range(n):
         client, clock = reader.uint(), reader.uint()
         state = reader.string()
-        if len(state) > MAX_AWARENESS_STATE_BYTES:
+        if len(state.encode()) > MAX_AWARENESS_STATE_BYTES:
             raise MessageError(f"an awareness state may be at most {MAX_AWARENESS_STATE_BYTES} bytes of JSON")
         try:
             value = decode_json(state)  # depth-bounded

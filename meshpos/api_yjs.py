@@ -9,8 +9,9 @@ durable first.  A refused update closes the connection with the code of the erro
 the reason (docs/api.md, "Yjs route"); the client's copy then holds a change the terminal does
 not, so it must start from a fresh Y.Doc.
 
-Each connection is two tasks in the connection's task group: this reader, and a writer that
-sends the client's queue (meshpos/ui_rooms.py) in order, waiting for each change's storage first.
+Each connection is the reader and two tasks in its task group: a writer that sends the client's
+queue (meshpos/ui_rooms.py) in order, waiting for each change's storage first, and a watch that
+cuts the connection (4005) the moment that queue overflows.
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ YJS_PATH = "/api/v1/yjs/{doc:path}"
 DEFAULT_CLIENT = "browser"
 #: WebSocket close reasons are at most 123 bytes of UTF-8.
 REASON_BYTES = 123
+#: How long the close frame may take to leave (a client that stopped reading never takes it).
+CLOSE_SECONDS = 5.0
 
 
 @dataclass(slots=True)
 class _Ending:
-    """How the connection ends: 1000 once the client left; a table code when refused."""
+    """How the connection ends: a table code when refused or cut off, 0 when the client left."""
 
     code: int = 1000
     reason: str = ""
@@ -80,23 +83,29 @@ def yjs_route(t: Terminal) -> WebSocketRoute:
         t.ui_rooms.join(ui)
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_write, ws, ui, ending, tg.cancel_scope)
-                await _read(t, ws, ui, ending)
+                tg.start_soon(_write, ws, ui)
+                tg.start_soon(_cut_when_behind, ui, ending, tg.cancel_scope)
+                try:
+                    await _read(t, ws, ui, ending)
+                except errors.MeshposError as exc:  # e.g. its archived day is gone from every terminal
+                    ending.code, ending.reason = exc.code, exc.message
                 tg.cancel_scope.cancel()
         except* (WebSocketDisconnect, OSError):
             ending.code = 0  # the client is gone: nothing to close
         finally:
             t.ui_rooms.leave(ui)
         if ending.code:
-            try:
-                await ws.close(code=ending.code, reason=_reason(ending.reason))
-            except (WebSocketDisconnect, OSError, RuntimeError):
-                pass  # the client went first
+            # Bounded: a client that stopped reading would hold the close frame (and us) forever.
+            with anyio.move_on_after(CLOSE_SECONDS):
+                try:
+                    await ws.close(code=ending.code, reason=_reason(ending.reason))
+                except (WebSocketDisconnect, OSError, RuntimeError):
+                    pass  # the client went first
 
     return WebSocketRoute(YJS_PATH, yjs)
 
 
-async def _write(ws: WebSocket, ui: UiClient, ending: _Ending, scope: anyio.CancelScope) -> None:
+async def _write(ws: WebSocket, ui: UiClient) -> None:
     async with ui.receive:
         async for item in ui.receive:
             if item.ticket is not None:
@@ -104,8 +113,11 @@ async def _write(ws: WebSocket, ui: UiClient, ending: _Ending, scope: anyio.Canc
                 if item.ticket.error is not None:
                     continue  # not durable, and taken back: never shown
             await ws.send_bytes(item.frame)
-    if ui.behind:
-        ending.code, ending.reason = errors.RATE_LIMIT, f"more than {QUEUE_FRAMES} frames behind; reconnect to sync"
+
+
+async def _cut_when_behind(ui: UiClient, ending: _Ending, scope: anyio.CancelScope) -> None:
+    await ui.behind.wait()
+    ending.code, ending.reason = errors.RATE_LIMIT, f"more than {QUEUE_FRAMES} frames behind; reconnect to sync"
     scope.cancel()
 
 
@@ -125,6 +137,7 @@ async def _read(t: Terminal, ws: WebSocket, ui: UiClient, ending: _Ending) -> No
     while True:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":
+            ending.code = 0  # gone: nothing to close
             return
         data = message.get("bytes")
         if data is None:

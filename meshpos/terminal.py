@@ -468,6 +468,8 @@ class Terminal:
             self.ui_rooms.applying = rooms_client  # the sender has the change: not sent it back
             try:
                 ticket = self.host.apply_remote(name, [update], user, audits=ops)  # no await since the check
+            except ValueError as exc:  # what applied on the scratch copy did not here (a Yrs panic: reloaded)
+                raise InvalidInput(f"the update does not apply ({exc})") from None
             finally:
                 self.ui_rooms.applying = None
             await durable(ticket)

@@ -42,20 +42,21 @@ class UiClient:
     client: str
     send: MemoryObjectSendStream[Outgoing] = field(init=False)
     receive: MemoryObjectReceiveStream[Outgoing] = field(init=False)
-    #: Set when the queue overflowed: the connection closes with 4005.
-    behind: bool = False
+    #: Set when the queue overflowed: the connection is cut at once (close 4005) - its writer
+    #: may be stuck in a send the client never reads.
+    behind: anyio.Event = field(default_factory=anyio.Event)
 
     def __post_init__(self) -> None:
         self.send, self.receive = anyio.create_memory_object_stream[Outgoing](QUEUE_FRAMES)
 
     def push(self, item: Outgoing) -> None:
-        if self.behind:
+        if self.behind.is_set():
             return
         try:
             self.send.send_nowait(item)
         except anyio.WouldBlock:
-            self.behind = True
-            self.send.close()  # the writer drains what is queued, then ends
+            self.behind.set()
+            self.send.close()
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the connection is ending
 

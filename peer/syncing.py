@@ -180,16 +180,16 @@ class Syncing:
 
     async def answer_step1(self, link: Link, intent: AnswerStep1) -> None:
         await self.replica.open(intent.doc)
-        self.asked_with.setdefault(link.peer_id or "", {})[intent.doc] = [
-            intent.state_vector, self.replica.state_vector(intent.doc), None]
         if link.peer_type == HQ_TYPE:
             self.hq_peers.add(link.peer_id or "")
         if self.learn_only:  # what the terminal lacks is not the HQ's to give: ask for what it holds
             await self.replica.settled(intent.doc)  # what it asks with is landed, not just received
+            self._asked(link, intent)
             link.session.queue_step1(intent.doc, self.replica.state_vector(intent.doc))
             link.wake.set()
             return
         await self.replica.settled(intent.doc)
+        self._asked(link, intent)  # with the state the answer is computed from (no await between)
         try:
             update = self.replica.diff(intent.doc, intent.state_vector)
         except ValueError as exc:
@@ -197,6 +197,10 @@ class Syncing:
             return
         link.session.queue_step2(intent.doc, update)
         link.wake.set()
+
+    def _asked(self, link: Link, intent: AnswerStep1) -> None:
+        self.asked_with.setdefault(link.peer_id or "", {})[intent.doc] = [
+            intent.state_vector, self.replica.state_vector(intent.doc), None]
 
     def resync(self, link: Link, names: list[Any]) -> None:
         """The peer dropped updates for ``names``: ask it for what this terminal lacks of them."""

@@ -117,6 +117,12 @@ def _refusals(order: dict[str, Any], replica: str) -> list[tuple[str, str, Any, 
         ("kitchen status back", day, _set(oid, f"kitchen:{item}:preparing", now()), errors.INVALID_TRANSITION),
         ("status back", day, _set(oid, "stage:sent", stamp), errors.INVALID_TRANSITION),
         ("cancel without a reason", day, _set(oid, "stage:cancelled", stamp), errors.INVALID_MESSAGE),
+        ("cancel and pay in one update", day,
+         lambda doc: (_set(oid, "stage:cancelled", _json({"at": now(), "by": "pos-1", "reason": "left"}))(doc),
+                      _set(oid, "stage:paid", stamp)(doc)), errors.INVALID_TRANSITION),
+        ("void and bump in one update", day,
+         lambda doc: (_set(oid, f"void:{item}", _json({"at": now(), "by": "pos-1", "reason": "burnt"}))(doc),
+                      _set(oid, f"kitchen:{item}:served", now())(doc)), errors.INVALID_TRANSITION),
         ("delete an order", day, lambda doc: orders_of(doc).pop(oid), errors.PERMISSION_DENIED),
         ("rewrite the order record", day,
          lambda doc: orders_of(doc)[oid].__setitem__("order", orders_of(doc)[oid]["order"].replace(
@@ -206,13 +212,15 @@ async def test_awareness_goes_to_the_other_clients_and_leaves_with_its_client(se
             async with bound(http, "tables", client="c") as c:  # a newcomer gets everyone's state
                 await c.pump(lambda: {1111, 2222} <= set(c.awareness))
                 assert c.awareness[1111] == '{"user":"ana","ticket":"T1"}'
-        async with bound(http, "tables", client="d") as d, bound(http, "tables", client="e") as e:
-            await d.aware(3333, 1, '{"user":"dan"}')
-            await e.pump(lambda: 3333 in e.awareness)
-        async with bound(http, "tables", client="f") as f:
-            with anyio.move_on_after(0.3):
-                await f.pump(lambda: False)
-            assert f.awareness == {}  # d left: its state left with it
+        async with bound(http, "tables", client="e") as e:
+            async with bound(http, "tables", client="d") as d:
+                await d.aware(3333, 1, '{"user":"dan"}')
+                await e.pump(lambda: 3333 in e.awareness)
+            await e.pump(lambda: 3333 not in e.awareness)  # d left: the others are told its state went too
+            async with bound(http, "tables", client="f") as f:
+                with anyio.move_on_after(0.3):
+                    await f.pump(lambda: False)
+                assert 3333 not in f.awareness
 
 
 @pytest.mark.parametrize(("frame", "code"), [
@@ -295,3 +303,44 @@ async def test_the_writes_a_floor_plan_and_a_stock_screen_make_are_taken(served:
         assert got["quantity"] == -2
         audit = await until_read(http, "/api/v1/audit?entity=inventory", lambda rows: rows[-1]["user_id"] == "ui:stock")
         assert audit[-1]["after"]["quantity"] == -2
+
+
+async def test_a_change_a_failed_commit_took_back_is_never_sent(served: Any, monkeypatch: Any) -> None:
+    """What a client is sent was durable first: the disk refuses one commit (503 to the API), the
+    bound client never sees that change, and sees the next one."""
+    import sqlite3
+
+    async with served() as (terminal, http):
+        async with bound(http, "tables") as y:
+            real = terminal.store._write
+            failures: list[Any] = []
+
+            async def failing(fn: Any, *args: Any) -> Any:
+                if fn.__name__ == "commit" and not failures:
+                    failures.append(fn)
+                    raise sqlite3.OperationalError("disk I/O error")
+                return await real(fn, *args)
+
+            monkeypatch.setattr(terminal.store, "_write", failing)
+            refused = await http.put("/api/v1/tables/T9", json={"name": "T9", "seats": 2, "area": None})
+            assert_error(refused, 503, errors.STORAGE_UNAVAILABLE)
+            await put_table(http, "T10")
+            tables = y.doc.get("tables", type=pycrdt.Map)
+            await y.pump(lambda: "T10" in tables)
+            assert failures and "T9" not in tables
+
+
+async def test_a_client_that_falls_behind_is_cut_off_with_4005(served: Any, monkeypatch: Any) -> None:
+    import meshpos.ui_rooms
+
+    monkeypatch.setattr(meshpos.ui_rooms, "QUEUE_FRAMES", 2)  # changes queue up while their commit runs
+    async with served() as (terminal, http):
+        async with bound(http, "tables") as y:
+            async with anyio.create_task_group() as tg:
+                for n in range(12):
+                    tg.start_soon(put_table, http, f"T{n}")
+            code, reason = await y.closed()
+            assert code == errors.RATE_LIMIT and "behind" in reason
+        assert terminal.ui_rooms.clients() == 0
+        async with bound(http, "tables") as y:  # reconnecting syncs everything in one step 2
+            assert len(y.doc.get("tables", type=pycrdt.Map)) == 12

@@ -177,6 +177,13 @@ def _order(live: Any, scratch: Any, oid: str, changes: dict[tuple[str, str | Non
     closed = ORDER_RANK[status] >= ORDER_RANK["cancelled"]
     items_before = {i["id"]: i for i in before["items"]} if before else {}
     items_after = {i["id"]: i for i in after["items"]}
+    # The update's new stages, lowest rank first, each from the one before: cancelling and paying
+    # in one update is the API's cancel then pay, which it refuses.
+    reached = status
+    for stage in sorted((k.partition(":")[2] for k in keys if k.startswith("stage:")),
+                        key=lambda s: ORDER_RANK.get(s, -1)):
+        check_transition(reached, stage)
+        reached = stage
     for key, action in sorted(keys.items()):
         kind, _, rest = key.partition(":")
         if key in _ORDER_REGISTERS:
@@ -191,13 +198,12 @@ def _order(live: Any, scratch: Any, oid: str, changes: dict[tuple[str, str | Non
         elif kind == "items" and rest:
             if closed:
                 raise InvalidTransition(f"{what} is {status}; nothing can be added to it")
-        elif kind == "stage" and rest:
-            check_transition(status, rest)
+        elif kind == "stage" and rest:  # its transition: checked above
             if rest == "cancelled" and not (after["cancellation"] or {}).get("reason"):
                 raise InvalidInput(f"{what}: cancelling an order needs a reason")
         elif kind == "kitchen" and ":" in rest:
             item_id, _, stage = rest.rpartition(":")
-            _kitchen(what, status, items_before.get(item_id), item_id in items_after, item_id, stage)
+            _kitchen(what, status, items_before.get(item_id), items_after.get(item_id), item_id, stage)
         elif kind == "void" and rest:
             if closed:
                 raise InvalidTransition(f"{what} is {status}; its items can no longer change")
@@ -217,15 +223,17 @@ def _order(live: Any, scratch: Any, oid: str, changes: dict[tuple[str, str | Non
     return before, after
 
 
-def _kitchen(what: str, status: str, item: dict[str, Any] | None, exists: bool, item_id: str, stage: str) -> None:
-    """The rules of ``OrdersDoc.set_kitchen_status`` for a kitchen key a UI added."""
+def _kitchen(what: str, status: str, item: dict[str, Any] | None, after: dict[str, Any] | None, item_id: str,
+             stage: str) -> None:
+    """The rules of ``OrdersDoc.set_kitchen_status`` for a kitchen key a UI added (``item``: the
+    item before the update, ``after``: as it leaves it - voided in the same update is voided)."""
     if stage not in KITCHEN_RANK:
         raise InvalidInput(f"{what}: unknown kitchen status {stage!r}; one of {', '.join(KITCHEN_STAGES)}")
     if ORDER_RANK[status] >= ORDER_RANK["cancelled"]:
         raise InvalidTransition(f"{what} is {status}; its items can no longer change")
-    if not exists:
+    if after is None:
         raise InvalidInput(f"{what}: kitchen status of item {item_id!r}, which the order does not hold")
-    if item is not None and item["voided"]:
+    if after["voided"]:
         raise InvalidTransition(f"{what}: item {item_id!r} is voided")
     current = item["kitchen_status"] if item is not None else "queued"
     if KITCHEN_RANK[stage] <= KITCHEN_RANK[current]:
