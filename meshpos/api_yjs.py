@@ -151,7 +151,12 @@ async def _read(t: Terminal, ws: WebSocket, ui: UiClient, ending: _Ending) -> No
         if isinstance(decoded, SyncMessage):
             if decoded.kind == STEP1:
                 await _durable_state(t, name)
-                ui.push(Outgoing(encode_sync(STEP2, t.host.diff(name, decoded.payload))))
+                try:
+                    answer = t.host.diff(name, decoded.payload)
+                except ValueError as exc:  # checked by decode_message; pycrdt has the last word
+                    ending.code, ending.reason = errors.INVALID_MESSAGE, f"state vector does not decode ({exc})"
+                    return
+                ui.push(Outgoing(encode_sync(STEP2, answer)))
                 continue
             try:
                 await t.apply_ui_update(name, decoded.payload, f"ui:{ui.client}", ui)
