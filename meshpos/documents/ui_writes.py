@@ -25,8 +25,9 @@ The rules (docs/documents.md, "What a UI may write", is the reference for JS aut
   sku in the catalog, within the stock bounds;
 * every entity touched still reads (docs/documents.md's value shapes).
 
-Cost: the scratch copy is the whole document (a busy day of orders is a few hundred KB; a few
-ms) - fine at the rate people touch screens, and why peers do not go through here.
+Cost: the scratch copy is the whole document - 0.9 ms per update for a day of 300 orders (225
+KB), 6.5 ms for 3,000 (2.2 MB) - fine at the rate people touch screens, and why peers do not go
+through here.
 """
 
 from __future__ import annotations
