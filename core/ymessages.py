@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pycrdt import Encoder
+
 from core.codec import decode_json
 from core.yupdate import Lib0Reader, UpdateRefused, check_state_vector
 
@@ -113,27 +115,34 @@ def _awareness_entries(reader: Lib0Reader) -> tuple[AwarenessEntry, ...]:
     return tuple(entries)
 
 
-def _uint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _chunk(data: bytes) -> bytes:
-    return _uint(len(data)) + data
+    """lib0's varUint8Array.  Not pycrdt's ``write_var_string``: it writes the length in
+    characters, not UTF-8 bytes, so a state naming "José" would not decode."""
+    enc = Encoder()
+    enc.write_var_uint(len(data))
+    return enc.to_bytes() + data
 
 
 def encode_sync(kind: int, payload: bytes) -> bytes:
-    return _uint(MESSAGE_SYNC) + _uint(kind) + _chunk(payload)
+    """y-protocols' framing, written as peer/wire.py writes it (pycrdt's encoder, then the payload)."""
+    enc = Encoder()
+    enc.write_var_uint(MESSAGE_SYNC)
+    enc.write_var_uint(kind)
+    return enc.to_bytes() + _chunk(payload)
 
 
 def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
-    body = _uint(len(entries)) + b"".join(
-        _uint(e.client) + _uint(e.clock) + _chunk(e.state.encode()) for e in entries)
-    return _uint(MESSAGE_AWARENESS) + _chunk(body)
+    body = Encoder()
+    body.write_var_uint(len(entries))
+    parts = [body.to_bytes()]
+    for entry in entries:
+        head = Encoder()
+        head.write_var_uint(entry.client)
+        head.write_var_uint(entry.clock)
+        parts += [head.to_bytes(), _chunk(entry.state.encode())]
+    enc = Encoder()
+    enc.write_var_uint(MESSAGE_AWARENESS)
+    return enc.to_bytes() + _chunk(b"".join(parts))
 
 
 class AwarenessTable:

@@ -460,9 +460,8 @@ class Terminal:
         the peers and the document's other browsers; returns once durable.  Raises the
         ``MeshposError`` that refuses it - nothing of a refused update stays."""
         await self._reload_stale()
-        model = self.host.get(name) if orders_day(name) is None else await self.orders_of_day(orders_day(name))
-        if model is None:
-            raise NotFound(f"no document {name[:80]!r}")
+        model = self.host.get(await self.ui_document(name))
+        assert model is not None  # ui_document opened it or raised NotFound
         ops = check_ui_update(model, update, user)
         try:
             self.ui_rooms.applying = rooms_client  # the sender has the change: not sent it back

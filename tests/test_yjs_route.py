@@ -14,6 +14,7 @@ import pytest
 from httpx_ws import WebSocketUpgradeError, aconnect_ws
 
 from core import errors
+from core.codec import encode_json
 from core.ymessages import STEP1, encode_sync
 from tests.apiutil import (
     assert_error,
@@ -94,14 +95,9 @@ async def test_a_new_order_from_a_client_is_checked_like_one_from_the_api(served
                                                     "unit_price_cents": 700, "modifiers": [], "notes": None,
                                                     "station": "hot", "added_at": now(), "added_by": "pos-1"}]}
         async with bound(http, f"orders/{day}") as y:
-            await y.write(lambda doc: orders_of(doc).__setitem__(oid, pycrdt.Map({"order": _json(record)})))
+            await y.write(lambda doc: orders_of(doc).__setitem__(oid, pycrdt.Map({"order": encode_json(record)})))
             got = await until_read(http, f"/api/v1/orders/{oid}", lambda o: True)
         assert (got["status"], got["total_cents"], got["table"]) == ("open", 700, "T3")
-
-
-def _json(value: Any) -> str:
-    from core.codec import encode_json
-    return encode_json(value)
 
 
 def _set(oid: str, key: str, value: Any) -> Any:
@@ -111,17 +107,17 @@ def _set(oid: str, key: str, value: Any) -> Any:
 def _refusals(order: dict[str, Any], replica: str) -> list[tuple[str, str, Any, int]]:
     """(what, document, change, close code) - each a write a UI may not make."""
     oid, item = order["id"], order["items"][0]["id"]
-    stamp = _json({"at": now(), "by": "pos-1"})
+    stamp = encode_json({"at": now(), "by": "pos-1"})
     day = f"orders/{order['business_day']}"
     return [
         ("kitchen status back", day, _set(oid, f"kitchen:{item}:preparing", now()), errors.INVALID_TRANSITION),
         ("status back", day, _set(oid, "stage:sent", stamp), errors.INVALID_TRANSITION),
         ("cancel without a reason", day, _set(oid, "stage:cancelled", stamp), errors.INVALID_MESSAGE),
         ("cancel and pay in one update", day,
-         lambda doc: (_set(oid, "stage:cancelled", _json({"at": now(), "by": "pos-1", "reason": "left"}))(doc),
+         lambda doc: (_set(oid, "stage:cancelled", encode_json({"at": now(), "by": "pos-1", "reason": "left"}))(doc),
                       _set(oid, "stage:paid", stamp)(doc)), errors.INVALID_TRANSITION),
         ("void and bump in one update", day,
-         lambda doc: (_set(oid, f"void:{item}", _json({"at": now(), "by": "pos-1", "reason": "burnt"}))(doc),
+         lambda doc: (_set(oid, f"void:{item}", encode_json({"at": now(), "by": "pos-1", "reason": "burnt"}))(doc),
                       _set(oid, f"kitchen:{item}:served", now())(doc)), errors.INVALID_TRANSITION),
         ("delete an order", day, lambda doc: orders_of(doc).pop(oid), errors.PERMISSION_DENIED),
         ("rewrite the order record", day,
@@ -185,13 +181,13 @@ async def test_a_paid_order_takes_nothing_but_a_status_forward(served: Any) -> N
             terminal.host.get(name).set_status(oid, "paid")
 
         await terminal._commit(name, pay, None)
-        items = _json([{"id": "zzzzzzzz", "sku": "tea", "name": "Tea", "qty": 1, "unit_price_cents": 300,
+        items = encode_json([{"id": "zzzzzzzz", "sku": "tea", "name": "Tea", "qty": 1, "unit_price_cents": 300,
                         "modifiers": [], "notes": None, "station": None, "added_at": now(), "added_by": "pos-1"}])
         async with bound(http, name) as y:
             await y.write(_set(oid, "items:batch001", items))
             assert (await y.closed())[0] == errors.INVALID_TRANSITION
         async with bound(http, name) as y:
-            await y.write(_set(oid, "stage:closed", _json({"at": now(), "by": "pos-1"})))
+            await y.write(_set(oid, "stage:closed", encode_json({"at": now(), "by": "pos-1"})))
             await until_read(http, f"/api/v1/orders/{oid}", lambda o: o["status"] == "closed")
 
 

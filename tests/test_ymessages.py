@@ -38,6 +38,8 @@ def test_what_pycrdt_and_yjs_frame_decodes_to_the_same_message() -> None:
         assert decode_message(encode_sync(kind, payload)) == SyncMessage(kind, payload)
     entries = [AwarenessEntry(7, 3, '{"user":"ana"}'), AwarenessEntry(2**40, 1, "null")]
     assert decode_message(encode_awareness(entries)) == AwarenessMessage(tuple(entries))
+    named = [AwarenessEntry(8, 2, '{"user":"José"}')]  # lengths are UTF-8 bytes, not characters
+    assert decode_message(encode_awareness(named)) == AwarenessMessage(tuple(named))
     assert decode_message(b"\x03") == QueryAwareness()
 
 

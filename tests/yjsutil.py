@@ -26,11 +26,6 @@ from core.ymessages import (
 )
 
 
-def server_message(data: bytes) -> Any:
-    """A message the terminal sent (same framing as a client's)."""
-    return decode_message(data)
-
-
 class YClient:
     """One bound Y.Doc.  :meth:`pump` applies what the terminal sends until a condition holds."""
 
@@ -41,7 +36,7 @@ class YClient:
         self.synced = False
 
     async def handle(self, data: bytes) -> None:
-        message = server_message(data)
+        message = decode_message(data)  # the terminal's messages are framed as a client's
         if isinstance(message, SyncMessage):
             if message.kind == STEP1:
                 await self.ws.send_bytes(encode_sync(STEP2, self.doc.get_update(message.payload)))

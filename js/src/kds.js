@@ -3,7 +3,7 @@
 // stage; "Bump" moves the station's items of the ticket to ready, then (tapped again) to served,
 // which takes the ticket off the screen.  Every value is put in as text, never as HTML.
 import { bind, banner, el, getJson } from './binding.js'
-import { RANK, nextKitchenStage, orderViews, setKitchenStatus } from './orders.js'
+import { nextKitchenStage, orderViews, setKitchenStatus } from './orders.js'
 
 const params = new URLSearchParams(location.search)
 const station = params.get('station') || ''
@@ -131,5 +131,5 @@ async function start () {
   }, 60000)
 }
 
-window.meshposKds = { renders_log: [], RANK }
+window.meshposKds = { renders_log: [] }
 start().catch(err => banner(err.message))
