@@ -203,6 +203,15 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
             waiting["count"], waiting["event"] = count, anyio.Event()
             await waiting["event"].wait()
 
+    # The throughput run's baseline (CPU time, frames in, bytes out), taken when a step ends: the
+    # peers may start sending before this terminal reads its throughput command.
+    baseline = (0.0, 0, 0)
+
+    def mark() -> None:
+        nonlocal baseline
+        baseline = (time.process_time(), sum(link.session.updates_in for link in t.mesh.links.values()),
+                    sum(link.core.bytes_out for link in t.mesh.links.values()))
+
     async with Terminal(config).running() as t, anyio.create_task_group() as tg:
         await tg.start(watch, t)
         conn.send(("port", t.mesh.port))
@@ -222,6 +231,7 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
                 with anyio.fail_after(30):
                     while "burger" not in t.inventory.skus():  # noqa: ASYNC110
                         await anyio.sleep(0.01)
+                mark()
                 conn.send(("ready",))
             elif command == "latency":  # open loop: my slots of a round-robin schedule
                 start, interval, slots, expect = arg
@@ -232,12 +242,12 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
                     acked[order["id"]] = time.perf_counter()
                 with anyio.fail_after(120):
                     await seen(expect)
+                mark()
                 conn.send(("latency", acked, dict(arrivals)))
             elif command == "throughput":
                 updates, expect = arg
-                cpu, began = time.process_time(), time.perf_counter()
-                frames = sum(link.session.updates_in for link in t.mesh.links.values())
-                sent = sum(link.core.bytes_out for link in t.mesh.links.values())
+                began = time.perf_counter()
+                cpu, frames, sent = baseline
 
                 async def writer(count: int) -> None:
                     for _ in range(count):
