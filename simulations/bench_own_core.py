@@ -243,7 +243,7 @@ def throughput(n: int, updates: int, frame_updates: int, backend: str, cores: tu
     seconds = done - min(began, sent_began)
     return {"updates_per_s_per_terminal": round(written / seconds, 1), "updates_written": written,
             "updates_received": written * (n - 1), "frames_sent": sum(len(f) for f in frames.values()),
-            "frames_received": frames_in,  # the sent ones, and the step 2s answering its step 1s
+            "frames_received": frames_in,  # since "ready": the sent ones, and any anti-entropy step 2s
             "seconds": round(seconds, 3), "own_writes_done_after_s": round(wrote - began, 3),
             "peers_done_sending_after_s": round(sent_done - min(began, sent_began), 3),
             "cpu_s": round(cpu, 3), "cpu_ms_per_update_written": round(cpu / written * 1000, 3),

@@ -13,7 +13,8 @@ from simulations.benchutil import module_command
 pytestmark = pytest.mark.slow  # each test runs a benchmark script in its own processes
 
 SCRIPTS = ["partition", "netns", "bench_heal", "bench_forwarding", "bench_partition", "bench_quick", "bench_mesh",
-           "bench_own_core", "bench_cashier", "bench_discovery", "bench_terminal", "bench_screens", "fuzz", "star"]
+           "bench_own_core", "bench_cashier", "bench_discovery", "bench_terminal", "bench_screens", "bench_intake",
+           "fuzz", "star"]
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
@@ -40,6 +41,21 @@ def test_own_core_benchmark_takes_in_every_peer_frame() -> None:
     assert throughput["frames_received"] >= throughput["frames_sent"]  # counted by the terminal's links
     assert throughput["updates_per_s_per_terminal"] > 0 and throughput["cpu_s"] > 0
     assert result["latency_ms"]["samples"] == 20 and 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["max"]
+
+
+def test_intake_benchmark_stores_every_order_it_is_handed(tmp_path) -> None:
+    """Two writers' recorded frames into one terminal, twice: every order comes out as a durable
+    ``order:created`` event (the script exits non-zero otherwise), and the profile is written."""
+    profile = tmp_path / "intake.prof"
+    done = subprocess.run(module_command("simulations.bench_intake", "--terminals", "3", "--orders", "48",
+                                         "--frame-updates", "5", "--reps", "2", "--profile", str(profile)),
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)["result"]
+    assert result["orders_received"] == 96 and result["frames"] == 2 * 10  # 48 orders: 9 frames of 5, 1 of 3
+    cpu = result["cpu_us_per_update_received"]
+    assert len(cpu["runs"]) == 2 and 0 < cpu["min"] <= cpu["median"]
+    assert profile.stat().st_size > 0
 
 
 def test_own_core_benchmark_refuses_a_one_terminal_mesh() -> None:
