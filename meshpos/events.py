@@ -7,7 +7,7 @@ comes from the database, the rest from memory, and the hand-over is de-duplicate
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -32,8 +32,12 @@ class Lagged(Exception):
 
 
 class EventBus:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, resolve: Callable[[StoredEvent], None] | None = None) -> None:
+        """``resolve``: completes an event in place before any subscriber sees it, stored or live
+        (the terminal's: :func:`meshpos.documents.orders.resolve_event` builds the order views
+        its intake left to the reader)."""
         self.store = store
+        self._resolve = resolve or (lambda event: None)
         self._subscribers: set[MemoryObjectSendStream[StoredEvent]] = set()
         self._lagged: set[MemoryObjectSendStream[StoredEvent]] = set()
         store.on_commit(self.publish)
@@ -74,6 +78,7 @@ class EventBus:
                     while True:
                         page = await self.store.events_after(last, limit=500)
                         for event in page:
+                            self._resolve(event)
                             yield event
                             last = event.cursor
                         if len(page) < 500:
@@ -81,6 +86,7 @@ class EventBus:
             async for event in receive:
                 if event.cursor > last:
                     last = event.cursor
+                    self._resolve(event)
                     yield event
             if send in self._lagged:
                 self._lagged.discard(send)

@@ -27,12 +27,21 @@ THROUGHPUT_WINDOW_S = 60
 TRAFFIC = ("bytes_in", "bytes_out", "frames_in", "frames_out")
 
 
+def _stamp_of_view(payload: dict[str, Any]) -> tuple[Any, Any] | None:
+    order = payload.get("order")
+    return (order.get("created_at"), order.get("created_by")) if isinstance(order, dict) else None
+
+
 class TerminalMetrics:
     """Counters kept from the terminal's start; its listeners must never raise (they run inside
     commits and link teardown), so each reads defensively."""
 
-    def __init__(self, terminal_id: str, clock: Clock, monotonic: Callable[[], float]) -> None:
+    def __init__(self, terminal_id: str, clock: Clock, monotonic: Callable[[], float],
+                 order_stamp: Callable[[dict[str, Any]], tuple[Any, Any] | None] = _stamp_of_view) -> None:
+        """``order_stamp``: ``(created_at, created_by)`` of an ``order:created`` payload (the
+        terminal's reads a deferred one without building its view)."""
         self.terminal_id = terminal_id
+        self.order_stamp = order_stamp
         self.clock = clock
         self.monotonic = monotonic
         #: Storage records of document changes applied here, by origin kind (``local``, ``peer``...).
@@ -53,13 +62,13 @@ class TerminalMetrics:
         for event in events:
             if event.type != "order:created":
                 continue
-            order = event.payload.get("order")
-            if not isinstance(order, dict) or order.get("created_by") == self.terminal_id:
+            stamp = self.order_stamp(event.payload)
+            if stamp is None or stamp[1] == self.terminal_id:
                 continue
             try:
-                written = datetime.fromisoformat(order["created_at"])
-            except (KeyError, TypeError, ValueError):
-                continue  # the view checked it is a string, not that it is a time
+                written = datetime.fromisoformat(stamp[0])
+            except (TypeError, ValueError):
+                continue  # a view checked it is a string, not that it is a time
             now = now or self.clock()
             if written.tzinfo is not None:
                 # a writer's clock ahead of this one's reads as no delay, never as a negative one

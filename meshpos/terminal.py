@@ -151,8 +151,9 @@ class Terminal:
                 self.store, terminal_id=self.config.terminal_id, replica_id=replica_id, clock=self.clock,
                 rng=self._rng, id_source=self.id_source,
             )
-            self.events = EventBus(self.store)
-            self.metrics = TerminalMetrics(self.config.terminal_id, self.clock, self.monotonic)
+            self.events = EventBus(self.store, orders_doc.resolve_event)
+            self.metrics = TerminalMetrics(self.config.terminal_id, self.clock, self.monotonic,
+                                           orders_doc.order_stamp)
             self.host.on_update(self.metrics.on_update)
             self.host.on_update(self.ui_rooms.on_update)
             self.store.on_commit(self.metrics.on_commit)

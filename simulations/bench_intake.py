@@ -16,12 +16,14 @@ terminals of the same store recorded (bench_own_core's ``record_orders``: ``--or
 links, TLS and WebSocket framing around it.  Reported: CPU time (this process's: the event loop
 and the SQLite writer thread) per update received, from the first frame to the last one durable
 with its events, for each run, and the run's check that every order arrived as an
-``order:created`` event.
+``order:created`` event with its order's view when read (``cpu_us_per_event_read``: what a
+subscriber replaying them from storage then pays, views built).
 
-``--events`` measures what the order events cost, as a what-if - not the product's behaviour:
-``views`` (the default) is the product, each event carrying the order's full view, built and
-stored with it; ``built-not-stored`` builds the views and stores events that carry only the
-order id; ``ids`` builds no view and stores events that carry only the order id.
+``--events`` measures what the order events cost, as what-ifs besides the product: ``product``
+(the default) stores a new order's event with the order map's JSON and builds the view when
+the event is read (docs/documents.md, "Domain events"); ``eager`` builds each new order's full
+view at the change and stores it with the event (the product before 2026-12-07); ``ids``
+builds nothing and stores events that carry only the order id (the floor: no view at all).
 ``--profile FILE`` writes a cProfile of the last run (pstats format);
 a sampling profiler sees less distortion: ``py-spy record -r 400 -f raw -o FILE -- python -m
 simulations.bench_intake --reps 3``.
@@ -51,19 +53,19 @@ from simulations.benchutil import enrolled_store
 
 def _events_what_if(kind: str) -> None:
     """Replace the orders document's event derivation for ``--events`` (this process only)."""
-    if kind == "views":
+    if kind == "product":
         return
     full = OrdersDoc.drain_events
 
-    def ids_after_building(self: OrdersDoc, known: Any = None) -> list[tuple[str, dict[str, Any]]]:
-        return [(kind, {"order_id": payload["order_id"]}) for kind, payload in full(self, known)]
+    def eager(self: OrdersDoc, known: Any = None, *, defer: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        return full(self, known)
 
-    def ids_only(self: OrdersDoc, known: Any = None) -> list[tuple[str, dict[str, Any]]]:
+    def ids_only(self: OrdersDoc, known: Any = None, *, defer: bool = False) -> list[tuple[str, dict[str, Any]]]:
         created, touched = self._created, self._touched
         self._created, self._touched = {}, set()
         return [("order:created" if oid in created else "order:updated", {"order_id": oid}) for oid in sorted(touched)]
 
-    OrdersDoc.drain_events = ids_after_building if kind == "built-not-stored" else ids_only  # type: ignore[method-assign]
+    OrdersDoc.drain_events = eager if kind == "eager" else ids_only  # type: ignore[method-assign]
 
 
 async def _run(root: Path, receiver: str, frames: list[tuple[str, Any]], profile: cProfile.Profile | None
@@ -89,13 +91,22 @@ async def _run(root: Path, receiver: str, frames: list[tuple[str, Any]], profile
             cpu, wall = time.process_time() - cpu, time.perf_counter() - began
             if profile is not None:
                 profile.disable()
-            created = (await t.store.query("SELECT COUNT(*) FROM events WHERE cursor > ? AND type = ?",
-                                           (cursor, "order:created")))[0][0]
-    return {"cpu_s": cpu, "wall_s": wall, "orders_created": created}
+            # what a reader then pays: every event replayed from storage, its view built if deferred
+            read_cpu, created, views, read = time.process_time(), 0, 0, 0
+            async with t.events.subscribe(cursor) as stream:
+                async for event in stream:
+                    read += 1
+                    created += event.type == "order:created"
+                    views += event.type == "order:created" and isinstance(event.payload.get("order"), dict)
+                    if event.cursor >= t.store.last_cursor:
+                        break
+            read_cpu = time.process_time() - read_cpu
+    return {"cpu_s": cpu, "wall_s": wall, "orders_created": created, "views": views, "read_cpu_s": read_cpu,
+            "read": read}
 
 
 async def measure(terminals: int, orders: int, frame_updates: int, reps: int, profile_to: Path | None,
-                  events: str = "views") -> dict[str, Any]:
+                  events: str = "product") -> dict[str, Any]:
     _events_what_if(events)
     with tempfile.TemporaryDirectory(prefix="meshpos-intake-") as tmp:
         root = Path(tmp)
@@ -107,18 +118,22 @@ async def measure(terminals: int, orders: int, frame_updates: int, reps: int, pr
         for rep in range(reps):
             profile = cProfile.Profile() if profile_to is not None and rep == reps - 1 else None
             run = await _run(root, receiver, frames, profile)
-            if run["orders_created"] != received:
-                raise SystemExit(f"run {rep}: {run['orders_created']} order:created events for {received} orders")
+            if run["orders_created"] != received or (events != "ids" and run["views"] != received):
+                raise SystemExit(f"run {rep}: {run['orders_created']} order:created events ({run['views']} with "
+                                 f"the order's view) for {received} orders")
             runs.append(run)
             if profile is not None:
                 profile.dump_stats(str(profile_to))
     per_update = sorted(r["cpu_s"] / received * 1e6 for r in runs)
+    per_read = sorted(r["read_cpu_s"] / r["read"] * 1e6 for r in runs)
     return {"terminals": terminals, "orders_received": received, "frames": len(frames),
             "frame_updates": frame_updates, "events": events,
             "cpu_us_per_update_received": {"min": round(per_update[0], 1),
                                            "median": round(statistics.median(per_update), 1),
                                            "runs": [round(x, 1) for x in per_update]},
-            "wall_s": [round(r["wall_s"], 3) for r in runs]}
+            "wall_s": [round(r["wall_s"], 3) for r in runs],
+            # a subscriber replaying the run's events from storage afterwards (views built then)
+            "cpu_us_per_event_read": {"min": round(per_read[0], 1), "median": round(statistics.median(per_read), 1)}}
 
 
 def main() -> None:
@@ -128,8 +143,8 @@ def main() -> None:
     parser.add_argument("--frame-updates", type=int, default=16, help="orders merged per frame")
     parser.add_argument("--reps", type=int, default=5, help="runs on the same frames (min and median reported)")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the last run here")
-    parser.add_argument("--events", choices=["views", "built-not-stored", "ids"], default="views",
-                        help="what-ifs of the order events' cost (default: the product's, full views)")
+    parser.add_argument("--events", choices=["product", "eager", "ids"], default="product",
+                        help="what-ifs of the order events' cost (default: the product's)")
     args = parser.parse_args()
     if args.terminals < 2 or args.orders < 1 or args.frame_updates < 1 or args.reps < 1:
         parser.error("--terminals must be at least 2; --orders, --frame-updates and --reps at least 1")

@@ -69,9 +69,13 @@ class AuditRecord:
     after: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StoredEvent:
-    """A domain event as persisted: ``cursor`` orders all events of this terminal."""
+    """A domain event as persisted: ``cursor`` orders all events of this terminal.
+
+    Not frozen: a reader may complete an event in place before handing it on (the terminal's
+    event bus builds the order views its intake deferred), once for every subscriber that
+    shares the live event."""
 
     cursor: int
     type: str

@@ -45,7 +45,8 @@ def test_own_core_benchmark_takes_in_every_peer_frame() -> None:
 
 def test_intake_benchmark_stores_every_order_it_is_handed(tmp_path) -> None:
     """Two writers' recorded frames into one terminal, twice: every order comes out as a durable
-    ``order:created`` event (the script exits non-zero otherwise), and the profile is written."""
+    ``order:created`` event that reads with its view (the script exits non-zero otherwise), and
+    the profile is written."""
     profile = tmp_path / "intake.prof"
     done = subprocess.run(module_command("simulations.bench_intake", "--terminals", "3", "--orders", "48",
                                          "--frame-updates", "5", "--reps", "2", "--profile", str(profile)),
@@ -55,7 +56,8 @@ def test_intake_benchmark_stores_every_order_it_is_handed(tmp_path) -> None:
     assert result["orders_received"] == 96 and result["frames"] == 2 * 10  # 48 orders: 9 frames of 5, 1 of 3
     cpu = result["cpu_us_per_update_received"]
     assert len(cpu["runs"]) == 2 and 0 < cpu["min"] <= cpu["median"]
-    assert profile.stat().st_size > 0
+    assert 0 < result["cpu_us_per_event_read"]["min"] <= result["cpu_us_per_event_read"]["median"]
+    assert result["events"] == "product" and profile.stat().st_size > 0
 
 
 def test_own_core_benchmark_refuses_a_one_terminal_mesh() -> None:

@@ -28,9 +28,10 @@ from core.errors import (
     InvalidTransition,
 )
 from meshpos.documents.host import durable
-from meshpos.documents.orders import MAX_ORDER_ITEMS, MAX_ORDER_TOTAL_CENTS
+from meshpos.documents.orders import DEFERRED, MAX_ORDER_ITEMS, MAX_ORDER_TOTAL_CENTS, order_stamp, resolve_event
 from meshpos.documents.reading import MALFORMED_SHOWN
 from meshpos.terminal import Terminal
+from storage.store import StoredEvent
 
 pytestmark = pytest.mark.anyio
 
@@ -274,6 +275,87 @@ async def test_one_malformed_order_does_not_cost_the_events_of_the_others(served
         assert [(e.type, e.payload["order_id"]) for e in events] == [("order:updated", a["id"])]
         assert events[0].payload["order"]["status"] == "sent"
         assert (await malformed(client, doc))["entities"][0]["id"] == b["id"]
+
+
+def new_order_like(source_id: str, new_id: str) -> Mutate:
+    """A peer's new order under ``new_id``: ``source_id``'s record renamed, created by pos-9."""
+    def mutate(doc: pycrdt.Doc) -> None:
+        record = {**record_of(doc, source_id), "id": new_id, "created_by": "pos-9"}
+        root(doc, "orders")[new_id] = pycrdt.Map({"order": encode_json(record)})
+
+    return mutate
+
+
+@pytest.mark.parametrize("case", ORDER_CASES)
+async def test_a_new_order_a_peer_wrote_malformed_reads_as_order_malformed_at_its_cursor(
+    served: Any, case: str,
+) -> None:
+    """A peer's new orders are stored with their map's JSON and built when read: the valid one reads
+    as the view GET serves, the malformed one as ``order:malformed`` with the reason, at its own
+    cursor - no gap, nothing raised - and the document treats it as any malformed order."""
+    breaks, reason = ORDER_CASES[case]
+    async with served() as (terminal, client):
+        good = await create_order(client, BURGER, FRIES)
+        doc = f"orders/{good['business_day']}"
+        ok_id, bad_id = good["id"][:9] + "z" * 18 + "0", good["id"][:9] + "z" * 18 + "1"
+        cursor = terminal.store.last_cursor
+
+        def both(d: pycrdt.Doc) -> None:
+            new_order_like(good["id"], ok_id)(d)
+            new_order_like(good["id"], bad_id)(d)
+            breaks(bad_id)(d)
+
+        kept = await as_peer(terminal, doc, both)
+        assert [(e.type, e.payload["order_id"], sorted(e.payload)) for e in kept] == [
+            ("order:created", ok_id, ["order_id", DEFERRED]), ("order:created", bad_id, ["order_id", DEFERRED])]
+        async with terminal.events.subscribe(cursor) as stream:
+            got = [await anext(stream), await anext(stream)]
+        assert [e.cursor for e in got] == [cursor + 1, cursor + 2]
+        ok_view = (await client.get(f"/api/v1/orders/{ok_id}")).json()
+        assert (got[0].type, got[0].payload) == ("order:created", {"order_id": ok_id, "order": ok_view})
+        assert ok_view["created_by"] == "pos-9" and ok_view["items"] == good["items"]
+        assert got[1].type == "order:malformed" and set(got[1].payload) == {"order_id", "original_type", "message"}
+        assert got[1].payload["order_id"] == bad_id and got[1].payload["original_type"] == "order:created"
+        assert got[1].payload["message"].startswith(f"order {bad_id!r} is malformed: "), got[1].payload
+        assert reason in got[1].payload["message"], got[1].payload
+        assert [o["id"] for o in (await client.get("/api/v1/orders")).json()] == [good["id"], ok_id]
+        shown = await malformed(client, doc)
+        assert [e["id"] for e in shown["entities"]] == [bad_id] and reason in shown["entities"][0]["reason"]
+
+
+async def test_a_peers_new_order_is_built_once_for_every_live_reader_and_the_same_when_replayed(
+    served: Any,
+) -> None:
+    async with served() as (terminal, client):
+        good = await create_order(client)
+        doc = f"orders/{good['business_day']}"
+        new_id = good["id"][:9] + "z" * 19
+        cursor = terminal.store.last_cursor
+        seen = terminal.metrics.propagation.count
+        async with terminal.events.subscribe() as one, terminal.events.subscribe() as two:
+            await as_peer(terminal, doc, new_order_like(good["id"], new_id))
+            first, second = await anext(one), await anext(two)
+        assert first is second and first.payload["order"]["id"] == new_id  # one build, shared
+        # the propagation metric read the creator and the time without a view: counted, not ours
+        assert terminal.metrics.propagation.count == seen + 1
+        async with terminal.events.subscribe(cursor) as replay:  # from the stored row
+            again = await anext(replay)
+        assert again is not first and (again.cursor, again.type, again.payload) == (
+            first.cursor, first.type, first.payload)
+
+
+def test_resolving_an_event_never_raises_and_leaves_complete_events_alone() -> None:
+    done = StoredEvent(1, "order:created", "t", {"order_id": "x", "order": {"id": "x"}})
+    resolve_event(done)
+    assert done.payload == {"order_id": "x", "order": {"id": "x"}}
+    for payload in ({"order_id": 7, DEFERRED: "{}"}, {"order_id": "x", DEFERRED: None},
+                    {"order_id": "20261206-" + "z" * 19, DEFERRED: "[" * 5000}, {DEFERRED: "{}"}):
+        event = StoredEvent(2, "order:created", "t", dict(payload))
+        resolve_event(event)
+        assert event.type == "order:malformed" and event.payload["original_type"] == "order:created"
+        assert "is malformed: " in event.payload["message"] and len(event.payload["message"]) < 400
+    assert order_stamp({DEFERRED: '{"order": "{\\"created_at\\": \\"t\\", \\"created_by\\": \\"p\\"}"}'}) == ("t", "p")
+    assert order_stamp({DEFERRED: "not json"}) is None and order_stamp({"order": None}) is None
 
 
 async def test_status_shows_a_bounded_few_and_the_exact_count(served: Any) -> None:

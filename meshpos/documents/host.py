@@ -63,11 +63,14 @@ class Model:
         """Create/bind root types and subscribe the observers that note touched entities."""
         raise NotImplementedError
 
-    def drain_events(self, known: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    def drain_events(self, known: dict[str, dict[str, Any]] | None = None, *,
+                     defer: bool = False) -> list[tuple[str, dict[str, Any]]]:
         """Domain events for everything touched since the last call; resets the notes.
 
         ``known`` maps entity ids to views the caller built after its last change in this
         transaction (a local write's audit "after"): reused instead of building them again.
+        ``defer``: a model may leave a new entity's view for the event's reader to build
+        (the orders do: :func:`meshpos.documents.orders.resolve_event`); the others ignore it.
         """
         raise NotImplementedError
 
@@ -302,7 +305,7 @@ class DocumentHost:
             # each pycrdt read outside one opens and commits its own, which cost more than
             # building a catch-up's 2,500 views.
             with hosted.model.doc.transaction():
-                events = hosted.model.drain_events(known)
+                events = hosted.model.drain_events(known, defer=True)
         except Exception:  # a malformed entity (e.g. from a buggy peer) must not stop durability
             log.exception("could not derive events for %s; storing the update without events", hosted.name)
             events = []

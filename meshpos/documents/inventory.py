@@ -79,7 +79,8 @@ class InventoryDoc(CheckedModel):
     def _on_counts(self, event: Any) -> None:
         self._touched.update(self._index(key) for key in event.keys)
 
-    def drain_events(self, known: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    def drain_events(self, known: dict[str, dict[str, Any]] | None = None, *,
+                     defer: bool = False) -> list[tuple[str, dict[str, Any]]]:
         touched, self._touched = self._touched, set()
         known = known or {}
         out = []

@@ -31,9 +31,10 @@ comes near, and a day of 5,000 orders at the bound still sums to 5e14.  Readers 
 same time each check only their own view and the merge may pass the bound legitimately; an order
 beyond even that was not written by these rules and is malformed.
 
-Why one module of ~510 lines: it is the whole of one document's rules - the lifecycle, the item
-and modifier shapes, the bounds and the reads that check them refer to each other, and a reader
-of docs/documents.md's orders section finds them in one place (the machinery shared with the
+Why one module of ~590 lines: it is the whole of one document's rules - the lifecycle, the item
+and modifier shapes, the bounds and the reads that check them refer to each other (an event's
+deferred view, :func:`resolve_event`, is the same read from the same text), and a reader of
+docs/documents.md's orders section finds them in one place (the machinery shared with the
 other models is in ``reading.py`` and ``values.py``).
 """
 
@@ -63,6 +64,7 @@ from meshpos.documents.reading import (
     need_text,
 )
 from meshpos.documents.values import ID_PATTERN, check_id, dump, load, load_list
+from storage.store import StoredEvent
 
 ORDER_STAGES = ("open", "sent", "preparing", "ready", "served", "cancelled", "paid", "closed")
 ORDER_RANK = {stage: rank for rank, stage in enumerate(ORDER_STAGES)}
@@ -233,6 +235,139 @@ def _added(item: dict[str, Any]) -> tuple[str, str]:
     return item["added_at"], item["id"]
 
 
+def _order_day(order_id: str, day: date | None) -> str:
+    """The business day ``order_id`` names, as ``YYYY-MM-DD``; ``day``: the document's, which it
+    must be (``None``: only that the id names a real date)."""
+    match = ORDER_ID.fullmatch(order_id)
+    if match is None:
+        raise Flaw(f"the order id must match {ORDER_ID.pattern}")
+    named = f"{match[1]}-{match[2]}-{match[3]}"
+    if day is None:
+        try:
+            date.fromisoformat(named)
+        except ValueError:
+            raise Flaw(f"the order id names no date ({named})") from None
+    elif named != day.isoformat():
+        raise Flaw(f"the order id names business day {named}; this document holds {day.isoformat()}")
+    return named
+
+
+def _facts_of(text: Any) -> dict[str, Any]:
+    """An order map's entries grouped by kind, from its JSON text (``str`` of the pycrdt map: one
+    call, where reading it entry by entry cost a call per key)."""
+    items: dict[str, Any] = {}
+    stages: dict[str, Any] = {}
+    kitchen: dict[str, dict[str, Any]] = {}
+    void: dict[str, Any] = {}
+    fields: dict[str, Any] = {}
+    facts: dict[str, Any] = {"stages": stages, "items": items, "kitchen": kitchen, "void": void,
+                             "fields": fields, "record": None}
+
+    def add(batch: Iterable[Any], where: str) -> None:
+        for item in batch:
+            item_id = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(item_id, str) or not ITEM_ID.fullmatch(item_id):
+                need_object(item, f"an item of {where}")
+                need_id(item_id, f"an item id in {where}", pattern=ITEM_ID)
+            if item_id in items:
+                raise Flaw(f"item id {item_id!r} appears twice")
+            items[item_id] = item
+        if len(items) > MAX_ORDER_ITEMS * READ_SLACK:
+            raise Flaw(f"the order holds more than {MAX_ORDER_ITEMS * READ_SLACK} items")
+
+    for key, value in need_text(text, "the order map", load).items():
+        kind, _, rest = key.partition(":")
+        if kind == "order":
+            facts["record"] = record = need_text(value, "order", load)
+            add(need_list(record.get("items", []), "order.items", MAX_ORDER_ITEMS * READ_SLACK), "order")
+        elif kind == "items":
+            add(need_text(value, key, load_list), key)
+        elif kind == "stage":
+            stages[rest] = _entry(value, key)
+        elif kind == "kitchen":
+            item_id, _, stage = rest.rpartition(":")
+            kitchen.setdefault(item_id, {})[stage] = value
+        elif kind == "void":
+            void[rest] = value  # decoded with its item: a void of an unknown item is ignored
+        elif kind in _FIELDS:
+            fields[kind] = value
+    if facts["record"] is None:
+        raise Flaw("the order map has no 'order' record")
+    return facts
+
+
+def _view(order_id: str, facts: dict[str, Any], day: str) -> dict[str, Any]:
+    """The order's view from its :func:`_facts_of`; ``day``: the business day its id names.  Hot: a
+    catch-up builds one per order it brings (2,500 for a busy half-day), so this is written for
+    speed over brevity."""
+    record, kitchen, voids, fields = facts["record"], facts["kitchen"], facts["void"], facts["fields"]
+    business_day = need_str(record.get("business_day"), "order.business_day")
+    if business_day != day:
+        raise Flaw(f"order.business_day {clip(repr(business_day), 40)} is not the day of the order id ({day})")
+    created_at = need_str(record.get("created_at"), "order.created_at")
+    created_by = need_str(record.get("created_by"), "order.created_by")
+    stages = {"open": {"reason": None, "at": created_at, "by": created_by}, **facts["stages"]}
+    status = furthest(stages, ORDER_RANK) if len(stages) > 1 else "open"
+    items = [_item_view(item_id, item, kitchen.get(item_id), voids.get(item_id))
+             for item_id, item in facts["items"].items()]
+    items.sort(key=_added)
+    total = sum(i["total_cents"] for i in items)
+    if total > MAX_ORDER_TOTAL_CENTS * READ_SLACK:
+        raise Flaw(f"the order's total of {total} cents is over {MAX_ORDER_TOTAL_CENTS * READ_SLACK}")
+    cancellation = stages.get("cancelled")
+    if cancellation is not None and status != "cancelled":
+        cancellation = {**cancellation, "overridden_by": status}
+    table = need_id(fields["table"] if "table" in fields else record.get("table"), "table", null=True)
+    waiter = need_str(fields["waiter"] if "waiter" in fields else record.get("waiter"), "waiter", null=True)
+    notes = need_str(fields["notes"] if "notes" in fields else record.get("notes"), "notes", null=True)
+    return {
+        "id": order_id, "business_day": business_day, "table": table, "waiter": waiter, "notes": notes or "",
+        "status": status, "stages": {s: v["at"] for s, v in stages.items()}, "cancellation": cancellation,
+        "items": items, "total_cents": total, "created_at": created_at, "created_by": created_by,
+    }
+
+
+#: The payload key of an ``order:created`` event whose view is deferred (``drain_events(defer=True)``):
+#: the order map's JSON text as it was at the event.
+DEFERRED = "order_json"
+
+
+def resolve_event(event: StoredEvent) -> None:
+    """Build a deferred order view in place: the event then reads as every order event does,
+    ``{order_id, order}``, with the order as it was at the event.  An order that does not read
+    (a peer wrote it malformed) turns the event into ``order:malformed`` at the same cursor, with
+    the reason - the cursors stay without gaps and every reader moves past it.  Idempotent: a
+    live event shared by several subscribers is built once."""
+    payload = event.payload
+    if DEFERRED not in payload:
+        return
+    order_id = payload.get("order_id")
+    try:
+        if not isinstance(order_id, str):
+            raise Flaw(f"the event names no order id ({describe(order_id)})")
+        view = _view(order_id, _facts_of(payload[DEFERRED]), _order_day(order_id, None))
+    except Exception as exc:  # noqa: BLE001 - whatever a peer wrote, the reader moves on
+        reason = clip(str(exc) if isinstance(exc, Flaw) else f"{type(exc).__name__}: {exc}", 200)
+        event.type, event.payload = "order:malformed", {
+            "order_id": order_id if isinstance(order_id, str) else None, "original_type": event.type,
+            "message": f"order {clip(repr(order_id), ID_CHARS)} is malformed: {reason}"}
+        return
+    event.payload = {"order_id": order_id, "order": view}
+
+
+def order_stamp(payload: dict[str, Any]) -> tuple[Any, Any] | None:
+    """``(created_at, created_by)`` of an order event's payload, deferred or not, without building
+    the view (the propagation metric reads it for every order a peer creates); ``None`` if it does
+    not read - the values themselves are the caller's to check."""
+    try:
+        order = payload.get("order")
+        if order is None and DEFERRED in payload:
+            order = load(load(payload[DEFERRED]).get("order"))
+        return order.get("created_at"), order.get("created_by")
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 class OrdersDoc(CheckedModel):
     kind = "orders"
     entity = "order"
@@ -266,7 +401,12 @@ class OrdersDoc(CheckedModel):
             else:
                 self._touched.add(path[0])
 
-    def drain_events(self, known: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    def drain_events(self, known: dict[str, dict[str, Any]] | None = None, *,
+                     defer: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """``defer``: an ``order:created`` whose view no caller knows carries the order map's JSON
+        under :data:`DEFERRED` instead of the view, for :func:`resolve_event` to build when the
+        event is read - at 20 terminals building and storing the view of every order the peers
+        create was half of a terminal's intake (docs/performance.md, "Where the intake goes")."""
         created, touched = self._created, self._touched
         self._created, self._touched = {}, set()
         known = known or {}
@@ -278,6 +418,9 @@ class OrdersDoc(CheckedModel):
                 if oid not in self.orders:
                     self._forget(oid)
                     continue
+            elif defer and oid not in known and oid not in self.malformed and self._in_this_day(oid):
+                out.append(("order:created", {"order_id": oid, DEFERRED: str(fresh)}))
+                continue
             try:
                 order = known.get(oid) or self.view(oid, fresh)
             except MalformedEntity:
@@ -301,66 +444,24 @@ class OrdersDoc(CheckedModel):
         except KeyError:
             raise NotFound(f"order {order_id!r} not found") from None
 
+    def _in_this_day(self, order_id: str) -> bool:
+        """Whether ``order_id`` names this document's day: the one check of a view that needs the
+        document, so a deferred view is built from the event alone."""
+        try:
+            self._check_id(order_id)
+        except Flaw:
+            return False
+        return True
+
     def _check_id(self, order_id: str) -> str:
-        """The business day ``order_id`` names, as ``YYYY-MM-DD``."""
-        match = ORDER_ID.fullmatch(order_id)
-        if match is None:
-            raise Flaw(f"the order id must match {ORDER_ID.pattern}")
-        day = f"{match[1]}-{match[2]}-{match[3]}"
-        if self.day is None:
-            try:
-                date.fromisoformat(day)
-            except ValueError:
-                raise Flaw(f"the order id names no date ({day})") from None
-        elif day != self.day.isoformat():
-            raise Flaw(f"the order id names business day {day}; this document holds {self.day.isoformat()}")
-        return day
+        """The business day ``order_id`` names, as ``YYYY-MM-DD`` (this document's, once named)."""
+        return _order_day(order_id, self.day)
 
     @staticmethod
     def _facts(order: Any) -> dict[str, Any]:
-        """The order map's entries grouped by kind, from one JSON read of the map (``str`` of a
-        pycrdt map is its JSON: one call, where reading it entry by entry cost a call per key)."""
         if not isinstance(order, pycrdt.Map):  # a peer wrote something else under an order id
             raise Flaw(f"expected an order map (a Y.Map), got {describe(order)}")
-        items: dict[str, Any] = {}
-        stages: dict[str, Any] = {}
-        kitchen: dict[str, dict[str, Any]] = {}
-        void: dict[str, Any] = {}
-        fields: dict[str, Any] = {}
-        facts: dict[str, Any] = {"stages": stages, "items": items, "kitchen": kitchen, "void": void,
-                                 "fields": fields, "record": None}
-
-        def add(batch: Iterable[Any], where: str) -> None:
-            for item in batch:
-                item_id = item.get("id") if isinstance(item, dict) else None
-                if not isinstance(item_id, str) or not ITEM_ID.fullmatch(item_id):
-                    need_object(item, f"an item of {where}")
-                    need_id(item_id, f"an item id in {where}", pattern=ITEM_ID)
-                if item_id in items:
-                    raise Flaw(f"item id {item_id!r} appears twice")
-                items[item_id] = item
-            if len(items) > MAX_ORDER_ITEMS * READ_SLACK:
-                raise Flaw(f"the order holds more than {MAX_ORDER_ITEMS * READ_SLACK} items")
-
-        for key, value in need_text(str(order), "the order map", load).items():
-            kind, _, rest = key.partition(":")
-            if kind == "order":
-                facts["record"] = record = need_text(value, "order", load)
-                add(need_list(record.get("items", []), "order.items", MAX_ORDER_ITEMS * READ_SLACK), "order")
-            elif kind == "items":
-                add(need_text(value, key, load_list), key)
-            elif kind == "stage":
-                stages[rest] = _entry(value, key)
-            elif kind == "kitchen":
-                item_id, _, stage = rest.rpartition(":")
-                kitchen.setdefault(item_id, {})[stage] = value
-            elif kind == "void":
-                void[rest] = value  # decoded with its item: a void of an unknown item is ignored
-            elif kind in _FIELDS:
-                fields[kind] = value
-        if facts["record"] is None:
-            raise Flaw("the order map has no 'order' record")
-        return facts
+        return _facts_of(str(order))
 
     def view(self, order_id: str, order: pycrdt.Map | None = None) -> dict[str, Any]:
         """``order``: the order's map when the caller holds it already (else looked up by id).
@@ -372,35 +473,8 @@ class OrdersDoc(CheckedModel):
         return self._read(order_id, lambda: self._build(order_id, order))
 
     def _build(self, order_id: str, order: Any) -> dict[str, Any]:
-        """Hot: a catch-up builds one view per order it brings (2,500 for a busy half-day) for the
-        events, so this is written for speed over brevity."""
         facts = self._facts(order)
-        day = self._check_id(order_id)
-        record, kitchen, voids, fields = facts["record"], facts["kitchen"], facts["void"], facts["fields"]
-        business_day = need_str(record.get("business_day"), "order.business_day")
-        if business_day != day:
-            raise Flaw(f"order.business_day {clip(repr(business_day), 40)} is not the day of the order id ({day})")
-        created_at = need_str(record.get("created_at"), "order.created_at")
-        created_by = need_str(record.get("created_by"), "order.created_by")
-        stages = {"open": {"reason": None, "at": created_at, "by": created_by}, **facts["stages"]}
-        status = furthest(stages, ORDER_RANK) if len(stages) > 1 else "open"
-        items = [_item_view(item_id, item, kitchen.get(item_id), voids.get(item_id))
-                 for item_id, item in facts["items"].items()]
-        items.sort(key=_added)
-        total = sum(i["total_cents"] for i in items)
-        if total > MAX_ORDER_TOTAL_CENTS * READ_SLACK:
-            raise Flaw(f"the order's total of {total} cents is over {MAX_ORDER_TOTAL_CENTS * READ_SLACK}")
-        cancellation = stages.get("cancelled")
-        if cancellation is not None and status != "cancelled":
-            cancellation = {**cancellation, "overridden_by": status}
-        table = need_id(fields["table"] if "table" in fields else record.get("table"), "table", null=True)
-        waiter = need_str(fields["waiter"] if "waiter" in fields else record.get("waiter"), "waiter", null=True)
-        notes = need_str(fields["notes"] if "notes" in fields else record.get("notes"), "notes", null=True)
-        return {
-            "id": order_id, "business_day": business_day, "table": table, "waiter": waiter, "notes": notes or "",
-            "status": status, "stages": {s: v["at"] for s, v in stages.items()}, "cancellation": cancellation,
-            "items": items, "total_cents": total, "created_at": created_at, "created_by": created_by,
-        }
+        return _view(order_id, facts, self._check_id(order_id))
 
     def list(self, *, status: str | None = None, table: str | None = None) -> list[dict[str, Any]]:
         """Every order that reads, filtered; a malformed one is counted, logged once and skipped."""

@@ -64,7 +64,8 @@ class TablesDoc(CheckedModel):
 
         return note
 
-    def drain_events(self, known: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    def drain_events(self, known: dict[str, dict[str, Any]] | None = None, *,
+                     defer: bool = False) -> list[tuple[str, dict[str, Any]]]:
         touched, self._touched = self._touched, {}
         known = known or {}
         out = []

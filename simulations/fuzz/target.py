@@ -47,7 +47,8 @@ def encoded(value: Any) -> Any:
 
 
 async def read_back(terminal: Any, kind: str) -> None:
-    """Read a document the ways the API and the events do (every one must work whatever it holds)."""
+    """Read a document the ways the API and the events WebSocket do (every one must work whatever
+    it holds)."""
     if kind == "tables":
         encoded(terminal.tables.list())
     elif kind == "inventory":
@@ -56,6 +57,18 @@ async def read_back(terminal: Any, kind: str) -> None:
         encoded(inv.products())
     else:
         encoded(await terminal.list_orders())
+    # the newest events as a UI replaying them reads them: an order view a peer's new order left
+    # to the reader (meshpos/documents/orders.py, resolve_event) is built here, whatever it holds
+    last = terminal.store.last_cursor
+    if last == 0:
+        return
+    async with terminal.events.subscribe(max(0, last - 50)) as stream:
+        async for event in stream:
+            if not hasattr(event, "to_json"):  # a Reset: history this old is gone
+                break
+            encoded(event.to_json())
+            if event.cursor >= last:
+                break
 
 
 @contextlib.asynccontextmanager
