@@ -57,8 +57,14 @@ class EventBus:
                     break
 
     @asynccontextmanager
-    async def subscribe(self, cursor: int | None = None) -> AsyncIterator[AsyncIterator[StoredEvent | Reset]]:
-        """Events after ``cursor`` (``None``: only new ones), then live ones, in cursor order."""
+    async def subscribe(self, cursor: int | None = None, *,
+                        resolved: bool = True) -> AsyncIterator[AsyncIterator[StoredEvent | Reset]]:
+        """Events after ``cursor`` (``None``: only new ones), then live ones, in cursor order.
+
+        ``resolved=False``: the events as stored, nothing built for them (a new order's view left
+        to its reader stays its map's JSON) - for a reader of ids only, such as the benchmarks'
+        watchers, which stand for a terminal that no UI reads events from."""
+        resolve = self._resolve if resolved else (lambda event: None)
         send, receive = anyio.create_memory_object_stream[StoredEvent](SUBSCRIBER_BUFFER)
         self._subscribers.add(send)  # before reading history, so nothing falls between the two
         now = self.store.last_cursor  # "new" means after subscribing, not after the first read
@@ -78,7 +84,7 @@ class EventBus:
                     while True:
                         page = await self.store.events_after(last, limit=500)
                         for event in page:
-                            self._resolve(event)
+                            resolve(event)
                             yield event
                             last = event.cursor
                         if len(page) < 500:
@@ -86,7 +92,7 @@ class EventBus:
             async for event in receive:
                 if event.cursor > last:
                     last = event.cursor
-                    self._resolve(event)
+                    resolve(event)
                     yield event
             if send in self._lagged:
                 self._lagged.discard(send)

@@ -63,7 +63,7 @@ class Observer:
 
     async def watch(self, t: Terminal, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         tid = t.config.terminal_id
-        async with t.events.subscribe() as stream:
+        async with t.events.subscribe(resolved=False) as stream:  # ids only: no views built
             task_status.started()
             async for event in stream:
                 if getattr(event, "type", None) == "order:created":
@@ -190,7 +190,7 @@ async def _terminal_main(conn: Connection, data_dir: Path, tid: str) -> None:
     waiting: dict[str, Any] = {"count": 0, "event": None}
 
     async def watch(t: Terminal, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        async with t.events.subscribe() as stream:
+        async with t.events.subscribe(resolved=False) as stream:  # ids only: no views built
             task_status.started()
             async for event in stream:
                 if getattr(event, "type", None) == "order:created":

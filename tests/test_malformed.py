@@ -342,6 +342,9 @@ async def test_a_peers_new_order_is_built_once_for_every_live_reader_and_the_sam
             again = await anext(replay)
         assert again is not first and (again.cursor, again.type, again.payload) == (
             first.cursor, first.type, first.payload)
+        async with terminal.events.subscribe(cursor, resolved=False) as raw:  # ids only: nothing built
+            stored_row = await anext(raw)
+        assert stored_row.type == "order:created" and sorted(stored_row.payload) == ["order_id", DEFERRED]
 
 
 def test_resolving_an_event_never_raises_and_leaves_complete_events_alone() -> None:
