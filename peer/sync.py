@@ -134,7 +134,7 @@ class SyncSession:
     def encode_updates(self, doc: str, updates: list[bytes]) -> bytes:
         """One frame for a run of durable updates to one document (merged: one apply, one record
         on the peer instead of one per update - what keeps a burst cheap on both ends)."""
-        return _update_frame(doc, tuple(updates))
+        return _update_frame(doc, tuple(u if type(u) is bytes else bytes(u) for u in updates))  # hashable
 
     # -- incoming ------------------------------------------------------------------------------
 
