@@ -60,6 +60,7 @@ from anyio.streams.tls import TLSStream
 from core.names import HQ_TYPE
 from core.yupdate import merge_run
 from meshpos.config import TerminalConfig
+from meshpos.documents import host as document_host
 from meshpos.terminal import Terminal
 from peer.admission import hello_of
 from peer.identity import load_identity
@@ -103,9 +104,20 @@ def pinned_replay_peers(conn: Connection, core: int, root: str, frames: dict[str
 async def record_orders(root: Path, tid: str, count: int, frame_updates: int) -> list[bytes]:
     """``count`` orders created by the real terminal ``tid`` (16 concurrent writers), as the
     sync frames its link writer would send: runs of ``frame_updates`` consecutive updates of one
-    document merged into one frame."""
+    document merged into one frame.
+
+    The recording terminal does not compact: a snapshot would fold the update rows read here
+    (from 2,000 writes on, ``COMPACT_EVERY``), and the replay would silently lack those orders."""
     config = TerminalConfig(data_dir=root / tid, terminal_id=tid, api_port=0, peer_host="127.0.0.1", peer_port=0,
                             mdns=False)
+    compact_every, document_host.COMPACT_EVERY = document_host.COMPACT_EVERY, count + 2
+    try:
+        return await _record(config, count, frame_updates)
+    finally:
+        document_host.COMPACT_EVERY = compact_every
+
+
+async def _record(config: TerminalConfig, count: int, frame_updates: int) -> list[bytes]:
     async with Terminal(config).running() as t:
         await t.put_product("burger", name="Burger", price_cents=1590, station="grill", category=None, active=True)
 

@@ -60,6 +60,28 @@ def test_intake_benchmark_stores_every_order_it_is_handed(tmp_path) -> None:
     assert result["events"] == "product" and profile.stat().st_size > 0
 
 
+@pytest.mark.anyio
+async def test_recorded_orders_are_all_there_when_the_recording_outgrows_a_compaction(tmp_path, monkeypatch) -> None:
+    """Past ``COMPACT_EVERY`` writes a terminal folds its update rows into a snapshot; the
+    recording reads those rows, so it must not compact, or the replay silently lacks orders (a
+    run of 3,000 orders per peer once waited forever for orders that were never sent)."""
+    import pycrdt  # noqa: PLC0415
+
+    from meshpos.documents import host  # noqa: PLC0415
+    from peer.wire import decode_sync  # noqa: PLC0415
+    from simulations.bench_own_core import record_orders  # noqa: PLC0415
+    from simulations.benchutil import enrolled_store  # noqa: PLC0415
+
+    monkeypatch.setattr(host, "COMPACT_EVERY", 20)
+    (tid,) = enrolled_store(tmp_path, 1)
+    frames = await record_orders(tmp_path, tid, 48, 5)
+    doc = pycrdt.Doc()
+    for frame in frames:
+        doc.apply_update(decode_sync(frame).payload)
+    assert len(doc.get("orders", type=pycrdt.Map)) == 48 and len(frames) == 10
+    assert host.COMPACT_EVERY == 20  # put back
+
+
 def test_own_core_benchmark_refuses_a_one_terminal_mesh() -> None:
     done = subprocess.run(module_command("simulations.bench_own_core", "--terminals", "1"),
                           capture_output=True, text=True, check=False, timeout=60)
