@@ -55,6 +55,21 @@ def time_id(now: datetime, rand: IdSource = id_bytes) -> str:
     return "".join(reversed(head)) + random_id(10, rand)
 
 
+_B32_VALUE = {c: v for v, c in enumerate(_B32)}
+
+
+def time_of_id(value: str) -> float | None:
+    """The instant a :func:`time_id` names, in seconds since the epoch (to the millisecond), read
+    from its first 9 characters without parsing anything else; ``None`` if they are not base32."""
+    ms = 0
+    for char in value[:9]:
+        digit = _B32_VALUE.get(char)
+        if digit is None:
+            return None
+        ms = ms * 32 + digit
+    return ms / 1000 if len(value) >= 9 else None
+
+
 class BusinessCalendar:
     """Maps instants to business days: a day runs from ``rollover`` local time to the next.
 

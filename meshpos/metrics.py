@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import anyio
@@ -27,26 +26,21 @@ THROUGHPUT_WINDOW_S = 60
 TRAFFIC = ("bytes_in", "bytes_out", "frames_in", "frames_out")
 
 
-def _stamp_of_view(payload: dict[str, Any]) -> tuple[Any, Any] | None:
-    order = payload.get("order")
-    return (order.get("created_at"), order.get("created_by")) if isinstance(order, dict) else None
-
-
 class TerminalMetrics:
     """Counters kept from the terminal's start; its listeners must never raise (they run inside
     commits and link teardown), so each reads defensively."""
 
     def __init__(self, terminal_id: str, clock: Clock, monotonic: Callable[[], float],
-                 order_stamp: Callable[[dict[str, Any]], tuple[Any, Any] | None] = _stamp_of_view) -> None:
-        """``order_stamp``: ``(created_at, created_by)`` of an ``order:created`` payload (the
-        terminal's reads a deferred one without building its view)."""
+                 order_stamp: Callable[[dict[str, Any]], tuple[float | None, Any] | None]) -> None:
+        """``order_stamp``: when an ``order:created`` payload's order was created (seconds since
+        the epoch) and by whom (:func:`meshpos.documents.orders.order_stamp`)."""
         self.terminal_id = terminal_id
         self.order_stamp = order_stamp
         self.clock = clock
         self.monotonic = monotonic
         #: Storage records of document changes applied here, by origin kind (``local``, ``peer``...).
         self.updates: Counter[str] = Counter()
-        #: Orders another terminal created: from its ``created_at`` to durable here.
+        #: Orders another terminal created: from their creation to durable here.
         self.propagation = Histogram()
         #: Per peer, the summed traffic of its links that have ended (see :data:`TRAFFIC`).
         self.ended: dict[str, tuple[int, int, int, int]] = {}
@@ -63,16 +57,11 @@ class TerminalMetrics:
             if event.type != "order:created":
                 continue
             stamp = self.order_stamp(event.payload)
-            if stamp is None or stamp[1] == self.terminal_id:
+            if stamp is None or stamp[0] is None or stamp[1] == self.terminal_id:
                 continue
-            try:
-                written = datetime.fromisoformat(stamp[0])
-            except (TypeError, ValueError):
-                continue  # a view checked it is a string, not that it is a time
-            now = now or self.clock()
-            if written.tzinfo is not None:
-                # a writer's clock ahead of this one's reads as no delay, never as a negative one
-                self.propagation.observe(max(0.0, (now - written).total_seconds()))
+            now = self.clock().timestamp() if now is None else now
+            # a writer's clock ahead of this one's reads as no delay, never as a negative one
+            self.propagation.observe(max(0.0, now - stamp[0]))
 
     def on_link_down(self, peer_id: str, peer_type: str | None, closed: Any, traffic: tuple[int, ...]) -> None:
         self.ended[peer_id] = _plus(self.ended.get(peer_id), traffic)
@@ -206,8 +195,8 @@ async def _families(terminal: Any) -> list[Any]:
     for origin, n in sorted(metrics.updates.items()):
         updates.add_metric([origin], n)
     out.append(updates)
-    histogram("meshpos_propagation_seconds", "Orders created on another terminal: from its created_at to "
-              "durable here (the two clocks' skew included).", metrics.propagation)
+    histogram("meshpos_propagation_seconds", "Orders created on another terminal: from their creation (the "
+              "time their id carries) to durable here (the two clocks' skew included).", metrics.propagation)
     histogram("meshpos_storage_commit_seconds", "SQLite group commits, fsync included.",
               terminal.store.commit_seconds)
     gauge("meshpos_document_bytes", "Encoded size of each open document.", labels=["document"],

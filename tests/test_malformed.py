@@ -357,8 +357,14 @@ def test_resolving_an_event_never_raises_and_leaves_complete_events_alone() -> N
         resolve_event(event)
         assert event.type == "order:malformed" and event.payload["original_type"] == "order:created"
         assert "is malformed: " in event.payload["message"] and len(event.payload["message"]) < 400
-    assert order_stamp({DEFERRED: '{"order": "{\\"created_at\\": \\"t\\", \\"created_by\\": \\"p\\"}"}'}) == ("t", "p")
-    assert order_stamp({DEFERRED: "not json"}) is None and order_stamp({"order": None}) is None
+    # the propagation metric's read: a deferred event's time is its id's, whatever its JSON holds
+    assert order_stamp({"order_id": "20261206-" + "0" * 8 + "1" + "z" * 10, DEFERRED: "not json"}) == (0.001, None)
+    for order_id in (None, 7, "20261206-" + "u" * 19):
+        payload = {DEFERRED: "{}"} if order_id is None else {"order_id": order_id, DEFERRED: "{}"}
+        assert order_stamp(payload) == (None, None)
+    assert order_stamp({"order": {"created_at": "2026-12-06T12:00:00.250Z", "created_by": "p"}}) == (1796558400.25, "p")
+    assert order_stamp({"order": {"created_at": "2026-12-06T12:00:00", "created_by": "p"}}) == (None, "p")  # no zone
+    assert order_stamp({"order": {"created_at": "not a time"}}) is None and order_stamp({"order": None}) is None
 
 
 async def test_status_shows_a_bounded_few_and_the_exact_count(served: Any) -> None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.clock import time_id, time_of_id
 from core.histogram import BOUNDS, Histogram
 from meshpos.config import TerminalConfig
+from meshpos.documents.orders import DEFERRED, order_stamp
 from meshpos.metrics import TerminalMetrics, exposition
 from meshpos.terminal import Terminal
 from peer.identity import Authority
@@ -149,10 +151,13 @@ async def test_the_hq_backlog_shows_when_an_hq_is_configured(served: Callable[..
 
 def test_propagation_counts_only_well_formed_orders_of_other_terminals() -> None:
     now = datetime(2026, 12, 6, 12, 0, 0, 250_000, tzinfo=UTC)
-    metrics = TerminalMetrics("pos-1", lambda: now, lambda: 0.0)
+    metrics = TerminalMetrics("pos-1", lambda: now, lambda: 0.0, order_stamp)
 
     def created(order: Any) -> StoredEvent:
         return StoredEvent(1, "order:created", "2026-12-06T12:00:00.250Z", {"order_id": "x", "order": order})
+
+    def deferred(order_id: Any) -> StoredEvent:  # a peer's new order: its time is its id's
+        return StoredEvent(1, "order:created", "2026-12-06T12:00:00.250Z", {"order_id": order_id, DEFERRED: "{}"})
 
     metrics.on_commit([
         created({"created_by": "pos-2", "created_at": "2026-12-06T12:00:00.200Z"}),  # 50 ms
@@ -163,7 +168,18 @@ def test_propagation_counts_only_well_formed_orders_of_other_terminals() -> None
         created({"created_by": "pos-2"}),
         created(["not", "an", "order"]),
         StoredEvent(2, "order:updated", "2026-12-06T12:00:00.250Z", {"order_id": "x", "order": {}}),
+        deferred("20261206-" + time_id(now - timedelta(milliseconds=20))),  # 20 ms
+        deferred("20261206-" + time_id(now + timedelta(seconds=3))),  # its clock ahead: 0
+        deferred("20261206-" + "I" * 19),  # not base32: no time
+        deferred("short"),
+        deferred(None),
     ])
-    assert metrics.propagation.count == 2
-    assert metrics.propagation.total == pytest.approx(0.05)
-    assert dict(metrics.propagation.buckets())["0.05"] == 2
+    assert metrics.propagation.count == 4
+    assert metrics.propagation.total == pytest.approx(0.07)
+    assert dict(metrics.propagation.buckets())["0.05"] == 4
+
+
+def test_an_order_id_carries_its_creation_time_to_the_millisecond() -> None:
+    at = datetime(2026, 12, 7, 9, 30, 15, 123_456, tzinfo=UTC)
+    assert round(time_of_id(time_id(at)) * 1000) == 1796635815123  # the milliseconds, truncated
+    assert time_of_id("0123") is None and time_of_id("u" * 19) is None  # short; 'u' is no digit
