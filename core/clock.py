@@ -55,19 +55,18 @@ def time_id(now: datetime, rand: IdSource = id_bytes) -> str:
     return "".join(reversed(head)) + random_id(10, rand)
 
 
-_B32_VALUE = {c: v for v, c in enumerate(_B32)}
+#: Our base32 digits -> Python's (``int(text, 32)`` reads ``0-9a-v``).
+_B32_TO_PYTHON = str.maketrans(_B32, "0123456789abcdefghijklmnopqrstuv")
 
 
 def time_of_id(value: str) -> float | None:
     """The instant a :func:`time_id` names, in seconds since the epoch (to the millisecond), read
-    from its first 9 characters without parsing anything else; ``None`` if they are not base32."""
-    ms = 0
-    for char in value[:9]:
-        digit = _B32_VALUE.get(char)
-        if digit is None:
-            return None
-        ms = ms * 32 + digit
-    return ms / 1000 if len(value) >= 9 else None
+    from its first 9 characters without parsing anything else; ``None`` if they are not base32.
+    Hot: the propagation metric reads it for every order a peer creates."""
+    head = value[:9]
+    if len(head) < 9 or head.strip(_B32):  # strip leaves nothing only if every character is a digit
+        return None
+    return int(head.translate(_B32_TO_PYTHON), 32) / 1000
 
 
 class BusinessCalendar:
