@@ -386,10 +386,12 @@ class OrdersDoc(CheckedModel):
     #: The document's business day once the host names it: an order of another day is then
     #: malformed here - the API finds an order's document by its id's day.
     day: date | None = None
+    _day_prefix: str | None = None  # "YYYYMMDD-" of ``day``
 
     def named(self, name: str) -> None:
         super().named(name)
         self.day = date.fromisoformat(name.removeprefix("orders/"))
+        self._day_prefix = self.day.strftime("%Y%m%d-")
 
     def attach(self) -> None:
         self.orders = self.doc.get("orders", type=pycrdt.Map)
@@ -469,12 +471,15 @@ class OrdersDoc(CheckedModel):
 
     def _in_this_day(self, order_id: str) -> bool:
         """Whether ``order_id`` names this document's day: the one check of a view that needs the
-        document, so a deferred view is built from the event alone."""
-        try:
-            self._check_id(order_id)
-        except Flaw:
-            return False
-        return True
+        document, so a deferred view is built from the event alone.  Hot (every order a peer
+        creates): the day's prefix is compared as text, the rest matched with the id's pattern."""
+        if self._day_prefix is None:  # not named (a bare model): any real date
+            try:
+                self._check_id(order_id)
+            except Flaw:
+                return False
+            return True
+        return order_id.startswith(self._day_prefix) and ORDER_ID.fullmatch(order_id) is not None
 
     def _check_id(self, order_id: str) -> str:
         """The business day ``order_id`` names, as ``YYYY-MM-DD`` (this document's, once named)."""
