@@ -12,7 +12,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from storage.store import Store, StoredEvent
 
@@ -29,6 +30,35 @@ class Reset:
 
 class Lagged(Exception):
     """The subscriber fell more than :data:`SUBSCRIBER_BUFFER` events behind the live stream."""
+
+
+#: Live events a subscriber takes from its buffer between two checkpoints.
+DRAIN_BATCH = 64
+
+
+async def _drained(receive: MemoryObjectReceiveStream[StoredEvent]) -> AsyncIterator[StoredEvent]:
+    """The live events: what is buffered is taken without a trip through the event loop per
+    event (a memory stream's ``receive`` checkpoints every time: 3 of the ~6 µs an event cost a
+    subscriber - at 20 terminals a terminal takes in ~19,000 orders a second), then one
+    checkpoint per :data:`DRAIN_BATCH`, so a long buffer does not keep other tasks waiting."""
+    taken = 0
+    while True:
+        try:
+            event = receive.receive_nowait()
+        except anyio.WouldBlock:
+            try:
+                event = await receive.receive()
+            except anyio.EndOfStream:
+                return
+            taken = 0
+        except anyio.EndOfStream:
+            return
+        else:
+            taken += 1
+            if taken >= DRAIN_BATCH:
+                taken = 0
+                await anyio.lowlevel.checkpoint()
+        yield event
 
 
 class EventBus:
@@ -89,7 +119,7 @@ class EventBus:
                             last = event.cursor
                         if len(page) < 500:
                             break
-            async for event in receive:
+            async for event in _drained(receive):
                 if event.cursor > last:
                     last = event.cursor
                     resolve(event)

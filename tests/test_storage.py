@@ -10,18 +10,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pycrdt
 import pytest
 
+import meshpos.events as events_module
 from core.errors import PermissionDenied
 from meshpos.documents import host as host_module
 from meshpos.documents.host import DocumentHost
 from meshpos.documents.inventory import InventoryDoc
-from meshpos.events import Reset
+from meshpos.events import Lagged, Reset
 from meshpos.recovery import recover
 from meshpos.terminal import Terminal
 from storage.database import DatabaseError, open_database
-from storage.store import Store
+from storage.store import Store, StoredEvent
 
 pytestmark = pytest.mark.anyio
 def same_state(u1: bytes, u2: bytes) -> bool:
@@ -202,6 +204,46 @@ async def test_a_new_subscriber_gets_what_was_published_before_it_first_reads(ma
             with anyio.fail_after(5):
                 first = await stream.__anext__()
         assert first.type == "table:updated" and first.payload["table_id"] == "T1"
+
+
+async def test_a_burst_of_live_events_arrives_whole_in_order_without_starving_other_tasks(
+        make_config, monkeypatch) -> None:  # noqa: ANN001
+    """A subscriber takes a buffered burst without a checkpoint per event (meshpos.events
+    ``_drained``), but with one every ``DRAIN_BATCH``: other tasks run during a long drain; and a
+    subscriber that falls behind the buffer still ends with ``Lagged`` after what it had."""
+    async with Terminal(make_config()).running() as t:
+        base = t.store.last_cursor
+        burst = [StoredEvent(base + n, "table:updated", "2026-12-07T08:00:00.000Z", {"n": n}) for n in range(1, 1001)]
+        others = []
+
+        async def other() -> None:
+            while True:
+                others.append(len(got))
+                await anyio.lowlevel.checkpoint()
+
+        got: list[int] = []
+        async with anyio.create_task_group() as tg, t.events.subscribe() as stream:
+            t.events.publish(burst)  # all buffered before the first read
+            tg.start_soon(other)
+            with anyio.fail_after(5):
+                async for event in stream:
+                    got.append(event.payload["n"])
+                    if len(got) == 1000:
+                        break
+            tg.cancel_scope.cancel()
+        assert got == list(range(1, 1001))
+        ran_while_draining = {n for n in others if 0 < n < 1000}
+        assert len(ran_while_draining) >= 1000 // events_module.DRAIN_BATCH // 2  # trio batches its runs
+
+        monkeypatch.setattr(events_module, "SUBSCRIBER_BUFFER", 10)
+        base = t.store.last_cursor
+        seen = []
+        async with t.events.subscribe() as stream:
+            t.events.publish([StoredEvent(base + n, "table:updated", "t", {"n": n}) for n in range(1, 21)])
+            with pytest.raises(Lagged), anyio.fail_after(5):
+                async for event in stream:
+                    seen.append(event.payload["n"])
+        assert seen == list(range(1, 11))  # what fitted its buffer, then the end
 
 
 async def test_business_day_rollover_archives_old_days(make_config) -> None:  # noqa: ANN001
