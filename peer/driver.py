@@ -194,7 +194,8 @@ class LinkDriver:
             run: list[bytes] = []
             for item in [*link.session.take(), None]:
                 if item is not None and item.ticket is not None:
-                    await item.ticket.done.wait()
+                    if not item.ticket.done.is_set():  # anyio's wait checkpoints even when set:
+                        await item.ticket.done.wait()  # ~5 us for each of 19 links per update
                     if item.ticket.error is not None:
                         continue  # never durable here: never shipped
                 if item is not None and item.update_of is not None and item.update_of == run_doc:
