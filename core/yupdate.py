@@ -26,6 +26,7 @@ The format is the Yjs update v1 encoding (``Y.encodeStateAsUpdate``; lib0 ``enco
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,10 +99,45 @@ def merge_run(updates: Sequence[bytes]) -> bytes:
     return updates[0] if len(updates) == 1 else pycrdt.merge_updates(*updates)
 
 
+#: A lib0 varUint of at most 8 bytes: up to 7 bytes with the high bit set, then one without.
+_VARUINT = re.compile(rb"[\x80-\xff]{0,7}[\x00-\x7f]")
+#: varUint bytes -> value, for :func:`decode_state_vector`: a document's client ids repeat from
+#: one state vector to the next (and their 8-byte numbers are most of its bytes).  Bounded.
+_VARUINTS: dict[bytes, int] = {}
+
+
 def decode_state_vector(data: bytes) -> dict[int, int]:
     """``{client id: clock}`` of an encoded state vector; compare these, not the bytes (equal
-    states may encode in any order).  :class:`UpdateRefused` unless well-formed."""
-    reader = Lib0Reader(bytes(data), Shape(frozenset()))
+    states may encode in any order).  :class:`UpdateRefused` unless well-formed.
+
+    Hot: every frame a peer sends is checked against its document's state vector, ~20 clients
+    of 10 bytes each at 20 terminals - read byte by byte that cost 20 us a frame.  The numbers are
+    split by a regular expression and looked up; anything unusual (a number too long or too
+    large, a count that does not match, trailing bytes) is read again by the bounded reader
+    below, which says precisely what is wrong."""
+    data = bytes(data)
+    parts = _VARUINT.findall(data)
+    if sum(map(len, parts)) == len(data) and len(parts) % 2 == 1:
+        known = _VARUINTS
+        values = []
+        for part in parts:
+            value = known.get(part)
+            if value is None:
+                value = 0
+                for shift, byte in enumerate(part):
+                    value |= (byte & 0x7F) << (7 * shift)
+                if len(known) >= 4096:
+                    known.clear()
+                known[part] = value
+            values.append(value)
+        clients, clocks = values[1::2], values[2::2]
+        if values[0] == len(clients) and (not clients or (max(clients) <= MAX_CLIENT and max(clocks) <= MAX_CLOCK)):
+            return dict(zip(clients, clocks, strict=True))
+    return _read_state_vector(data)
+
+
+def _read_state_vector(data: bytes) -> dict[int, int]:
+    reader = Lib0Reader(data, Shape(frozenset()))
     out: dict[int, int] = {}
     for _ in range(reader.count("client", 2)):
         client = reader.uint()
@@ -219,7 +255,10 @@ class Lib0Reader:
         return self.data[start:self.pos]
 
     def skip_string(self) -> None:
-        self.skip(self.uint())
+        n = self.uint()
+        if n > self.end - self.pos:
+            raise self.fail(f"length {n} runs past the end")
+        self.pos += n
 
     def count(self, what: str, least_bytes: int = 1) -> int:
         """A count of things that take ``least_bytes`` each: more than the bytes left is a lie."""
@@ -300,7 +339,12 @@ class Lib0Reader:
         if ref == _CONTENT_ANY:
             n = self.count("value")
             for _ in range(n):
-                self.any_value()
+                pos = self.pos
+                if pos < self.end and self.data[pos] == 119:  # a string, as most values are: skipped
+                    self.pos = pos + 1                          # here, not by any_value's walk
+                    self.skip_string()
+                else:
+                    self.any_value()
             return n
         if ref == _CONTENT_TYPE:
             kind = self.uint()

@@ -76,15 +76,21 @@ class SyncSession:
     # -- outgoing ------------------------------------------------------------------------------
 
     def queue_update(self, doc: str, update: bytes, ticket: Any) -> None:
+        self.queue_shared(Outgoing(ticket=ticket, update_of=doc, update=update))
+
+    def queue_shared(self, item: Outgoing) -> None:
+        """Queue an update (``item.update_of`` set) that other links queue too: one item for all
+        of them - nothing changes an update's item once queued - where one each cost 19 objects
+        per write at 20 terminals."""
         if self.resync_needed:
-            self.dropped.add(doc)  # the resync's step 2 will carry it
+            self.dropped.add(item.update_of)  # type: ignore[arg-type]  # the resync's step 2 will carry it
             return
-        if self.queued_bytes + len(update) > self.max_queue_bytes:
-            self.dropped.add(doc)
+        if self.queued_bytes + len(item.update) > self.max_queue_bytes:
+            self.dropped.add(item.update_of)  # type: ignore[arg-type]
             self._overflow()
             return
-        self.outbox.append(Outgoing(ticket=ticket, update_of=doc, update=update))
-        self.queued_bytes += len(update)
+        self.outbox.append(item)
+        self.queued_bytes += len(item.update)
 
     def queue_step1(self, doc: str, state_vector: bytes) -> None:
         self._queue(Outgoing(data=encode_sync(doc, STEP1, state_vector)))

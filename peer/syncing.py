@@ -23,7 +23,7 @@ from peer.driver import INTERNAL_ERROR, Link
 from peer.link import Closed
 from peer.replica import Replica
 from peer.replication import AUTO_FETCH_DAYS, CATCH_UP_WAIT, Opening, Replication, by_doc
-from peer.sync import AnswerStep1, Apply
+from peer.sync import AnswerStep1, Apply, Outgoing
 
 FETCH_TIMEOUT = 3.0
 #: How often linked peers re-compare state vectors (covers peers that cannot reach each other).
@@ -154,8 +154,9 @@ class Syncing:
             return
         uplinks = [link for link in self.links.values()
                    if link.peer_type == HQ_TYPE and origin != f"peer:{link.peer_id}"]
+        item = Outgoing(ticket=ticket, update_of=name, update=update)
         for link in self.core.forward_to(name, origin, self._terminals(), uplinks):
-            link.session.queue_update(name, update, ticket)
+            link.session.queue_shared(item)
             link.wake.set()
 
     async def anti_entropy(self) -> None:

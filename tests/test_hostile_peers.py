@@ -274,6 +274,53 @@ def test_updates_that_crashed_yrs_are_refused_by_the_shape_check(hex_update: str
         check_update(bytes.fromhex(hex_update), OrdersDoc.shape)
 
 
+def test_the_fast_state_vector_decoder_agrees_with_the_bounded_reader_on_every_input() -> None:
+    """decode_state_vector splits numbers with a regular expression and falls back to the
+    byte-by-byte reader on anything unusual: on real state vectors and thousands of damaged ones
+    both must give the same result or the same refusal, word for word."""
+    import random
+
+    from core.yupdate import MAX_CLIENT, decode_state_vector
+    from core.yupdate import _read_state_vector as bounded
+
+    rng = random.Random(7)
+    doc = pycrdt.Doc()
+    for _ in range(20):
+        writer = pycrdt.Doc()
+        values = writer.get("m", type=pycrdt.Map)
+        for j in range(rng.randint(1, 300)):
+            values[str(j)] = j
+        doc.apply_update(writer.get_update())
+    real = doc.get_state()
+    assert len(decode_state_vector(real)) == 20
+    inputs = [real, pycrdt.Doc().get_state(), b"", b"\x00", b"\x01\x05", b"\x02\x01\x01\x01\x02",
+              b"\x01" + b"\x80" * 8 + b"\x01\x01",  # a number longer than 53 bits
+              b"\x01" + (MAX_CLIENT + 1).to_bytes(8, "little") + b"\x01",  # not lib0, but 9 bytes
+              b"\x01\x01" + b"\xff\xff\xff\xff\x0f"]  # a clock beyond 2^31
+    for _ in range(5000):
+        damaged = bytearray(real)
+        for _ in range(rng.randint(1, 4)):
+            where = rng.randrange(len(damaged) + 1)
+            if rng.random() < 0.5 and where < len(damaged):
+                damaged[where] = rng.randrange(256)
+            elif rng.random() < 0.5:
+                damaged.insert(where, rng.randrange(256))
+            elif where < len(damaged):
+                del damaged[where]
+        inputs.append(bytes(damaged))
+    refused = 0
+    for data in inputs:
+        outcomes = []
+        for decode in (decode_state_vector, bounded):
+            try:
+                outcomes.append(decode(data))
+            except UpdateRefused as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1], data.hex()
+        refused += isinstance(outcomes[0], str)
+    assert 1000 < refused < len(inputs) - 500  # both kinds were exercised
+
+
 def test_an_update_that_builds_on_what_the_document_lacks_is_a_gap_not_pending() -> None:
     """Yrs keeps such an update "pending" - where its panics and the SIGSEGV were - so it is
     never applied: the mesh asks the peer for what is missing instead."""

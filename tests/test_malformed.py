@@ -20,7 +20,7 @@ import httpx
 import pycrdt
 import pytest
 
-from core.codec import decode_json, encode_json
+from core.codec import decode_json, embed_json, encode_json
 from core.errors import (
     CONFLICT_RESOLUTION_FAILED,
     INVALID_MESSAGE,
@@ -345,6 +345,14 @@ async def test_a_peers_new_order_is_built_once_for_every_live_reader_and_the_sam
         async with terminal.events.subscribe(cursor, resolved=False) as raw:  # ids only: nothing built
             stored_row = await anext(raw)
         assert stored_row.type == "order:created" and sorted(stored_row.payload) == ["order_id", DEFERRED]
+    # stored as a JSON object in place, not as text escaped inside a string; the text form of the
+    # rows earlier versions stored, and the in-memory form live subscribers get, read the same
+    stored_map = stored_row.payload[DEFERRED]
+    assert isinstance(stored_map, dict) and isinstance(stored_map["order"], str)
+    for form in (encode_json(stored_map), embed_json(encode_json(stored_map))):
+        event = StoredEvent(first.cursor, "order:created", first.at, {"order_id": new_id, DEFERRED: form})
+        resolve_event(event)
+        assert (event.type, event.payload) == (first.type, first.payload)
 
 
 def test_resolving_an_event_never_raises_and_leaves_complete_events_alone() -> None:

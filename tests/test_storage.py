@@ -68,7 +68,7 @@ async def test_concurrent_writes_share_commits_and_all_survive_restart(make_conf
 async def test_a_lone_surrogate_escape_from_a_js_writer_is_read_stored_and_served(make_config) -> None:  # noqa: ANN001
     """JavaScript's JSON.stringify writes a string cut inside an emoji as a lone ``\\ud83d``
     escape; the terminal must read such a record, store its events and serve them."""
-    from core.codec import decode_json, encode_json_bytes
+    from core.codec import decode_json, embed_json, encode_json_bytes
 
     async with Terminal(make_config()).running() as t:
         order = await t.create_order(table=None, waiter="ana", items=[ITEM])
@@ -88,6 +88,9 @@ async def test_a_lone_surrogate_escape_from_a_js_writer_is_read_stored_and_serve
         view = await t.get_order(order["id"])
         assert decode_json(encode_json_bytes(view)) == view  # what the API sends
     assert decode_json('"\\ud83d"') == "\ud83d"
+    # the stdlib's fallback writes JSON embedded in place (a deferred order event's map) in place too
+    mixed = {"s": "\ud83d", "m": embed_json('{"a":[1]}')}
+    assert decode_json(encode_json_bytes(mixed)) == {"s": "\ud83d", "m": {"a": [1]}}
 
 
 async def _counted(path: Path) -> dict[str, int]:

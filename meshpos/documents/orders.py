@@ -49,6 +49,7 @@ import pycrdt
 from pycrdt._pycrdt import Map as NativeMap  # the native maps _observe hands over
 
 from core.clock import random_id, time_id, time_of_id
+from core.codec import embed_json, embedded_text
 from core.errors import InvalidInput, InvalidTransition, MalformedEntity, NotFound, PermissionDenied
 from core.yupdate import Shape
 from meshpos.documents.reading import (
@@ -255,7 +256,8 @@ def _order_day(order_id: str, day: date | None) -> str:
 
 def _facts_of(text: Any) -> dict[str, Any]:
     """An order map's entries grouped by kind, from its JSON text (``str`` of the pycrdt map: one
-    call, where reading it entry by entry cost a call per key)."""
+    call, where reading it entry by entry cost a call per key), or from that text decoded
+    already (a deferred event read from storage, see :data:`DEFERRED`)."""
     items: dict[str, Any] = {}
     stages: dict[str, Any] = {}
     kitchen: dict[str, dict[str, Any]] = {}
@@ -276,7 +278,7 @@ def _facts_of(text: Any) -> dict[str, Any]:
         if len(items) > MAX_ORDER_ITEMS * READ_SLACK:
             raise Flaw(f"the order holds more than {MAX_ORDER_ITEMS * READ_SLACK} items")
 
-    for key, value in need_text(text, "the order map", load).items():
+    for key, value in (text if isinstance(text, dict) else need_text(text, "the order map", load)).items():
         kind, _, rest = key.partition(":")
         if kind == "order":
             facts["record"] = record = need_text(value, "order", load)
@@ -329,7 +331,8 @@ def _view(order_id: str, facts: dict[str, Any], day: str) -> dict[str, Any]:
 
 
 #: The payload key of an ``order:created`` event whose view is deferred (``drain_events(defer=True)``):
-#: the order map's JSON text as it was at the event.
+#: the order map's JSON as it was at the event - stored as a JSON object in place
+#: (:func:`core.codec.embed_json`); rows stored by earlier versions hold it as JSON text - both read.
 DEFERRED = "order_json"
 
 
@@ -346,7 +349,7 @@ def resolve_event(event: StoredEvent) -> None:
     try:
         if not isinstance(order_id, str):
             raise Flaw(f"the event names no order id ({describe(order_id)})")
-        view = _view(order_id, _facts_of(payload[DEFERRED]), _order_day(order_id, None))
+        view = _view(order_id, _facts_of(embedded_text(payload[DEFERRED])), _order_day(order_id, None))
     except Exception as exc:  # noqa: BLE001 - whatever a peer wrote, the reader moves on
         reason = clip(str(exc) if isinstance(exc, Flaw) else f"{type(exc).__name__}: {exc}", 200)
         event.type, event.payload = "order:malformed", {
@@ -437,7 +440,7 @@ class OrdersDoc(CheckedModel):
                     self._forget(oid)
                     continue
             elif defer and oid not in known and oid not in self.malformed and self._in_this_day(oid):
-                out.append(("order:created", {"order_id": oid, DEFERRED: self._map_json(fresh)}))
+                out.append(("order:created", {"order_id": oid, DEFERRED: embed_json(self._map_json(fresh))}))
                 continue
             else:
                 fresh = pycrdt.Map(_integrated=fresh, _doc=self.doc)  # as pycrdt's own events wrap it
