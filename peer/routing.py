@@ -50,7 +50,9 @@ class Router:
                 try:
                     intent = link.session.receive(action.data)
                 except WireError as exc:
-                    self.driver.close(link, exc.code, str(exc))
+                    await self.syncing.apply(link, applies)  # the frames before it were sound
+                    if link.closed is None:
+                        self.driver.close(link, exc.code, str(exc))
                     return
                 if isinstance(intent, Apply):
                     applies.append(intent)

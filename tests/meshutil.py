@@ -137,11 +137,13 @@ def hello_of(data_dir: Path, **patch: Any) -> dict[str, Any]:
 
 
 async def probe(target: str, ctx: ssl.SSLContext, *, hello: dict[str, Any] | None = None,
-                raw: bytes | None = None, after_open: list[bytes] = (), within: float = 10.0) -> Closed:
+                raw: bytes | None = None, after_open: list[bytes] = (), within: float = 10.0,
+                together: bool = False) -> Closed:
     """Dial ``target`` as a peer would; return how the link ended, as this side saw it.
 
     ``raw`` is sent right after TLS instead of a WebSocket handshake; ``after_open`` are binary
-    messages (or, when prefixed with ``b"RAW:"``, raw bytes) sent once the target accepted the hello.
+    messages (or, when prefixed with ``b"RAW:"``, raw bytes) sent once the target accepted the
+    hello - ``together``: in one write (TLS records of 16 KB each, in one TCP send).
     """
     host, port = target.rsplit(":", 1)
     with anyio.fail_after(within):
@@ -169,7 +171,9 @@ async def probe(target: str, ctx: ssl.SSLContext, *, hello: dict[str, Any] | Non
                         await stream.send(action.data)
                     elif isinstance(action, Opened):
                         try:
-                            for message in after_open:
+                            if together:
+                                await stream.send(b"".join(s.data for m in after_open for s in core.send_binary(m)))
+                            for message in [] if together else after_open:
                                 if message.startswith(b"RAW:"):
                                     await stream.send(message[4:])
                                 else:
