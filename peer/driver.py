@@ -43,7 +43,10 @@ async def _buffered(stream: ByteStream) -> bytes | None:
     buffered already is taken in with it and acted on as one read instead (one record per
     document), so the busier the terminal, the more each read carries; an idle one reads
     frame by frame as before.  A receive cancelled before it has data loses nothing (anyio's
-    TLS and socket streams, and the simulator's, keep what they have not returned)."""
+    TLS and socket streams, and the simulator's, keep what they have not returned).  Only a
+    record whose reading makes TLS answer at once (a TLS 1.3 key update the peer asks an answer
+    to - Python's ssl never asks one) could be cut short here: anyio then marks the stream
+    broken and that one link closes and redials, as for any transport failure."""
     with anyio.CancelScope() as scope:
         scope.cancel()
         return await stream.receive()
