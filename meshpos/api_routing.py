@@ -12,7 +12,7 @@ from typing import Any
 
 from msgspec import Struct
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -87,7 +87,12 @@ class Endpoint:
         if self.query is not None:
             kwargs["query"] = decode_query(request.query_params, self.query)
         if self.body is not None:
-            kwargs["body"] = decode_body(await request.body(), self.body)
+            try:
+                raw = await request.body()
+            except ClientDisconnect:  # gone before its body arrived (a terminal stopping ends it so)
+                return error_response(400, errors.InvalidInput.code,
+                                      "the client went away before the request's body arrived; nothing was done")
+            kwargs["body"] = decode_body(raw, self.body)
         result = await self.handler(**kwargs)
         if isinstance(result, Answer):
             return json_response(result.payload, result.status)

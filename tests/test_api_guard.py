@@ -414,3 +414,28 @@ async def test_roster_with_deep_json_inside_is_refused_as_json(tmp_path: Path) -
                 assert set(resp.json()) == {"code", "message"}
         assert terminal.mesh.roster.version == version
         assert (await client.get("/api/v1/status")).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_a_client_gone_before_its_body_arrived_is_answered_not_raised(make_config: Any) -> None:
+    """A terminal that stops ends its open requests (hypercorn sends ``http.disconnect``): a write
+    whose body had not arrived yet got a traceback in the log; it is answered 400 and does nothing."""
+    async with Terminal(make_config()).running() as terminal:
+        app = create_app(terminal, port=8700)
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/api/v1/orders", "raw_path": b"/api/v1/orders", "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8700),
+                 "headers": [(b"host", b"127.0.0.1:8700"), (b"content-type", b"application/json"),
+                             (b"content-length", b"40")]}
+        await app(scope, receive, send)
+        assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400, sent
+        assert b"went away" in sent[1]["body"]
+        assert await terminal.list_orders() == []
