@@ -173,11 +173,12 @@ async def probe(target: str, ctx: ssl.SSLContext, *, hello: dict[str, Any] | Non
                         try:
                             if together:
                                 await stream.send(b"".join(s.data for m in after_open for s in core.send_binary(m)))
-                            for message in [] if together else after_open:
-                                if message.startswith(b"RAW:"):
-                                    await stream.send(message[4:])
-                                else:
-                                    await _send(stream, core.send_binary(message))
+                            else:
+                                for message in after_open:
+                                    if message.startswith(b"RAW:"):
+                                        await stream.send(message[4:])
+                                    else:
+                                        await _send(stream, core.send_binary(message))
                         except (anyio.BrokenResourceError, OSError):
                             pass  # the target hung up mid-way: its close frame may still be readable
                     elif isinstance(action, Closed):
