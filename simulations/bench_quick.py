@@ -11,7 +11,8 @@ measures what does not move much:
   after loading a day of ``--orders`` orders (10 updates each, uncompacted);
 - **CPU-seconds per 1,000 durable writes** (every thread of the process: the event loop and the
   SQLite writer) for stock adjustments and new orders, one writer, the least of many short
-  rounds in several processes (:data:`WRITE_PROCESSES`, :data:`ROUNDS`);
+  rounds in several processes (:data:`WRITE_PROCESSES`, :data:`ROUNDS`), judged in units of a
+  reference work measured in the same rounds (:class:`ReferenceWrites`);
 - **bytes stored per update** (the Yjs update rows of those writes);
 - **CPU-seconds of the imports** a terminal needs before it serves (beyond a bare interpreter).
 
