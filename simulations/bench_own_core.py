@@ -26,11 +26,12 @@ do), so the terminal under test is the only thing that can fall behind.
   there too), the quantity bench_mesh measures.
 * **star**, arranged the same way (``--no-star`` skips it; needs the ``[bench]`` extra): the
   writer client on the first core, the receiver client and n - 2 draining WebSocket clients
-  (``SCHED_IDLE``) on the second; pycrdt-websocket's relay next to the writer, then next to the
-  receiver - both placements are reported.  Twice: with bare pycrdt clients that store nothing
-  (``star_latency_ms_*``), and with real terminals as the relay's clients (``durable_star_*``,
-  ``simulations.star.terminal_client.TerminalRelayClient``: the same write, storage and event as
-  the mesh's sample, only the topology differs).
+  (``SCHED_IDLE``) on the second, the receiver joining last (the relay sends to its clients in
+  the order they joined: the last other terminal, as in the mesh); pycrdt-websocket's relay next
+  to the writer, then next to the receiver - both placements are reported.  Twice: with bare
+  pycrdt clients that store nothing (``star_latency_ms_*``), and with real terminals as the
+  relay's clients (``durable_star_*``, ``simulations.star.terminal_client.TerminalRelayClient``:
+  the same write, storage and event as the mesh's sample, only the topology differs).
 
 Needs at least two CPUs (``os.sched_setaffinity``).
 
@@ -396,11 +397,13 @@ async def star_latency(n: int, samples: int, interval: float, payload_bytes: int
             # clients joining a room pycrdt-websocket is still creating were seen to hang in their sync.
             started: list[Children] = []
             try:
-                for role, core, index in (("writer", cores[0], 0), ("receiver", cores[1], 1),
-                                          ("drains", cores[1], n - 2)):
+                # The receiver joins last: the relay sends to its clients in the order they joined
+                # (simulations.star.relay.JoinOrder), so it is the last other terminal, as in the mesh.
+                for role, core, index in (("writer", cores[0], 0), ("drains", cores[1], n - 2),
+                                          ("receiver", cores[1], 1)):
                     started.append(Children(pinned_star_client, [(core, relay.port, role, index, payload_bytes)]))
                     started[-1].recv(0, "ready", 60)
-                writer, receiver = started[0], started[1]
+                writer, receiver = started[0], started[-1]
                 warm = 20
                 total = warm + samples
                 start = time.perf_counter() + 0.5
@@ -436,14 +439,15 @@ async def durable_star_latency(n: int, samples: int, interval: float, backend: s
                 drains = None
                 try:
                     terms.all("port")
-                    rooms: list[str] = []
-                    for i in range(2):  # one at a time (see star_latency)
-                        terms.send(i, "relay", relay.port)
-                        (rooms,) = terms.recv(i, "relayed", 60)
+                    # One at a time (see star_latency), the receiver last: the last other terminal.
+                    terms.send(0, "relay", relay.port)
+                    (rooms,) = terms.recv(0, "relayed", 60)
                     if n > 2:
                         drains = Children(pinned_star_client, [(cores[1], relay.port, "drains", n - 2, 0,
                                                                 [f"/{room}" for room in rooms])])
                         drains.recv(0, "ready", 60)
+                    terms.send(1, "relay", relay.port)
+                    terms.recv(1, "relayed", 60)
                     return _writer_to_receiver(terms, samples, interval)
                 finally:
                     if drains is not None:

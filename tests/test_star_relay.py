@@ -78,3 +78,53 @@ async def _until(events, kind: str, count: int):  # noqa: ANN001, ANN202
             count -= 1
             if count == 0:
                 return
+
+
+class _Recorder:
+    """A relay client that records, in one list shared by all, when the relay sent it an update."""
+
+    def __init__(self, path: str, sent_to: list[str]) -> None:
+        self._path, self._sent_to = path, sent_to
+        self._send, self._receive = anyio.create_memory_object_stream[bytes](10)
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    async def send(self, message: bytes) -> None:
+        if message[:2] == bytes([0, 2]):  # a sync update, not the step 1 a joining client gets
+            self._sent_to.append(self._path)
+
+    async def recv(self) -> bytes:
+        return await self._receive.receive()
+
+    def __aiter__(self) -> _Recorder:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self.recv()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the relay runs on asyncio (relay.py); trio
+async def test_the_relay_sends_an_update_to_its_clients_in_the_order_they_joined() -> None:  # shuffles new tasks
+    """bench_own_core joins the star's receiver last, as the mesh links it last: the comparison
+    holds only if pycrdt-websocket's room sends to its clients in that order (it keeps them in a
+    set, and starts a task per send: asyncio runs them in the order they started)."""
+    from pycrdt import Text
+    from pycrdt.websocket import YRoom
+
+    from simulations.star.relay import in_join_order
+
+    joined = ["writer", "drain-7", "drain-2", "drain-9", "drain-4", "drain-1", "receiver"]
+    sent_to: list[str] = []
+    async with in_join_order(YRoom()) as room, anyio.create_task_group() as tg:
+        for path in joined:
+            tg.start_soon(room.serve, _Recorder(path, sent_to))
+            await wait_for(lambda path=path: path in [client.path for client in room.clients])
+        room.ydoc.get("text", type=Text).insert(0, "an order")
+        await wait_for(lambda: len(sent_to) == len(joined))
+        assert sent_to == joined
+        tg.cancel_scope.cancel()

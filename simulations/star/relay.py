@@ -21,6 +21,12 @@ How the relay is served, and why:
   stderr and shut the relay down, failing it with that traceback, which ``run_child`` sends to
   the benchmark process; that process watches the relay and turns its death into an error
   carrying it.  A benchmark must not report numbers from a relay that quietly dropped updates.
+* Fan-out order: a room keeps its clients in a ``set``, so whom it sends an update to first
+  follows the channel objects' hashes - a different place in the fan-out for the same client
+  from one run to the next.  The relay's rooms keep them in the order they joined instead
+  (:class:`JoinOrder`; the same cost per send), so a benchmark can place its receiver: the
+  latency benchmarks join it last, as the mesh links it last - the last other terminal in
+  both.
 * Backend: asyncio (hypercorn's asyncio worker, the path pycrdt-websocket documents; the library
   itself is written against AnyIO), whatever the benchmark side runs on: the relay is the thing
   being measured.
@@ -39,6 +45,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -54,6 +61,24 @@ RELAY_START_TIMEOUT = 20.0
 BENCH_REQUIREMENT = "pycrdt-websocket>=0.16.5,<0.17"
 """What the ``bench`` extra must install: 0.16.3 is the first release that accepts pycrdt 0.14
 and has ``YRoom.on_message_error``; 0.16.5 (the tested one) also fixes ``WebsocketServer.stop``."""
+
+
+class JoinOrder(dict[Channel, None]):
+    """The set operations ``YRoom`` uses on its clients (``add``, ``remove``, iteration, truth),
+    in the order the clients joined."""
+
+    def add(self, channel: Channel) -> None:
+        self[channel] = None
+
+    def remove(self, channel: Channel) -> None:
+        del self[channel]
+
+
+def in_join_order(room: Any) -> Any:
+    """``room`` (a ``YRoom``) sending to its clients in the order they joined."""
+    if not isinstance(room.clients, JoinOrder):
+        room.clients = JoinOrder.fromkeys(room.clients)
+    return room
 
 
 async def serve_relay(conn: Connection, port: int) -> None:
@@ -86,12 +111,13 @@ async def serve_relay(conn: Connection, port: int) -> None:
         return True
 
     class StrictWebsocketServer(WebsocketServer):
-        """A ``WebsocketServer`` whose rooms report message-processing errors instead of dropping them."""
+        """A ``WebsocketServer`` whose rooms report message-processing errors instead of dropping
+        them, and send to their clients in the order they joined."""
 
         async def get_room(self, name: str) -> YRoom:
             room = await super().get_room(name)
             room.on_message_error = on_message_error
-            return room
+            return in_join_order(room)
 
     config = Config()
     config.bind = [f"127.0.0.1:{port}"]
