@@ -75,13 +75,10 @@ class SyncSession:
 
     # -- outgoing ------------------------------------------------------------------------------
 
-    def queue_update(self, doc: str, update: bytes, ticket: Any) -> None:
-        self.queue_shared(Outgoing(ticket=ticket, update_of=doc, update=update))
-
     def queue_shared(self, item: Outgoing) -> None:
-        """Queue an update (``item.update_of`` set) that other links queue too: one item for all
-        of them - nothing changes an update's item once queued - where one each cost 19 objects
-        per write at 20 terminals."""
+        """Queue an update (``item.update_of`` set).  Every link an update goes to queues the same
+        item - nothing changes an item once queued - where one each cost 19 objects per write at
+        20 terminals."""
         if self.resync_needed:
             self.dropped.add(item.update_of)  # type: ignore[arg-type]  # the resync's step 2 will carry it
             return

@@ -26,7 +26,7 @@ from peer.link import (
     Refused,
     Send,
 )
-from peer.sync import AnswerStep1, Apply, SyncSession
+from peer.sync import AnswerStep1, Apply, Outgoing, SyncSession
 from peer.wire import STEP1, STEP2, UPDATE, WireError, decode_sync, encode_sync
 
 HELLO = {"type": "hello", "terminal_id": "a"}
@@ -164,14 +164,14 @@ def test_outbox_is_bounded_and_overflow_asks_for_a_resync() -> None:
     session = SyncSession(max_queue_bytes=1000)
     session.queue_step1("tables", b"\x00")
     for _ in range(50):
-        session.queue_update("inventory", bytes(100), ticket=None)
+        session.queue_shared(Outgoing(ticket=None, update_of="inventory", update=bytes(100)))
         assert session.queued_bytes <= 1000
     assert session.resyncs == 1
     items = session.take()
     assert items[0].data is not None and decode_sync(items[0].data).kind == STEP1  # non-updates are kept
     assert items[-1].control == {"type": "resync", "docs": ["inventory"]}
     assert session.queued_bytes == 0 and not session.resync_needed
-    session.queue_update("inventory", b"\x00", ticket=None)
+    session.queue_shared(Outgoing(ticket=None, update_of="inventory", update=b"\x00"))
     assert len(session.take()) == 1  # queueing resumes normally after the resync request
 
 
@@ -182,7 +182,7 @@ def test_session_decodes_intents() -> None:
     assert session.updates_in == 1
     assert session.receive(encode_sync("tables", STEP2, b"\x00\x00")) == Apply("tables", b"\x00\x00", step2=True)
     session.queue_step2("tables", b"\x00\x00")
-    session.queue_update("tables", b"\x00\x00", ticket=None)
+    session.queue_shared(Outgoing(ticket=None, update_of="tables", update=b"\x00\x00"))
     session.queue_step1("tables", b"\x00")
     session.take()
     assert (session.updates_in, session.updates_out) == (2, 2)  # a catch-up counts both ways; a step 1 does not
